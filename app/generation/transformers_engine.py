@@ -1,0 +1,111 @@
+"""In-process generation with transformers + Outlines: no server, one model in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+# The first constrained call would otherwise torch.compile Outlines' masking kernel (+2-8 s)
+# for no steady-state gain on CPU.
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+
+import outlines  # noqa: E402
+import torch  # noqa: E402
+from outlines.types import JsonSchema  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from app.generation.engine import (  # noqa: E402
+    EngineError,
+    GenerationRequest,
+    GenerationResult,
+    SamplingParams,
+)
+from app.generation.schemas import BannerCopy  # noqa: E402
+
+# Free JSON whitespace lets a small model emit newlines forever between fields; one optional
+# space keeps the output compact and the grammar tight.
+WHITESPACE = r"[ ]?"
+
+
+class TransformersEngine:
+    name = "transformers"
+
+    def __init__(self, folder: Path, model_name: str, dtype: str = "bfloat16") -> None:
+        if not (folder / "config.json").exists():
+            raise EngineError(f"no prepared model in {folder}: run `marquee model prepare`")
+        self.model = model_name
+        self._tokenizer = AutoTokenizer.from_pretrained(folder)
+        self._hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+        self._hf_model.eval()
+        self._outlines_model = outlines.from_transformers(self._hf_model, self._tokenizer)
+        self._generators: dict[type[BannerCopy], Any] = {}
+        # One model, one forward pass at a time; callers queue here instead of racing.
+        self._lock = threading.Lock()
+        self.compiled = 0  # how many grammars were built (the compile-once check)
+
+    def _generator(self, schema: type[BannerCopy]) -> Any:
+        generator = self._generators.get(schema)
+        if generator is None:
+            output_type = JsonSchema(schema, whitespace_pattern=WHITESPACE)
+            generator = outlines.Generator(self._outlines_model, output_type,
+                                           backend="outlines_core")
+            self._generators[schema] = generator
+            self.compiled += 1
+        return generator
+
+    def _prompt(self, messages: tuple[tuple[str, str], ...]) -> str:
+        chat = [{"role": role, "content": content} for role, content in messages]
+        prompt = self._tokenizer.apply_chat_template(chat, tokenize=False,
+                                                     add_generation_prompt=True)
+        return str(prompt)
+
+    def _count_tokens(self, text: str) -> int:
+        return len(self._tokenizer.encode(text, add_special_tokens=False))
+
+    @staticmethod
+    def _kwargs(sampling: SamplingParams) -> dict[str, Any]:
+        if sampling.temperature == 0:
+            return {"max_new_tokens": sampling.max_tokens, "do_sample": False}
+        return {"max_new_tokens": sampling.max_tokens, "do_sample": True,
+                "temperature": sampling.temperature, "top_p": sampling.top_p}
+
+    def _run(self, group: list[GenerationRequest]) -> list[GenerationResult]:
+        first = group[0]
+        prompts = [self._prompt(request.messages) for request in group]
+        with self._lock:
+            generator = self._generator(first.schema)
+            torch.manual_seed(first.seed)
+            start = time.perf_counter()
+            try:
+                if len(prompts) == 1:
+                    texts = [generator(prompts[0], **self._kwargs(first.sampling))]
+                else:
+                    texts = generator.batch(prompts, **self._kwargs(first.sampling))
+            except Exception as error:  # the model library failing is an engine fault
+                raise EngineError(f"generation failed: {error}") from error
+            elapsed = (time.perf_counter() - start) * 1000.0
+        return [GenerationResult(str(text), self._count_tokens(str(text)), elapsed)
+                for text in texts]
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        return (await asyncio.to_thread(self._run, [request]))[0]
+
+    async def generate_many(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """Requests sharing a schema and sampling run as one batch (~3x one-by-one)."""
+        groups: dict[tuple[type[BannerCopy], SamplingParams], list[int]] = defaultdict(list)
+        for position, request in enumerate(requests):
+            groups[(request.schema, request.sampling)].append(position)
+        results: list[GenerationResult | None] = [None] * len(requests)
+        for positions in groups.values():
+            outputs = await asyncio.to_thread(self._run, [requests[p] for p in positions])
+            for position, output in zip(positions, outputs, strict=True):
+                results[position] = output
+        return [result for result in results if result is not None]
+
+    async def close(self) -> None:
+        self._generators.clear()

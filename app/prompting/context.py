@@ -1,0 +1,94 @@
+"""The data a template sees. Product and profile text is data, never instructions.
+
+Every string that comes from the catalog or a shopper is cleaned here, once, before any
+template can see it: control characters stripped, whitespace folded, angle brackets and
+backticks removed (the prompt's blocks are delimited with tags), length capped.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Any
+
+from app.domain import Candidate, Shopper
+from app.generation.schemas import SchemaSpec
+
+FIELD_CAPS = {"title": 120, "brand": 60, "category": 60, "description": 240, "tag": 40,
+              "interest": 60, "name": 40, "segment": 40}
+_DELIMITERS = re.compile(r"[<>`]")
+_SPACES = re.compile(r"\s+")
+CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "CAD": "CA$", "AUD": "A$", "JPY": "¥"}
+
+# The variables a template may use; the pipeline always provides all of them.
+CONTEXT_VARIABLES = ("shopper", "candidates", "brand", "placement", "k", "limits")
+
+
+def clean(text: str, cap: int) -> str:
+    """Printable, single-line, delimiter-free, at most ``cap`` characters."""
+    kept = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in text)
+    kept = _SPACES.sub(" ", _DELIMITERS.sub("", kept)).strip()
+    if len(kept) > cap:
+        kept = kept[: cap - 1].rstrip() + "…"
+    return kept
+
+
+def format_price(price: float, currency: str) -> str:
+    symbol = CURRENCY_SYMBOLS.get(currency)
+    amount = f"{price:,.2f}"
+    return f"{symbol}{amount}" if symbol else f"{amount} {currency}"
+
+
+def candidate_context(candidate: Candidate) -> dict[str, Any]:
+    product = candidate.product
+    return {
+        "number": candidate.number,
+        "title": clean(product.title, FIELD_CAPS["title"]),
+        "brand": clean(product.brand, FIELD_CAPS["brand"]),
+        "category": clean(product.category, FIELD_CAPS["category"]),
+        "price": format_price(product.price, product.currency),
+        "tags": [clean(tag, FIELD_CAPS["tag"]) for tag in product.tags[:8]],
+        "description": clean(product.description, FIELD_CAPS["description"]),
+    }
+
+
+def shopper_context(shopper: Shopper, recent_titles: list[str]) -> dict[str, Any]:
+    return {
+        "name": clean(shopper.name, FIELD_CAPS["name"]),
+        "locale": shopper.locale,
+        "segment": clean(shopper.segment, FIELD_CAPS["segment"]),
+        "interests": [clean(i, FIELD_CAPS["interest"]) for i in shopper.interests[:8]],
+        "recent": [clean(t, FIELD_CAPS["title"]) for t in recent_titles[:5]],
+        "is_new": not shopper.history,
+    }
+
+
+def build_context(*, shopper: Shopper, recent_titles: list[str], candidates: list[Candidate],
+                  brand: dict[str, Any], placement: str, spec: SchemaSpec) -> dict[str, Any]:
+    return {
+        "shopper": shopper_context(shopper, recent_titles),
+        "candidates": [candidate_context(c) for c in candidates],
+        "brand": brand,
+        "placement": clean(placement, 40),
+        "k": len(candidates),
+        "limits": spec.limits(),
+    }
+
+
+def example_context(*, interests: list[str], products: list[dict[str, str]],
+                    brand: dict[str, Any], placement: str, spec: SchemaSpec) -> dict[str, Any]:
+    """The same shape as ``build_context``, for a few-shot example written in a template."""
+    return {
+        "shopper": {"name": "", "locale": "en-US", "segment": "example",
+                    "interests": [clean(i, FIELD_CAPS["interest"]) for i in interests],
+                    "recent": [], "is_new": False},
+        "candidates": [{"number": number, "title": clean(p["title"], FIELD_CAPS["title"]),
+                        "brand": "", "category": clean(p["category"], FIELD_CAPS["category"]),
+                        "price": "", "tags": [],
+                        "description": clean(p.get("description", ""), FIELD_CAPS["description"])}
+                       for number, p in enumerate(products, 1)],
+        "brand": brand,
+        "placement": clean(placement, 40),
+        "k": len(products),
+        "limits": spec.limits(),
+    }

@@ -1,0 +1,213 @@
+"""Prompt templates: a YAML header (what the template is and how to sample) over a Jinja body.
+
+    ---
+    name: hero_banner
+    version: 1
+    schema: banner
+    k: 8
+    ...
+    ---
+    {# the Jinja body: the user message sent to the model #}
+
+Line numbers in errors are the file's own: the header is replaced by a Jinja comment of the
+same height before compiling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import json
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from app.generation.engine import SamplingParams
+from app.generation.schemas import SCHEMAS, BannerCopy, SchemaSpec, output_model
+from app.prompting.context import example_context
+from app.prompting.sandbox import TemplateError, compile_template, make_environment, render
+
+TEMPLATE_SUFFIX = ".j2"
+BRAND_FILE = "brand.yaml"
+MAX_TEMPLATE_BYTES = 64_000
+
+
+class RetrievalHints(BaseModel):
+    """How a template wants its candidates chosen."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    focus: Literal["none", "top_category"] = "none"  # spotlight: one category the shopper likes
+
+
+class ExampleProduct(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    title: str = Field(min_length=1, max_length=120)
+    category: str = Field(min_length=1, max_length=60)
+    description: str = Field(default="", max_length=240)
+
+
+class FewShotExample(BaseModel):
+    """A worked example: a sample shopper and product list, and the copy we want for them.
+
+    It is rendered through the template itself, so the model sees the exact prompt format
+    followed by the answer, as an earlier turn of the conversation.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    interests: list[str] = Field(default_factory=list, max_length=8)
+    products: list[ExampleProduct] = Field(min_length=1, max_length=20)
+    output: dict[str, Any]
+
+
+class TemplateHeader(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{1,48}$")
+    version: int = Field(ge=1)
+    description: str = Field(min_length=1, max_length=300)
+    schema_name: str = Field(alias="schema")
+    k: int = Field(default=8, ge=2, le=20)
+    placement: str = Field(default="home_hero", pattern=r"^[a-z][a-z0-9_]{1,48}$")
+    sampling: SamplingParams = SamplingParams()
+    system: str = Field(min_length=1, max_length=4000)
+    examples: list[FewShotExample] = Field(default_factory=list, max_length=4)
+    retrieval: RetrievalHints = RetrievalHints()
+
+    @field_validator("schema_name")
+    @classmethod
+    def _known_schema(cls, value: str) -> str:
+        if value not in SCHEMAS:
+            raise ValueError(f"unknown schema '{value}' (known: {', '.join(SCHEMAS)})")
+        return value
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    template: str
+    version: int
+    messages: tuple[tuple[str, str], ...]
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(f"[{role}]\n{content}" for role, content in self.messages)
+
+
+class PromptTemplate:
+    def __init__(self, header: TemplateHeader, source: str, origin: str) -> None:
+        self.header = header
+        self.source = source  # compile-ready: header already turned into a comment
+        self.origin = origin
+        self.spec: SchemaSpec = SCHEMAS[header.schema_name]
+        self._env = make_environment(lambda _name: (self.source, self.origin))
+        self._compiled = compile_template(self._env, header.name, origin)
+        # Examples must fit the schema they teach, or they teach the wrong thing.
+        for number, example in enumerate(header.examples, 1):
+            try:
+                output_model(header.schema_name, len(example.products)).model_validate(
+                    example.output)
+            except ValidationError as error:
+                raise TemplateError(header.name, None, f"example {number} does not fit schema "
+                                    f"'{header.schema_name}': {error.errors()[0]['msg']}") from None
+
+    @property
+    def name(self) -> str:
+        return self.header.name
+
+    @property
+    def version(self) -> int:
+        return self.header.version
+
+    @property
+    def output_model(self) -> type[BannerCopy]:
+        return output_model(self.header.schema_name, self.header.k)
+
+    @property
+    def example_outputs(self) -> list[dict[str, Any]]:
+        return [example.output for example in self.header.examples]
+
+    def render(self, context: dict[str, Any]) -> RenderedPrompt:
+        """System message, then each example as a (prompt, answer) turn, then the real prompt."""
+        messages: list[tuple[str, str]] = [("system", self.header.system.strip())]
+        for example in self.header.examples:
+            sample = example_context(
+                interests=example.interests,
+                products=[p.model_dump() for p in example.products],
+                brand=context["brand"], placement=context["placement"], spec=self.spec)
+            messages.append(("user", render(self._compiled, self.name, sample).strip()))
+            messages.append(("assistant", json.dumps(example.output, ensure_ascii=False)))
+        messages.append(("user", render(self._compiled, self.name, context).strip()))
+        return RenderedPrompt(self.name, self.version, tuple(messages))
+
+
+def parse_template(text: str, origin: str) -> PromptTemplate:
+    """Parse a template file's text. Raises TemplateError naming the template and line."""
+    label = Path(origin).stem
+    if len(text.encode()) > MAX_TEMPLATE_BYTES:
+        raise TemplateError(label, None, f"larger than {MAX_TEMPLATE_BYTES} bytes")
+    lines = text.splitlines(keepends=True)
+    if not lines or lines[0].strip() != "---":
+        raise TemplateError(label, 1, "a template starts with a '---' header block")
+    end = next((i for i in range(1, len(lines)) if lines[i].strip() == "---"), None)
+    if end is None:
+        raise TemplateError(label, 1, "the header block is not closed with '---'")
+    try:
+        raw = yaml.safe_load("".join(lines[1:end])) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = mark.line + 2 if mark is not None else None
+        raise TemplateError(label, line, f"header is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise TemplateError(label, 2, "the header must be a mapping of fields")
+    try:
+        header = TemplateHeader.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "header"
+        raise TemplateError(str(raw.get("name", label)), None,
+                            f"header field '{field}': {first['msg']}") from None
+    # Keep the file's line numbers: the header becomes a comment exactly as tall as it was.
+    source = "{#" + "\n" * (end + 1) + "#}" + "".join(lines[end + 1:])
+    return PromptTemplate(header, source, origin)
+
+
+class TemplateRegistry:
+    """The templates of a folder, by name, plus the brand rules every template sees."""
+
+    def __init__(self, templates: list[PromptTemplate], brand: dict[str, Any]) -> None:
+        self._by_name: dict[str, PromptTemplate] = {}
+        for template in templates:
+            if template.name in self._by_name:
+                raise TemplateError(template.name, None,
+                                    f"defined twice ({self._by_name[template.name].origin}, "
+                                    f"{template.origin})")
+            self._by_name[template.name] = template
+        self.brand = brand
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> TemplateRegistry:
+        templates = [parse_template(path.read_text(encoding="utf-8"), str(path))
+                     for path in sorted(folder.glob(f"*{TEMPLATE_SUFFIX}"))]
+        brand_path = folder / BRAND_FILE
+        brand = yaml.safe_load(brand_path.read_text()) if brand_path.exists() else {}
+        return cls(templates, brand or {})
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
+
+    def get(self, name: str) -> PromptTemplate:
+        template = self._by_name.get(name)
+        if template is None:
+            raise KeyError(f"unknown template '{name}' (known: {', '.join(self.names)})")
+        return template
+
+    def default_for(self, placement: str) -> PromptTemplate:
+        for template in self._by_name.values():
+            if template.header.placement == placement:
+                return template
+        raise KeyError(f"no template for placement '{placement}'")

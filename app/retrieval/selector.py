@@ -1,0 +1,170 @@
+"""Candidate selection: vector search + collaborative blend + filters + MMR, with cold start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.catalog.store import Catalog
+from app.config import Settings
+from app.domain import Candidate, CandidateScores, Shopper
+from app.retrieval.embedder import Embedder
+from app.retrieval.index import VectorIndex
+from app.retrieval.mmr import mmr
+from app.retrieval.profile import history_weights, interests_text, shopper_vector
+from app.retrieval.signals import InteractionSignals
+
+
+class CandidateFilters(BaseModel):
+    """Business rules applied to every candidate."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    in_stock_only: bool = True
+    exclude_purchased: bool = True
+    include_categories: tuple[str, ...] = ()
+    exclude_categories: tuple[str, ...] = ()
+    min_price: float | None = Field(default=None, ge=0)
+    max_price: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _price_range(self) -> CandidateFilters:
+        if self.min_price is not None and self.max_price is not None \
+                and self.min_price > self.max_price:
+            raise ValueError("min_price is above max_price")
+        return self
+
+
+@dataclass
+class SelectionTrace:
+    """What retrieval did, for `marquee candidates` and for debugging a banner."""
+
+    cold_start: bool
+    signals: dict[str, float]  # the blend weights actually used
+    pool_size: int = 0
+    removed: dict[str, int] = field(default_factory=dict)  # filter -> products it removed
+    allowed: int = 0
+
+
+@dataclass
+class Selection:
+    candidates: list[Candidate]
+    trace: SelectionTrace
+
+
+class CandidateSelector:
+    def __init__(self, catalog: Catalog, index: VectorIndex, embedder: Embedder,
+                 signals: InteractionSignals, settings: Settings) -> None:
+        self.catalog = catalog
+        self.index = index
+        self.embedder = embedder
+        self.signals = signals
+        self.settings = settings
+        products = catalog.products
+        self._in_stock = np.array([p.in_stock for p in products], dtype=bool)
+        self._price = np.array([p.price for p in products], dtype=np.float64)
+        self._category = np.array([p.category.casefold() for p in products])
+
+    def _allowed(self, shopper: Shopper, filters: CandidateFilters) -> tuple[np.ndarray, dict[str, int]]:
+        allowed = np.ones(len(self.catalog), dtype=bool)
+        removed: dict[str, int] = {}
+
+        def apply(name: str, keep: np.ndarray) -> None:
+            nonlocal allowed
+            removed[name] = int((allowed & ~keep).sum())
+            allowed &= keep
+
+        if filters.in_stock_only:
+            apply("out_of_stock", self._in_stock)
+        if filters.exclude_purchased and shopper.purchased_ids:
+            bought = np.zeros(len(self.catalog), dtype=bool)
+            bought[self.catalog.rows(shopper.purchased_ids)] = True
+            apply("already_purchased", ~bought)
+        if filters.include_categories:
+            wanted = [c.casefold() for c in filters.include_categories]
+            apply("category_not_included", np.isin(self._category, wanted))
+        if filters.exclude_categories:
+            unwanted = [c.casefold() for c in filters.exclude_categories]
+            apply("category_excluded", ~np.isin(self._category, unwanted))
+        if filters.min_price is not None:
+            apply("below_min_price", self._price >= filters.min_price)
+        if filters.max_price is not None:
+            apply("above_max_price", self._price <= filters.max_price)
+        return allowed, removed
+
+    def select(self, shopper: Shopper, k: int, filters: CandidateFilters | None = None) -> Selection:
+        filters = filters or CandidateFilters()
+        settings = self.settings
+        allowed, removed = self._allowed(shopper, filters)
+
+        history = history_weights(shopper, self.catalog, settings.half_life_days)
+        interests = interests_text(shopper)
+        query = shopper_vector(
+            history, self.index.vectors,
+            self.embedder.encode_query(interests) if interests else None,
+            settings.history_weight,
+        )
+        collaborative = self.signals.collaborative(history.rows, history.weights)
+        has_collaborative = bool(collaborative.any())
+        prior = self.signals.prior(shopper.segment)
+
+        # Only the signals this shopper has take part in the blend; their weights renormalise.
+        weights = {
+            "semantic": settings.semantic_weight if query is not None else 0.0,
+            "collaborative": settings.collaborative_weight if has_collaborative else 0.0,
+            "popularity": settings.popularity_weight,
+        }
+        cold_start = query is None and not has_collaborative
+        if cold_start or sum(weights.values()) == 0:
+            weights = {"semantic": 0.0, "collaborative": 0.0, "popularity": 1.0}
+        total = sum(weights.values())
+        weights = {name: value / total for name, value in weights.items()}
+
+        # The pool: the best of each signal, among allowed products only.
+        pool: set[int] = set()
+        semantic = np.zeros(len(self.catalog))
+        if query is not None:
+            rows, scores = self.index.search(query, settings.search_k, allowed)
+            pool.update(rows.tolist())
+            # Cosine of MiniLM vectors is in [-1, 1]; negatives carry no relevance.
+            semantic[rows] = np.clip(scores, 0.0, 1.0)
+        for signal in (collaborative, prior) if not cold_start else (prior,):
+            masked = np.where(allowed, signal, -np.inf)
+            top = np.argsort(-masked, kind="stable")[: settings.search_k]
+            pool.update(int(r) for r in top if np.isfinite(masked[r]) and masked[r] > 0)
+        if not pool:  # nothing scored at all (no interactions anywhere): any allowed product
+            pool.update(np.flatnonzero(allowed)[: settings.search_k].tolist())
+        rows_in_pool = np.array(sorted(pool), dtype=np.int64)
+
+        if query is not None and len(rows_in_pool):
+            # Products brought in by other signals still need their semantic score.
+            semantic[rows_in_pool] = np.clip(self.index.vectors[rows_in_pool] @ query, 0.0, 1.0)
+        parts = {
+            "semantic": weights["semantic"] * semantic[rows_in_pool],
+            "collaborative": weights["collaborative"] * collaborative[rows_in_pool],
+            "popularity": weights["popularity"] * prior[rows_in_pool],
+        }
+        relevance = sum(parts.values())
+        picked, mmr_scores = mmr(np.asarray(relevance), self.index.vectors[rows_in_pool], k,
+                                 settings.mmr_lambda)
+
+        names = list(parts)
+        candidates = []
+        for number, (position, mmr_score) in enumerate(zip(picked, mmr_scores, strict=True), 1):
+            row = int(rows_in_pool[position])
+            source = names[int(np.argmax([parts[name][position] for name in names]))]
+            candidates.append(Candidate(
+                number=number,
+                product=self.catalog.products[row],
+                scores=CandidateScores(
+                    semantic=float(semantic[row]), collaborative=float(collaborative[row]),
+                    popularity=float(prior[row]), relevance=float(relevance[position]),
+                    mmr=mmr_score,
+                ),
+                source="popular" if source == "popularity" else source,
+            ))
+        trace = SelectionTrace(cold_start=cold_start, signals=weights, pool_size=len(rows_in_pool),
+                               removed=removed, allowed=int(allowed.sum()))
+        return Selection(candidates, trace)
