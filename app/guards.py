@@ -157,7 +157,7 @@ class Guards:
         limits = spec.limits()
         for name, value in fields.items():
             stripped = value.strip()
-            if not stripped or not any(ch.isalpha() for ch in stripped):
+            if not stripped or not any(ch.isalnum() for ch in stripped):
                 problems.append(f"empty: {name}")
                 continue
             # Text that fills its cap exactly was cut there by the grammar, mid-thought.

@@ -42,6 +42,16 @@ class RetrievalHints(BaseModel):
     focus: Literal["none", "top_category"] = "none"  # spotlight: one category the shopper likes
 
 
+class Brand(BaseModel):
+    """The brand rules (``prompts/brand.yaml``) every template sees as ``brand``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(default="our store", min_length=1, max_length=80)
+    voice: str = Field(default="friendly and brief", max_length=300)
+    rules: list[str] = Field(default_factory=list, max_length=20)
+
+
 class ExampleProduct(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -193,8 +203,14 @@ class TemplateRegistry:
         templates = [parse_template(path.read_text(encoding="utf-8"), str(path))
                      for path in sorted(folder.glob(f"*{TEMPLATE_SUFFIX}"))]
         brand_path = folder / BRAND_FILE
-        brand = yaml.safe_load(brand_path.read_text()) if brand_path.exists() else {}
-        return cls(templates, brand or {})
+        raw = yaml.safe_load(brand_path.read_text()) if brand_path.exists() else {}
+        try:
+            brand = Brand.model_validate(raw or {})
+        except ValidationError as error:
+            first = error.errors()[0]
+            raise TemplateError(BRAND_FILE, None, f"field '{'.'.join(map(str, first['loc']))}': "
+                                                  f"{first['msg']}") from None
+        return cls(templates, brand.model_dump())
 
     @property
     def names(self) -> list[str]:

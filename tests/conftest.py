@@ -1,0 +1,111 @@
+"""Shared fixtures: a tiny hand-made catalog and a bag-of-words embedder with known geometry."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.catalog.store import Catalog, ShopperStore
+from app.config import Settings
+from app.domain import EventType, Interaction, Product, Shopper
+from app.retrieval.index import ExactIndex
+from app.retrieval.selector import CandidateSelector
+from app.retrieval.signals import InteractionSignals
+
+VOCABULARY = ("coffee", "grinder", "kettle", "beans", "tea", "running", "shoe", "trail",
+              "tent", "camping", "headlamp", "yoga")
+
+
+class WordEmbedder:
+    """Each vocabulary word is one axis: texts sharing words are neighbours, by construction."""
+
+    name = "test-words"
+    dim = len(VOCABULARY)
+
+    def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        rows = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in re.findall(r"[a-z]+", text.lower()):
+                if word in VOCABULARY:
+                    rows[i, VOCABULARY.index(word)] += 1.0
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        return rows / np.where(norms == 0, 1.0, norms)
+
+    def encode_query(self, text: str) -> np.ndarray:
+        return self.encode([text])[0]
+
+
+def product(pid: str, title: str, category: str, price: float, *, in_stock: bool = True,
+            description: str = "") -> Product:
+    return Product(id=pid, title=title, description=description or f"{title} for everyday use.",
+                   brand="Testco", category=category, tags=(), price=price,
+                   url=f"https://shop.example.com/{pid}", in_stock=in_stock)
+
+
+TINY_PRODUCTS = (
+    product("C1", "Coffee Grinder", "Coffee", 120.0),
+    product("C2", "Coffee Kettle", "Coffee", 60.0),
+    product("C3", "Coffee Beans", "Coffee", 18.0),
+    product("C4", "Coffee Grinder Beans Bundle", "Coffee", 140.0, in_stock=False),
+    product("T1", "Green Tea", "Tea", 12.0),
+    product("R1", "Trail Running Shoe", "Running", 130.0),
+    product("R2", "Running Shoe", "Running", 95.0),
+    product("K1", "Camping Tent", "Camping", 300.0),
+    product("K2", "Camping Headlamp", "Camping", 35.0),
+    product("Y1", "Yoga Mat", "Fitness", 40.0),
+)
+
+NOW = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def event(pid: str, kind: EventType, days_ago: float) -> Interaction:
+    return Interaction(product_id=pid, type=kind, ts=NOW - timedelta(days=days_ago))
+
+
+@pytest.fixture
+def tiny_catalog() -> Catalog:
+    return Catalog(TINY_PRODUCTS)
+
+
+@pytest.fixture
+def tiny_shoppers() -> ShopperStore:
+    # Coffee people also buy camping headlamps: the co-occurrence signal has something to find.
+    return ShopperStore([
+        Shopper(id="coffee_fan", segment="regular", interests=("coffee",), history=(
+            event("C1", EventType.VIEW, 10), event("C3", EventType.PURCHASE, 9),
+            event("K2", EventType.VIEW, 8))),
+        Shopper(id="coffee_two", segment="regular", history=(
+            event("C2", EventType.VIEW, 3), event("K2", EventType.ADD_TO_CART, 2))),
+        Shopper(id="runner", segment="sporty", interests=("trail running",), history=(
+            event("R1", EventType.VIEW, 1), event("R2", EventType.PURCHASE, 1))),
+        Shopper(id="camper", segment="sporty", history=(
+            event("K1", EventType.PURCHASE, 5), event("K2", EventType.VIEW, 5),
+            event("R1", EventType.VIEW, 4))),
+        Shopper(id="newcomer", segment="regular"),
+    ])
+
+
+@pytest.fixture
+def word_embedder() -> WordEmbedder:
+    return WordEmbedder()
+
+
+@pytest.fixture
+def test_settings(tmp_path: Path) -> Settings:
+    return Settings(cache_dir=tmp_path / "cache", search_k=50, mmr_lambda=1.0,
+                    semantic_weight=0.6, collaborative_weight=0.3, popularity_weight=0.1)
+
+
+@pytest.fixture
+def selector(tiny_catalog: Catalog, tiny_shoppers: ShopperStore, word_embedder: WordEmbedder,
+             test_settings: Settings) -> CandidateSelector:
+    from app.retrieval.embedder import product_text
+
+    vectors = word_embedder.encode([product_text(p) for p in tiny_catalog.products])
+    return CandidateSelector(tiny_catalog, ExactIndex(vectors), word_embedder,
+                             InteractionSignals(tiny_catalog, tiny_shoppers), test_settings)
