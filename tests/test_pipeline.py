@@ -1,0 +1,163 @@
+"""The pipeline's own logic (retries, fallback, ids) around a scripted engine.
+
+The real model runs in tests/integration; here the engine's answers are chosen so each path
+is exercised on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app.catalog.store import Catalog, ShopperStore
+from app.config import PROJECT_ROOT, Settings
+from app.generation.engine import EngineError, GenerationRequest, GenerationResult
+from app.pipeline import BannerRequest, Pipeline
+from app.prompting.templates import TemplateRegistry
+from app.retrieval.embedder import product_text
+from app.retrieval.index import ExactIndex
+from app.retrieval.selector import CandidateFilters
+from tests.conftest import WordEmbedder
+
+GOOD = {"headline": "Brew better mornings", "subheadline": "A grinder and a kettle for coffee.",
+        "cta": "Shop coffee", "layout": "hero", "tone": "warm", "products": [1, 2]}
+INVENTED = dict(GOOD, headline="Save 30% on coffee")
+
+
+class ScriptedEngine:
+    name = "scripted"
+    model = "scripted-model"
+
+    def __init__(self, answers: list[object]) -> None:
+        self.answers = list(answers)
+        self.requests: list[GenerationRequest] = []
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        return (await self.generate_many([request]))[0]
+
+    async def generate_many(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        results = []
+        for request in requests:
+            self.requests.append(request)
+            answer = self.answers.pop(0) if self.answers else GOOD
+            if isinstance(answer, Exception):
+                raise answer
+            text = answer if isinstance(answer, str) else json.dumps(answer)
+            results.append(GenerationResult(text, output_tokens=len(text) // 4, elapsed_ms=1.0))
+        return results
+
+    async def close(self) -> None:
+        pass
+
+
+def make_pipeline(engine: ScriptedEngine, catalog: Catalog, shoppers: ShopperStore,
+                  settings: Settings) -> Pipeline:
+    embedder = WordEmbedder()
+    index = ExactIndex(embedder.encode([product_text(p) for p in catalog.products]))
+    return Pipeline.assemble(settings, catalog=catalog, shoppers=shoppers, embedder=embedder,
+                             index=index, engine=engine,
+                             templates=TemplateRegistry.from_folder(PROJECT_ROOT / "prompts"))
+
+
+@pytest.fixture
+def build(tiny_catalog: Catalog, tiny_shoppers: ShopperStore, test_settings: Settings):  # type: ignore[no-untyped-def]
+    def _build(answers: list[object]) -> tuple[Pipeline, ScriptedEngine]:
+        engine = ScriptedEngine(answers)
+        return make_pipeline(engine, tiny_catalog, tiny_shoppers, test_settings), engine
+
+    return _build
+
+
+async def test_good_copy_becomes_a_banner_with_resolved_products(build) -> None:  # type: ignore[no-untyped-def]
+    pipeline, engine = build([GOOD])
+    (banner,) = await pipeline.generate(BannerRequest(shopper_id="coffee_fan"))
+    assert not banner.fallback and banner.retries == 0 and banner.flags == []
+    offered = pipeline.candidates(pipeline.shoppers.get("coffee_fan"),
+                                  pipeline.templates.get("hero_banner")).candidates
+    assert [p.id for p in banner.products] == [offered[0].product.id, offered[1].product.id]
+    assert banner.products[0].url.startswith("https://")
+    assert banner.template == "hero_banner" and banner.template_version == 1
+    assert banner.engine == "scripted" and banner.model == "scripted-model"
+    assert banner.timings.total_ms >= banner.timings.retrieval_ms
+    # The prompt the engine saw lists the same candidates, numbered.
+    user_prompt = engine.requests[0].messages[-1][1]
+    assert f"1. {offered[0].product.title}" in user_prompt
+
+
+async def test_refused_copy_is_retried_with_another_seed(build) -> None:  # type: ignore[no-untyped-def]
+    pipeline, engine = build([INVENTED, GOOD])
+    (banner,) = await pipeline.generate(BannerRequest(shopper_id="coffee_fan"))
+    assert not banner.fallback and banner.retries == 1
+    assert banner.headline == GOOD["headline"]
+    assert any("invented_number" in flag for flag in banner.flags)
+    assert engine.requests[0].seed != engine.requests[1].seed
+
+
+async def test_after_the_retries_a_flagged_fallback(build, test_settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    pipeline, engine = build([INVENTED] * 10)
+    (banner,) = await pipeline.generate(BannerRequest(shopper_id="coffee_fan"))
+    assert banner.fallback
+    assert len(engine.requests) == test_settings.max_retries + 1
+    assert banner.retries == test_settings.max_retries
+    assert "%" not in banner.headline and banner.products
+
+
+async def test_engine_failure_gives_fallback_not_an_exception(build) -> None:  # type: ignore[no-untyped-def]
+    pipeline, engine = build([EngineError("server down")])
+    (banner,) = await pipeline.generate(BannerRequest(shopper_id="runner"))
+    assert banner.fallback and len(engine.requests) == 1, "a dead engine is not retried"
+    assert banner.flags == ["engine_error: server down"]
+
+
+async def test_no_engine_still_answers_with_fallback(tiny_catalog, tiny_shoppers,  # type: ignore[no-untyped-def]
+                                                     test_settings) -> None:
+    pipeline = make_pipeline(ScriptedEngine([]), tiny_catalog, tiny_shoppers, test_settings)
+    pipeline.engine = None
+    (banner,) = await pipeline.generate(BannerRequest(shopper_id="runner"))
+    assert banner.fallback and banner.engine == "none"
+
+
+async def test_variants_ids_and_determinism(build) -> None:  # type: ignore[no-untyped-def]
+    pipeline, engine = build([GOOD, INVENTED, GOOD])
+    banners = await pipeline.generate(BannerRequest(shopper_id="coffee_fan", count=2))
+    assert [b.variant for b in banners] == [0, 1]
+    assert banners[0].id != banners[1].id
+    assert [b.retries for b in banners] == [0, 1]
+    again, _ = build([GOOD, GOOD])
+    repeat = await again.generate(BannerRequest(shopper_id="coffee_fan", count=2))
+    assert [b.id for b in repeat] == [b.id for b in banners], "ids are a pure function of inputs"
+    assert [r.seed for r in engine.requests[:2]] == [r.seed for r in
+                                                     again.engine.requests[:2]]  # type: ignore[union-attr]
+
+
+async def test_unknown_template_is_a_caller_error(build) -> None:  # type: ignore[no-untyped-def]
+    pipeline, _ = build([])
+    with pytest.raises(KeyError, match="unknown template 'nope'"):
+        await pipeline.generate(BannerRequest(shopper_id="runner", template="nope"))
+
+
+async def test_nothing_passes_the_filters(build) -> None:  # type: ignore[no-untyped-def]
+    pipeline, engine = build([])
+    (banner,) = await pipeline.generate(BannerRequest(
+        shopper_id="runner", filters=CandidateFilters(min_price=99_999)))
+    assert banner.fallback and banner.products == [] and engine.requests == []
+
+
+async def test_spotlight_focuses_one_category(build) -> None:  # type: ignore[no-untyped-def]
+    spotlight = dict(GOOD, layout="split", products=[1])
+    pipeline, engine = build([spotlight])
+    (banner,) = await pipeline.generate(BannerRequest(shopper_id="runner",
+                                                      template="category_spotlight"))
+    offered = engine.requests[0].messages[-1][1]
+    assert "Running" in offered and "Coffee" not in offered.split("<products>")[1]
+    assert not banner.fallback
+
+
+async def test_inline_profile_wins_over_the_id(build) -> None:  # type: ignore[no-untyped-def]
+    from app.domain import Shopper
+
+    pipeline, engine = build([GOOD])
+    await pipeline.generate(BannerRequest(shopper_id="runner",
+                                          shopper=Shopper(id="inline", interests=("camping",))))
+    assert "Camping Tent" in engine.requests[0].messages[-1][1]
