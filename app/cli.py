@@ -20,8 +20,15 @@ from app.models import ModelError
 from app.prompting.sandbox import TemplateError
 
 F = TypeVar("F", bound=Callable[..., Any])
-EXPECTED_ERRORS = (CatalogError, TemplateError, ModelError, EngineError, KeyError, ValueError,
-                   OSError)
+EXPECTED_ERRORS = (
+    CatalogError,
+    TemplateError,
+    ModelError,
+    EngineError,
+    KeyError,
+    ValueError,
+    OSError,
+)
 
 
 def clear_errors(command: F) -> F:
@@ -41,8 +48,10 @@ def clear_errors(command: F) -> F:
 @click.option("-v", "--verbose", is_flag=True, help="Log what each stage does.")
 def cli(verbose: bool) -> None:
     """Marquee: personalized homepage banners, grounded in the catalog."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
 
 @cli.group()
@@ -80,16 +89,26 @@ def index_build(force: bool) -> None:
     embedder = load_embedder(settings)
     built, rebuilt = load_index(settings, catalog, embedder, force=force, progress=True)
     state = "built" if rebuilt else "fresh, reused"
-    click.echo(f"index {state}: {built.vectors.shape[0]} products x {built.vectors.shape[1]} dims "
-               f"-> {settings.index_dir}")
+    click.echo(
+        f"index {state}: {built.vectors.shape[0]} products x {built.vectors.shape[1]} dims "
+        f"-> {settings.index_dir}"
+    )
 
 
-def _filters(include: tuple[str, ...], exclude: tuple[str, ...], min_price: float | None,
-             max_price: float | None) -> Any:
+def _filters(
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    min_price: float | None,
+    max_price: float | None,
+) -> Any:
     from app.retrieval.selector import CandidateFilters
 
-    return CandidateFilters(include_categories=include, exclude_categories=exclude,
-                            min_price=min_price, max_price=max_price)
+    return CandidateFilters(
+        include_categories=include,
+        exclude_categories=exclude,
+        min_price=min_price,
+        max_price=max_price,
+    )
 
 
 filter_options = [
@@ -112,48 +131,76 @@ def with_filters(command: F) -> F:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @with_filters
 @clear_errors
-def candidates(user: str, template: str, as_json: bool, include: tuple[str, ...],
-               exclude: tuple[str, ...], min_price: float | None,
-               max_price: float | None) -> None:
+def candidates(
+    user: str,
+    template: str,
+    as_json: bool,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    min_price: float | None,
+    max_price: float | None,
+) -> None:
     """Show what retrieval picks for a shopper, and why."""
     from app.runtime import build_pipeline
 
     settings = get_settings()
     pipeline = build_pipeline(settings, with_engine=False, progress=True)
     shopper = pipeline.shoppers.get(user)
-    selection = pipeline.candidates(shopper, pipeline.templates.get(template),
-                                    _filters(include, exclude, min_price, max_price))
+    selection = pipeline.candidates(
+        shopper, pipeline.templates.get(template), _filters(include, exclude, min_price, max_price)
+    )
     shoppers = pipeline.shoppers
     trace = selection.trace
     if as_json:
-        click.echo(json.dumps({
-            "shopper": user, "known": shoppers.known(user), "cold_start": trace.cold_start,
-            "signals": trace.signals, "pool_size": trace.pool_size, "removed": trace.removed,
-            "candidates": [c.model_dump(mode="json") for c in selection.candidates],
-        }, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "shopper": user,
+                    "known": shoppers.known(user),
+                    "cold_start": trace.cold_start,
+                    "signals": trace.signals,
+                    "pool_size": trace.pool_size,
+                    "removed": trace.removed,
+                    "candidates": [c.model_dump(mode="json") for c in selection.candidates],
+                },
+                indent=2,
+            )
+        )
         return
-    click.echo(f"shopper {user} ({'known' if shoppers.known(user) else 'unknown'}, "
-               f"segment {shopper.segment}, {len(shopper.history)} events, "
-               f"interests: {', '.join(shopper.interests) or '-'})")
-    click.echo(f"cold start: {trace.cold_start}; blend: "
-               + ", ".join(f"{k} {v:.2f}" for k, v in trace.signals.items()))
-    click.echo(f"filters removed: " + (", ".join(f"{k} {v}" for k, v in trace.removed.items())
-                                        or "nothing")
-               + f"; {trace.allowed} allowed; pool {trace.pool_size}; "
-                 f"MMR lambda {settings.mmr_lambda}")
-    click.echo(f"{'#':>2}  {'id':<8} {'sem':>5} {'cf':>5} {'pop':>5} {'rel':>5} {'mmr':>6}  "
-               f"{'source':<13} title")
+    click.echo(
+        f"shopper {user} ({'known' if shoppers.known(user) else 'unknown'}, "
+        f"segment {shopper.segment}, {len(shopper.history)} events, "
+        f"interests: {', '.join(shopper.interests) or '-'})"
+    )
+    click.echo(
+        f"cold start: {trace.cold_start}; blend: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in trace.signals.items())
+    )
+    click.echo(
+        "filters removed: "
+        + (", ".join(f"{k} {v}" for k, v in trace.removed.items()) or "nothing")
+        + f"; {trace.allowed} allowed; pool {trace.pool_size}; "
+        f"MMR lambda {settings.mmr_lambda}"
+    )
+    click.echo(
+        f"{'#':>2}  {'id':<8} {'sem':>5} {'cf':>5} {'pop':>5} {'rel':>5} {'mmr':>6}  "
+        f"{'source':<13} title"
+    )
     for c in selection.candidates:
         s = c.scores
-        click.echo(f"{c.number:>2}  {c.product.id:<8} {s.semantic:5.2f} {s.collaborative:5.2f} "
-                   f"{s.popularity:5.2f} {s.relevance:5.2f} {s.mmr:6.3f}  {c.source:<13} "
-                   f"{c.product.title} ({c.product.category}, ${c.product.price:.2f})")
+        click.echo(
+            f"{c.number:>2}  {c.product.id:<8} {s.semantic:5.2f} {s.collaborative:5.2f} "
+            f"{s.popularity:5.2f} {s.relevance:5.2f} {s.mmr:6.3f}  {c.source:<13} "
+            f"{c.product.title} ({c.product.category}, ${c.product.price:.2f})"
+        )
 
 
 def print_banner(banner: Banner) -> None:
     flag = "  [FALLBACK]" if banner.fallback else ""
-    click.echo(f"── {banner.id}  {banner.template} v{banner.template_version}  "
-               f"shopper {banner.shopper_id}  variant {banner.variant}{flag}")
+    click.echo(
+        f"── {banner.id}  {banner.template} v{banner.template_version}  "
+        f"shopper {banner.shopper_id}  variant {banner.variant}{flag}"
+    )
     click.echo(f"   {banner.headline}")
     click.echo(f"   {banner.subheadline}")
     badge = f"  badge: {banner.badge}" if banner.badge else ""
@@ -161,23 +208,33 @@ def print_banner(banner: Banner) -> None:
     for product in banner.products:
         click.echo(f"   • {product.title}  {product.currency} {product.price:.2f}  ({product.id})")
     t = banner.timings
-    click.echo(f"   retries {banner.retries}, {banner.output_tokens} tokens, "
-               f"retrieval {t.retrieval_ms:.0f} ms, generation {t.generation_ms:.0f} ms, "
-               f"total {t.total_ms:.0f} ms")
+    click.echo(
+        f"   retries {banner.retries}, {banner.output_tokens} tokens, "
+        f"retrieval {t.retrieval_ms:.0f} ms, generation {t.generation_ms:.0f} ms, "
+        f"total {t.total_ms:.0f} ms"
+    )
     for flag_text in banner.flags[:4]:
         click.echo(f"   ! {flag_text}")
 
 
-async def _generate(settings: Settings, users: list[str], template: str | None, count: int,
-                    filters: Any, as_json: bool, engine: str | None) -> None:
+async def _generate(
+    settings: Settings,
+    users: list[str],
+    template: str | None,
+    count: int,
+    filters: Any,
+    as_json: bool,
+    engine: str | None,
+) -> None:
     from app.pipeline import BannerRequest
     from app.runtime import build_pipeline, make_engine
 
     pipeline = build_pipeline(settings, engine=make_engine(settings, engine), progress=True)
     try:
         for user in users:
-            banners = await pipeline.generate(BannerRequest(
-                shopper_id=user, template=template, count=count, filters=filters))
+            banners = await pipeline.generate(
+                BannerRequest(shopper_id=user, template=template, count=count, filters=filters)
+            )
             for banner in banners:
                 if as_json:
                     click.echo(banner.model_dump_json(indent=2))
@@ -191,18 +248,36 @@ async def _generate(settings: Settings, users: list[str], template: str | None, 
 @cli.command()
 @click.option("--user", "users", required=True, multiple=True, help="Shopper id (repeatable).")
 @click.option("--template", default=None, help="Template name (default: the placement's).")
-@click.option("--count", default=1, show_default=True, type=click.IntRange(1, 8),
-              help="Variants per shopper.")
+@click.option(
+    "--count", default=1, show_default=True, type=click.IntRange(1, 8), help="Variants per shopper."
+)
 @click.option("--engine", default=None, help="Engine (default: MARQUEE_ENGINE).")
 @click.option("--json", "as_json", is_flag=True, help="Print banners as JSON.")
 @with_filters
 @clear_errors
-def generate(users: tuple[str, ...], template: str | None, count: int, engine: str | None,
-             as_json: bool, include: tuple[str, ...], exclude: tuple[str, ...],
-             min_price: float | None, max_price: float | None) -> None:
+def generate(
+    users: tuple[str, ...],
+    template: str | None,
+    count: int,
+    engine: str | None,
+    as_json: bool,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    min_price: float | None,
+    max_price: float | None,
+) -> None:
     """Generate banners for shoppers."""
-    asyncio.run(_generate(get_settings(), list(users), template, count,
-                          _filters(include, exclude, min_price, max_price), as_json, engine))
+    asyncio.run(
+        _generate(
+            get_settings(),
+            list(users),
+            template,
+            count,
+            _filters(include, exclude, min_price, max_price),
+            as_json,
+            engine,
+        )
+    )
 
 
 @cli.command()
@@ -226,8 +301,9 @@ def demo(shoppers: int) -> None:
         pipeline = build_pipeline(settings, progress=True)
         for user in users:
             for name in pipeline.templates.names:
-                for banner in await pipeline.generate(BannerRequest(shopper_id=user,
-                                                                    template=name)):
+                for banner in await pipeline.generate(
+                    BannerRequest(shopper_id=user, template=name)
+                ):
                     print_banner(banner)
 
     asyncio.run(run())

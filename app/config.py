@@ -45,8 +45,15 @@ class Settings(BaseSettings):
     max_retries: int = Field(default=2, ge=0, le=10)
     base_seed: int = 7
     banned_terms: list[str] = Field(
-        default_factory=lambda: ["guaranteed", "cheapest", "free shipping", "best in the world",
-                                 "miracle", "cure", "risk-free"]
+        default_factory=lambda: [
+            "guaranteed",
+            "cheapest",
+            "free shipping",
+            "best in the world",
+            "miracle",
+            "cure",
+            "risk-free",
+        ]
     )
     max_variants: int = Field(default=8, ge=1, le=32)
     generation_timeout_s: float = Field(default=120.0, gt=0)

@@ -10,7 +10,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl, Strin
 
 ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
 Identifier = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[\w.:-]+$")
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[\w.:-]+$"),
 ]
 
 
@@ -28,8 +29,9 @@ class Product(BaseModel):
     description: Annotated[str, StringConstraints(strip_whitespace=True, max_length=4000)] = ""
     brand: ShortText
     category: ShortText
-    tags: tuple[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                                 max_length=60)], ...] = ()
+    tags: tuple[
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=60)], ...
+    ] = ()
     price: float = Field(ge=0, le=1_000_000)
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = "USD"
     in_stock: bool = True
@@ -54,8 +56,9 @@ class Shopper(BaseModel):
     name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=80)] = ""
     locale: Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")] = "en-US"
     segment: Annotated[str, StringConstraints(strip_whitespace=True, max_length=40)] = "unknown"
-    interests: tuple[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                                      max_length=80)], ...] = ()
+    interests: tuple[
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80)], ...
+    ] = ()
     history: tuple[Interaction, ...] = Field(default=(), max_length=10_000)
 
     @property

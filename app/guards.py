@@ -29,8 +29,11 @@ _OFFER = re.compile(
     re.IGNORECASE,
 )
 # Prompt scaffolding that has no place in customer-facing copy.
-_LEAKS = re.compile(r"[<>{}\[\]`]|\b(?:headline|subheadline|cta|json|candidates?)\b|"
-                    r"\bproducts? (?:list|numbers?)\b", re.IGNORECASE)
+_LEAKS = re.compile(
+    r"[<>{}\[\]`]|\b(?:headline|subheadline|cta|json|candidates?)\b|"
+    r"\bproducts? (?:list|numbers?)\b",
+    re.IGNORECASE,
+)
 TEXT_FIELDS = ("headline", "subheadline", "cta", "badge")
 
 
@@ -94,15 +97,24 @@ class GuardResult:
 
 class Guards:
     def __init__(self, banned_terms: Iterable[str]) -> None:
-        terms = sorted({t.strip().casefold() for t in banned_terms if t.strip()}, key=len,
-                       reverse=True)
-        self._banned = re.compile(
-            r"\b(" + "|".join(re.escape(t) for t in terms) + r")\b", re.IGNORECASE
-        ) if terms else None
+        terms = sorted(
+            {t.strip().casefold() for t in banned_terms if t.strip()}, key=len, reverse=True
+        )
+        self._banned = (
+            re.compile(r"\b(" + "|".join(re.escape(t) for t in terms) + r")\b", re.IGNORECASE)
+            if terms
+            else None
+        )
 
-    def check(self, text: str, schema: type[BannerCopy], spec: SchemaSpec,
-              candidates: list[Candidate], examples: list[dict[str, Any]],
-              prompt: RenderedPrompt | None = None) -> GuardResult:
+    def check(
+        self,
+        text: str,
+        schema: type[BannerCopy],
+        spec: SchemaSpec,
+        candidates: list[Candidate],
+        examples: list[dict[str, Any]],
+        prompt: RenderedPrompt | None = None,
+    ) -> GuardResult:
         try:
             copy = schema.model_validate_json(text)
         except ValidationError as error:
@@ -126,8 +138,9 @@ class Guards:
         return GuardResult(copy, products, problems)
 
     @staticmethod
-    def _resolve(copy: BannerCopy, candidates: list[Candidate], spec: SchemaSpec,
-                 problems: list[str]) -> list[Candidate]:
+    def _resolve(
+        copy: BannerCopy, candidates: list[Candidate], spec: SchemaSpec, problems: list[str]
+    ) -> list[Candidate]:
         by_number = {candidate.number: candidate for candidate in candidates}
         resolved: list[Candidate] = []
         for number in copy.products:
@@ -137,13 +150,13 @@ class Guards:
             elif candidate not in resolved:  # a repeated number is shown once
                 resolved.append(candidate)
         if len(resolved) < spec.min_products:
-            problems.append(f"too_few_products: {len(resolved)} distinct, "
-                            f"need {spec.min_products}")
+            problems.append(f"too_few_products: {len(resolved)} distinct, need {spec.min_products}")
         return resolved
 
     @staticmethod
-    def _check_claims(fields: dict[str, str], candidates: list[Candidate],
-                      problems: list[str]) -> None:
+    def _check_claims(
+        fields: dict[str, str], candidates: list[Candidate], problems: list[str]
+    ) -> None:
         numbers, fact_text = candidate_facts(candidates)
         for name, value in fields.items():
             for number in sorted(numbers_in(value) - numbers):
@@ -183,8 +196,9 @@ class Guards:
                 problems.append(f"prompt_echo: {name}")
 
     @staticmethod
-    def _check_examples(fields: dict[str, str], examples: list[dict[str, Any]],
-                        problems: list[str]) -> None:
+    def _check_examples(
+        fields: dict[str, str], examples: list[dict[str, Any]], problems: list[str]
+    ) -> None:
         for example in examples:
             for name in ("headline", "subheadline"):
                 given, shown = fields.get(name), example.get(name)
@@ -209,14 +223,17 @@ def _fit(text: str, limit: int) -> str:
     return cut + "…"
 
 
-def fallback_copy(candidates: list[Candidate], spec: SchemaSpec, personal: bool) -> tuple[
-        dict[str, Any], list[Candidate]]:
+def fallback_copy(
+    candidates: list[Candidate], spec: SchemaSpec, personal: bool
+) -> tuple[dict[str, Any], list[Candidate]]:
     """A plain banner from catalog facts only: the answer when the model's copy is refused."""
     chosen = candidates[: max(spec.min_products, min(3, spec.max_products))]
     category = Counter(c.product.category for c in chosen).most_common(1)[0][0]
     headline = f"Picked for you: {category}" if personal else f"Popular in {category}"
     titles = [c.product.title for c in chosen[:2]]
-    subheadline = " and ".join(titles) + (", chosen for you." if personal else ", loved by shoppers.")
+    subheadline = " and ".join(titles) + (
+        ", chosen for you." if personal else ", loved by shoppers."
+    )
     copy = {
         "headline": _fit(headline, spec.headline_max),
         "subheadline": _fit(subheadline, spec.subheadline_max),

@@ -65,7 +65,9 @@ def resolve_gguf(reference: str) -> Path:
 
 def _fingerprint(path: Path) -> str:
     stat = path.stat()
-    return hashlib.sha256(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[
+        :16
+    ]
 
 
 def is_prepared(target: Path) -> bool:

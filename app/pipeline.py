@@ -61,9 +61,17 @@ def _seed(*parts: object) -> int:
 
 
 class Pipeline:
-    def __init__(self, *, settings: Settings, catalog: Catalog, shoppers: ShopperStore,
-                 selector: CandidateSelector, templates: TemplateRegistry,
-                 engine: Engine | None, guards: Guards) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        catalog: Catalog,
+        shoppers: ShopperStore,
+        selector: CandidateSelector,
+        templates: TemplateRegistry,
+        engine: Engine | None,
+        guards: Guards,
+    ) -> None:
         self.settings = settings
         self.catalog = catalog
         self.shoppers = shoppers
@@ -73,14 +81,28 @@ class Pipeline:
         self.guards = guards
 
     @classmethod
-    def assemble(cls, settings: Settings, *, catalog: Catalog, shoppers: ShopperStore,
-                 embedder: Embedder, index: VectorIndex, engine: Engine | None,
-                 templates: TemplateRegistry | None = None) -> Pipeline:
+    def assemble(
+        cls,
+        settings: Settings,
+        *,
+        catalog: Catalog,
+        shoppers: ShopperStore,
+        embedder: Embedder,
+        index: VectorIndex,
+        engine: Engine | None,
+        templates: TemplateRegistry | None = None,
+    ) -> Pipeline:
         signals = InteractionSignals(catalog, shoppers)
         selector = CandidateSelector(catalog, index, embedder, signals, settings)
-        return cls(settings=settings, catalog=catalog, shoppers=shoppers, selector=selector,
-                   templates=templates or TemplateRegistry.from_folder(settings.prompts_dir),
-                   engine=engine, guards=Guards(settings.banned_terms))
+        return cls(
+            settings=settings,
+            catalog=catalog,
+            shoppers=shoppers,
+            selector=selector,
+            templates=templates or TemplateRegistry.from_folder(settings.prompts_dir),
+            engine=engine,
+            guards=Guards(settings.banned_terms),
+        )
 
     # --- the stages, each callable alone ---------------------------------------------------
 
@@ -92,8 +114,9 @@ class Pipeline:
             return self.templates.get(request.template)
         return self.templates.default_for(request.placement)
 
-    def candidates(self, shopper: Shopper, template: PromptTemplate,
-                   filters: CandidateFilters | None = None) -> Selection:
+    def candidates(
+        self, shopper: Shopper, template: PromptTemplate, filters: CandidateFilters | None = None
+    ) -> Selection:
         filters = filters or CandidateFilters()
         k = template.header.k
         if template.header.retrieval.focus == "top_category" and not filters.include_categories:
@@ -104,16 +127,26 @@ class Pipeline:
                 filters = filters.model_copy(update={"include_categories": focus})
         return self.selector.select(shopper, k, filters)
 
-    def render(self, shopper: Shopper, template: PromptTemplate, candidates: list[Candidate],
-               placement: str) -> RenderedPrompt:
+    def render(
+        self,
+        shopper: Shopper,
+        template: PromptTemplate,
+        candidates: list[Candidate],
+        placement: str,
+    ) -> RenderedPrompt:
         recent: list[str] = []
         for event in sorted(shopper.history, key=lambda e: e.ts, reverse=True):
             product = self.catalog.get(event.product_id)
             if product is not None and product.title not in recent:
                 recent.append(product.title)
-        context = build_context(shopper=shopper, recent_titles=recent, candidates=candidates,
-                                brand=self.templates.brand, placement=placement,
-                                spec=template.spec)
+        context = build_context(
+            shopper=shopper,
+            recent_titles=recent,
+            candidates=candidates,
+            brand=self.templates.brand,
+            placement=placement,
+            spec=template.spec,
+        )
         return template.render(context)
 
     # --- the whole flow ---------------------------------------------------------------------
@@ -131,8 +164,11 @@ class Pipeline:
         candidates = selection.candidates
 
         t0 = time.perf_counter()
-        prompt = self.render(shopper, template, candidates, request.placement) \
-            if len(candidates) >= template.spec.min_products else None
+        prompt = (
+            self.render(shopper, template, candidates, request.placement)
+            if len(candidates) >= template.spec.min_products
+            else None
+        )
         render_ms = (time.perf_counter() - t0) * 1000
 
         variants = [_Variant(number) for number in range(count)]
@@ -143,30 +179,59 @@ class Pipeline:
             await self._attempt_all(variants, shopper, template, prompt, candidates)
 
         total_ms = (time.perf_counter() - started) * 1000
-        return [self._banner(variant, shopper, template, candidates, selection,
-                             StageTimings(retrieval_ms=retrieval_ms, render_ms=render_ms,
-                                          generation_ms=variant.generation_ms,
-                                          guards_ms=variant.guards_ms, total_ms=total_ms))
-                for variant in variants]
+        return [
+            self._banner(
+                variant,
+                shopper,
+                template,
+                candidates,
+                selection,
+                StageTimings(
+                    retrieval_ms=retrieval_ms,
+                    render_ms=render_ms,
+                    generation_ms=variant.generation_ms,
+                    guards_ms=variant.guards_ms,
+                    total_ms=total_ms,
+                ),
+            )
+            for variant in variants
+        ]
 
-    async def _attempt_all(self, variants: list[_Variant], shopper: Shopper,
-                           template: PromptTemplate, prompt: RenderedPrompt,
-                           candidates: list[Candidate]) -> None:
+    async def _attempt_all(
+        self,
+        variants: list[_Variant],
+        shopper: Shopper,
+        template: PromptTemplate,
+        prompt: RenderedPrompt,
+        candidates: list[Candidate],
+    ) -> None:
         schema = template.output_model
         for attempt in range(self.settings.max_retries + 1):
             pending = [v for v in variants if v.accepted is None]
             if not pending:
                 return
-            requests = [GenerationRequest(
-                messages=prompt.messages, schema=schema, sampling=template.header.sampling,
-                seed=_seed(self.settings.base_seed, shopper.id, template.name, template.version,
-                           v.number, attempt),
-            ) for v in pending]
+            requests = [
+                GenerationRequest(
+                    messages=prompt.messages,
+                    schema=schema,
+                    sampling=template.header.sampling,
+                    seed=_seed(
+                        self.settings.base_seed,
+                        shopper.id,
+                        template.name,
+                        template.version,
+                        v.number,
+                        attempt,
+                    ),
+                )
+                for v in pending
+            ]
             try:
                 if self.engine is None:
                     raise EngineError("no engine configured")
-                results = await asyncio.wait_for(self.engine.generate_many(requests),
-                                                 timeout=self.settings.generation_timeout_s)
+                results = await asyncio.wait_for(
+                    self.engine.generate_many(requests), timeout=self.settings.generation_timeout_s
+                )
             except (EngineError, TimeoutError) as error:
                 reason = "timed out" if isinstance(error, TimeoutError) else str(error)
                 log.warning("engine failed for %s/%s: %s", shopper.id, template.name, reason)
@@ -176,14 +241,26 @@ class Pipeline:
             for variant, result in zip(pending, results, strict=True):
                 self._judge(variant, result, template, candidates, prompt)
 
-    def _judge(self, variant: _Variant, result: GenerationResult, template: PromptTemplate,
-               candidates: list[Candidate], prompt: RenderedPrompt) -> None:
+    def _judge(
+        self,
+        variant: _Variant,
+        result: GenerationResult,
+        template: PromptTemplate,
+        candidates: list[Candidate],
+        prompt: RenderedPrompt,
+    ) -> None:
         variant.attempts += 1
         variant.output_tokens += result.output_tokens
         variant.generation_ms += result.elapsed_ms
         t0 = time.perf_counter()
-        verdict = self.guards.check(result.text, template.output_model, template.spec, candidates,
-                                    template.example_outputs, prompt)
+        verdict = self.guards.check(
+            result.text,
+            template.output_model,
+            template.spec,
+            candidates,
+            template.example_outputs,
+            prompt,
+        )
         variant.guards_ms += (time.perf_counter() - t0) * 1000
         if verdict.ok:
             variant.accepted = verdict
@@ -198,41 +275,83 @@ class Pipeline:
     def engine_name(self) -> str:
         return self.engine.name if self.engine is not None else "none"
 
-    def _banner(self, variant: _Variant, shopper: Shopper, template: PromptTemplate,
-                candidates: list[Candidate], selection: Selection,
-                timings: StageTimings) -> Banner:
+    def _banner(
+        self,
+        variant: _Variant,
+        shopper: Shopper,
+        template: PromptTemplate,
+        candidates: list[Candidate],
+        selection: Selection,
+        timings: StageTimings,
+    ) -> Banner:
         if variant.accepted is not None and variant.accepted.copy is not None:
             copy = variant.accepted.copy.model_dump()
             chosen = variant.accepted.products
             fallback = False
         else:
             personal = not selection.trace.cold_start
-            copy, chosen = fallback_copy(candidates, template.spec, personal) if candidates \
+            copy, chosen = (
+                fallback_copy(candidates, template.spec, personal)
+                if candidates
                 else (self._empty_copy(template), [])
+            )
             fallback = True
-        banner_id = "bnr_" + hashlib.sha256(json.dumps([
-            shopper.id, template.name, template.version, [c.product.id for c in candidates],
-            self.model_name, variant.number,
-        ]).encode()).hexdigest()[:24]
+        banner_id = (
+            "bnr_"
+            + hashlib.sha256(
+                json.dumps(
+                    [
+                        shopper.id,
+                        template.name,
+                        template.version,
+                        [c.product.id for c in candidates],
+                        self.model_name,
+                        variant.number,
+                    ]
+                ).encode()
+            ).hexdigest()[:24]
+        )
         return Banner(
-            id=banner_id, shopper_id=shopper.id, template=template.name,
-            template_version=template.version, variant=variant.number,
-            headline=copy["headline"], subheadline=copy["subheadline"], cta=copy["cta"],
-            layout=copy["layout"], badge=copy.get("badge"), tone=copy.get("tone"),
-            products=[ResolvedProduct(id=c.product.id, title=c.product.title,
-                                      price=c.product.price, currency=c.product.currency,
-                                      url=str(c.product.url),
-                                      image_url=str(c.product.image_url) if c.product.image_url
-                                      else None) for c in chosen],
-            model=self.model_name, engine=self.engine_name, fallback=fallback,
-            retries=max(0, variant.attempts - 1), flags=variant.flags,
-            output_tokens=variant.output_tokens, timings=timings,
+            id=banner_id,
+            shopper_id=shopper.id,
+            template=template.name,
+            template_version=template.version,
+            variant=variant.number,
+            headline=copy["headline"],
+            subheadline=copy["subheadline"],
+            cta=copy["cta"],
+            layout=copy["layout"],
+            badge=copy.get("badge"),
+            tone=copy.get("tone"),
+            products=[
+                ResolvedProduct(
+                    id=c.product.id,
+                    title=c.product.title,
+                    price=c.product.price,
+                    currency=c.product.currency,
+                    url=str(c.product.url),
+                    image_url=str(c.product.image_url) if c.product.image_url else None,
+                )
+                for c in chosen
+            ],
+            model=self.model_name,
+            engine=self.engine_name,
+            fallback=fallback,
+            retries=max(0, variant.attempts - 1),
+            flags=variant.flags,
+            output_tokens=variant.output_tokens,
+            timings=timings,
             created_at=datetime.now(UTC),
         )
 
     @staticmethod
     def _empty_copy(template: PromptTemplate) -> dict[str, object]:
         """Nothing passed the filters: a banner with no products that still renders."""
-        return {"headline": "New arrivals", "subheadline": "Browse what just landed in store.",
-                "cta": "Browse", "layout": template.spec.layouts[0], "tone": "practical",
-                "badge": None}
+        return {
+            "headline": "New arrivals",
+            "subheadline": "Browse what just landed in store.",
+            "cta": "Browse",
+            "layout": template.spec.layouts[0],
+            "tone": "practical",
+            "badge": None,
+        }

@@ -22,30 +22,48 @@ def load_embedder(settings: Settings) -> SentenceEmbedder:
     return SentenceEmbedder(settings.embedding_model, settings.embedding_batch_size)
 
 
-def load_index(settings: Settings, catalog: Catalog, embedder: SentenceEmbedder, *,
-               force: bool = False, progress: bool = False) -> tuple[ExactIndex, bool]:
-    return build_or_load_index(catalog, embedder, settings.index_dir, force=force,
-                               progress=progress)
+def load_index(
+    settings: Settings,
+    catalog: Catalog,
+    embedder: SentenceEmbedder,
+    *,
+    force: bool = False,
+    progress: bool = False,
+) -> tuple[ExactIndex, bool]:
+    return build_or_load_index(
+        catalog, embedder, settings.index_dir, force=force, progress=progress
+    )
 
 
 def make_engine(settings: Settings, name: str | None = None) -> Engine:
     name = name or settings.engine
     if name == "transformers":
         if not is_prepared(settings.llm_folder):
-            raise EngineError(f"model not prepared in {settings.llm_folder}: "
-                              "run `marquee model prepare`")
+            raise EngineError(
+                f"model not prepared in {settings.llm_folder}: run `marquee model prepare`"
+            )
         from app.generation.transformers_engine import TransformersEngine
 
         return TransformersEngine(settings.llm_folder, settings.llm_name, settings.llm_dtype)
     raise EngineError(f"unknown engine '{name}' (known: {', '.join(ENGINES)})")
 
 
-def build_pipeline(settings: Settings, *, engine: Engine | None = None,
-                   with_engine: bool = True, progress: bool = False) -> Pipeline:
+def build_pipeline(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    with_engine: bool = True,
+    progress: bool = False,
+) -> Pipeline:
     """The whole pipeline. ``with_engine=False`` skips loading a model (retrieval, prompts)."""
     catalog, shoppers = load_data(settings)
     embedder = load_embedder(settings)
     index, _ = load_index(settings, catalog, embedder, progress=progress)
-    return Pipeline.assemble(settings, catalog=catalog, shoppers=shoppers, embedder=embedder,
-                             index=index,
-                             engine=engine or (make_engine(settings) if with_engine else None))
+    return Pipeline.assemble(
+        settings,
+        catalog=catalog,
+        shoppers=shoppers,
+        embedder=embedder,
+        index=index,
+        engine=engine or (make_engine(settings) if with_engine else None),
+    )

@@ -17,8 +17,20 @@ from app.retrieval.index import ExactIndex
 from app.retrieval.selector import CandidateSelector
 from app.retrieval.signals import InteractionSignals
 
-VOCABULARY = ("coffee", "grinder", "kettle", "beans", "tea", "running", "shoe", "trail",
-              "tent", "camping", "headlamp", "yoga")
+VOCABULARY = (
+    "coffee",
+    "grinder",
+    "kettle",
+    "beans",
+    "tea",
+    "running",
+    "shoe",
+    "trail",
+    "tent",
+    "camping",
+    "headlamp",
+    "yoga",
+)
 
 
 class WordEmbedder:
@@ -40,11 +52,26 @@ class WordEmbedder:
         return self.encode([text])[0]
 
 
-def product(pid: str, title: str, category: str, price: float, *, in_stock: bool = True,
-            description: str = "") -> Product:
-    return Product(id=pid, title=title, description=description or f"{title} for everyday use.",
-                   brand="Testco", category=category, tags=(), price=price,
-                   url=f"https://shop.example.com/{pid}", in_stock=in_stock)
+def product(
+    pid: str,
+    title: str,
+    category: str,
+    price: float,
+    *,
+    in_stock: bool = True,
+    description: str = "",
+) -> Product:
+    return Product(
+        id=pid,
+        title=title,
+        description=description or f"{title} for everyday use.",
+        brand="Testco",
+        category=category,
+        tags=(),
+        price=price,
+        url=f"https://shop.example.com/{pid}",
+        in_stock=in_stock,
+    )
 
 
 TINY_PRODUCTS = (
@@ -75,19 +102,41 @@ def tiny_catalog() -> Catalog:
 @pytest.fixture
 def tiny_shoppers() -> ShopperStore:
     # Coffee people also buy camping headlamps: the co-occurrence signal has something to find.
-    return ShopperStore([
-        Shopper(id="coffee_fan", segment="regular", interests=("coffee",), history=(
-            event("C1", EventType.VIEW, 10), event("C3", EventType.PURCHASE, 9),
-            event("K2", EventType.VIEW, 8))),
-        Shopper(id="coffee_two", segment="regular", history=(
-            event("C2", EventType.VIEW, 3), event("K2", EventType.ADD_TO_CART, 2))),
-        Shopper(id="runner", segment="sporty", interests=("trail running",), history=(
-            event("R1", EventType.VIEW, 1), event("R2", EventType.PURCHASE, 1))),
-        Shopper(id="camper", segment="sporty", history=(
-            event("K1", EventType.PURCHASE, 5), event("K2", EventType.VIEW, 5),
-            event("R1", EventType.VIEW, 4))),
-        Shopper(id="newcomer", segment="regular"),
-    ])
+    return ShopperStore(
+        [
+            Shopper(
+                id="coffee_fan",
+                segment="regular",
+                interests=("coffee",),
+                history=(
+                    event("C1", EventType.VIEW, 10),
+                    event("C3", EventType.PURCHASE, 9),
+                    event("K2", EventType.VIEW, 8),
+                ),
+            ),
+            Shopper(
+                id="coffee_two",
+                segment="regular",
+                history=(event("C2", EventType.VIEW, 3), event("K2", EventType.ADD_TO_CART, 2)),
+            ),
+            Shopper(
+                id="runner",
+                segment="sporty",
+                interests=("trail running",),
+                history=(event("R1", EventType.VIEW, 1), event("R2", EventType.PURCHASE, 1)),
+            ),
+            Shopper(
+                id="camper",
+                segment="sporty",
+                history=(
+                    event("K1", EventType.PURCHASE, 5),
+                    event("K2", EventType.VIEW, 5),
+                    event("R1", EventType.VIEW, 4),
+                ),
+            ),
+            Shopper(id="newcomer", segment="regular"),
+        ]
+    )
 
 
 @pytest.fixture
@@ -97,15 +146,30 @@ def word_embedder() -> WordEmbedder:
 
 @pytest.fixture
 def test_settings(tmp_path: Path) -> Settings:
-    return Settings(cache_dir=tmp_path / "cache", search_k=50, mmr_lambda=1.0,
-                    semantic_weight=0.6, collaborative_weight=0.3, popularity_weight=0.1)
+    return Settings(
+        cache_dir=tmp_path / "cache",
+        search_k=50,
+        mmr_lambda=1.0,
+        semantic_weight=0.6,
+        collaborative_weight=0.3,
+        popularity_weight=0.1,
+    )
 
 
 @pytest.fixture
-def selector(tiny_catalog: Catalog, tiny_shoppers: ShopperStore, word_embedder: WordEmbedder,
-             test_settings: Settings) -> CandidateSelector:
+def selector(
+    tiny_catalog: Catalog,
+    tiny_shoppers: ShopperStore,
+    word_embedder: WordEmbedder,
+    test_settings: Settings,
+) -> CandidateSelector:
     from app.retrieval.embedder import product_text
 
     vectors = word_embedder.encode([product_text(p) for p in tiny_catalog.products])
-    return CandidateSelector(tiny_catalog, ExactIndex(vectors), word_embedder,
-                             InteractionSignals(tiny_catalog, tiny_shoppers), test_settings)
+    return CandidateSelector(
+        tiny_catalog,
+        ExactIndex(vectors),
+        word_embedder,
+        InteractionSignals(tiny_catalog, tiny_shoppers),
+        test_settings,
+    )

@@ -12,28 +12,63 @@ from tests.conftest import product
 
 SPEC = SCHEMAS["banner"]
 SCHEMA = output_model("banner", 3)
-EXAMPLE = {"headline": "Gear up for a weekend outside",
-           "subheadline": "A light tent and a bright headlamp for the stars.",
-           "cta": "Shop camping", "layout": "hero", "tone": "warm", "products": [1]}
+EXAMPLE = {
+    "headline": "Gear up for a weekend outside",
+    "subheadline": "A light tent and a bright headlamp for the stars.",
+    "cta": "Shop camping",
+    "layout": "hero",
+    "tone": "warm",
+    "products": [1],
+}
 CANDIDATES = [
-    Candidate(number=1, product=product("D1", "Copperleaf Dutch Oven, 5.5 qt", "Kitchen", 189.99),
-              scores=CandidateScores(), source="semantic"),
-    Candidate(number=2, product=product("K1", "Mise Chef's Knife, 8-inch", "Kitchen", 49.0,
-                                        description="A 15-degree edge, on sale this week."),
-              scores=CandidateScores(), source="semantic"),
-    Candidate(number=3, product=product("B1", "Acacia Cutting Board", "Kitchen", 1299.5),
-              scores=CandidateScores(), source="semantic"),
+    Candidate(
+        number=1,
+        product=product("D1", "Copperleaf Dutch Oven, 5.5 qt", "Kitchen", 189.99),
+        scores=CandidateScores(),
+        source="semantic",
+    ),
+    Candidate(
+        number=2,
+        product=product(
+            "K1",
+            "Mise Chef's Knife, 8-inch",
+            "Kitchen",
+            49.0,
+            description="A 15-degree edge, on sale this week.",
+        ),
+        scores=CandidateScores(),
+        source="semantic",
+    ),
+    Candidate(
+        number=3,
+        product=product("B1", "Acacia Cutting Board", "Kitchen", 1299.5),
+        scores=CandidateScores(),
+        source="semantic",
+    ),
 ]
-PROMPT = RenderedPrompt("t", 1, (
-    ("system", "You write short homepage banners."),
-    ("user", "<products>\n1. Copperleaf Dutch Oven\n</products>\n"
-             "Write a short catchy headline about these products."),
-))
+PROMPT = RenderedPrompt(
+    "t",
+    1,
+    (
+        ("system", "You write short homepage banners."),
+        (
+            "user",
+            "<products>\n1. Copperleaf Dutch Oven\n</products>\n"
+            "Write a short catchy headline about these products.",
+        ),
+    ),
+)
 
 
 def banner(**fields: object) -> str:
-    copy = {"headline": "Slow Sunday braises", "subheadline": "A heavy pot and a sharp knife.",
-            "cta": "Shop cookware", "layout": "hero", "tone": "warm", "products": [1, 2]}
+    copy = {
+        "headline": "Slow Sunday braises",
+        "subheadline": "A heavy pot and a sharp knife.",
+        "cta": "Shop cookware",
+        "layout": "hero",
+        "tone": "warm",
+        "products": [1, 2],
+    }
     copy.update(fields)
     return json.dumps(copy)
 
@@ -49,7 +84,7 @@ def test_clean_copy_passes_and_resolves_products() -> None:
 
 
 def test_unparseable_or_off_schema_output_is_refused() -> None:
-    assert check('{"headline": "cut off')  .problems[0].startswith("invalid_output")
+    assert check('{"headline": "cut off').problems[0].startswith("invalid_output")
     assert not check(banner(layout="poster")).ok
     assert not check(banner(products=[7])).ok, "a number outside 1..K is not a product"
 
@@ -59,21 +94,29 @@ def test_repeated_product_numbers_count_once() -> None:
     assert result.ok and [c.number for c in result.products] == [2, 1]
 
 
-@pytest.mark.parametrize(("field", "text", "problem"), [
-    ("headline", "Save 20% on cookware", "invented_number: headline: '20'"),
-    ("subheadline", "The Dutch oven, now $149.", "invented_number: subheadline: '149'"),
-    ("badge", "2 for 1", "invented_number: badge: '2'"),
-    ("cta", "Free shipping today", "invented_offer: cta: 'Free shipping'"),
-    ("headline", "Clearance on knives", "invented_offer: headline: 'Clearance'"),
-])
+@pytest.mark.parametrize(
+    ("field", "text", "problem"),
+    [
+        ("headline", "Save 20% on cookware", "invented_number: headline: '20'"),
+        ("subheadline", "The Dutch oven, now $149.", "invented_number: subheadline: '149'"),
+        ("badge", "2 for 1", "invented_number: badge: '2'"),
+        ("cta", "Free shipping today", "invented_offer: cta: 'Free shipping'"),
+        ("headline", "Clearance on knives", "invented_offer: headline: 'Clearance'"),
+    ],
+)
 def test_invented_claims_are_caught(field: str, text: str, problem: str) -> None:
     problems = check(banner(**{field: text})).problems
     assert any(p.startswith(problem) for p in problems), problems
 
 
 def test_numbers_stated_by_the_catalog_are_allowed() -> None:
-    ok = check(banner(headline="The 5.5 qt Dutch oven", subheadline="An 8-inch knife at $49.00.",
-                      badge="$1,299.50"))
+    ok = check(
+        banner(
+            headline="The 5.5 qt Dutch oven",
+            subheadline="An 8-inch knife at $49.00.",
+            badge="$1,299.50",
+        )
+    )
     assert ok.ok, ok.problems
     # "on sale" is in the knife's description, so the claim is grounded.
     assert check(banner(subheadline="Our chef's knife is on sale.")).ok
@@ -84,20 +127,26 @@ def test_numbers_are_compared_by_value() -> None:
     assert numbers_in("49.00") == numbers_in("49") == {"49"}
 
 
-@pytest.mark.parametrize(("fields", "problem"), [
-    ({"headline": "Cook cook cook all day"}, "degenerate: headline: word repeated"),
-    ({"subheadline": "a pot for you a pot for you a pot"}, "degenerate: subheadline: phrase"),
-    ({"subheadline": "Slow Sunday braises!"}, "degenerate: subheadline repeats the headline"),
-    ({"headline": "Sooooooo good"}, "degenerate: headline: character run"),
-    ({"headline": "x" * 59 + "y"}, "cut_at_limit: headline"),
-    ({"cta": "Shop the whole collection"[:24]}, "cut_at_limit: cta"),
-    ({"headline": "..."}, "empty: headline"),
-    ({"headline": "Gear up for a weekend outside!"}, "copied_example: headline"),
-    ({"subheadline": "Write a short catchy headline"}, "prompt_echo: subheadline"),
-    ({"cta": "See the JSON"}, "prompt_leak: cta"),
-    ({"headline": "Candidates: 1, 2"}, "prompt_leak: headline"),
-    ({"subheadline": "Results guaranteed in a week."}, "banned_term: subheadline: 'guaranteed'"),
-])
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"headline": "Cook cook cook all day"}, "degenerate: headline: word repeated"),
+        ({"subheadline": "a pot for you a pot for you a pot"}, "degenerate: subheadline: phrase"),
+        ({"subheadline": "Slow Sunday braises!"}, "degenerate: subheadline repeats the headline"),
+        ({"headline": "Sooooooo good"}, "degenerate: headline: character run"),
+        ({"headline": "x" * 59 + "y"}, "cut_at_limit: headline"),
+        ({"cta": "Shop the whole collection"[:24]}, "cut_at_limit: cta"),
+        ({"headline": "..."}, "empty: headline"),
+        ({"headline": "Gear up for a weekend outside!"}, "copied_example: headline"),
+        ({"subheadline": "Write a short catchy headline"}, "prompt_echo: subheadline"),
+        ({"cta": "See the JSON"}, "prompt_leak: cta"),
+        ({"headline": "Candidates: 1, 2"}, "prompt_leak: headline"),
+        (
+            {"subheadline": "Results guaranteed in a week."},
+            "banned_term: subheadline: 'guaranteed'",
+        ),
+    ],
+)
 def test_each_guard_refuses_its_defect(fields: dict[str, str], problem: str) -> None:
     problems = check(banner(**fields)).problems
     assert any(p.startswith(problem) for p in problems), problems
@@ -113,8 +162,10 @@ def test_fallback_is_built_from_catalog_facts_and_passes_the_guards() -> None:
     copy, chosen = fallback_copy(CANDIDATES, SPEC, personal=True)
     assert copy["headline"] == "Picked for you: Kitchen"
     assert [c.number for c in chosen] == copy["products"] == [1, 2, 3]
-    assert all(len(copy[f]) <= limit for f, limit in
-               (("headline", SPEC.headline_max), ("subheadline", SPEC.subheadline_max)))
+    assert all(
+        len(copy[f]) <= limit
+        for f, limit in (("headline", SPEC.headline_max), ("subheadline", SPEC.subheadline_max))
+    )
     result = check(json.dumps(copy))
     assert result.ok, result.problems
     generic, _ = fallback_copy(CANDIDATES, SPEC, personal=False)

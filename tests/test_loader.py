@@ -8,10 +8,19 @@ import pytest
 from app.catalog.loader import CatalogError, load_products, load_shoppers
 from app.config import PROJECT_ROOT
 
-GOOD = {"id": "P1", "title": "Brewfield Burr Grinder", "description": "Steel burrs.",
-        "brand": "Brewfield", "category": "Coffee & Tea", "tags": ["coffee"], "price": 129.99,
-        "currency": "USD", "in_stock": True, "url": "https://shop.example.com/p1",
-        "image_url": "https://cdn.example.com/p1.jpg"}
+GOOD = {
+    "id": "P1",
+    "title": "Brewfield Burr Grinder",
+    "description": "Steel burrs.",
+    "brand": "Brewfield",
+    "category": "Coffee & Tea",
+    "tags": ["coffee"],
+    "price": 129.99,
+    "currency": "USD",
+    "in_stock": True,
+    "url": "https://shop.example.com/p1",
+    "image_url": "https://cdn.example.com/p1.jpg",
+}
 
 
 def write_jsonl(path: Path, rows: list[object]) -> Path:
@@ -21,8 +30,9 @@ def write_jsonl(path: Path, rows: list[object]) -> Path:
 
 def test_demo_catalog_meets_the_brief() -> None:
     products = load_products(PROJECT_ROOT / "data" / "products.jsonl")
-    shoppers = load_shoppers(PROJECT_ROOT / "data" / "shoppers.jsonl",
-                             known_products={p.id for p in products})
+    shoppers = load_shoppers(
+        PROJECT_ROOT / "data" / "shoppers.jsonl", known_products={p.id for p in products}
+    )
     assert len(products) >= 600
     assert len({p.category for p in products}) >= 10
     assert len({p.title for p in products}) == len(products)
@@ -30,8 +40,7 @@ def test_demo_catalog_meets_the_brief() -> None:
     assert any(not s.history for s in shoppers), "cold-start shoppers are part of the demo"
     with_history = [s for s in shoppers if s.history]
     assert len(with_history) >= 40
-    assert {e.type for s in with_history for e in s.history} == {"view", "add_to_cart",
-                                                                  "purchase"}
+    assert {e.type for s in with_history for e in s.history} == {"view", "add_to_cart", "purchase"}
 
 
 def test_jsonl_bad_row_names_the_line(tmp_path: Path) -> None:
@@ -69,9 +78,11 @@ def test_csv_products_load_with_lists_and_booleans(tmp_path: Path) -> None:
 
 def test_csv_bad_row_names_the_line(tmp_path: Path) -> None:
     path = tmp_path / "p.csv"
-    path.write_text("id,title,brand,category,price,url\n"
-                    "P1,Grinder,B,Coffee,10,https://shop.example.com/1\n"
-                    "P2,Kettle,B,Coffee,-5,https://shop.example.com/2\n")
+    path.write_text(
+        "id,title,brand,category,price,url\n"
+        "P1,Grinder,B,Coffee,10,https://shop.example.com/1\n"
+        "P2,Kettle,B,Coffee,-5,https://shop.example.com/2\n"
+    )
     with pytest.raises(CatalogError, match=r"p\.csv:3: field 'price'"):
         load_products(path)
 
@@ -85,17 +96,33 @@ def test_unknown_format_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_shopper_events_about_unknown_products_are_dropped(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "s.jsonl", [{
-        "id": "u1", "history": [
-            {"product_id": "P1", "type": "view", "ts": "2026-10-01T10:00:00+00:00"},
-            {"product_id": "GONE", "type": "purchase", "ts": "2026-10-02T10:00:00+00:00"},
-        ]}])
+    path = write_jsonl(
+        tmp_path / "s.jsonl",
+        [
+            {
+                "id": "u1",
+                "history": [
+                    {"product_id": "P1", "type": "view", "ts": "2026-10-01T10:00:00+00:00"},
+                    {"product_id": "GONE", "type": "purchase", "ts": "2026-10-02T10:00:00+00:00"},
+                ],
+            }
+        ],
+    )
     (shopper,) = load_shoppers(path, known_products={"P1"})
     assert [e.product_id for e in shopper.history] == ["P1"]
 
 
 def test_shopper_event_type_is_validated(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "s.jsonl", [{"id": "u1", "history": [
-        {"product_id": "P1", "type": "wishlist", "ts": "2026-10-01T10:00:00+00:00"}]}])
+    path = write_jsonl(
+        tmp_path / "s.jsonl",
+        [
+            {
+                "id": "u1",
+                "history": [
+                    {"product_id": "P1", "type": "wishlist", "ts": "2026-10-01T10:00:00+00:00"}
+                ],
+            }
+        ],
+    )
     with pytest.raises(CatalogError, match=r":1: field 'history\.0\.type'"):
         load_shoppers(path)

@@ -20,8 +20,14 @@ from app.retrieval.index import ExactIndex
 from app.retrieval.selector import CandidateFilters
 from tests.conftest import WordEmbedder
 
-GOOD = {"headline": "Brew better mornings", "subheadline": "A grinder and a kettle for coffee.",
-        "cta": "Shop coffee", "layout": "hero", "tone": "warm", "products": [1, 2]}
+GOOD = {
+    "headline": "Brew better mornings",
+    "subheadline": "A grinder and a kettle for coffee.",
+    "cta": "Shop coffee",
+    "layout": "hero",
+    "tone": "warm",
+    "products": [1, 2],
+}
 INVENTED = dict(GOOD, headline="Save 30% on coffee")
 
 
@@ -51,13 +57,20 @@ class ScriptedEngine:
         pass
 
 
-def make_pipeline(engine: ScriptedEngine, catalog: Catalog, shoppers: ShopperStore,
-                  settings: Settings) -> Pipeline:
+def make_pipeline(
+    engine: ScriptedEngine, catalog: Catalog, shoppers: ShopperStore, settings: Settings
+) -> Pipeline:
     embedder = WordEmbedder()
     index = ExactIndex(embedder.encode([product_text(p) for p in catalog.products]))
-    return Pipeline.assemble(settings, catalog=catalog, shoppers=shoppers, embedder=embedder,
-                             index=index, engine=engine,
-                             templates=TemplateRegistry.from_folder(PROJECT_ROOT / "prompts"))
+    return Pipeline.assemble(
+        settings,
+        catalog=catalog,
+        shoppers=shoppers,
+        embedder=embedder,
+        index=index,
+        engine=engine,
+        templates=TemplateRegistry.from_folder(PROJECT_ROOT / "prompts"),
+    )
 
 
 @pytest.fixture
@@ -73,8 +86,9 @@ async def test_good_copy_becomes_a_banner_with_resolved_products(build) -> None:
     pipeline, engine = build([GOOD])
     (banner,) = await pipeline.generate(BannerRequest(shopper_id="coffee_fan"))
     assert not banner.fallback and banner.retries == 0 and banner.flags == []
-    offered = pipeline.candidates(pipeline.shoppers.get("coffee_fan"),
-                                  pipeline.templates.get("hero_banner")).candidates
+    offered = pipeline.candidates(
+        pipeline.shoppers.get("coffee_fan"), pipeline.templates.get("hero_banner")
+    ).candidates
     assert [p.id for p in banner.products] == [offered[0].product.id, offered[1].product.id]
     assert banner.products[0].url.startswith("https://")
     assert banner.template == "hero_banner" and banner.template_version == 1
@@ -110,8 +124,11 @@ async def test_engine_failure_gives_fallback_not_an_exception(build) -> None:  #
     assert banner.flags == ["engine_error: server down"]
 
 
-async def test_no_engine_still_answers_with_fallback(tiny_catalog, tiny_shoppers,  # type: ignore[no-untyped-def]
-                                                     test_settings) -> None:
+async def test_no_engine_still_answers_with_fallback(
+    tiny_catalog,
+    tiny_shoppers,  # type: ignore[no-untyped-def]
+    test_settings,
+) -> None:
     pipeline = make_pipeline(ScriptedEngine([]), tiny_catalog, tiny_shoppers, test_settings)
     pipeline.engine = None
     (banner,) = await pipeline.generate(BannerRequest(shopper_id="runner"))
@@ -127,8 +144,7 @@ async def test_variants_ids_and_determinism(build) -> None:  # type: ignore[no-u
     again, _ = build([GOOD, GOOD])
     repeat = await again.generate(BannerRequest(shopper_id="coffee_fan", count=2))
     assert [b.id for b in repeat] == [b.id for b in banners], "ids are a pure function of inputs"
-    assert [r.seed for r in engine.requests[:2]] == [r.seed for r in
-                                                     again.engine.requests[:2]]  # type: ignore[union-attr]
+    assert [r.seed for r in engine.requests[:2]] == [r.seed for r in again.engine.requests[:2]]  # type: ignore[union-attr]
 
 
 async def test_unknown_template_is_a_caller_error(build) -> None:  # type: ignore[no-untyped-def]
@@ -139,16 +155,18 @@ async def test_unknown_template_is_a_caller_error(build) -> None:  # type: ignor
 
 async def test_nothing_passes_the_filters(build) -> None:  # type: ignore[no-untyped-def]
     pipeline, engine = build([])
-    (banner,) = await pipeline.generate(BannerRequest(
-        shopper_id="runner", filters=CandidateFilters(min_price=99_999)))
+    (banner,) = await pipeline.generate(
+        BannerRequest(shopper_id="runner", filters=CandidateFilters(min_price=99_999))
+    )
     assert banner.fallback and banner.products == [] and engine.requests == []
 
 
 async def test_spotlight_focuses_one_category(build) -> None:  # type: ignore[no-untyped-def]
     spotlight = dict(GOOD, layout="split", products=[1])
     pipeline, engine = build([spotlight])
-    (banner,) = await pipeline.generate(BannerRequest(shopper_id="runner",
-                                                      template="category_spotlight"))
+    (banner,) = await pipeline.generate(
+        BannerRequest(shopper_id="runner", template="category_spotlight")
+    )
     offered = engine.requests[0].messages[-1][1]
     assert "Running" in offered and "Coffee" not in offered.split("<products>")[1]
     assert not banner.fallback
@@ -158,6 +176,7 @@ async def test_inline_profile_wins_over_the_id(build) -> None:  # type: ignore[n
     from app.domain import Shopper
 
     pipeline, engine = build([GOOD])
-    await pipeline.generate(BannerRequest(shopper_id="runner",
-                                          shopper=Shopper(id="inline", interests=("camping",))))
+    await pipeline.generate(
+        BannerRequest(shopper_id="runner", shopper=Shopper(id="inline", interests=("camping",)))
+    )
     assert "Camping Tent" in engine.requests[0].messages[-1][1]

@@ -38,14 +38,21 @@ SSTI_PAYLOADS = [
 
 
 def candidates(n: int = 3) -> list[Candidate]:
-    return [Candidate(number=i + 1, product=p, scores=CandidateScores(), source="semantic")
-            for i, p in enumerate(TINY_PRODUCTS[:n])]
+    return [
+        Candidate(number=i + 1, product=p, scores=CandidateScores(), source="semantic")
+        for i, p in enumerate(TINY_PRODUCTS[:n])
+    ]
 
 
 def context(**overrides: object) -> dict[str, object]:
-    base = build_context(shopper=Shopper(id="u1", interests=("coffee",)), recent_titles=[],
-                         candidates=candidates(), brand={"name": "Kestrel"},
-                         placement="home_hero", spec=SCHEMAS["banner"])
+    base = build_context(
+        shopper=Shopper(id="u1", interests=("coffee",)),
+        recent_titles=[],
+        candidates=candidates(),
+        brand={"name": "Kestrel"},
+        placement="home_hero",
+        spec=SCHEMAS["banner"],
+    )
     base.update(overrides)
     return base
 
@@ -61,8 +68,9 @@ def test_ssti_payloads_are_refused(payload: str) -> None:
 
 
 def test_undefined_variable_names_template_and_line() -> None:
-    template = parse_template(HEADER + "Hi {{ shopper.interests[0] }}\n\n{{ shoper.name }}\n",
-                              "probe.j2")
+    template = parse_template(
+        HEADER + "Hi {{ shopper.interests[0] }}\n\n{{ shoper.name }}\n", "probe.j2"
+    )
     with pytest.raises(TemplateError, match=r"template 'probe' line 11: undefined variable"):
         template.render(context())
 
@@ -72,12 +80,15 @@ def test_syntax_error_names_the_line() -> None:
         parse_template(HEADER + "fine\n{% for x in candidates %}\n", "probe.j2")
 
 
-@pytest.mark.parametrize(("header_change", "message"), [
-    (("schema: banner", "schema: poster"), "unknown schema 'poster'"),
-    (("k: 3", "k: 500"), "header field 'k'"),
-    (("version: 1", "version: zero"), "header field 'version'"),
-    (("system: You write banners.\n", ""), "header field 'system'"),
-])
+@pytest.mark.parametrize(
+    ("header_change", "message"),
+    [
+        (("schema: banner", "schema: poster"), "unknown schema 'poster'"),
+        (("k: 3", "k: 500"), "header field 'k'"),
+        (("version: 1", "version: zero"), "header field 'version'"),
+        (("system: You write banners.\n", ""), "header field 'system'"),
+    ],
+)
 def test_header_is_validated(header_change: tuple[str, str], message: str) -> None:
     with pytest.raises(TemplateError, match=message):
         parse_template(HEADER.replace(*header_change) + "body\n", "probe.j2")
@@ -95,7 +106,8 @@ def test_example_must_fit_its_schema() -> None:
         "system: You write banners.\n",
         "system: You write banners.\nexamples:\n  - products: [{title: A, category: B}]\n"
         "    output: {headline: 'Hi', subheadline: 'There', cta: 'Go', layout: poster,"
-        " tone: warm, products: [1]}\n")
+        " tone: warm, products: [1]}\n",
+    )
     with pytest.raises(TemplateError, match="example 1 does not fit"):
         parse_template("---\n" + broken + "body\n", "probe.j2")
 
@@ -146,7 +158,8 @@ def test_unknown_template_lists_the_known_ones() -> None:
 
 
 def test_runaway_template_output_is_capped() -> None:
-    template = parse_template(HEADER + "{% for i in range(5000) %}{{ 'x' * 10 }}{% endfor %}\n",
-                              "probe.j2")
+    template = parse_template(
+        HEADER + "{% for i in range(5000) %}{{ 'x' * 10 }}{% endfor %}\n", "probe.j2"
+    )
     with pytest.raises(TemplateError, match="rendered prompt is"):
         template.render(context())

@@ -40,18 +40,37 @@ def test_interests_steer_semantic_retrieval(selector: CandidateSelector) -> None
 
 
 def test_history_beats_stale_interests(selector: CandidateSelector) -> None:
-    shopper = Shopper(id="x", interests=("yoga",), history=(
-        event("R1", EventType.VIEW, 0), event("R1", EventType.ADD_TO_CART, 0)))
-    assert ids(selector.select(shopper, 1, CandidateFilters(exclude_purchased=False)))[0] \
-        in {"R1", "R2"}
+    shopper = Shopper(
+        id="x",
+        interests=("yoga",),
+        history=(event("R1", EventType.VIEW, 0), event("R1", EventType.ADD_TO_CART, 0)),
+    )
+    assert ids(selector.select(shopper, 1, CandidateFilters(exclude_purchased=False)))[0] in {
+        "R1",
+        "R2",
+    }
 
 
 def test_purchases_weigh_more_and_recent_events_more(tiny_catalog: Catalog) -> None:
-    shopper = Shopper(id="x", history=(
-        event("C1", EventType.VIEW, 0), event("C2", EventType.PURCHASE, 0),
-        event("C3", EventType.VIEW, 60)))
-    weights = dict(zip(*[a.tolist() for a in (lambda h: (h.rows, h.weights))(
-        history_weights(shopper, tiny_catalog, half_life_days=30))], strict=True))
+    shopper = Shopper(
+        id="x",
+        history=(
+            event("C1", EventType.VIEW, 0),
+            event("C2", EventType.PURCHASE, 0),
+            event("C3", EventType.VIEW, 60),
+        ),
+    )
+    weights = dict(
+        zip(
+            *[
+                a.tolist()
+                for a in (lambda h: (h.rows, h.weights))(
+                    history_weights(shopper, tiny_catalog, half_life_days=30)
+                )
+            ],
+            strict=True,
+        )
+    )
     c1, c2, c3 = (tiny_catalog.row(p) for p in ("C1", "C2", "C3"))
     assert weights[c2] == pytest.approx(5 * weights[c1])
     assert weights[c3] == pytest.approx(weights[c1] / 4)  # two half-lives old
@@ -70,8 +89,9 @@ def test_shopper_vector_blends_history_and_interests() -> None:
 
 
 def test_filters_remove_what_they_say(selector: CandidateSelector) -> None:
-    shopper = Shopper(id="x", interests=("coffee grinder beans",), history=(
-        event("C3", EventType.PURCHASE, 1),))
+    shopper = Shopper(
+        id="x", interests=("coffee grinder beans",), history=(event("C3", EventType.PURCHASE, 1),)
+    )
     selection = selector.select(shopper, 10)
     chosen = ids(selection)
     assert "C4" not in chosen, "out of stock"
@@ -84,8 +104,9 @@ def test_filters_remove_what_they_say(selector: CandidateSelector) -> None:
     assert {c.product.category for c in only.candidates} == {"Camping"}
     without = selector.select(shopper, 10, CandidateFilters(exclude_categories=("Coffee",)))
     assert "Coffee" not in {c.product.category for c in without.candidates}
-    keep_all = selector.select(shopper, 10, CandidateFilters(in_stock_only=False,
-                                                             exclude_purchased=False))
+    keep_all = selector.select(
+        shopper, 10, CandidateFilters(in_stock_only=False, exclude_purchased=False)
+    )
     assert {"C3", "C4"} <= set(ids(keep_all))
 
 
@@ -103,18 +124,23 @@ def test_mmr_trades_relevance_for_variety() -> None:
     assert mmr(np.zeros(0), np.zeros((0, 2)), 3, lam=0.5) == ([], [])
 
 
-def test_mmr_setting_diversifies_candidates(tiny_catalog: Catalog, tiny_shoppers: ShopperStore,
-                                            word_embedder: WordEmbedder, test_settings) -> None:
+def test_mmr_setting_diversifies_candidates(
+    tiny_catalog: Catalog, tiny_shoppers: ShopperStore, word_embedder: WordEmbedder, test_settings
+) -> None:
     from app.retrieval.embedder import product_text
 
     vectors = word_embedder.encode([product_text(p) for p in tiny_catalog.products])
     shopper = Shopper(id="x", interests=("coffee grinder",))
 
     def top3(lam: float) -> set[str]:
-        settings = test_settings.model_copy(update={"mmr_lambda": lam,
-                                                    "collaborative_weight": 0.0})
-        chosen = CandidateSelector(tiny_catalog, ExactIndex(vectors), word_embedder,
-                                   InteractionSignals(tiny_catalog, tiny_shoppers), settings)
+        settings = test_settings.model_copy(update={"mmr_lambda": lam, "collaborative_weight": 0.0})
+        chosen = CandidateSelector(
+            tiny_catalog,
+            ExactIndex(vectors),
+            word_embedder,
+            InteractionSignals(tiny_catalog, tiny_shoppers),
+            settings,
+        )
         return {c.product.category for c in chosen.select(shopper, 3).candidates}
 
     assert top3(1.0) == {"Coffee"}
@@ -123,16 +149,18 @@ def test_mmr_setting_diversifies_candidates(tiny_catalog: Catalog, tiny_shoppers
 
 def test_collaborative_signal_brings_in_co_viewed_items(selector: CandidateSelector) -> None:
     # Coffee shoppers also looked at the headlamp; text alone would never pick it for coffee.
-    shopper = Shopper(id="x", history=(event("C1", EventType.VIEW, 0),
-                                       event("C2", EventType.VIEW, 0)))
+    shopper = Shopper(
+        id="x", history=(event("C1", EventType.VIEW, 0), event("C2", EventType.VIEW, 0))
+    )
     selection = selector.select(shopper, 4)
     headlamp = next(c for c in selection.candidates if c.product.id == "K2")
     assert headlamp.scores.collaborative == pytest.approx(1.0)
     assert headlamp.source == "collaborative"
 
 
-def test_cooccurrence_is_symmetric_and_ignores_self(tiny_catalog: Catalog,
-                                                    tiny_shoppers: ShopperStore) -> None:
+def test_cooccurrence_is_symmetric_and_ignores_self(
+    tiny_catalog: Catalog, tiny_shoppers: ShopperStore
+) -> None:
     signals = InteractionSignals(tiny_catalog, tiny_shoppers)
     co = signals.cooccurrence.toarray()
     assert np.allclose(co, co.T)
@@ -165,8 +193,7 @@ def test_no_allowed_products_gives_no_candidates(selector: CandidateSelector) ->
     assert selection.candidates == [] and selection.trace.allowed == 0
 
 
-def test_index_is_persisted_and_rebuilt_when_stale(tmp_path: Path,
-                                                   tiny_catalog: Catalog) -> None:
+def test_index_is_persisted_and_rebuilt_when_stale(tmp_path: Path, tiny_catalog: Catalog) -> None:
     embedder = WordEmbedder()
     folder = tmp_path / "index"
     first, rebuilt = build_or_load_index(tiny_catalog, embedder, folder)
@@ -174,8 +201,9 @@ def test_index_is_persisted_and_rebuilt_when_stale(tmp_path: Path,
     again, rebuilt = build_or_load_index(tiny_catalog, embedder, folder)
     assert not rebuilt and np.array_equal(first.vectors, again.vectors)
 
-    changed = Catalog([*tiny_catalog.products[:-1],
-                       product("Y1", "Yoga Mat Deluxe", "Fitness", 45.0)])
+    changed = Catalog(
+        [*tiny_catalog.products[:-1], product("Y1", "Yoga Mat Deluxe", "Fitness", 45.0)]
+    )
     _, rebuilt = build_or_load_index(changed, embedder, folder)
     assert rebuilt, "a changed product text makes the index stale"
 

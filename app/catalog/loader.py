@@ -95,11 +95,14 @@ def _load(path: Path, model: type[T]) -> list[T]:
         except ValidationError as error:
             raise CatalogError(path, number, _describe(error)) from None
         except json.JSONDecodeError as error:
-            raise CatalogError(path, number, f"field 'history': invalid JSON: {error.msg}") from None
+            raise CatalogError(
+                path, number, f"field 'history': invalid JSON: {error.msg}"
+            ) from None
         item_id = str(getattr(item, "id"))  # noqa: B009 - both models have an id
         if item_id in seen:
-            raise CatalogError(path, number, f"duplicate id '{item_id}' (first on line "
-                                             f"{seen[item_id]})")
+            raise CatalogError(
+                path, number, f"duplicate id '{item_id}' (first on line {seen[item_id]})"
+            )
         seen[item_id] = number
         items.append(item)
     return items

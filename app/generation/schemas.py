@@ -44,19 +44,52 @@ class SchemaSpec:
     max_products: int
 
     def limits(self) -> dict[str, int]:
-        return {"headline": self.headline_max, "subheadline": self.subheadline_max,
-                "cta": self.cta_max, "badge": self.badge_max,
-                "min_products": self.min_products, "max_products": self.max_products}
+        return {
+            "headline": self.headline_max,
+            "subheadline": self.subheadline_max,
+            "cta": self.cta_max,
+            "badge": self.badge_max,
+            "min_products": self.min_products,
+            "max_products": self.max_products,
+        }
 
 
 SCHEMAS: dict[str, SchemaSpec] = {
-    spec.name: spec for spec in (
-        SchemaSpec("banner", "A hero banner: headline, supporting line, call to action.",
-                   60, 120, 24, 20, ("hero", "split", "grid", "carousel"), 1, 4),
-        SchemaSpec("grid_heading", "The heading over a grid of products.",
-                   48, 100, 20, 20, ("grid", "carousel"), 2, 6),
-        SchemaSpec("spotlight", "A category spotlight: one theme, a few products.",
-                   60, 140, 24, 20, ("hero", "split"), 1, 3),
+    spec.name: spec
+    for spec in (
+        SchemaSpec(
+            "banner",
+            "A hero banner: headline, supporting line, call to action.",
+            60,
+            120,
+            24,
+            20,
+            ("hero", "split", "grid", "carousel"),
+            1,
+            4,
+        ),
+        SchemaSpec(
+            "grid_heading",
+            "The heading over a grid of products.",
+            48,
+            100,
+            20,
+            20,
+            ("grid", "carousel"),
+            2,
+            6,
+        ),
+        SchemaSpec(
+            "spotlight",
+            "A category spotlight: one theme, a few products.",
+            60,
+            140,
+            24,
+            20,
+            ("hero", "split"),
+            1,
+            3,
+        ),
     )
 }
 
@@ -77,8 +110,9 @@ def output_model(schema: str, k: int) -> type[BannerCopy]:
         raise UnknownSchemaError(f"unknown schema '{schema}' (known: {', '.join(SCHEMAS)})")
     if k < spec.min_products:
         raise ValueError(f"schema '{schema}' needs at least {spec.min_products} candidates")
-    number = Literal[tuple(range(1, k + 1))]  # type: ignore[valid-type]
-    layout = Literal[spec.layouts]  # type: ignore[valid-type]
+    # Literal types built at run time: the allowed numbers and layouts become JSON enums.
+    number: Any = Literal.__getitem__(tuple(range(1, k + 1)))
+    layout: Any = Literal.__getitem__(spec.layouts)
     model: type[BannerCopy] = create_model(
         f"{spec.name.title().replace('_', '')}K{k}",
         __base__=BannerCopy,
@@ -89,7 +123,12 @@ def output_model(schema: str, k: int) -> type[BannerCopy]:
         layout=(layout, ...),
         tone=(Tone, ...),
         badge=(Annotated[str | None, Field(max_length=spec.badge_max)], None),
-        products=(list[number], Field(min_length=spec.min_products,  # type: ignore[valid-type]
-                                      max_length=spec.max_products)),
+        products=(
+            list[number],
+            Field(
+                min_length=spec.min_products,
+                max_length=spec.max_products,
+            ),
+        ),
     )
     return model

@@ -14,18 +14,18 @@ from typing import Any
 # for no steady-state gain on CPU.
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
-import outlines  # noqa: E402
-import torch  # noqa: E402
-from outlines.types import JsonSchema  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+import outlines
+import torch
+from outlines.types import JsonSchema
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from app.generation.engine import (  # noqa: E402
+from app.generation.engine import (
     EngineError,
     GenerationRequest,
     GenerationResult,
     SamplingParams,
 )
-from app.generation.schemas import BannerCopy  # noqa: E402
+from app.generation.schemas import BannerCopy
 
 # Free JSON whitespace lets a small model emit newlines forever between fields; one optional
 # space keeps the output compact and the grammar tight.
@@ -41,8 +41,11 @@ class TransformersEngine:
         self.model = model_name
         self._tokenizer = AutoTokenizer.from_pretrained(folder)
         self._hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
-        self._hf_model.eval()
-        self._outlines_model = outlines.from_transformers(self._hf_model, self._tokenizer)
+        self._hf_model.eval()  # type: ignore[no-untyped-call]
+        self._outlines_model = outlines.from_transformers(
+            self._hf_model,
+            self._tokenizer,  # type: ignore[arg-type]
+        )
         self._generators: dict[type[BannerCopy], Any] = {}
         # One model, one forward pass at a time; callers queue here instead of racing.
         self._lock = threading.Lock()
@@ -52,16 +55,18 @@ class TransformersEngine:
         generator = self._generators.get(schema)
         if generator is None:
             output_type = JsonSchema(schema, whitespace_pattern=WHITESPACE)
-            generator = outlines.Generator(self._outlines_model, output_type,
-                                           backend="outlines_core")
+            generator = outlines.Generator(
+                self._outlines_model, output_type, backend="outlines_core"
+            )
             self._generators[schema] = generator
             self.compiled += 1
         return generator
 
     def _prompt(self, messages: tuple[tuple[str, str], ...]) -> str:
         chat = [{"role": role, "content": content} for role, content in messages]
-        prompt = self._tokenizer.apply_chat_template(chat, tokenize=False,
-                                                     add_generation_prompt=True)
+        prompt = self._tokenizer.apply_chat_template(
+            chat, tokenize=False, add_generation_prompt=True
+        )
         return str(prompt)
 
     def _count_tokens(self, text: str) -> int:
@@ -71,8 +76,12 @@ class TransformersEngine:
     def _kwargs(sampling: SamplingParams) -> dict[str, Any]:
         if sampling.temperature == 0:
             return {"max_new_tokens": sampling.max_tokens, "do_sample": False}
-        return {"max_new_tokens": sampling.max_tokens, "do_sample": True,
-                "temperature": sampling.temperature, "top_p": sampling.top_p}
+        return {
+            "max_new_tokens": sampling.max_tokens,
+            "do_sample": True,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+        }
 
     def _run(self, group: list[GenerationRequest]) -> list[GenerationResult]:
         first = group[0]
@@ -89,8 +98,9 @@ class TransformersEngine:
             except Exception as error:  # the model library failing is an engine fault
                 raise EngineError(f"generation failed: {error}") from error
             elapsed = (time.perf_counter() - start) * 1000.0
-        return [GenerationResult(str(text), self._count_tokens(str(text)), elapsed)
-                for text in texts]
+        return [
+            GenerationResult(str(text), self._count_tokens(str(text)), elapsed) for text in texts
+        ]
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         return (await asyncio.to_thread(self._run, [request]))[0]

@@ -14,8 +14,16 @@ from typing import Any
 from app.domain import Candidate, Shopper
 from app.generation.schemas import SchemaSpec
 
-FIELD_CAPS = {"title": 120, "brand": 60, "category": 60, "description": 240, "tag": 40,
-              "interest": 60, "name": 40, "segment": 40}
+FIELD_CAPS = {
+    "title": 120,
+    "brand": 60,
+    "category": 60,
+    "description": 240,
+    "tag": 40,
+    "interest": 60,
+    "name": 40,
+    "segment": 40,
+}
 _DELIMITERS = re.compile(r"[<>`]")
 _SPACES = re.compile(r"\s+")
 CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "CAD": "CA$", "AUD": "A$", "JPY": "¥"}
@@ -63,8 +71,15 @@ def shopper_context(shopper: Shopper, recent_titles: list[str]) -> dict[str, Any
     }
 
 
-def build_context(*, shopper: Shopper, recent_titles: list[str], candidates: list[Candidate],
-                  brand: dict[str, Any], placement: str, spec: SchemaSpec) -> dict[str, Any]:
+def build_context(
+    *,
+    shopper: Shopper,
+    recent_titles: list[str],
+    candidates: list[Candidate],
+    brand: dict[str, Any],
+    placement: str,
+    spec: SchemaSpec,
+) -> dict[str, Any]:
     return {
         "shopper": shopper_context(shopper, recent_titles),
         "candidates": [candidate_context(c) for c in candidates],
@@ -75,18 +90,36 @@ def build_context(*, shopper: Shopper, recent_titles: list[str], candidates: lis
     }
 
 
-def example_context(*, interests: list[str], products: list[dict[str, str]],
-                    brand: dict[str, Any], placement: str, spec: SchemaSpec) -> dict[str, Any]:
+def example_context(
+    *,
+    interests: list[str],
+    products: list[dict[str, str]],
+    brand: dict[str, Any],
+    placement: str,
+    spec: SchemaSpec,
+) -> dict[str, Any]:
     """The same shape as ``build_context``, for a few-shot example written in a template."""
     return {
-        "shopper": {"name": "", "locale": "en-US", "segment": "example",
-                    "interests": [clean(i, FIELD_CAPS["interest"]) for i in interests],
-                    "recent": [], "is_new": False},
-        "candidates": [{"number": number, "title": clean(p["title"], FIELD_CAPS["title"]),
-                        "brand": "", "category": clean(p["category"], FIELD_CAPS["category"]),
-                        "price": "", "tags": [],
-                        "description": clean(p.get("description", ""), FIELD_CAPS["description"])}
-                       for number, p in enumerate(products, 1)],
+        "shopper": {
+            "name": "",
+            "locale": "en-US",
+            "segment": "example",
+            "interests": [clean(i, FIELD_CAPS["interest"]) for i in interests],
+            "recent": [],
+            "is_new": False,
+        },
+        "candidates": [
+            {
+                "number": number,
+                "title": clean(p["title"], FIELD_CAPS["title"]),
+                "brand": "",
+                "category": clean(p["category"], FIELD_CAPS["category"]),
+                "price": "",
+                "tags": [],
+                "description": clean(p.get("description", ""), FIELD_CAPS["description"]),
+            }
+            for number, p in enumerate(products, 1)
+        ],
         "brand": brand,
         "placement": clean(placement, 40),
         "k": len(products),

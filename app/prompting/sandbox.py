@@ -13,7 +13,8 @@ from types import TracebackType
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
-from jinja2.exceptions import SecurityError, TemplateError as JinjaTemplateError
+from jinja2.exceptions import SecurityError
+from jinja2.exceptions import TemplateError as JinjaTemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 # A rendered prompt longer than this is a template bug (a runaway loop), not a prompt.
@@ -31,7 +32,9 @@ class TemplateError(ValueError):
         super().__init__(f"{where}: {message}")
 
 
-def make_environment(loader_source: Callable[[str], tuple[str, str]]) -> ImmutableSandboxedEnvironment:
+def make_environment(
+    loader_source: Callable[[str], tuple[str, str]],
+) -> ImmutableSandboxedEnvironment:
     """An environment whose templates come from ``loader_source(name) -> (source, filename)``."""
     from jinja2 import FunctionLoader
 
@@ -84,6 +87,7 @@ def render(template: Any, name: str, context: Mapping[str, Any]) -> str:
         line = _template_line(error.__traceback__, template.filename)
         raise TemplateError(name, line, f"{type(error).__name__}: {error}") from None
     if len(text) > MAX_RENDERED_CHARS:
-        raise TemplateError(name, None, f"rendered prompt is {len(text)} characters "
-                                        f"(limit {MAX_RENDERED_CHARS})")
+        raise TemplateError(
+            name, None, f"rendered prompt is {len(text)} characters (limit {MAX_RENDERED_CHARS})"
+        )
     return text

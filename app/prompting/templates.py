@@ -15,11 +15,10 @@ same height before compiling.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-
-import json
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -119,10 +118,15 @@ class PromptTemplate:
         for number, example in enumerate(header.examples, 1):
             try:
                 output_model(header.schema_name, len(example.products)).model_validate(
-                    example.output)
+                    example.output
+                )
             except ValidationError as error:
-                raise TemplateError(header.name, None, f"example {number} does not fit schema "
-                                    f"'{header.schema_name}': {error.errors()[0]['msg']}") from None
+                raise TemplateError(
+                    header.name,
+                    None,
+                    f"example {number} does not fit schema "
+                    f"'{header.schema_name}': {error.errors()[0]['msg']}",
+                ) from None
 
     @property
     def name(self) -> str:
@@ -147,7 +151,10 @@ class PromptTemplate:
             sample = example_context(
                 interests=example.interests,
                 products=[p.model_dump() for p in example.products],
-                brand=context["brand"], placement=context["placement"], spec=self.spec)
+                brand=context["brand"],
+                placement=context["placement"],
+                spec=self.spec,
+            )
             messages.append(("user", render(self._compiled, self.name, sample).strip()))
             messages.append(("assistant", json.dumps(example.output, ensure_ascii=False)))
         messages.append(("user", render(self._compiled, self.name, context).strip()))
@@ -178,10 +185,11 @@ def parse_template(text: str, origin: str) -> PromptTemplate:
     except ValidationError as error:
         first = error.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "header"
-        raise TemplateError(str(raw.get("name", label)), None,
-                            f"header field '{field}': {first['msg']}") from None
+        raise TemplateError(
+            str(raw.get("name", label)), None, f"header field '{field}': {first['msg']}"
+        ) from None
     # Keep the file's line numbers: the header becomes a comment exactly as tall as it was.
-    source = "{#" + "\n" * (end + 1) + "#}" + "".join(lines[end + 1:])
+    source = "{#" + "\n" * (end + 1) + "#}" + "".join(lines[end + 1 :])
     return PromptTemplate(header, source, origin)
 
 
@@ -192,24 +200,29 @@ class TemplateRegistry:
         self._by_name: dict[str, PromptTemplate] = {}
         for template in templates:
             if template.name in self._by_name:
-                raise TemplateError(template.name, None,
-                                    f"defined twice ({self._by_name[template.name].origin}, "
-                                    f"{template.origin})")
+                raise TemplateError(
+                    template.name,
+                    None,
+                    f"defined twice ({self._by_name[template.name].origin}, {template.origin})",
+                )
             self._by_name[template.name] = template
         self.brand = brand
 
     @classmethod
     def from_folder(cls, folder: Path) -> TemplateRegistry:
-        templates = [parse_template(path.read_text(encoding="utf-8"), str(path))
-                     for path in sorted(folder.glob(f"*{TEMPLATE_SUFFIX}"))]
+        templates = [
+            parse_template(path.read_text(encoding="utf-8"), str(path))
+            for path in sorted(folder.glob(f"*{TEMPLATE_SUFFIX}"))
+        ]
         brand_path = folder / BRAND_FILE
         raw = yaml.safe_load(brand_path.read_text()) if brand_path.exists() else {}
         try:
             brand = Brand.model_validate(raw or {})
         except ValidationError as error:
             first = error.errors()[0]
-            raise TemplateError(BRAND_FILE, None, f"field '{'.'.join(map(str, first['loc']))}': "
-                                                  f"{first['msg']}") from None
+            raise TemplateError(
+                BRAND_FILE, None, f"field '{'.'.join(map(str, first['loc']))}': {first['msg']}"
+            ) from None
         return cls(templates, brand.model_dump())
 
     @property

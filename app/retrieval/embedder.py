@@ -51,8 +51,11 @@ class SentenceEmbedder:
         self._model = SentenceTransformer(
             str(folder), device="cpu", model_kwargs={"dtype": getattr(torch, dtype)}
         )
-        dim = self._model.get_embedding_dimension() if hasattr(
-            self._model, "get_embedding_dimension") else self._model.get_sentence_embedding_dimension()
+        dim = (
+            self._model.get_embedding_dimension()
+            if hasattr(self._model, "get_embedding_dimension")
+            else self._model.get_sentence_embedding_dimension()
+        )
         self.dim = int(dim or 0)
         self._cached = lru_cache(maxsize=4096)(self._encode_one)
 
@@ -60,13 +63,17 @@ class SentenceEmbedder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         vectors = self._model.encode(
-            list(texts), batch_size=self.batch_size, show_progress_bar=progress,
-            normalize_embeddings=True, convert_to_numpy=True,
+            list(texts),
+            batch_size=self.batch_size,
+            show_progress_bar=progress,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
         )
         return np.asarray(vectors, dtype=np.float32)
 
     def _encode_one(self, text: str) -> np.ndarray:
-        return self.encode([text])[0]
+        vector: np.ndarray = self.encode([text])[0]
+        return vector
 
     def encode_query(self, text: str) -> np.ndarray:
         """One text, cached: stated interests repeat across requests."""

@@ -25,8 +25,9 @@ class VectorIndex(Protocol):
 
     vectors: np.ndarray
 
-    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k rows by cosine (rows, scores), best first, among ``allowed`` rows."""
         ...
 
@@ -37,8 +38,9 @@ class ExactIndex:
     def __init__(self, vectors: np.ndarray) -> None:
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
 
-    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         scores = self.vectors @ query.astype(np.float32)
         if allowed is not None:
             scores = np.where(allowed, scores, -np.inf)
@@ -65,13 +67,18 @@ class IndexFiles:
         self.vectors_path = folder / "vectors.npy"
         self.meta_path = folder / "meta.json"
 
-    def load_if_fresh(self, ids: list[str], expected_hash: str, model_name: str) -> np.ndarray | None:
+    def load_if_fresh(
+        self, ids: list[str], expected_hash: str, model_name: str
+    ) -> np.ndarray | None:
         if not (self.vectors_path.exists() and self.meta_path.exists()):
             return None
         try:
             meta = json.loads(self.meta_path.read_text())
-            fresh = (meta.get("content_hash") == expected_hash and meta.get("model") == model_name
-                     and meta.get("ids") == ids)
+            fresh = (
+                meta.get("content_hash") == expected_hash
+                and meta.get("model") == model_name
+                and meta.get("ids") == ids
+            )
             if not fresh:
                 log.info("index at %s is stale: rebuilding", self.folder)
                 return None
@@ -89,15 +96,29 @@ class IndexFiles:
         tmp_vectors = self.folder / "vectors.tmp.npy"
         tmp_meta = self.folder / "meta.tmp.json"
         np.save(tmp_vectors, vectors)
-        tmp_meta.write_text(json.dumps({"model": model_name, "dim": int(vectors.shape[1]),
-                                        "count": len(ids), "content_hash": content_hash,
-                                        "ids": ids}))
+        tmp_meta.write_text(
+            json.dumps(
+                {
+                    "model": model_name,
+                    "dim": int(vectors.shape[1]),
+                    "count": len(ids),
+                    "content_hash": content_hash,
+                    "ids": ids,
+                }
+            )
+        )
         tmp_vectors.replace(self.vectors_path)
         tmp_meta.replace(self.meta_path)
 
 
-def build_or_load_index(catalog: Catalog, embedder: Embedder, folder: Path, *,
-                        force: bool = False, progress: bool = False) -> tuple[ExactIndex, bool]:
+def build_or_load_index(
+    catalog: Catalog,
+    embedder: Embedder,
+    folder: Path,
+    *,
+    force: bool = False,
+    progress: bool = False,
+) -> tuple[ExactIndex, bool]:
     """The catalog's index, from disk when fresh. Returns (index, rebuilt)."""
     texts = [product_text(product) for product in catalog.products]
     ids = [product.id for product in catalog.products]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def mmr(relevance: np.ndarray, vectors: np.ndarray, k: int, lam: float
-        ) -> tuple[list[int], list[float]]:
+def mmr(
+    relevance: np.ndarray, vectors: np.ndarray, k: int, lam: float
+) -> tuple[list[int], list[float]]:
     """Pick ``k`` positions of ``relevance`` greedily; returns (positions, mmr scores).
 
     score(i) = lam * relevance[i] - (1 - lam) * max_{j picked} cos(v_i, v_j).

@@ -44,8 +44,12 @@ def _unit(vector: np.ndarray) -> np.ndarray | None:
     return None if norm == 0.0 else (vector / norm).astype(np.float32)
 
 
-def shopper_vector(history: HistoryWeights, item_vectors: np.ndarray,
-                   interests_vector: np.ndarray | None, history_weight: float) -> np.ndarray | None:
+def shopper_vector(
+    history: HistoryWeights,
+    item_vectors: np.ndarray,
+    interests_vector: np.ndarray | None,
+    history_weight: float,
+) -> np.ndarray | None:
     """Recency-weighted mean of touched items, blended with the stated interests.
 
     None when there is nothing to go on (cold start).

@@ -31,8 +31,11 @@ class CandidateFilters(BaseModel):
 
     @model_validator(mode="after")
     def _price_range(self) -> CandidateFilters:
-        if self.min_price is not None and self.max_price is not None \
-                and self.min_price > self.max_price:
+        if (
+            self.min_price is not None
+            and self.max_price is not None
+            and self.min_price > self.max_price
+        ):
             raise ValueError("min_price is above max_price")
         return self
 
@@ -55,8 +58,14 @@ class Selection:
 
 
 class CandidateSelector:
-    def __init__(self, catalog: Catalog, index: VectorIndex, embedder: Embedder,
-                 signals: InteractionSignals, settings: Settings) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        index: VectorIndex,
+        embedder: Embedder,
+        signals: InteractionSignals,
+        settings: Settings,
+    ) -> None:
         self.catalog = catalog
         self.index = index
         self.embedder = embedder
@@ -67,7 +76,9 @@ class CandidateSelector:
         self._price = np.array([p.price for p in products], dtype=np.float64)
         self._category = np.array([p.category.casefold() for p in products])
 
-    def _allowed(self, shopper: Shopper, filters: CandidateFilters) -> tuple[np.ndarray, dict[str, int]]:
+    def _allowed(
+        self, shopper: Shopper, filters: CandidateFilters
+    ) -> tuple[np.ndarray, dict[str, int]]:
         allowed = np.ones(len(self.catalog), dtype=bool)
         removed: dict[str, int] = {}
 
@@ -94,7 +105,9 @@ class CandidateSelector:
             apply("above_max_price", self._price <= filters.max_price)
         return allowed, removed
 
-    def select(self, shopper: Shopper, k: int, filters: CandidateFilters | None = None) -> Selection:
+    def select(
+        self, shopper: Shopper, k: int, filters: CandidateFilters | None = None
+    ) -> Selection:
         filters = filters or CandidateFilters()
         settings = self.settings
         allowed, removed = self._allowed(shopper, filters)
@@ -102,7 +115,8 @@ class CandidateSelector:
         history = history_weights(shopper, self.catalog, settings.half_life_days)
         interests = interests_text(shopper)
         query = shopper_vector(
-            history, self.index.vectors,
+            history,
+            self.index.vectors,
             self.embedder.encode_query(interests) if interests else None,
             settings.history_weight,
         )
@@ -146,25 +160,35 @@ class CandidateSelector:
             "collaborative": weights["collaborative"] * collaborative[rows_in_pool],
             "popularity": weights["popularity"] * prior[rows_in_pool],
         }
-        relevance = sum(parts.values())
-        picked, mmr_scores = mmr(np.asarray(relevance), self.index.vectors[rows_in_pool], k,
-                                 settings.mmr_lambda)
+        relevance: np.ndarray = np.sum(list(parts.values()), axis=0)
+        picked, mmr_scores = mmr(
+            relevance, self.index.vectors[rows_in_pool], k, settings.mmr_lambda
+        )
 
         names = list(parts)
         candidates = []
         for number, (position, mmr_score) in enumerate(zip(picked, mmr_scores, strict=True), 1):
             row = int(rows_in_pool[position])
             source = names[int(np.argmax([parts[name][position] for name in names]))]
-            candidates.append(Candidate(
-                number=number,
-                product=self.catalog.products[row],
-                scores=CandidateScores(
-                    semantic=float(semantic[row]), collaborative=float(collaborative[row]),
-                    popularity=float(prior[row]), relevance=float(relevance[position]),
-                    mmr=mmr_score,
-                ),
-                source="popular" if source == "popularity" else source,
-            ))
-        trace = SelectionTrace(cold_start=cold_start, signals=weights, pool_size=len(rows_in_pool),
-                               removed=removed, allowed=int(allowed.sum()))
+            candidates.append(
+                Candidate(
+                    number=number,
+                    product=self.catalog.products[row],
+                    scores=CandidateScores(
+                        semantic=float(semantic[row]),
+                        collaborative=float(collaborative[row]),
+                        popularity=float(prior[row]),
+                        relevance=float(relevance[position]),
+                        mmr=mmr_score,
+                    ),
+                    source="popular" if source == "popularity" else source,
+                )
+            )
+        trace = SelectionTrace(
+            cold_start=cold_start,
+            signals=weights,
+            pool_size=len(rows_in_pool),
+            removed=removed,
+            allowed=int(allowed.sum()),
+        )
         return Selection(candidates, trace)

@@ -25,8 +25,8 @@ EVENT_WEIGHT: dict[EventType, float] = {
 
 def _scaled(counts: np.ndarray) -> np.ndarray:
     """log-scaled to [0, 1], so a few blockbusters do not flatten everything else."""
-    logged = np.log1p(counts)
-    top = logged.max() if logged.size else 0.0
+    logged: np.ndarray = np.log1p(counts)
+    top = float(logged.max()) if logged.size else 0.0
     return logged / top if top > 0 else logged
 
 

@@ -16,8 +16,10 @@ from app.pipeline import Pipeline
 def settings() -> Settings:
     settings = Settings()
     if not is_prepared(settings.llm_folder):
-        pytest.fail(f"model not prepared in {settings.llm_folder}: run `make test` "
-                    "(or `marquee model prepare`)")
+        pytest.fail(
+            f"model not prepared in {settings.llm_folder}: run `make test` "
+            "(or `marquee model prepare`)"
+        )
     return settings
 
 

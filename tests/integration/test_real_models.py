@@ -29,11 +29,17 @@ def assert_grounded(pipeline: Pipeline, banner: Banner, shopper_id: str) -> None
     candidates = offered(pipeline, banner, shopper_id)
     by_id = {c.product.id: c for c in candidates}
     # Schema-valid: the banner's copy fits the template's output schema.
-    output_model(template.header.schema_name, template.header.k).model_validate({
-        "headline": banner.headline, "subheadline": banner.subheadline, "cta": banner.cta,
-        "layout": banner.layout, "tone": banner.tone, "badge": banner.badge,
-        "products": [by_id[p.id].number for p in banner.products],
-    })
+    output_model(template.header.schema_name, template.header.k).model_validate(
+        {
+            "headline": banner.headline,
+            "subheadline": banner.subheadline,
+            "cta": banner.cta,
+            "layout": banner.layout,
+            "tone": banner.tone,
+            "badge": banner.badge,
+            "products": [by_id[p.id].number for p in banner.products],
+        }
+    )
     # Only offered products, with the catalog's own facts.
     assert banner.products, "a banner shows at least one product"
     for shown in banner.products:
@@ -47,8 +53,9 @@ def assert_grounded(pipeline: Pipeline, banner: Banner, shopper_id: str) -> None
 
 
 @pytest.mark.parametrize("shopper_id", DEMO_SHOPPERS)
-def test_hero_banners_for_demo_shoppers_are_valid_and_grounded(pipeline: Pipeline,
-                                                               shopper_id: str) -> None:
+def test_hero_banners_for_demo_shoppers_are_valid_and_grounded(
+    pipeline: Pipeline, shopper_id: str
+) -> None:
     (banner,) = asyncio.run(pipeline.generate(BannerRequest(shopper_id=shopper_id)))
     assert banner.engine == "transformers" and banner.model == pipeline.settings.llm_name
     assert_grounded(pipeline, banner, shopper_id)
@@ -58,8 +65,9 @@ def test_hero_banners_for_demo_shoppers_are_valid_and_grounded(pipeline: Pipelin
 
 @pytest.mark.parametrize("template", ["grid_heading", "category_spotlight"])
 def test_other_templates_are_valid_and_grounded(pipeline: Pipeline, template: str) -> None:
-    banners = asyncio.run(pipeline.generate(BannerRequest(shopper_id="u004", template=template,
-                                                          count=2)))
+    banners = asyncio.run(
+        pipeline.generate(BannerRequest(shopper_id="u004", template=template, count=2))
+    )
     assert len(banners) == 2 and len({b.id for b in banners}) == 2
     for banner in banners:
         assert_grounded(pipeline, banner, "u004")
@@ -85,7 +93,10 @@ def test_constraint_holds_even_when_the_prompt_asks_for_prose(pipeline: Pipeline
     schema = output_model("banner", 4)
     request = GenerationRequest(
         messages=(("user", "Write a long poem about the sea. Do not use JSON."),),
-        schema=schema, sampling=SamplingParams(temperature=1.0, max_tokens=200), seed=3)
+        schema=schema,
+        sampling=SamplingParams(temperature=1.0, max_tokens=200),
+        seed=3,
+    )
     result = asyncio.run(pipeline.engine.generate(request))  # type: ignore[union-attr]
     copy = schema.model_validate(json.loads(result.text))
     assert 1 <= len(copy.products) <= 4 and all(1 <= n <= 4 for n in copy.products)

