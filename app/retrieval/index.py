@@ -32,6 +32,15 @@ class VectorIndex(Protocol):
         ...
 
 
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the ``k`` highest finite scores, best first (argpartition: O(n), not a sort)."""
+    k = min(k, int(np.isfinite(scores).sum()))
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    top = np.argpartition(-scores, k - 1)[:k]
+    return top[np.argsort(-scores[top], kind="stable")]
+
+
 class ExactIndex:
     """Brute-force cosine search: one matmul. ~3.5 ms per query at 100k x 384 on 2 cores."""
 
@@ -44,12 +53,8 @@ class ExactIndex:
         scores = self.vectors @ query.astype(np.float32)
         if allowed is not None:
             scores = np.where(allowed, scores, -np.inf)
-        k = min(k, int(np.isfinite(scores).sum()))
-        if k <= 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        top = np.argpartition(-scores, k - 1)[:k]
-        order = top[np.argsort(-scores[top], kind="stable")]
-        return order, scores[order]
+        rows = top_k(scores, k)
+        return rows, scores[rows]
 
 
 def content_hash(texts: list[str], model_name: str) -> str:

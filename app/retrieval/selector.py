@@ -11,7 +11,7 @@ from app.catalog.store import Catalog
 from app.config import Settings
 from app.domain import Candidate, CandidateScores, Shopper
 from app.retrieval.embedder import Embedder
-from app.retrieval.index import VectorIndex
+from app.retrieval.index import VectorIndex, top_k
 from app.retrieval.mmr import mmr
 from app.retrieval.profile import history_weights, interests_text, shopper_vector
 from app.retrieval.signals import InteractionSignals
@@ -145,9 +145,8 @@ class CandidateSelector:
             # Cosine of MiniLM vectors is in [-1, 1]; negatives carry no relevance.
             semantic[rows] = np.clip(scores, 0.0, 1.0)
         for signal in (collaborative, prior) if not cold_start else (prior,):
-            masked = np.where(allowed, signal, -np.inf)
-            top = np.argsort(-masked, kind="stable")[: settings.search_k]
-            pool.update(int(r) for r in top if np.isfinite(masked[r]) and masked[r] > 0)
+            masked = np.where(allowed & (signal > 0), signal, -np.inf)
+            pool.update(top_k(masked, settings.search_k).tolist())
         if not pool:  # nothing scored at all (no interactions anywhere): any allowed product
             pool.update(np.flatnonzero(allowed)[: settings.search_k].tolist())
         rows_in_pool = np.array(sorted(pool), dtype=np.int64)

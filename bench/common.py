@@ -1,0 +1,58 @@
+"""Small helpers shared by the benchmarks: percentiles and a results table on disk."""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def pct(samples: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(samples), q)) if samples else float("nan")
+
+
+def write_results(
+    name: str, title: str, header: list[str], rows: list[list[object]], notes: list[str]
+) -> Path:
+    """Write ``results/<name>.md`` (a table people read) and ``.json`` (for tooling)."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    machine = (
+        f"{platform.machine()}, {__import__('os').cpu_count()} cores, Python "
+        f"{platform.python_version()}"
+    )
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"# {title}",
+        "",
+        f"_{stamp}; {machine}_",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for row in rows:
+        cells = [f"{c:,.2f}" if isinstance(c, float) else str(c) for c in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [""] + [f"- {note}" for note in notes] + [""]
+    path = RESULTS_DIR / f"{name}.md"
+    path.write_text("\n".join(lines))
+    (RESULTS_DIR / f"{name}.json").write_text(
+        json.dumps(
+            {
+                "title": title,
+                "when": stamp,
+                "machine": machine,
+                "header": header,
+                "rows": rows,
+                "notes": notes,
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    print("\n".join(lines))
+    return path
