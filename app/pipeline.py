@@ -152,9 +152,12 @@ class Pipeline:
     # --- the whole flow ---------------------------------------------------------------------
 
     async def generate(self, request: BannerRequest) -> list[Banner]:
-        """``request.count`` banners. Raises only for caller errors (unknown template)."""
+        """``request.count`` banners. Raises only for caller errors (unknown template, a count
+        out of range), never for what the model does."""
         started = time.perf_counter()
-        count = max(1, min(request.count, self.settings.max_variants))
+        count = request.count
+        if not 1 <= count <= self.settings.max_variants:
+            raise ValueError(f"count must be between 1 and {self.settings.max_variants}")
         shopper = self.shopper(request)
         template = self.template(request)
 

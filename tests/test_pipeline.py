@@ -147,6 +147,14 @@ async def test_variants_ids_and_determinism(build) -> None:  # type: ignore[no-u
     assert [r.seed for r in engine.requests[:2]] == [r.seed for r in again.engine.requests[:2]]  # type: ignore[union-attr]
 
 
+async def test_variant_count_is_bounded(build) -> None:  # type: ignore[no-untyped-def]
+    pipeline, engine = build([])
+    for count in (0, pipeline.settings.max_variants + 1):
+        with pytest.raises(ValueError, match="count must be between 1 and"):
+            await pipeline.generate(BannerRequest(shopper_id="runner", count=count))
+    assert engine.requests == []
+
+
 async def test_unknown_template_is_a_caller_error(build) -> None:  # type: ignore[no-untyped-def]
     pipeline, _ = build([])
     with pytest.raises(KeyError, match="unknown template 'nope'"):
