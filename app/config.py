@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,7 +31,19 @@ class Settings(BaseSettings):
     llm_name: str = "SmolLM2-135M-Instruct"
     llm_dir: Path | None = None  # default: <cache_dir>/models/<llm_name>
     llm_dtype: str = "bfloat16"  # bf16 is ~2x faster than fp32 on this CPU
-    engine: str = "transformers"
+    engine: Literal["transformers", "vllm"] = "transformers"
+
+    # vLLM: "managed" starts a server as a child process; "external" uses one at vllm_url.
+    vllm_mode: Literal["managed", "external"] = "managed"
+    vllm_url: str = "http://127.0.0.1:8001"  # external mode
+    vllm_served_model: str | None = None  # the server's model name (default: llm_name)
+    vllm_api_key: str = "none"
+    vllm_port: int = Field(default=0, ge=0, le=65535)  # managed; 0 = any free port
+    vllm_kv_cache_gb: int = Field(default=2, ge=1, le=512)
+    vllm_max_model_len: int = Field(default=2048, ge=256)
+    vllm_startup_timeout_s: float = Field(default=300.0, gt=0)
+    vllm_request_timeout_s: float = Field(default=60.0, gt=0)
+    vllm_max_in_flight: int = Field(default=64, ge=1, le=4096)
 
     # Retrieval.
     search_k: int = Field(default=120, ge=1, le=5000)  # pool size taken from the vector index
@@ -69,6 +82,10 @@ class Settings(BaseSettings):
     @property
     def llm_folder(self) -> Path:
         return self.llm_dir or self.cache_dir / "models" / self.llm_name
+
+    @property
+    def vllm_log(self) -> Path:
+        return self.cache_dir / "logs" / "vllm.log"
 
     @property
     def index_dir(self) -> Path:

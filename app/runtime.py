@@ -10,7 +10,7 @@ from app.pipeline import Pipeline
 from app.retrieval.embedder import SentenceEmbedder
 from app.retrieval.index import ExactIndex, build_or_load_index
 
-ENGINES = ("transformers",)
+ENGINES = ("transformers", "vllm")
 
 
 def load_data(settings: Settings) -> tuple[Catalog, ShopperStore]:
@@ -45,7 +45,47 @@ def make_engine(settings: Settings, name: str | None = None) -> Engine:
         from app.generation.transformers_engine import TransformersEngine
 
         return TransformersEngine(settings.llm_folder, settings.llm_name, settings.llm_dtype)
+    if name == "vllm":
+        return make_vllm_engine(settings)
     raise EngineError(f"unknown engine '{name}' (known: {', '.join(ENGINES)})")
+
+
+def make_vllm_engine(settings: Settings) -> Engine:
+    """External: a URL. Managed: start the server on the prepared model and wait for it."""
+    from app.generation.vllm_engine import VLLMEngine
+    from app.generation.vllm_server import ManagedVLLM, VLLMServerConfig, free_port
+
+    served = settings.vllm_served_model or settings.llm_name
+    server = None
+    url = settings.vllm_url
+    if settings.vllm_mode == "managed":
+        if not is_prepared(settings.llm_folder):
+            raise EngineError(
+                f"model not prepared in {settings.llm_folder}: run `marquee model prepare`"
+            )
+        server = ManagedVLLM(
+            VLLMServerConfig(
+                model_dir=settings.llm_folder,
+                served_name=served,
+                port=settings.vllm_port or free_port(),
+                log_path=settings.vllm_log,
+                kv_cache_gb=settings.vllm_kv_cache_gb,
+                max_model_len=settings.vllm_max_model_len,
+                startup_timeout_s=settings.vllm_startup_timeout_s,
+            )
+        )
+        server.start()
+        server.wait_ready()
+        url = server.base_url
+    return VLLMEngine(
+        url,
+        settings.llm_name,
+        served_model=served,
+        api_key=settings.vllm_api_key,
+        timeout_s=settings.vllm_request_timeout_s,
+        max_in_flight=settings.vllm_max_in_flight,
+        server=server,
+    )
 
 
 def build_pipeline(

