@@ -135,3 +135,19 @@ class Banner(BaseModel):
     output_tokens: int = 0
     timings: StageTimings = Field(default_factory=StageTimings)
     created_at: datetime
+
+
+class HomepageSection(BaseModel):
+    position: int
+    template: str
+    placement: str
+    banner: Banner
+
+
+class Homepage(BaseModel):
+    """An ordered layout of sections for one shopper; no product appears twice."""
+
+    id: str
+    shopper_id: str
+    sections: list[HomepageSection]
+    total_ms: float

@@ -12,12 +12,20 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from app.catalog.store import Catalog, ShopperStore
 from app.config import Settings
-from app.domain import Banner, Candidate, ResolvedProduct, Shopper, StageTimings
+from app.domain import (
+    Banner,
+    Candidate,
+    Homepage,
+    HomepageSection,
+    ResolvedProduct,
+    Shopper,
+    StageTimings,
+)
 from app.generation.engine import Engine, EngineError, GenerationRequest, GenerationResult
 from app.guards import GuardResult, Guards, fallback_copy
 from app.prompting.context import build_context
@@ -40,6 +48,23 @@ class BannerRequest:
     placement: str = "home_hero"
     count: int = 1
     filters: CandidateFilters = field(default_factory=CandidateFilters)
+
+
+MAX_SECTIONS = 8
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A request after retrieval and rendering, ready for the engine."""
+
+    request: BannerRequest
+    shopper: Shopper
+    template: PromptTemplate
+    selection: Selection
+    prompt: RenderedPrompt | None  # None: too few candidates to write about
+    started: float
+    retrieval_ms: float
+    render_ms: float
 
 
 @dataclass
@@ -151,37 +176,44 @@ class Pipeline:
 
     # --- the whole flow ---------------------------------------------------------------------
 
-    async def generate(self, request: BannerRequest) -> list[Banner]:
-        """``request.count`` banners. Raises only for caller errors (unknown template, a count
-        out of range), never for what the model does."""
+    def prepare(self, request: BannerRequest) -> PreparedRequest:
+        """Retrieval and rendering: everything before the model, cheap and synchronous."""
         started = time.perf_counter()
-        count = request.count
-        if not 1 <= count <= self.settings.max_variants:
+        if not 1 <= request.count <= self.settings.max_variants:
             raise ValueError(f"count must be between 1 and {self.settings.max_variants}")
         shopper = self.shopper(request)
         template = self.template(request)
-
-        t0 = time.perf_counter()
         selection = self.candidates(shopper, template, request.filters)
-        retrieval_ms = (time.perf_counter() - t0) * 1000
+        retrieved = time.perf_counter()
         candidates = selection.candidates
-
-        t0 = time.perf_counter()
         prompt = (
             self.render(shopper, template, candidates, request.placement)
             if len(candidates) >= template.spec.min_products
             else None
         )
-        render_ms = (time.perf_counter() - t0) * 1000
+        return PreparedRequest(
+            request=request,
+            shopper=shopper,
+            template=template,
+            selection=selection,
+            prompt=prompt,
+            started=started,
+            retrieval_ms=(retrieved - started) * 1000,
+            render_ms=(time.perf_counter() - retrieved) * 1000,
+        )
 
-        variants = [_Variant(number) for number in range(count)]
-        if prompt is None:
+    async def complete(self, prepared: PreparedRequest) -> list[Banner]:
+        """Generation, guards, retries and fallback for a prepared request."""
+        shopper, template, selection = prepared.shopper, prepared.template, prepared.selection
+        candidates = selection.candidates
+        variants = [_Variant(number) for number in range(prepared.request.count)]
+        if prepared.prompt is None:
             for variant in variants:
                 variant.flags.append(f"too_few_candidates: {len(candidates)}")
         else:
-            await self._attempt_all(variants, shopper, template, prompt, candidates)
+            await self._attempt_all(variants, shopper, template, prepared.prompt, candidates)
 
-        total_ms = (time.perf_counter() - started) * 1000
+        total_ms = (time.perf_counter() - prepared.started) * 1000
         return [
             self._banner(
                 variant,
@@ -190,8 +222,8 @@ class Pipeline:
                 candidates,
                 selection,
                 StageTimings(
-                    retrieval_ms=retrieval_ms,
-                    render_ms=render_ms,
+                    retrieval_ms=prepared.retrieval_ms,
+                    render_ms=prepared.render_ms,
                     generation_ms=variant.generation_ms,
                     guards_ms=variant.guards_ms,
                     total_ms=total_ms,
@@ -199,6 +231,49 @@ class Pipeline:
             )
             for variant in variants
         ]
+
+    async def generate(self, request: BannerRequest) -> list[Banner]:
+        """``request.count`` banners. Raises only for caller errors (unknown template, a count
+        out of range), never for what the model does."""
+        return await self.complete(self.prepare(request))
+
+    async def homepage(self, request: BannerRequest, sections: list[str]) -> Homepage:
+        """An ordered homepage: one banner per section template, no product in two sections.
+
+        Candidates are chosen section by section, each excluding what earlier sections were
+        offered; the sections are then generated concurrently (the engine batches them).
+        """
+        if not 1 <= len(sections) <= MAX_SECTIONS:
+            raise ValueError(f"a homepage has 1 to {MAX_SECTIONS} sections")
+        started = time.perf_counter()
+        offered: list[str] = []
+        prepared = []
+        for name in sections:
+            filters = request.filters.model_copy(
+                update={"exclude_products": (*request.filters.exclude_products, *offered)}
+            )
+            section = self.prepare(replace(request, template=name, count=1, filters=filters))
+            offered += [c.product.id for c in section.selection.candidates]
+            prepared.append(section)
+        banners = await asyncio.gather(*(self.complete(p) for p in prepared))
+        shopper_id = prepared[0].shopper.id
+        homepage_id = (
+            "hp_" + hashlib.sha256(json.dumps([b[0].id for b in banners]).encode()).hexdigest()[:24]
+        )
+        return Homepage(
+            id=homepage_id,
+            shopper_id=shopper_id,
+            sections=[
+                HomepageSection(
+                    position=i,
+                    template=p.template.name,
+                    placement=p.template.header.placement,
+                    banner=b[0],
+                )
+                for i, (p, b) in enumerate(zip(prepared, banners, strict=True))
+            ],
+            total_ms=(time.perf_counter() - started) * 1000,
+        )
 
     async def _attempt_all(
         self,

@@ -188,3 +188,32 @@ async def test_inline_profile_wins_over_the_id(build) -> None:  # type: ignore[n
         BannerRequest(shopper_id="runner", shopper=Shopper(id="inline", interests=("camping",)))
     )
     assert "Camping Tent" in engine.requests[0].messages[-1][1]
+
+
+async def test_homepage_sections_never_repeat_a_product(build) -> None:  # type: ignore[no-untyped-def]
+    grid = dict(GOOD, layout="grid", products=[1, 2])
+    pipeline, engine = build([GOOD, grid])
+    page = await pipeline.homepage(
+        BannerRequest(shopper_id="coffee_fan"), ["hero_banner", "grid_heading"]
+    )
+    assert [s.template for s in page.sections] == ["hero_banner", "grid_heading"]
+    assert [s.position for s in page.sections] == [0, 1]
+    assert not any(s.banner.fallback for s in page.sections)
+    shown = [p.id for s in page.sections for p in s.banner.products]
+    assert len(shown) == 4 and len(set(shown)) == 4
+    # Each section was offered its own candidates, so even a fallback cannot repeat one.
+    offered = {
+        r.schema.__name__: {line for line in r.messages[-1][1].splitlines() if line[:1].isdigit()}
+        for r in engine.requests
+    }
+    hero, grid_lines = offered.values()
+    assert not {line.split(". ", 1)[1] for line in hero} & {
+        line.split(". ", 1)[1] for line in grid_lines
+    }
+    assert page.id.startswith("hp_") and page.shopper_id == "coffee_fan"
+
+
+async def test_homepage_section_count_is_bounded(build) -> None:  # type: ignore[no-untyped-def]
+    pipeline, _ = build([])
+    with pytest.raises(ValueError, match="1 to 8 sections"):
+        await pipeline.homepage(BannerRequest(shopper_id="x"), [])

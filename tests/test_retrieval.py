@@ -216,3 +216,10 @@ def test_index_is_persisted_and_rebuilt_when_stale(tmp_path: Path, tiny_catalog:
     _, rebuilt = build_or_load_index(changed, OtherModel(), folder)
     assert rebuilt, "an unreadable index is rebuilt, not trusted"
     assert NOW  # the fixtures' clock is fixed
+
+
+def test_excluded_products_are_never_offered(selector: CandidateSelector) -> None:
+    shopper = Shopper(id="x", interests=("coffee",))
+    selection = selector.select(shopper, 10, CandidateFilters(exclude_products=("C1", "C2")))
+    assert not {"C1", "C2"} & set(ids(selection))
+    assert selection.trace.removed["excluded_product"] == 2

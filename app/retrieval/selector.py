@@ -26,6 +26,7 @@ class CandidateFilters(BaseModel):
     exclude_purchased: bool = True
     include_categories: tuple[str, ...] = ()
     exclude_categories: tuple[str, ...] = ()
+    exclude_products: tuple[str, ...] = Field(default=(), max_length=1000)
     min_price: float | None = Field(default=None, ge=0)
     max_price: float | None = Field(default=None, ge=0)
 
@@ -99,6 +100,10 @@ class CandidateSelector:
         if filters.exclude_categories:
             unwanted = [c.casefold() for c in filters.exclude_categories]
             apply("category_excluded", ~np.isin(self._category, unwanted))
+        if filters.exclude_products:
+            excluded = np.zeros(len(self.catalog), dtype=bool)
+            excluded[self.catalog.rows(filters.exclude_products)] = True
+            apply("excluded_product", ~excluded)
         if filters.min_price is not None:
             apply("below_min_price", self._price >= filters.min_price)
         if filters.max_price is not None:
