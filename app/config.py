@@ -45,6 +45,16 @@ class Settings(BaseSettings):
     vllm_request_timeout_s: float = Field(default=60.0, gt=0)
     vllm_max_in_flight: int = Field(default=64, ge=1, le=4096)
 
+    # Service.
+    database_url: str = ""  # default: SQLite in the cache dir; "postgresql+asyncpg://..."
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    banner_cache_ttl_s: float = Field(default=300.0, ge=0)
+    max_in_flight_requests: int = Field(default=32, ge=1, le=10_000)
+    homepage_sections: list[str] = Field(
+        default_factory=lambda: ["hero_banner", "grid_heading", "category_spotlight"]
+    )
+
     # Retrieval.
     search_k: int = Field(default=120, ge=1, le=5000)  # pool size taken from the vector index
     history_weight: float = Field(default=0.7, ge=0.0, le=1.0)  # history vs stated interests
@@ -82,6 +92,10 @@ class Settings(BaseSettings):
     @property
     def llm_folder(self) -> Path:
         return self.llm_dir or self.cache_dir / "models" / self.llm_name
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.cache_dir / 'marquee.db'}"
 
     @property
     def vllm_log(self) -> Path:

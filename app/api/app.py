@@ -1,0 +1,196 @@
+"""The Litestar application: the CMS-facing HTTP API over the one pipeline.
+
+Models load in the background after start-up: /healthz answers at once, /readyz turns 200
+when the pipeline (model, index, engine) is ready, and banner calls get 503 until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from litestar import Litestar
+from litestar.datastructures import MutableScopeHeaders, State
+from litestar.di import Provide
+from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.controllers import BannerController, HealthController, HomepageController
+from app.api.errors import Problem, handle_http, handle_unexpected
+from app.api.metrics import REJECTED, REQUEST_SECONDS, REQUESTS
+from app.api.service import BannerService
+from app.config import Settings
+from app.pipeline import Pipeline
+from app.store.db import Database
+from app.store.repositories import ApiKeyStore, BannerStore
+
+log = logging.getLogger("marquee.api")
+MAX_BODY_BYTES = 64 * 1024
+
+
+class InFlightLimit:
+    """At most ``limit`` generations at once; beyond it a clear 503 with Retry-After."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.current = 0
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self.current >= self.limit:
+            REJECTED.inc()
+            raise Problem(
+                503,
+                "Busy",
+                f"{self.limit} requests already in flight; retry shortly",
+                headers={"Retry-After": "2"},
+            )
+        self.current += 1
+        try:
+            yield
+        finally:
+            self.current -= 1
+
+
+def observability(app: ASGIApp) -> ASGIApp:
+    """Request id (kept from X-Request-ID or made), one JSON log line, request metrics."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode()[:64]
+        request_id = incoming or uuid.uuid4().hex[:16]
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableScopeHeaders(message)["X-Request-ID"] = request_id
+            await send(message)
+
+        start = time.perf_counter()
+        try:
+            await app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = str(scope.get("path_template") or "unmatched")
+            REQUESTS.labels(route, str(status)).inc()
+            REQUEST_SECONDS.labels(route).observe(elapsed)
+            log.info(
+                json.dumps(
+                    {
+                        "event": "request",
+                        "request_id": request_id,
+                        "method": scope.get("method"),
+                        "path": scope.get("path"),
+                        "route": route,
+                        "status": status,
+                        "ms": round(elapsed * 1000, 1),
+                    }
+                )
+            )
+
+    return middleware
+
+
+def create_app(
+    settings: Settings, load_pipeline: Callable[[Settings], Pipeline] | None = None
+) -> Litestar:
+    """``load_pipeline`` builds the pipeline (default: from settings, with its engine)."""
+    if load_pipeline is None:
+        from app.runtime import build_pipeline
+
+        def load_pipeline(s: Settings) -> Pipeline:
+            return build_pipeline(s)
+
+    loader = load_pipeline
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.database)
+    state = State(
+        {
+            "settings": settings,
+            "db": db,
+            "api_keys": ApiKeyStore(db),
+            "limit": InFlightLimit(settings.max_in_flight_requests),
+            "service": None,
+            "load_error": None,
+        }
+    )
+
+    def readiness() -> dict[str, Any]:
+        service: BannerService | None = state.service
+        engine = service.pipeline.engine if service else None
+        server = getattr(engine, "server", None)
+        engine_ok = engine is not None and (server is None or server.healthy())
+        body: dict[str, Any] = {
+            "ready": bool(service and engine_ok),
+            "pipeline": service is not None,
+            "engine": engine_ok,
+        }
+        if state.load_error:
+            body["error"] = state.load_error
+        return body
+
+    state.readiness = readiness
+
+    async def load() -> None:
+        try:
+            pipeline = await asyncio.to_thread(loader, settings)
+        except Exception as error:  # reported on /readyz, and in the log
+            state.load_error = f"{type(error).__name__}: {error}"[:500]
+            log.exception("pipeline failed to load")
+            return
+        state.service = BannerService(pipeline, BannerStore(db), settings.banner_cache_ttl_s)
+        log.info(
+            json.dumps(
+                {"event": "ready", "engine": pipeline.engine_name, "model": pipeline.model_name}
+            )
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        await db.create_all()
+        if await state.api_keys.count() == 0:
+            key = await state.api_keys.create("dev", ["admin"])
+            print(f"dev API key (admin scope, shown once): {key}", flush=True)
+        task = asyncio.create_task(load())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            service: BannerService | None = state.service
+            if service is not None and service.pipeline.engine is not None:
+                await service.pipeline.engine.close()
+            await db.dispose()
+
+    def provide_service() -> BannerService:
+        service: BannerService | None = state.service
+        if service is None:
+            detail = state.load_error or "models are still loading"
+            raise Problem(503, "Not ready", detail, headers={"Retry-After": "10"})
+        return service
+
+    return Litestar(
+        route_handlers=[BannerController, HomepageController, HealthController],
+        dependencies={"service": Provide(provide_service, sync_to_thread=False)},
+        exception_handlers={HTTPException: handle_http, Exception: handle_unexpected},
+        middleware=[observability],
+        lifespan=[lifespan],
+        state=state,
+        request_max_body_size=MAX_BODY_BYTES,
+        openapi_config=OpenAPIConfig(title="Marquee", version="0.1.0", path="/docs"),
+        debug=False,
+    )

@@ -1,0 +1,55 @@
+"""Prometheus metrics: requests, per-stage latency, tokens, retries, fallbacks, cache hits."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from app.domain import Banner
+
+REGISTRY = CollectorRegistry()
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+REQUESTS = Counter(
+    "marquee_requests_total", "HTTP requests", ["route", "status"], registry=REGISTRY
+)
+REQUEST_SECONDS = Histogram(
+    "marquee_request_seconds", "HTTP request latency", ["route"], buckets=BUCKETS, registry=REGISTRY
+)
+STAGE_SECONDS = Histogram(
+    "marquee_stage_seconds",
+    "Pipeline stage latency per banner",
+    ["stage"],
+    buckets=BUCKETS,
+    registry=REGISTRY,
+)
+OUTPUT_TOKENS = Counter("marquee_output_tokens_total", "Tokens generated", registry=REGISTRY)
+RETRIES = Counter(
+    "marquee_retries_total", "Generations retried after a guard refused them", registry=REGISTRY
+)
+FALLBACKS = Counter(
+    "marquee_fallbacks_total", "Banners that fell back to catalog copy", registry=REGISTRY
+)
+BANNERS = Counter("marquee_banners_total", "Banners served", ["template"], registry=REGISTRY)
+CACHE_HITS = Counter(
+    "marquee_cache_hits_total", "Requests answered from stored banners", registry=REGISTRY
+)
+REJECTED = Counter(
+    "marquee_rejected_total", "Requests refused because too many were in flight", registry=REGISTRY
+)
+
+
+def observe_banners(banners: list[Banner]) -> None:
+    for banner in banners:
+        timings = banner.timings
+        for stage, ms in (
+            ("retrieval", timings.retrieval_ms),
+            ("render", timings.render_ms),
+            ("generation", timings.generation_ms),
+            ("guards", timings.guards_ms),
+            ("total", timings.total_ms),
+        ):
+            STAGE_SECONDS.labels(stage).observe(ms / 1000)
+        OUTPUT_TOKENS.inc(banner.output_tokens)
+        RETRIES.inc(banner.retries)
+        FALLBACKS.inc(int(banner.fallback))
+        BANNERS.labels(banner.template).inc()

@@ -1,0 +1,111 @@
+"""What the banner endpoints do, between HTTP and the pipeline: caching, storing, strict mode."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from app.api.errors import Problem
+from app.api.metrics import CACHE_HITS, observe_banners
+from app.api.schemas import BannerCreate, HomepageCreate, ShopperProfile
+from app.domain import Banner, Homepage, Shopper
+from app.pipeline import BannerRequest, Pipeline
+from app.store.repositories import BannerStore
+
+
+def _shopper(profile: ShopperProfile | None, locale: str | None) -> Shopper | None:
+    if profile is None:
+        return None
+    fields = profile.model_dump()
+    if locale:
+        fields["locale"] = locale
+    return Shopper.model_validate(fields)
+
+
+def _engine_down(banners: list[Banner]) -> bool:
+    return any(any(flag.startswith("engine_error") for flag in b.flags) for b in banners)
+
+
+@dataclass
+class BannerService:
+    pipeline: Pipeline
+    store: BannerStore
+    cache_ttl_s: float
+
+    def _request(
+        self,
+        data: BannerCreate | HomepageCreate,
+        template: str | None = None,
+        placement: str = "home_hero",
+        count: int = 1,
+    ) -> BannerRequest:
+        return BannerRequest(
+            shopper_id=data.shopper_id or (data.profile.id if data.profile else "anonymous"),
+            shopper=_shopper(data.profile, data.locale),
+            template=template,
+            placement=placement,
+            count=count,
+            filters=data.filters,
+        )
+
+    def request_key(self, data: BannerCreate, template_version: int) -> str:
+        """Identical requests (same shopper, template version, model) share one answer."""
+        material = [
+            data.model_dump(mode="json", exclude={"strict"}),
+            template_version,
+            self.pipeline.model_name,
+        ]
+        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+    async def banners(self, data: BannerCreate) -> tuple[list[Banner], bool]:
+        request = self._request(data, data.template, data.placement, data.count)
+        try:
+            template = self.pipeline.template(request)
+        except KeyError as error:
+            raise Problem(
+                404, "Not found", str(error.args[0]), templates=self.pipeline.templates.names
+            ) from None
+        key = self.request_key(data, template.version)
+        if self.cache_ttl_s > 0:
+            stored = await self.store.fresh(key, self.cache_ttl_s)
+            if stored is not None:
+                CACHE_HITS.inc()
+                return stored, True
+        banners = await self.pipeline.generate(request)
+        observe_banners(banners)
+        if data.strict and _engine_down(banners):
+            raise Problem(
+                503,
+                "Engine unavailable",
+                "the language model did not answer; "
+                "retry later, or send strict=false to accept fallback copy",
+                headers={"Retry-After": "5"},
+            )
+        if not _engine_down(banners):  # never cache an outage's fallbacks
+            await self.store.save(key, banners)
+        return banners, False
+
+    async def homepage(self, data: HomepageCreate, default_sections: list[str]) -> Homepage:
+        sections = data.sections or default_sections
+        unknown = [name for name in sections if name not in self.pipeline.templates.names]
+        if unknown:
+            raise Problem(
+                404,
+                "Not found",
+                f"unknown template(s): {', '.join(unknown)}",
+                templates=self.pipeline.templates.names,
+            )
+        page = await self.pipeline.homepage(self._request(data), sections)
+        banners = [section.banner for section in page.sections]
+        observe_banners(banners)
+        if data.strict and _engine_down(banners):
+            raise Problem(
+                503,
+                "Engine unavailable",
+                "the language model did not answer",
+                headers={"Retry-After": "5"},
+            )
+        for section in page.sections:
+            await self.store.save(f"homepage:{page.id}:{section.position}", [section.banner])
+        return page

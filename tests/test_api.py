@@ -1,0 +1,202 @@
+"""The HTTP API around a scripted engine: auth, problem details, caching, limits, health.
+
+The real service with a managed vLLM is tested end to end in tests/integration/test_service.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from litestar.testing import TestClient
+
+from app.api.app import create_app
+from app.catalog.store import Catalog, ShopperStore
+from app.config import Settings
+from app.generation.engine import EngineError
+from app.store.db import Database
+from app.store.repositories import ApiKeyStore
+from tests.test_pipeline import GOOD, ScriptedEngine, make_pipeline
+
+
+async def _keys(url: str) -> dict[str, str]:
+    db = Database(url)
+    await db.create_all()
+    store = ApiKeyStore(db)
+    keys = {
+        scope: await store.create(f"test-{scope}", [scope])
+        for scope in ("cms", "marketer", "admin")
+    }
+    await db.dispose()
+    return keys
+
+
+@pytest.fixture
+def api(
+    tmp_path: Path, tiny_catalog: Catalog, tiny_shoppers: ShopperStore, test_settings: Settings
+) -> Iterator[tuple[TestClient, dict[str, str], ScriptedEngine]]:  # type: ignore[type-arg]
+    settings = test_settings.model_copy(
+        update={
+            "database_url": f"sqlite+aiosqlite:///{tmp_path / 'api.db'}",
+            "homepage_sections": ["hero_banner", "grid_heading"],
+            "max_in_flight_requests": 4,
+        }
+    )
+    keys = asyncio.run(_keys(settings.database))
+    engine = ScriptedEngine([GOOD] * 50)
+    app = create_app(settings, lambda s: make_pipeline(engine, tiny_catalog, tiny_shoppers, s))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 10
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield client, keys, engine
+
+
+def post(client: TestClient, key: str | None, body: object, path: str = "/v1/banners"):  # type: ignore[no-untyped-def,type-arg]
+    headers = {"X-API-Key": key} if key else {}
+    return client.post(
+        path, content=json.dumps(body), headers={**headers, "Content-Type": "application/json"}
+    )
+
+
+def test_banner_round_trip_and_fetch_by_id(api) -> None:  # type: ignore[no-untyped-def]
+    client, keys, _ = api
+    response = post(client, keys["cms"], {"shopper_id": "coffee_fan", "count": 2})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["cached"] is False and len(body["banners"]) == 2
+    assert response.headers["ETag"] and "max-age" in response.headers["Cache-Control"]
+    assert response.headers["X-Request-ID"]
+    banner = body["banners"][0]
+    fetched = client.get(f"/v1/banners/{banner['id']}", headers={"X-API-Key": keys["cms"]})
+    assert fetched.status_code == 200 and fetched.json()["headline"] == banner["headline"]
+    again = client.get(
+        f"/v1/banners/{banner['id']}",
+        headers={"X-API-Key": keys["cms"], "If-None-Match": fetched.headers["ETag"]},
+    )
+    assert again.status_code == 304
+
+
+def test_identical_requests_are_served_from_the_store(api) -> None:  # type: ignore[no-untyped-def]
+    client, keys, engine = api
+    first = post(client, keys["cms"], {"shopper_id": "runner"}).json()
+    calls = len(engine.requests)
+    second = post(client, keys["cms"], {"shopper_id": "runner"}).json()
+    assert second["cached"] is True and len(engine.requests) == calls
+    assert [b["id"] for b in second["banners"]] == [b["id"] for b in first["banners"]]
+    metrics = client.get("/metrics").text
+    assert "marquee_cache_hits_total 1.0" in metrics
+    assert "marquee_banners_total" in metrics
+
+
+@pytest.mark.parametrize(
+    ("key", "status"), [(None, 401), ("mq_nope_nothing", 401), ("marketer", 403)]
+)
+def test_keys_and_scopes(api, key: str | None, status: int) -> None:  # type: ignore[no-untyped-def]
+    client, keys, _ = api
+    response = post(client, keys.get(key or "", key), {"shopper_id": "runner"})
+    assert response.status_code == status
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["status"] == status
+
+
+def test_admin_may_do_what_cms_may(api) -> None:  # type: ignore[no-untyped-def]
+    client, keys, _ = api
+    assert post(client, keys["admin"], {"shopper_id": "runner"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"shopper_id": "runner", "count": 99}, "count"),
+        ({"shopper_id": "bad id with spaces"}, "shopper_id"),
+        ({"placement": "home_hero"}, "shopper_id"),
+        ({"shopper_id": "runner", "filters": {"min_price": 10, "max_price": 1}}, "filters"),
+        ({"shopper_id": "runner", "surprise": 1}, "surprise"),
+    ],
+)
+def test_bad_input_is_a_problem_naming_the_field(api, body: object, field: str) -> None:  # type: ignore[no-untyped-def]
+    client, keys, _ = api
+    response = post(client, keys["cms"], body)
+    assert response.status_code == 400, response.text
+    problem = response.json()
+    assert problem["title"] == "Invalid request"
+    assert field in json.dumps(problem["errors"]) or field in problem["detail"]
+
+
+def test_broken_json_and_oversized_bodies(api) -> None:  # type: ignore[no-untyped-def]
+    client, keys, _ = api
+    broken = client.post(
+        "/v1/banners",
+        content=b"{not json",
+        headers={"X-API-Key": keys["cms"], "Content-Type": "application/json"},
+    )
+    assert broken.status_code == 400
+    huge = post(
+        client, keys["cms"], {"shopper_id": "runner", "profile": {"interests": ["x" * 70] * 2000}}
+    )
+    assert huge.status_code == 413
+    assert huge.headers["content-type"].startswith("application/problem+json")
+
+
+def test_unknown_template_is_404_with_the_valid_names(api) -> None:  # type: ignore[no-untyped-def]
+    client, keys, _ = api
+    response = post(client, keys["cms"], {"shopper_id": "runner", "template": "nope"})
+    assert response.status_code == 404
+    assert "hero_banner" in response.json()["templates"]
+    missing = client.get("/v1/banners/bnr_missing", headers={"X-API-Key": keys["cms"]})
+    assert missing.status_code == 404
+
+
+def test_engine_down_gives_fallback_or_503_in_strict_mode(api) -> None:  # type: ignore[no-untyped-def]
+    client, keys, engine = api
+    engine.answers = [EngineError("connection refused")] * 4
+    lenient = post(client, keys["cms"], {"shopper_id": "camper"})
+    assert lenient.status_code == 200 and lenient.json()["banners"][0]["fallback"] is True
+    strict = post(client, keys["cms"], {"shopper_id": "camper", "strict": True})
+    assert strict.status_code == 503 and strict.headers["Retry-After"]
+
+
+def test_homepage_sections_are_disjoint(api) -> None:  # type: ignore[no-untyped-def]
+    client, keys, engine = api
+    engine.answers = [GOOD, dict(GOOD, layout="grid", products=[1, 2])]
+    response = post(client, keys["cms"], {"shopper_id": "coffee_fan"}, "/v1/homepages")
+    assert response.status_code == 200, response.text
+    sections = response.json()["homepage"]["sections"]
+    assert [s["template"] for s in sections] == ["hero_banner", "grid_heading"]
+    shown = [p["id"] for s in sections for p in s["banner"]["products"]]
+    assert len(shown) == len(set(shown))
+    unknown = post(client, keys["cms"], {"shopper_id": "x", "sections": ["nope"]}, "/v1/homepages")
+    assert unknown.status_code == 404
+
+
+def test_health_readiness_and_docs(api) -> None:  # type: ignore[no-untyped-def]
+    client, _, _ = api
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["ready"] and ready["pipeline"] and ready["engine"]
+    schema = client.get("/docs/openapi.json").json()
+    assert "/v1/banners" in schema["paths"]
+
+
+def test_not_ready_while_the_pipeline_cannot_load(tmp_path: Path, test_settings: Settings) -> None:
+    settings = test_settings.model_copy(
+        update={"database_url": f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"}
+    )
+    keys = asyncio.run(_keys(settings.database))
+
+    def fail(_: Settings):  # type: ignore[no-untyped-def]
+        raise EngineError("vLLM exited during start-up")
+
+    with TestClient(create_app(settings, fail)) as client:
+        deadline = time.monotonic() + 5
+        while "error" not in client.get("/readyz").json() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "vLLM exited" in ready.json()["error"]
+        response = post(client, keys["cms"], {"shopper_id": "runner"})
+        assert response.status_code == 503 and "vLLM exited" in response.json()["detail"]
