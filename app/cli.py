@@ -323,5 +323,92 @@ def demo(shoppers: int, engine: str | None) -> None:
     asyncio.run(run())
 
 
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line; messages that are JSON already are merged in."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {"level": record.levelname.lower(), "logger": record.name}
+        message = record.getMessage()
+        try:
+            parsed = json.loads(message)
+            entry.update(parsed if isinstance(parsed, dict) else {"message": message})
+        except ValueError:
+            entry["message"] = message
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+@cli.command()
+@engine_option
+@click.option("--host", default=None, help="Bind address (default: MARQUEE_HOST, 127.0.0.1).")
+@click.option("--port", default=None, type=click.IntRange(1, 65535), help="Default 8000.")
+@clear_errors
+def serve(engine: str | None, host: str | None, port: int | None) -> None:
+    """Run the HTTP API (and, with --engine vllm in managed mode, the vLLM server)."""
+    import uvicorn
+
+    from app.api.app import create_app
+
+    updates: dict[str, Any] = {"engine": engine} if engine else {}
+    if host:
+        updates["host"] = host
+    if port:
+        updates["port"] = port
+    settings = get_settings().model_copy(update=updates)
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLogFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    base = f"http://{settings.host}:{settings.port}"
+    click.echo(f"Marquee on {base} (engine: {settings.engine}); docs at {base}/docs")
+    click.echo(f"  ready when: curl -s {base}/readyz")
+    click.echo(
+        f"  a banner:   curl -s -X POST {base}/v1/banners -H 'X-API-Key: <key>' "
+        "-H 'Content-Type: application/json' -d '{\"shopper_id\": \"u004\"}'"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+
+
+@cli.group()
+def keys() -> None:
+    """API keys (stored hashed; a key is shown once, when created)."""
+
+
+@keys.command("create")
+@click.option("--name", required=True)
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    required=True,
+    type=click.Choice(["cms", "marketer", "admin"]),
+)
+@clear_errors
+def keys_create(name: str, scopes: tuple[str, ...]) -> None:
+    """Create a key and print it."""
+    from app.store.db import Database
+    from app.store.repositories import ApiKeyStore
+
+    settings = get_settings()
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+
+    async def create() -> str:
+        db = Database(settings.database)
+        try:
+            await db.create_all()
+            return await ApiKeyStore(db).create(name, list(scopes))
+        finally:
+            await db.dispose()
+
+    click.echo(asyncio.run(create()))
+
+
 def main() -> None:
     cli(prog_name="marquee")

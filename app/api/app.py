@@ -163,7 +163,13 @@ def create_app(
         await db.create_all()
         if await state.api_keys.count() == 0:
             key = await state.api_keys.create("dev", ["admin"])
-            print(f"dev API key (admin scope, shown once): {key}", flush=True)
+            base = f"http://{settings.host}:{settings.port}"
+            print(
+                f"dev API key (admin scope, shown once): {key}\n"
+                f"  curl -s -X POST {base}/v1/banners -H 'X-API-Key: {key}' "
+                "-H 'Content-Type: application/json' -d '{\"shopper_id\": \"u004\"}'",
+                flush=True,
+            )
         task = asyncio.create_task(load())
         try:
             yield
@@ -192,5 +198,6 @@ def create_app(
         state=state,
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(title="Marquee", version="0.1.0", path="/docs"),
+        logging_config=None,  # logging is configured by the process (JSON lines in serve)
         debug=False,
     )

@@ -5,9 +5,21 @@ Loaded once per test session. The models must be prepared (`make test` does it).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
 import pytest
 
-from app.config import Settings
+from app.config import PROJECT_ROOT, Settings
 from app.models import is_prepared
 from app.pipeline import Pipeline
 
@@ -28,3 +40,90 @@ def pipeline(settings: Settings) -> Pipeline:
     from app.runtime import build_pipeline
 
     return build_pipeline(settings)
+
+
+@dataclass
+class RunningService:
+    base_url: str
+    vllm_url: str
+    keys: dict[str, str]
+    process: subprocess.Popen[str]
+
+    def post(self, path: str, body: object, key: str | None = "cms") -> httpx.Response:
+        headers = {"X-API-Key": self.keys[key]} if key else {}
+        return httpx.post(f"{self.base_url}{path}", json=body, headers=headers, timeout=300)
+
+    def get(self, path: str, key: str | None = "cms", **headers: str) -> httpx.Response:
+        if key:
+            headers["X-API-Key"] = self.keys[key]
+        return httpx.get(f"{self.base_url}{path}", headers=headers, timeout=60)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="session")
+def service(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningService]:
+    """The real service (`marquee serve --engine vllm`, managed vLLM), once per test run.
+
+    Its teardown checks the shutdown: the service exits cleanly and leaves no vLLM behind.
+    """
+    from app.generation.vllm_server import free_port
+    from app.store.db import Database
+    from app.store.repositories import ApiKeyStore
+
+    folder = tmp_path_factory.mktemp("service")
+    database = f"sqlite+aiosqlite:///{folder / 'marquee.db'}"
+
+    async def make_keys() -> dict[str, str]:
+        db = Database(database)
+        await db.create_all()
+        store = ApiKeyStore(db)
+        made = {s: await store.create(f"e2e-{s}", [s]) for s in ("cms", "marketer", "admin")}
+        await db.dispose()
+        return made
+
+    keys = asyncio.run(make_keys())
+    port, vllm_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "MARQUEE_DATABASE_URL": database,
+        "MARQUEE_VLLM_PORT": str(vllm_port),
+        "MARQUEE_ENGINE": "vllm",
+        "MARQUEE_VLLM_MODE": "managed",
+    }
+    log = (folder / "service.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--port", str(port)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    running = RunningService(
+        f"http://127.0.0.1:{port}", f"http://127.0.0.1:{vllm_port}", keys, process
+    )
+    deadline = time.monotonic() + 420
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"service exited: {(folder / 'service.log').read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{running.base_url}/readyz", timeout=2).status_code == 200:
+                break
+        time.sleep(1)
+    else:
+        process.kill()
+        pytest.fail(f"service not ready: {(folder / 'service.log').read_text()[-3000:]}")
+    yield running
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=90)
+    log.close()
+    # uvicorn finishes its graceful shutdown, then exits through the signal it received.
+    assert code in (0, -signal.SIGTERM), (folder / "service.log").read_text()[-3000:]
+    assert "Application shutdown complete" in (folder / "service.log").read_text()
+    assert not _port_open(vllm_port), "the managed vLLM outlived the service"

@@ -1,12 +1,10 @@
-"""The vLLM engine against a real managed vLLM server (CPU), started once for this module."""
+"""The vLLM engine against the real vLLM server (CPU) that the test run's service manages."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import openai
@@ -19,6 +17,7 @@ from app.generation.schemas import output_model
 from app.generation.vllm_engine import VLLMEngine
 from app.generation.vllm_server import ManagedVLLM, VLLMServerConfig, free_port
 from app.pipeline import BannerRequest, Pipeline
+from tests.integration.conftest import RunningService
 from tests.integration.test_real_models import assert_grounded
 
 pytestmark = pytest.mark.integration
@@ -26,31 +25,18 @@ pytestmark = pytest.mark.integration
 PROSE = (("user", "Write a long poem about the sea. Do not use JSON, just verse."),)
 
 
-@pytest.fixture(scope="module")
-def server(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedVLLM]:
-    managed = ManagedVLLM(
-        VLLMServerConfig(
-            model_dir=settings.llm_folder,
-            served_name=settings.llm_name,
-            port=free_port(),
-            log_path=tmp_path_factory.mktemp("vllm") / "vllm.log",
-        )
-    )
-    with managed:
-        yield managed
-
-
-def engine_for(server: ManagedVLLM, settings: Settings) -> VLLMEngine:
-    return VLLMEngine(server.base_url, settings.llm_name)
+def engine_for(service: RunningService, settings: Settings) -> VLLMEngine:
+    """An engine on the vLLM that the running service manages (one vLLM per test run)."""
+    return VLLMEngine(service.vllm_url, settings.llm_name)
 
 
 def test_constrained_output_fits_the_schema_even_for_a_prose_prompt(
-    server: ManagedVLLM, settings: Settings
+    service: RunningService, settings: Settings
 ) -> None:
     schema = output_model("banner", 4)
 
     async def run() -> tuple[str, str]:
-        engine = engine_for(server, settings)
+        engine = engine_for(service, settings)
         request = GenerationRequest(
             messages=PROSE,
             schema=schema,
@@ -60,7 +46,7 @@ def test_constrained_output_fits_the_schema_even_for_a_prose_prompt(
         constrained = (await engine.generate(request)).text
         # The same request without response_format: what the model writes when unconstrained.
         raw = await openai.AsyncOpenAI(
-            base_url=f"{server.base_url}/v1", api_key="none"
+            base_url=f"{service.vllm_url}/v1", api_key="none"
         ).chat.completions.create(
             model=settings.llm_name,
             temperature=0.0,
@@ -79,11 +65,11 @@ def test_constrained_output_fits_the_schema_even_for_a_prose_prompt(
 
 
 def test_pipeline_on_vllm_gives_grounded_banners(
-    server: ManagedVLLM, settings: Settings, pipeline: Pipeline
+    service: RunningService, settings: Settings, pipeline: Pipeline
 ) -> None:
     async def run() -> list:  # type: ignore[type-arg]
         on_vllm = copy.copy(pipeline)
-        on_vllm.engine = engine_for(server, settings)
+        on_vllm.engine = engine_for(service, settings)
         try:
             results = await asyncio.gather(
                 *(
@@ -105,16 +91,6 @@ def test_pipeline_on_vllm_gives_grounded_banners(
         assert banner.engine == "vllm"
         assert_grounded(pipeline, banner, user)
     assert sum(not banner.fallback for _, banner in made) >= 3
-
-
-def test_stopping_the_server_leaves_no_process_behind(server: ManagedVLLM) -> None:
-    process = server._process
-    assert process is not None and server.healthy()
-    server.stop()
-    assert process.poll() is not None
-    with pytest.raises(ProcessLookupError):
-        os.killpg(process.pid, 0)  # the whole group (API server + engine core) is gone
-    assert not server.healthy()
 
 
 def test_a_server_that_cannot_start_gives_a_clear_error(tmp_path: Path) -> None:

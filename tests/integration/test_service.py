@@ -1,0 +1,71 @@
+"""End to end: the real service with a real managed vLLM, called over HTTP like a CMS would."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.pipeline import Pipeline
+from tests.integration.conftest import RunningService
+from tests.integration.test_real_models import assert_grounded
+
+pytestmark = pytest.mark.integration
+
+
+def test_banners_over_http_are_valid_grounded_and_stored(
+    service: RunningService, pipeline: Pipeline
+) -> None:
+    from app.domain import Banner
+
+    for shopper in ("u004", "u010", "someone-new"):
+        response = service.post("/v1/banners", {"shopper_id": shopper, "count": 2})
+        assert response.status_code == 200, response.text
+        banners = [Banner.model_validate(b) for b in response.json()["banners"]]
+        assert len(banners) == 2
+        for banner in banners:
+            assert banner.engine == "vllm"
+            assert_grounded(pipeline, banner, shopper)
+        stored = service.get(f"/v1/banners/{banners[0].id}")
+        assert stored.status_code == 200 and stored.json()["id"] == banners[0].id
+    again = service.post("/v1/banners", {"shopper_id": "u004", "count": 2})
+    assert again.json()["cached"] is True
+
+
+def test_homepage_over_http(service: RunningService, pipeline: Pipeline) -> None:
+    from app.domain import Banner
+
+    response = service.post("/v1/homepages", {"shopper_id": "u002"})
+    assert response.status_code == 200, response.text
+    sections = response.json()["homepage"]["sections"]
+    assert [s["template"] for s in sections] == [
+        "hero_banner",
+        "grid_heading",
+        "category_spotlight",
+    ]
+    shown = [p["id"] for s in sections for p in s["banner"]["products"]]
+    assert len(shown) == len(set(shown)), "no product in two sections"
+    for section in sections:
+        banner = Banner.model_validate(section["banner"])
+        assert banner.products
+        for product in banner.products:
+            assert pipeline.catalog.get(product.id) is not None
+
+
+def test_bad_inputs_and_keys_over_http(service: RunningService) -> None:
+    missing_key = service.post("/v1/banners", {"shopper_id": "u004"}, key=None)
+    assert missing_key.status_code == 401
+    wrong_scope = service.post("/v1/banners", {"shopper_id": "u004"}, key="marketer")
+    assert wrong_scope.status_code == 403
+    bad = service.post("/v1/banners", {"shopper_id": "u004", "count": 0})
+    assert bad.status_code == 400
+    assert bad.headers["content-type"].startswith("application/problem+json")
+    assert "count" in bad.text
+    unknown = service.post("/v1/banners", {"shopper_id": "u004", "template": "nope"})
+    assert unknown.status_code == 404 and "hero_banner" in unknown.json()["templates"]
+
+
+def test_operations_endpoints(service: RunningService) -> None:
+    assert service.get("/healthz", key=None).json() == {"status": "ok"}
+    ready = service.get("/readyz", key=None).json()
+    assert ready == {"ready": True, "pipeline": True, "engine": True}
+    metrics = service.get("/metrics", key=None).text
+    assert "marquee_stage_seconds_bucket" in metrics and "marquee_output_tokens_total" in metrics
