@@ -1,5 +1,6 @@
-# Marquee: `make run` installs everything and generates demo banners; `make test` installs
-# everything and runs the checks and the whole test suite. Both work on a fresh machine.
+# Marquee: `make run` installs everything and starts the service (API + managed vLLM) on
+# 127.0.0.1:8000; `make test` installs everything and runs the checks and the whole test
+# suite. Both work on a fresh machine.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -12,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export TORCHDYNAMO_DISABLE := 1
 
-.PHONY: install prepare run test lint typecheck unit integration bench data clean
+.PHONY: install prepare run demo test lint typecheck unit integration bench data clean
 
 install: $(STAMP)
 
@@ -39,6 +40,9 @@ prepare: install
 	$(BIN)/marquee index build
 
 run: prepare
+	$(BIN)/marquee serve --engine vllm
+
+demo: prepare
 	$(BIN)/marquee demo
 
 lint: install
