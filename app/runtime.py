@@ -85,6 +85,7 @@ def make_vllm_engine(settings: Settings) -> Engine:
         timeout_s=settings.vllm_request_timeout_s,
         max_in_flight=settings.vllm_max_in_flight,
         server=server,
+        send_seed=settings.vllm_send_seed,
     )
 
 

@@ -31,7 +31,7 @@ from app.store.repositories import ApiKeyStore
 from bench.common import pct, write_results
 
 LEVELS = (1, 4, 8, 16)
-ROUNDS = 3  # requests per level = ROUNDS x concurrency (at least 8)
+ROUNDS = 2  # requests per level = ROUNDS x concurrency (at least 8)
 
 
 async def make_key(url: str) -> str:

@@ -24,8 +24,7 @@ def test_compose_services_are_wired_with_health_checks() -> None:
         assert env["MARQUEE_VLLM_MODE"] == "external"
         assert env["MARQUEE_VLLM_URL"] == "http://vllm:8000"
         assert env["MARQUEE_DATABASE_URL"].startswith("postgresql+asyncpg://")
-        assert all(dep["condition"] == "service_healthy"
-                   for dep in service["depends_on"].values())
+        assert all(dep["condition"] == "service_healthy" for dep in service["depends_on"].values())
     assert services["vllm-cpu"]["networks"]["default"]["aliases"] == ["vllm"]
     assert set(compose["volumes"]) == {"pgdata", "models"}
 

@@ -28,6 +28,7 @@ from app.api.errors import Problem, handle_http, handle_unexpected
 from app.api.metrics import REJECTED, REQUEST_SECONDS, REQUESTS
 from app.api.service import BannerService
 from app.config import Settings
+from app.generation.vllm_server import stop_all
 from app.pipeline import Pipeline
 from app.store.db import Database
 from app.store.repositories import ApiKeyStore, BannerStore
@@ -175,6 +176,8 @@ def create_app(
             yield
         finally:
             task.cancel()
+            # A vLLM still starting up belongs to no engine yet: stop it here all the same.
+            await asyncio.to_thread(stop_all)
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
             service: BannerService | None = state.service

@@ -31,13 +31,17 @@ class VLLMEngine:
         timeout_s: float = 60.0,
         max_in_flight: int = 64,
         server: ManagedVLLM | None = None,
+        send_seed: bool = False,
     ) -> None:
+        self.send_seed = send_seed  # see Settings.vllm_send_seed
         self.server = server  # managed mode: this engine owns the server and stops it
         self.model = model  # the name recorded on banners
         self.served_model = served_model or model  # the name the server knows it by
         self.base_url = base_url.rstrip("/")
+        # Two retries with backoff absorb a keep-alive connection the server closed while idle;
+        # a server that is really down still fails within a few seconds.
         self._client = openai.AsyncOpenAI(
-            base_url=f"{self.base_url}/v1", api_key=api_key, timeout=timeout_s, max_retries=0
+            base_url=f"{self.base_url}/v1", api_key=api_key, timeout=timeout_s, max_retries=2
         )
         self._in_flight = asyncio.Semaphore(max_in_flight)
 
@@ -67,7 +71,7 @@ class VLLMEngine:
                     temperature=sampling.temperature,
                     top_p=sampling.top_p,
                     max_tokens=sampling.max_tokens,
-                    seed=request.seed,
+                    seed=request.seed if self.send_seed else None,
                     response_format=response_format,
                 )
             except openai.APIError as error:

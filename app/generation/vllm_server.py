@@ -13,13 +13,24 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.generation.engine import EngineError
+
+# Every server started by this process, so shutdown can stop even one still starting up.
+_RUNNING: weakref.WeakSet[ManagedVLLM] = weakref.WeakSet()
+
+
+def stop_all() -> None:
+    """Stop every managed server of this process (used on service shutdown)."""
+    for server in list(_RUNNING):
+        server.stop()
 
 
 def free_port() -> int:
@@ -66,6 +77,7 @@ class ManagedVLLM:
         self.config = config
         self._process: subprocess.Popen[bytes] | None = None
         self._log: object | None = None
+        self._stopping = threading.Event()
 
     @property
     def base_url(self) -> str:
@@ -122,12 +134,16 @@ class ManagedVLLM:
             env=env,
             start_new_session=True,
         )
+        self._stopping.clear()
+        _RUNNING.add(self)
         atexit.register(self.stop)
 
     def wait_ready(self) -> None:
         """Block until /health answers; a clear error if the server dies or is too slow."""
         deadline = time.monotonic() + self.config.startup_timeout_s
         while time.monotonic() < deadline:
+            if self._stopping.is_set():
+                raise EngineError("vLLM start-up cancelled: the service is shutting down")
             if self._process is None or self._process.poll() is not None:
                 code = None if self._process is None else self._process.returncode
                 raise EngineError(
@@ -157,6 +173,8 @@ class ManagedVLLM:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> None:
+        self._stopping.set()
+        _RUNNING.discard(self)
         process, self._process = self._process, None
         if process is not None:
             # The server forks an engine core and helpers into the group it leads: stop them

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
+from app.config import PROJECT_ROOT
+from app.generation.vllm_server import free_port
 from app.pipeline import Pipeline
 from tests.integration.conftest import RunningService
 from tests.integration.test_real_models import assert_grounded
@@ -69,3 +78,47 @@ def test_operations_endpoints(service: RunningService) -> None:
     assert ready == {"ready": True, "pipeline": True, "engine": True}
     metrics = service.get("/metrics", key=None).text
     assert "marquee_stage_seconds_bucket" in metrics and "marquee_output_tokens_total" in metrics
+
+
+def _vllm_processes(port: int) -> list[int]:
+    """Pids whose command line is a vLLM server on ``port``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"vllm.entrypoints.openai.api_server" in args and str(port).encode() in args:
+            found.append(int(entry.name))
+    return found
+
+
+def test_shutdown_while_vllm_is_starting_leaves_no_orphan(tmp_path: Path) -> None:
+    vllm_port = free_port()
+    env = {
+        **os.environ,
+        "MARQUEE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'db'}",
+        "MARQUEE_VLLM_PORT": str(vllm_port),
+        "MARQUEE_ENGINE": "vllm",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--port", str(free_port())],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not _vllm_processes(vllm_port) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _vllm_processes(vllm_port), "the service never started vLLM"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=90)
+    deadline = time.monotonic() + 30
+    while _vllm_processes(vllm_port) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _vllm_processes(vllm_port) == [], "vLLM outlived a service stopped during start-up"
