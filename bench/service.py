@@ -68,7 +68,10 @@ async def run_level(level: int, jobs: list, call) -> tuple[list[float], int, flo
         nonlocal tokens
         async with gate:
             start = time.perf_counter()
-            tokens += await call(job)
+            # Await first: `tokens += await ...` would read `tokens` before the await and lose
+            # the increments of the requests finishing meanwhile.
+            produced = await call(job)
+            tokens += produced
             latencies.append((time.perf_counter() - start) * 1000)
 
     start = time.perf_counter()

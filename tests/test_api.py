@@ -200,3 +200,43 @@ def test_not_ready_while_the_pipeline_cannot_load(tmp_path: Path, test_settings:
         assert ready.status_code == 503 and "vLLM exited" in ready.json()["error"]
         response = post(client, keys["cms"], {"shopper_id": "runner"})
         assert response.status_code == 503 and "vLLM exited" in response.json()["detail"]
+
+
+async def test_concurrent_requests_are_all_answered_and_stored(
+    tmp_path: Path, tiny_catalog: Catalog, tiny_shoppers: ShopperStore, test_settings: Settings
+) -> None:
+    """SQLite has one writer: concurrent requests must queue for it, never fail with a 500."""
+    from litestar.testing import AsyncTestClient
+
+    settings = test_settings.model_copy(
+        update={
+            "database_url": f"sqlite+aiosqlite:///{tmp_path / 'busy.db'}",
+            "max_in_flight_requests": 64,
+        }
+    )
+    db = Database(settings.database)
+    await db.create_all()
+    key = await ApiKeyStore(db).create("cms", ["cms"])
+    await db.dispose()
+    engine = ScriptedEngine([GOOD] * 200)
+    app = create_app(settings, lambda s: make_pipeline(engine, tiny_catalog, tiny_shoppers, s))
+    async with AsyncTestClient(app) as client:
+        for _ in range(200):
+            if (await client.get("/readyz")).status_code == 200:
+                break
+            await asyncio.sleep(0.05)
+        responses = await asyncio.gather(
+            *(
+                client.post(
+                    "/v1/banners",
+                    json={"profile": {"id": f"p{i}", "interests": ["tea"]}},
+                    headers={"X-API-Key": key},
+                )
+                for i in range(24)
+            )
+        )
+        assert [r.status_code for r in responses] == [200] * 24
+        for response in responses:
+            banner_id = response.json()["banners"][0]["id"]
+            stored = await client.get(f"/v1/banners/{banner_id}", headers={"X-API-Key": key})
+            assert stored.status_code == 200

@@ -33,6 +33,9 @@ BANNERS = Counter("marquee_banners_total", "Banners served", ["template"], regis
 CACHE_HITS = Counter(
     "marquee_cache_hits_total", "Requests answered from stored banners", registry=REGISTRY
 )
+STORE_ERRORS = Counter(
+    "marquee_store_errors_total", "Banners generated but not stored", registry=REGISTRY
+)
 REJECTED = Counter(
     "marquee_rejected_total", "Requests refused because too many were in flight", registry=REGISTRY
 )

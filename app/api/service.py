@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from app.api.errors import Problem
-from app.api.metrics import CACHE_HITS, observe_banners
+from app.api.metrics import CACHE_HITS, STORE_ERRORS, observe_banners
 from app.api.schemas import BannerCreate, HomepageCreate, ShopperProfile
 from app.domain import Banner, Homepage, Shopper
 from app.pipeline import BannerRequest, Pipeline
 from app.store.repositories import BannerStore
+
+log = logging.getLogger("marquee.api")
 
 
 def _shopper(profile: ShopperProfile | None, locale: str | None) -> Shopper | None:
@@ -83,8 +88,16 @@ class BannerService:
                 headers={"Retry-After": "5"},
             )
         if not _engine_down(banners):  # never cache an outage's fallbacks
-            await self.store.save(key, banners)
+            await self._keep(key, banners)
         return banners, False
+
+    async def _keep(self, key: str, banners: list[Banner]) -> None:
+        """Store banners; a storage failure is logged and counted, the CMS still gets them."""
+        try:
+            await self.store.save(key, banners)
+        except SQLAlchemyError:
+            STORE_ERRORS.inc()
+            log.exception("could not store banners %s", [b.id for b in banners])
 
     async def homepage(self, data: HomepageCreate, default_sections: list[str]) -> Homepage:
         sections = data.sections or default_sections
@@ -107,5 +120,5 @@ class BannerService:
                 headers={"Retry-After": "5"},
             )
         for section in page.sections:
-            await self.store.save(f"homepage:{page.id}:{section.position}", [section.banner])
+            await self._keep(f"homepage:{page.id}:{section.position}", [section.banner])
         return page

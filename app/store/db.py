@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import datetime
 from typing import Any
 
@@ -45,8 +47,17 @@ class ApiKeyRecord(Base):
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: AsyncEngine = create_async_engine(url)
-        if url.startswith("sqlite"):
+        sqlite = url.startswith("sqlite")
+        # sqlite3's own busy timeout: a writer waits for the lock instead of failing at once.
+        self.engine: AsyncEngine = create_async_engine(
+            url, connect_args={"timeout": 30} if sqlite else {}
+        )
+        # SQLite has one writer at a time: writes from this process queue here rather than
+        # contend for the file lock (PostgreSQL needs no such thing).
+        self.write_lock: asyncio.Lock | contextlib.nullcontext[None] = (
+            asyncio.Lock() if sqlite else contextlib.nullcontext()
+        )
+        if sqlite:
 
             @event.listens_for(self.engine.sync_engine, "connect")
             def _sqlite_pragmas(connection: Any, _record: Any) -> None:

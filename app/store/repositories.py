@@ -22,7 +22,7 @@ class BannerStore:
 
     async def save(self, request_key: str, banners: list[Banner]) -> None:
         """Store one request's banners, replacing any earlier answer to the same request."""
-        async with self.db.sessions.begin() as session:
+        async with self.db.write_lock, self.db.sessions.begin() as session:
             ids = [b.id for b in banners]
             await session.execute(delete(BannerRecord).where(BannerRecord.id.in_(ids)))
             session.add_all(
@@ -80,7 +80,7 @@ class ApiKeyStore:
             raise ValueError(f"scopes must be some of {', '.join(SCOPES)}")
         key_id = secrets.token_hex(4)
         key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(24)}"
-        async with self.db.sessions.begin() as session:
+        async with self.db.write_lock, self.db.sessions.begin() as session:
             session.add(
                 ApiKeyRecord(
                     id=key_id,
