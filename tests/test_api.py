@@ -240,3 +240,35 @@ async def test_concurrent_requests_are_all_answered_and_stored(
             banner_id = response.json()["banners"][0]["id"]
             stored = await client.get(f"/v1/banners/{banner_id}", headers={"X-API-Key": key})
             assert stored.status_code == 200
+
+
+def test_catalog_pages_search_and_lookup(api) -> None:  # type: ignore[no-untyped-def]
+    client, keys, _ = api
+    headers = {"X-API-Key": keys["cms"]}
+    page = client.get("/v1/products?limit=3&offset=2", headers=headers).json()
+    assert page["total"] == 10 and page["offset"] == 2
+    assert [p["id"] for p in page["products"]] == ["C3", "C4", "T1"]
+    coffee = client.get("/v1/products?category=coffee", headers=headers).json()
+    assert coffee["total"] == 4
+    hits = client.get("/v1/products/search?q=camping%20headlamp&limit=2", headers=headers)
+    assert hits.status_code == 200
+    assert [h["product"]["id"] for h in hits.json()["results"]] == ["K2", "K1"]
+    cheap = client.get("/v1/products/search?q=camping&max_price=100", headers=headers).json()
+    assert all(h["product"]["price"] <= 100 for h in cheap["results"])
+    assert "C4" not in [
+        h["product"]["id"]
+        for h in client.get(
+            "/v1/products/search?q=coffee%20grinder%20beans", headers=headers
+        ).json()["results"]
+    ]
+    assert client.get("/v1/products/K1", headers=headers).json()["title"] == "Camping Tent"
+    assert client.get("/v1/products/NOPE", headers=headers).status_code == 404
+    for bad in (
+        "/v1/products/search?q=",
+        "/v1/products?limit=5000",
+        "/v1/products/search?q=x&limit=0",
+    ):
+        response = client.get(bad, headers=headers)
+        assert response.status_code == 400, bad
+        assert response.headers["content-type"].startswith("application/problem+json")
+    assert client.get("/v1/products").status_code == 401

@@ -23,7 +23,12 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.controllers import BannerController, HealthController, HomepageController
+from app.api.controllers import (
+    BannerController,
+    HealthController,
+    HomepageController,
+    ProductController,
+)
 from app.api.errors import Problem, handle_http, handle_unexpected
 from app.api.metrics import REJECTED, REQUEST_SECONDS, REQUESTS
 from app.api.service import BannerService
@@ -193,7 +198,7 @@ def create_app(
         return service
 
     return Litestar(
-        route_handlers=[BannerController, HomepageController, HealthController],
+        route_handlers=[BannerController, HomepageController, ProductController, HealthController],
         dependencies={"service": Provide(provide_service, sync_to_thread=False)},
         exception_handlers={HTTPException: handle_http, Exception: handle_unexpected},
         middleware=[observability],

@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
+from litestar.params import Parameter
 from litestar.response import Response as PlainResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.auth import require_scope
 from app.api.errors import Problem
 from app.api.metrics import REGISTRY
-from app.api.schemas import BannerCreate, BannerList, HomepageCreate, HomepageOut
+from app.api.schemas import (
+    BannerCreate,
+    BannerList,
+    HomepageCreate,
+    HomepageOut,
+    ProductPage,
+    SearchHit,
+    SearchResults,
+)
 from app.api.service import BannerService
-from app.domain import Banner
+from app.domain import Banner, Product
+from app.retrieval.selector import CandidateFilters
 
 
 def _etag(ids: list[str]) -> str:
@@ -90,3 +100,52 @@ class HealthController(Controller):
     @get("/metrics", summary="Prometheus metrics", include_in_schema=False)
     async def metrics(self) -> PlainResponse[bytes]:
         return PlainResponse(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+class ProductController(Controller):
+    path = "/v1/products"
+    tags = ["catalog"]
+    guards = [require_scope("cms")]
+
+    @get("/", summary="The catalog, a page at a time")
+    async def list_products(
+        self,
+        service: BannerService,
+        offset: Annotated[int, Parameter(ge=0, le=10_000_000)] = 0,
+        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
+        category: Annotated[str | None, Parameter(max_length=80)] = None,
+    ) -> ProductPage:
+        products = service.pipeline.catalog.products
+        if category:
+            products = tuple(p for p in products if p.category.casefold() == category.casefold())
+        return ProductPage(
+            products=list(products[offset : offset + limit]), total=len(products), offset=offset
+        )
+
+    @get("/search", summary="Semantic search over the catalog")
+    async def search(
+        self,
+        service: BannerService,
+        q: Annotated[str, Parameter(min_length=1, max_length=200)],
+        limit: Annotated[int, Parameter(ge=1, le=50)] = 10,
+        category: Annotated[str | None, Parameter(max_length=80)] = None,
+        max_price: Annotated[float | None, Parameter(ge=0)] = None,
+        in_stock_only: bool = True,
+    ) -> SearchResults:
+        filters = CandidateFilters(
+            in_stock_only=in_stock_only,
+            exclude_purchased=False,
+            include_categories=(category,) if category else (),
+            max_price=max_price,
+        )
+        hits = service.pipeline.selector.search(q, limit, filters)
+        return SearchResults(
+            query=q, results=[SearchHit(product=p, score=round(s, 4)) for p, s in hits]
+        )
+
+    @get("/{product_id:str}", summary="One product")
+    async def get_product(self, product_id: str, service: BannerService) -> Product:
+        product = service.pipeline.catalog.get(product_id[:64])
+        if product is None:
+            raise Problem(404, "Not found", f"no product '{product_id[:64]}'")
+        return product

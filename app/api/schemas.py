@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from app.domain import Banner, Homepage, Identifier, Interaction
+from app.domain import Banner, Homepage, Identifier, Interaction, Product
 from app.retrieval.selector import CandidateFilters
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,48}$")]
@@ -62,3 +62,19 @@ class HomepageCreate(_ShopperRequest):
 
 class HomepageOut(BaseModel):
     homepage: Homepage
+
+
+class ProductPage(BaseModel):
+    products: list[Product]
+    total: int
+    offset: int
+
+
+class SearchHit(BaseModel):
+    product: Product
+    score: float
+
+
+class SearchResults(BaseModel):
+    query: str
+    results: list[SearchHit]

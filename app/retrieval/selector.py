@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.catalog.store import Catalog
 from app.config import Settings
-from app.domain import Candidate, CandidateScores, Shopper
+from app.domain import Candidate, CandidateScores, Product, Shopper
 from app.retrieval.embedder import Embedder
 from app.retrieval.index import VectorIndex, top_k
 from app.retrieval.mmr import mmr
@@ -109,6 +109,17 @@ class CandidateSelector:
         if filters.max_price is not None:
             apply("above_max_price", self._price <= filters.max_price)
         return allowed, removed
+
+    def search(
+        self, text: str, k: int, filters: CandidateFilters | None = None
+    ) -> list[tuple[Product, float]]:
+        """Products closest in meaning to ``text`` (cosine), among those the filters allow."""
+        allowed, _ = self._allowed(Shopper(id="search"), filters or CandidateFilters())
+        rows, scores = self.index.search(self.embedder.encode_query(text), k, allowed)
+        return [
+            (self.catalog.products[int(row)], float(score))
+            for row, score in zip(rows, scores, strict=True)
+        ]
 
     def select(
         self, shopper: Shopper, k: int, filters: CandidateFilters | None = None

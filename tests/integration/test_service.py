@@ -72,6 +72,15 @@ def test_bad_inputs_and_keys_over_http(service: RunningService) -> None:
     assert unknown.status_code == 404 and "hero_banner" in unknown.json()["templates"]
 
 
+def test_semantic_product_search_over_http(service: RunningService) -> None:
+    response = service.get("/v1/products/search?q=pour-over%20coffee%20kettle&limit=5")
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == 5
+    assert results[0]["product"]["category"] == "Coffee & Tea"
+    assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+
+
 def test_operations_endpoints(service: RunningService) -> None:
     assert service.get("/healthz", key=None).json() == {"status": "ok"}
     ready = service.get("/readyz", key=None).json()
