@@ -250,8 +250,7 @@ async def _generate(
                 else:
                     print_banner(banner)
     finally:
-        if pipeline.engine is not None:
-            await pipeline.engine.close()
+        await pipeline.close()
 
 
 @cli.command()
@@ -317,8 +316,7 @@ def demo(shoppers: int, engine: str | None) -> None:
                     ):
                         print_banner(banner)
         finally:
-            if pipeline.engine is not None:
-                await pipeline.engine.close()
+            await pipeline.close()
 
     asyncio.run(run())
 
@@ -393,21 +391,12 @@ def keys() -> None:
 @clear_errors
 def keys_create(name: str, scopes: tuple[str, ...]) -> None:
     """Create a key and print it."""
-    from app.store.db import Database
     from app.store.repositories import ApiKeyStore
 
     settings = get_settings()
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
 
-    async def create() -> str:
-        db = Database(settings.database)
-        try:
-            await db.create_all()
-            return await ApiKeyStore(db).create(name, list(scopes))
-        finally:
-            await db.dispose()
-
-    click.echo(asyncio.run(create()))
+    click.echo(asyncio.run(ApiKeyStore.create_in(settings.database, name, list(scopes))))
 
 
 def main() -> None:

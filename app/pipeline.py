@@ -345,6 +345,11 @@ class Pipeline:
         else:
             variant.flags.extend(f"attempt {variant.attempts}: {p}" for p in verdict.problems)
 
+    async def close(self) -> None:
+        """Release the engine (a managed vLLM server stops with it)."""
+        if self.engine is not None:
+            await self.engine.close()
+
     @property
     def model_name(self) -> str:
         return self.engine.model if self.engine is not None else "none"

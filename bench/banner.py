@@ -89,7 +89,7 @@ async def run() -> None:
             "over wall time",
         ],
     )
-    await pipeline.engine.close()  # type: ignore[union-attr]
+    await pipeline.close()
 
 
 def main() -> None:

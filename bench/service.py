@@ -26,20 +26,11 @@ from app.generation.vllm_engine import VLLMEngine
 from app.generation.vllm_server import free_port
 from app.pipeline import BannerRequest
 from app.runtime import build_pipeline
-from app.store.db import Database
 from app.store.repositories import ApiKeyStore
 from bench.common import pct, write_results
 
 LEVELS = (1, 4, 8, 16)
 ROUNDS = 2  # requests per level = ROUNDS x concurrency (at least 8)
-
-
-async def make_key(url: str) -> str:
-    db = Database(url)
-    await db.create_all()
-    key = await ApiKeyStore(db).create("bench", ["cms"])
-    await db.dispose()
-    return key
 
 
 def profiles(pipeline, count: int, tag: str) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
@@ -176,7 +167,7 @@ async def in_process(count: int = 4) -> list[object]:
         latencies.append((time.perf_counter() - t0) * 1000)
         tokens += banner.output_tokens
     wall = time.perf_counter() - start
-    await pipeline.engine.close()  # type: ignore[union-attr]
+    await pipeline.close()
     return [
         "in-process transformers",
         1,
@@ -191,7 +182,7 @@ async def in_process(count: int = 4) -> list[object]:
 def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="marquee-bench-"))
     database = f"sqlite+aiosqlite:///{folder / 'bench.db'}"
-    key = asyncio.run(make_key(database))
+    key = asyncio.run(ApiKeyStore.create_in(database, "bench", ["cms"]))
     port, vllm_port = free_port(), free_port()
     env = {
         **os.environ,

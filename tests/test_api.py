@@ -18,21 +18,15 @@ from app.api.app import create_app
 from app.catalog.store import Catalog, ShopperStore
 from app.config import Settings
 from app.generation.engine import EngineError
-from app.store.db import Database
 from app.store.repositories import ApiKeyStore
 from tests.test_pipeline import GOOD, ScriptedEngine, make_pipeline
 
 
 async def _keys(url: str) -> dict[str, str]:
-    db = Database(url)
-    await db.create_all()
-    store = ApiKeyStore(db)
-    keys = {
-        scope: await store.create(f"test-{scope}", [scope])
+    return {
+        scope: await ApiKeyStore.create_in(url, f"test-{scope}", [scope])
         for scope in ("cms", "marketer", "admin")
     }
-    await db.dispose()
-    return keys
 
 
 @pytest.fixture
@@ -214,10 +208,7 @@ async def test_concurrent_requests_are_all_answered_and_stored(
             "max_in_flight_requests": 64,
         }
     )
-    db = Database(settings.database)
-    await db.create_all()
-    key = await ApiKeyStore(db).create("cms", ["cms"])
-    await db.dispose()
+    key = await ApiKeyStore.create_in(settings.database, "cms", ["cms"])
     engine = ScriptedEngine([GOOD] * 200)
     app = create_app(settings, lambda s: make_pipeline(engine, tiny_catalog, tiny_shoppers, s))
     async with AsyncTestClient(app) as client:

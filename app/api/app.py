@@ -186,8 +186,8 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
             service: BannerService | None = state.service
-            if service is not None and service.pipeline.engine is not None:
-                await service.pipeline.engine.close()
+            if service is not None:
+                await service.pipeline.close()
             await db.dispose()
 
     def provide_service() -> BannerService:

@@ -78,8 +78,16 @@ class BannerService:
                 CACHE_HITS.inc()
                 return stored, True
         banners = await self.pipeline.generate(request)
+        self._answered(banners, data.strict)
+        if not _engine_down(banners):  # never cache an outage's fallbacks
+            await self._keep(key, banners)
+        return banners, False
+
+    @staticmethod
+    def _answered(banners: list[Banner], strict: bool) -> None:
+        """Count what was made; in strict mode an engine outage is a 503, not fallback copy."""
         observe_banners(banners)
-        if data.strict and _engine_down(banners):
+        if strict and _engine_down(banners):
             raise Problem(
                 503,
                 "Engine unavailable",
@@ -87,9 +95,6 @@ class BannerService:
                 "retry later, or send strict=false to accept fallback copy",
                 headers={"Retry-After": "5"},
             )
-        if not _engine_down(banners):  # never cache an outage's fallbacks
-            await self._keep(key, banners)
-        return banners, False
 
     async def _keep(self, key: str, banners: list[Banner]) -> None:
         """Store banners; a storage failure is logged and counted, the CMS still gets them."""
@@ -110,15 +115,7 @@ class BannerService:
                 templates=self.pipeline.templates.names,
             )
         page = await self.pipeline.homepage(self._request(data), sections)
-        banners = [section.banner for section in page.sections]
-        observe_banners(banners)
-        if data.strict and _engine_down(banners):
-            raise Problem(
-                503,
-                "Engine unavailable",
-                "the language model did not answer",
-                headers={"Retry-After": "5"},
-            )
+        self._answered([section.banner for section in page.sections], data.strict)
         for section in page.sections:
             await self._keep(f"homepage:{page.id}:{section.position}", [section.banner])
         return page

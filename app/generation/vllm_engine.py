@@ -10,12 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import lru_cache
 from typing import Any
 
 import openai
 
 from app.generation.engine import EngineError, GenerationRequest, GenerationResult
+from app.generation.schemas import BannerCopy
 from app.generation.vllm_server import ManagedVLLM
+
+
+@lru_cache(maxsize=64)
+def _response_format(schema: type[BannerCopy]) -> dict[str, Any]:
+    """Built once per schema: the schemas are static, like the grammars vLLM caches for them."""
+    return {
+        "type": "json_schema",
+        "json_schema": {
+            "name": schema.__name__,
+            "schema": schema.model_json_schema(),
+            "strict": True,
+        },
+    }
 
 
 class VLLMEngine:
@@ -47,14 +62,7 @@ class VLLMEngine:
 
     @staticmethod
     def response_format(request: GenerationRequest) -> dict[str, Any]:
-        return {
-            "type": "json_schema",
-            "json_schema": {
-                "name": request.schema.__name__,
-                "schema": request.schema.model_json_schema(),
-                "strict": True,
-            },
-        }
+        return _response_format(request.schema)
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         sampling = request.sampling

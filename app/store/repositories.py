@@ -105,6 +105,16 @@ class ApiKeyStore:
             return None
         return record.name, frozenset(record.scopes.split())
 
+    @staticmethod
+    async def create_in(database_url: str, name: str, scopes: list[str]) -> str:
+        """Create a key in the database at ``database_url`` (tables made if missing)."""
+        db = Database(database_url)
+        try:
+            await db.create_all()
+            return await ApiKeyStore(db).create(name, scopes)
+        finally:
+            await db.dispose()
+
     async def count(self) -> int:
         async with self.db.sessions() as session:
             return len((await session.scalars(select(ApiKeyRecord.id))).all())

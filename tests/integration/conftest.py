@@ -73,19 +73,16 @@ def service(
     Its teardown checks the shutdown: the service exits cleanly and leaves no vLLM behind.
     """
     from app.generation.vllm_server import free_port
-    from app.store.db import Database
     from app.store.repositories import ApiKeyStore
 
     folder = tmp_path_factory.mktemp("service")
     database = f"sqlite+aiosqlite:///{folder / 'marquee.db'}"
 
     async def make_keys() -> dict[str, str]:
-        db = Database(database)
-        await db.create_all()
-        store = ApiKeyStore(db)
-        made = {s: await store.create(f"e2e-{s}", [s]) for s in ("cms", "marketer", "admin")}
-        await db.dispose()
-        return made
+        return {
+            s: await ApiKeyStore.create_in(database, f"e2e-{s}", [s])
+            for s in ("cms", "marketer", "admin")
+        }
 
     keys = asyncio.run(make_keys())
     port, vllm_port = free_port(), free_port()
