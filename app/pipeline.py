@@ -90,7 +90,6 @@ class Pipeline:
         self,
         *,
         settings: Settings,
-        catalog: Catalog,
         shoppers: ShopperStore,
         selector: CandidateSelector,
         templates: TemplateRegistry,
@@ -98,8 +97,9 @@ class Pipeline:
         guards: Guards,
     ) -> None:
         self.settings = settings
-        self.catalog = catalog
         self.shoppers = shoppers
+        # The selector holds the catalog, its index and the interaction signals together: a
+        # catalog update replaces it in one assignment, so no request sees a mix of the two.
         self.selector = selector
         self.templates = templates
         self.engine = engine
@@ -121,12 +121,33 @@ class Pipeline:
         selector = CandidateSelector(catalog, index, embedder, signals, settings)
         return cls(
             settings=settings,
-            catalog=catalog,
             shoppers=shoppers,
             selector=selector,
             templates=templates or TemplateRegistry.from_folder(settings.prompts_dir),
             engine=engine,
             guards=Guards(settings.banned_terms),
+        )
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.selector.catalog
+
+    @property
+    def index(self) -> VectorIndex:
+        return self.selector.index
+
+    @property
+    def embedder(self) -> Embedder:
+        return self.selector.embedder
+
+    def use_catalog(
+        self, catalog: Catalog, index: VectorIndex, signals: InteractionSignals | None = None
+    ) -> None:
+        """Switch to an updated catalog, its index and its interaction signals (recomputed
+        from the shoppers' current histories when not given)."""
+        signals = signals or InteractionSignals(catalog, self.shoppers)
+        self.selector = CandidateSelector(
+            catalog, index, self.selector.embedder, signals, self.settings
         )
 
     # --- the stages, each callable alone ---------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from app.catalog.store import Catalog, ShopperStore
 from app.config import Settings
 from app.generation.engine import Engine, EngineError
@@ -9,13 +11,24 @@ from app.models import is_prepared
 from app.pipeline import Pipeline
 from app.retrieval.embedder import SentenceEmbedder
 from app.retrieval.index import ExactIndex, build_or_load_index
+from app.store.repositories import CatalogChanges
 
 ENGINES = ("transformers", "vllm")
 
 
-def load_data(settings: Settings) -> tuple[Catalog, ShopperStore]:
+def load_data(settings: Settings, *, with_changes: bool = True) -> tuple[Catalog, ShopperStore]:
+    """The seed files, with the products, profiles and events written through the API on top
+    (``with_changes``). Called from a thread with no running event loop."""
     catalog = Catalog.from_file(settings.products_file)
-    return catalog, ShopperStore.from_file(settings.shoppers_file, catalog)
+    shoppers = ShopperStore.from_file(settings.shoppers_file, catalog)
+    if with_changes:
+        changes = asyncio.run(CatalogChanges.load_from(settings.database))
+        catalog, _ = catalog.upserted(changes.products)
+        for profile in changes.profiles:
+            shoppers.put_profile(profile)
+        for shopper_id, events in changes.events.items():
+            shoppers.add_events(shopper_id, events)
+    return catalog, shoppers
 
 
 def load_embedder(settings: Settings) -> SentenceEmbedder:
@@ -94,10 +107,12 @@ def build_pipeline(
     *,
     engine: Engine | None = None,
     with_engine: bool = True,
+    with_changes: bool = True,
     progress: bool = False,
 ) -> Pipeline:
-    """The whole pipeline. ``with_engine=False`` skips loading a model (retrieval, prompts)."""
-    catalog, shoppers = load_data(settings)
+    """The whole pipeline. ``with_engine=False`` skips loading a model (retrieval, prompts);
+    ``with_changes=False`` uses the seed files alone (benchmarks, evaluation)."""
+    catalog, shoppers = load_data(settings, with_changes=with_changes)
     embedder = load_embedder(settings)
     index, _ = load_index(settings, catalog, embedder, progress=progress)
     return Pipeline.assemble(

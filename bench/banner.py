@@ -23,7 +23,7 @@ async def timed(pipeline: Pipeline, request: BannerRequest) -> tuple[float, list
 
 async def run() -> None:
     settings = get_settings()
-    pipeline = build_pipeline(settings)
+    pipeline = build_pipeline(settings, with_changes=False)
     engine = pipeline.engine
     rows: list[list[object]] = []
 

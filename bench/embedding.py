@@ -14,7 +14,7 @@ from bench.common import write_results
 
 def main() -> None:
     settings = get_settings()
-    catalog, _ = load_data(settings)
+    catalog, _ = load_data(settings, with_changes=False)
     texts = [product_text(p) for p in catalog.products]
     rows: list[list[object]] = []
     vectors: dict[str, np.ndarray] = {}

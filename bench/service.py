@@ -72,7 +72,7 @@ async def run_level(level: int, jobs: list, call) -> tuple[list[float], int, flo
 
 async def run(base: str, vllm_url: str, key: str) -> list[list[object]]:
     settings = get_settings()
-    pipeline = build_pipeline(settings, with_engine=False)
+    pipeline = build_pipeline(settings, with_engine=False, with_changes=False)
     raw = VLLMEngine(vllm_url, settings.llm_name)
     http = httpx.AsyncClient(base_url=base, headers={"X-API-Key": key}, timeout=600)
     rows: list[list[object]] = []
@@ -155,7 +155,7 @@ async def cache_hits(base: str, key: str) -> list[float]:
 
 async def in_process(count: int = 4) -> list[object]:
     settings = get_settings()
-    pipeline = build_pipeline(settings)
+    pipeline = build_pipeline(settings, with_changes=False)
     people = profiles(pipeline, count, "inproc")
     from app.domain import Shopper
 

@@ -22,21 +22,25 @@ from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.api.controllers import (
     BannerController,
+    EventController,
     HealthController,
     HomepageController,
     ProductController,
+    ShopperController,
 )
-from app.api.errors import Problem, handle_http, handle_unexpected
+from app.api.errors import Problem, handle_http, handle_storage, handle_unexpected
 from app.api.metrics import REJECTED, REQUEST_SECONDS, REQUESTS
 from app.api.service import BannerService
+from app.catalog.updates import CatalogUpdater
 from app.config import Settings
 from app.generation.vllm_server import stop_all
 from app.pipeline import Pipeline
 from app.store.db import Database
-from app.store.repositories import ApiKeyStore, BannerStore
+from app.store.repositories import ApiKeyStore, BannerStore, CatalogChanges
 
 log = logging.getLogger("marquee.api")
 MAX_BODY_BYTES = 64 * 1024
@@ -130,6 +134,7 @@ def create_app(
             "api_keys": ApiKeyStore(db),
             "limit": InFlightLimit(settings.max_in_flight_requests),
             "service": None,
+            "updater": None,
             "load_error": None,
         }
     )
@@ -157,6 +162,12 @@ def create_app(
             state.load_error = f"{type(error).__name__}: {error}"[:500]
             log.exception("pipeline failed to load")
             return
+        state.updater = CatalogUpdater(
+            pipeline,
+            CatalogChanges(db),
+            index_dir=settings.index_dir,
+            signals_refresh_delay_s=settings.signals_refresh_delay_s,
+        )
         state.service = BannerService(pipeline, BannerStore(db), settings.banner_cache_ttl_s)
         log.info(
             json.dumps(
@@ -185,22 +196,48 @@ def create_app(
             await asyncio.to_thread(stop_all)
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+            updater: CatalogUpdater | None = state.updater
+            if updater is not None:
+                await updater.close()
             service: BannerService | None = state.service
             if service is not None:
                 await service.pipeline.close()
             await db.dispose()
 
+    def not_ready() -> Problem:
+        detail = state.load_error or "models are still loading"
+        return Problem(503, "Not ready", detail, headers={"Retry-After": "10"})
+
     def provide_service() -> BannerService:
         service: BannerService | None = state.service
         if service is None:
-            detail = state.load_error or "models are still loading"
-            raise Problem(503, "Not ready", detail, headers={"Retry-After": "10"})
+            raise not_ready()
         return service
 
+    def provide_updater() -> CatalogUpdater:
+        updater: CatalogUpdater | None = state.updater
+        if updater is None:
+            raise not_ready()
+        return updater
+
     return Litestar(
-        route_handlers=[BannerController, HomepageController, ProductController, HealthController],
-        dependencies={"service": Provide(provide_service, sync_to_thread=False)},
-        exception_handlers={HTTPException: handle_http, Exception: handle_unexpected},
+        route_handlers=[
+            BannerController,
+            HomepageController,
+            ProductController,
+            ShopperController,
+            EventController,
+            HealthController,
+        ],
+        dependencies={
+            "service": Provide(provide_service, sync_to_thread=False),
+            "updater": Provide(provide_updater, sync_to_thread=False),
+        },
+        exception_handlers={
+            HTTPException: handle_http,
+            SQLAlchemyError: handle_storage,
+            Exception: handle_unexpected,
+        },
         middleware=[observability],
         lifespan=[lifespan],
         state=state,

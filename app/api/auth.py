@@ -1,6 +1,7 @@
 """API keys with scopes, sent in the ``X-API-Key`` header.
 
-``cms`` may generate and read banners, ``marketer`` may edit templates, ``admin`` may do all.
+``cms`` may generate and read banners and write shoppers and events, ``marketer`` may edit
+templates, ``admin`` may do all (and alone writes products).
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, get, post, put
 from litestar.datastructures import State
 from litestar.params import Parameter
 from litestar.response import Response as PlainResponse
@@ -17,15 +18,26 @@ from app.api.metrics import REGISTRY
 from app.api.schemas import (
     BannerCreate,
     BannerList,
+    EventsAccepted,
+    EventsPost,
     HomepageCreate,
     HomepageOut,
     ProductPage,
+    ProductUpsert,
     SearchHit,
     SearchResults,
+    ShopperOut,
+    ShopperPut,
+    UpsertSummary,
 )
 from app.api.service import BannerService
-from app.domain import Banner, Product
+from app.catalog.updates import CatalogUpdater, ShopperEvent
+from app.domain import Banner, Interaction, Product, Shopper
 from app.retrieval.selector import CandidateFilters
+
+# Bulk writes are larger than the 64 KiB every other request is held to.
+MAX_BULK_BODY_BYTES = 8 * 1024 * 1024
+RECENT_EVENTS_SHOWN = 20
 
 
 def _etag(ids: list[str]) -> str:
@@ -143,9 +155,107 @@ class ProductController(Controller):
             query=q, results=[SearchHit(product=p, score=round(s, 4)) for p, s in hits]
         )
 
+    @put(
+        "/",
+        summary="Create or replace products (bulk); only changed texts are embedded again",
+        guards=[require_scope("admin")],
+        request_max_body_size=MAX_BULK_BODY_BYTES,
+    )
+    async def upsert(self, data: ProductUpsert, updater: CatalogUpdater) -> UpsertSummary:
+        result = await updater.upsert_products(data.products)
+        return UpsertSummary(
+            created=result.created,
+            updated=result.updated,
+            unchanged=result.unchanged,
+            embedded=result.embedded,
+            catalog_size=result.catalog_size,
+        )
+
     @get("/{product_id:str}", summary="One product")
     async def get_product(self, product_id: str, service: BannerService) -> Product:
         product = service.pipeline.catalog.get(product_id[:64])
         if product is None:
             raise Problem(404, "Not found", f"no product '{product_id[:64]}'")
         return product
+
+
+def _shopper_out(shopper: Shopper) -> ShopperOut:
+    return ShopperOut(
+        id=shopper.id,
+        name=shopper.name,
+        locale=shopper.locale,
+        segment=shopper.segment,
+        interests=list(shopper.interests),
+        events=len(shopper.history),
+        recent=list(reversed(shopper.history[-RECENT_EVENTS_SHOWN:])),
+    )
+
+
+def _shopper_id(shopper_id: str) -> str:
+    try:
+        Shopper(id=shopper_id)
+    except ValueError:
+        raise Problem(
+            400,
+            "Invalid request",
+            "shopper_id: 1-64 letters, digits, '_', '.', ':' or '-'",
+            errors=[{"field": "shopper_id", "message": "invalid identifier"}],
+        ) from None
+    return shopper_id
+
+
+class ShopperController(Controller):
+    path = "/v1/shoppers"
+    tags = ["shoppers"]
+    guards = [require_scope("cms")]
+
+    @get("/{shopper_id:str}", summary="A shopper's profile and recent events")
+    async def get_shopper(self, shopper_id: str, updater: CatalogUpdater) -> ShopperOut:
+        shoppers = updater.pipeline.shoppers
+        if not shoppers.known(_shopper_id(shopper_id)):
+            raise Problem(404, "Not found", f"no shopper '{shopper_id}'")
+        return _shopper_out(shoppers.get(shopper_id))
+
+    @put("/{shopper_id:str}", summary="Create or replace a shopper's profile (history is kept)")
+    async def put_shopper(
+        self, shopper_id: str, data: ShopperPut, updater: CatalogUpdater
+    ) -> ShopperOut:
+        profile = Shopper(id=_shopper_id(shopper_id), **data.model_dump())
+        return _shopper_out(await updater.put_profile(profile))
+
+
+class EventController(Controller):
+    path = "/v1/events"
+    tags = ["shoppers"]
+    guards = [require_scope("cms")]
+
+    @post(
+        "/",
+        status_code=202,
+        summary="Record views, add-to-carts and purchases; shoppers' vectors follow",
+        request_max_body_size=MAX_BULK_BODY_BYTES,
+    )
+    async def record(self, data: EventsPost, updater: CatalogUpdater) -> EventsAccepted:
+        catalog = updater.pipeline.catalog
+        unknown = [
+            {"field": f"events[{i}].product_id", "message": f"unknown product '{e.product_id}'"}
+            for i, e in enumerate(data.events)
+            if e.product_id not in catalog
+        ]
+        if unknown:
+            raise Problem(
+                400,
+                "Invalid request",
+                f"{len(unknown)} event(s) name products not in the catalog; nothing was recorded",
+                errors=unknown[:50],
+            )
+        now = datetime.now(UTC)
+        sizes = await updater.record_events(
+            [
+                ShopperEvent(
+                    e.shopper_id, Interaction(product_id=e.product_id, type=e.type, ts=e.ts or now)
+                )
+                for e in data.events
+            ]
+        )
+        return EventsAccepted(accepted=len(data.events), history_sizes=sizes)

@@ -90,6 +90,18 @@ def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     )
 
 
+def handle_storage(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """The database failed: a write was not made (nothing changed), the caller may retry."""
+    log.error("storage error on %s: %s", request.url.path, exc)
+    return problem_response(
+        request,
+        503,
+        "Storage unavailable",
+        "the database did not accept the request; nothing was changed, retry shortly",
+        headers={"Retry-After": "5"},
+    )
+
+
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.exception("unhandled error on %s", request.url.path)
     return problem_response(

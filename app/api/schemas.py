@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
-from app.domain import Banner, Homepage, Identifier, Interaction, Product
+from app.domain import Banner, EventType, Homepage, Identifier, Interaction, Product
 from app.retrieval.selector import CandidateFilters
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,48}$")]
@@ -78,3 +87,84 @@ class SearchHit(BaseModel):
 class SearchResults(BaseModel):
     query: str
     results: list[SearchHit]
+
+
+# --- catalog and shopper writes ---------------------------------------------------------------
+
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+MAX_PRODUCTS_PER_UPSERT = 1000
+MAX_EVENTS_PER_POST = 5000
+
+
+class ProductUpsert(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    products: list[Product] = Field(min_length=1, max_length=MAX_PRODUCTS_PER_UPSERT)
+
+    @field_validator("products")
+    @classmethod
+    def _unique_ids(cls, products: list[Product]) -> list[Product]:
+        seen: set[str] = set()
+        for product in products:
+            if product.id in seen:
+                raise ValueError(f"product id '{product.id}' appears twice")
+            seen.add(product.id)
+        return products
+
+
+class UpsertSummary(BaseModel):
+    created: list[str]
+    updated: list[str]
+    unchanged: int
+    embedded: int = Field(description="products embedded again because their text changed")
+    catalog_size: int
+
+
+class ShopperPut(BaseModel):
+    """A shopper's profile. Their history is not sent here: it grows through /v1/events."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=80)] = ""
+    locale: Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")] = "en-US"
+    segment: Annotated[str, StringConstraints(strip_whitespace=True, max_length=40)] = "unknown"
+    interests: list[Annotated[str, StringConstraints(min_length=1, max_length=80)]] = Field(
+        default_factory=list, max_length=20
+    )
+
+
+class ShopperOut(BaseModel):
+    id: str
+    name: str
+    locale: str
+    segment: str
+    interests: list[str]
+    events: int = Field(description="events in the shopper's history")
+    recent: list[Interaction] = Field(description="the newest events, newest first")
+
+
+class EventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    shopper_id: Identifier
+    product_id: Identifier
+    type: EventType
+    ts: AwareDatetime | None = Field(default=None, description="default: when received")
+
+    @field_validator("ts")
+    @classmethod
+    def _not_in_future(cls, ts: datetime | None) -> datetime | None:
+        if ts is not None and ts > datetime.now(UTC) + MAX_CLOCK_SKEW:
+            raise ValueError("ts is in the future")
+        return ts
+
+
+class EventsPost(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[EventIn] = Field(min_length=1, max_length=MAX_EVENTS_PER_POST)
+
+
+class EventsAccepted(BaseModel):
+    accepted: int
+    history_sizes: dict[str, int] = Field(description="each shopper's history length after")

@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.api.errors import Problem
 from app.api.metrics import CACHE_HITS, STORE_ERRORS, observe_banners
 from app.api.schemas import BannerCreate, HomepageCreate, ShopperProfile
+from app.catalog.store import shopper_version
 from app.domain import Banner, Homepage, Shopper
 from app.pipeline import BannerRequest, Pipeline
 from app.store.repositories import BannerStore
@@ -55,9 +56,14 @@ class BannerService:
         )
 
     def request_key(self, data: BannerCreate, template_version: int) -> str:
-        """Identical requests (same shopper, template version, model) share one answer."""
+        """Identical requests share one answer while nothing they depend on has changed: the
+        shopper (profile, history), the catalog, the template version and the model."""
+        request = self._request(data)
+        shopper = self.pipeline.shopper(request)
         material = [
             data.model_dump(mode="json", exclude={"strict"}),
+            shopper_version(shopper),
+            self.pipeline.catalog.version,
             template_version,
             self.pipeline.model_name,
         ]

@@ -1,22 +1,36 @@
-"""In-memory product catalog and shopper store, loaded once and shared by every stage."""
+"""In-memory product catalog and shopper store, shared by every stage.
+
+A ``Catalog`` never changes: an update makes a new one (``upserted``), so a request that holds
+one sees a consistent set of products. The ``ShopperStore`` is updated in place, one shopper at
+a time (a dict assignment is atomic).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from functools import cached_property
 from pathlib import Path
 
 from app.catalog.loader import load_products, load_shoppers
-from app.domain import Product, Shopper
+from app.domain import MAX_HISTORY, Interaction, Product, Shopper
 
 
 class Catalog:
     """Products in a fixed order: row ``i`` of every matrix in retrieval is ``products[i]``."""
 
-    def __init__(self, products: Sequence[Product]) -> None:
+    def __init__(self, products: Sequence[Product], version: str | None = None) -> None:
         self.products: tuple[Product, ...] = tuple(products)
         self._row = {product.id: row for row, product in enumerate(self.products)}
         if len(self._row) != len(self.products):
             raise ValueError("duplicate product ids in catalog")
+        if version is not None:
+            self.__dict__["version"] = version
+
+    @cached_property
+    def version(self) -> str:
+        """A fingerprint of the contents: answers cached for one version are stale for the next."""
+        return _digest("catalog", *(p.model_dump_json() for p in self.products))
 
     @classmethod
     def from_file(cls, path: Path) -> Catalog:
@@ -42,6 +56,44 @@ class Catalog:
     def categories(self) -> list[str]:
         return sorted({product.category for product in self.products})
 
+    def upserted(self, products: Iterable[Product]) -> tuple[Catalog, list[Product]]:
+        """A new catalog with ``products`` written over it, and the products that changed.
+
+        A known id keeps its row (so vectors and interaction signals keep their meaning); a
+        new id is appended. A product equal to the one stored is not a change.
+        """
+        rows = list(self.products)
+        index = dict(self._row)
+        changed: list[Product] = []
+        for product in products:
+            row = index.get(product.id)
+            if row is None:
+                index[product.id] = len(rows)
+                rows.append(product)
+            elif rows[row] != product:
+                rows[row] = product
+            else:
+                continue
+            changed.append(product)
+        if not changed:
+            return self, changed
+        version = _digest(self.version, *(p.model_dump_json() for p in changed))
+        return Catalog(rows, version), changed
+
+
+def _digest(*parts: str) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode() + b"\x00")
+    return digest.hexdigest()[:32]
+
+
+def shopper_version(shopper: Shopper) -> str:
+    """A fingerprint of a shopper's profile and history (history only grows at its end)."""
+    last = shopper.history[-1].model_dump_json() if shopper.history else ""
+    profile = shopper.model_dump_json(exclude={"history"})
+    return _digest(profile, str(len(shopper.history)), last)
+
 
 class ShopperStore:
     def __init__(self, shoppers: Iterable[Shopper]) -> None:
@@ -54,8 +106,8 @@ class ShopperStore:
     def __len__(self) -> int:
         return len(self._by_id)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self._by_id.values())
+    def __iter__(self) -> Iterator[Shopper]:
+        return iter(list(self._by_id.values()))
 
     def known(self, shopper_id: str) -> bool:
         return shopper_id in self._by_id
@@ -66,3 +118,22 @@ class ShopperStore:
 
     def all(self) -> list[Shopper]:
         return list(self._by_id.values())
+
+    def put_profile(self, profile: Shopper) -> Shopper:
+        """Store a shopper's profile; the history already known is kept."""
+        known = self._by_id.get(profile.id)
+        history = known.history if known is not None else ()
+        shopper = profile.model_copy(update={"history": history})
+        self._by_id[profile.id] = shopper
+        return shopper
+
+    def add_events(self, shopper_id: str, events: Sequence[Interaction]) -> Shopper:
+        """Append events to a shopper's history (an unknown id becomes a known shopper).
+
+        History stays in time order and keeps the newest ``MAX_HISTORY`` events.
+        """
+        shopper = self.get(shopper_id)
+        history = sorted((*shopper.history, *events), key=lambda e: e.ts)[-MAX_HISTORY:]
+        updated = shopper.model_copy(update={"history": tuple(history)})
+        self._by_id[shopper_id] = updated
+        return updated

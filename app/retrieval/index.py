@@ -135,3 +135,36 @@ def build_or_load_index(
     vectors = embedder.encode(texts, progress=progress)
     files.save(vectors, ids, expected, embedder.name)
     return ExactIndex(vectors), True
+
+
+def reindex(
+    old_catalog: Catalog, old_index: VectorIndex, new_catalog: Catalog, embedder: Embedder
+) -> tuple[ExactIndex, int]:
+    """The index of ``new_catalog``, embedding only the products whose text is new.
+
+    Rows whose product text is unchanged keep their vectors (a price or stock change costs no
+    embedding). Returns (index, number of products embedded).
+    """
+    texts = [product_text(product) for product in new_catalog.products]
+    vectors = np.zeros((len(texts), old_index.vectors.shape[1]), dtype=np.float32)
+    stale: list[int] = []
+    for row, (product, text) in enumerate(zip(new_catalog.products, texts, strict=True)):
+        before = old_catalog.get(product.id)
+        if before is not None and product_text(before) == text:
+            vectors[row] = old_index.vectors[old_catalog.row(product.id)]
+        else:
+            stale.append(row)
+    if stale:
+        vectors[stale] = embedder.encode([texts[row] for row in stale])
+    return ExactIndex(vectors), len(stale)
+
+
+def save_index(catalog: Catalog, index: VectorIndex, embedder: Embedder, folder: Path) -> None:
+    """Persist an index built in memory, so the next start loads it instead of embedding."""
+    texts = [product_text(product) for product in catalog.products]
+    IndexFiles(folder).save(
+        index.vectors,
+        [product.id for product in catalog.products],
+        content_hash(texts, embedder.name),
+        embedder.name,
+    )

@@ -7,7 +7,7 @@ import contextlib
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, String, event
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, String, event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -42,6 +42,45 @@ class ApiKeyRecord(Base):
     scopes: Mapped[str] = mapped_column(String(200))  # space-separated
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ProductRecord(Base):
+    """A product written through the API, on top of the seed catalog file."""
+
+    __tablename__ = "products"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Order of first arrival: new products are appended to the catalog in this order, so a
+    # restart rebuilds the same rows (and the saved index stays valid).
+    seq: Mapped[int] = mapped_column(Integer, index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ShopperRecord(Base):
+    """A shopper profile written through the API (its history lives in ``events``)."""
+
+    __tablename__ = "shoppers"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class EventRecord(Base):
+    """One shopper event received through the API; append-only."""
+
+    __tablename__ = "events"
+
+    # BigInteger on PostgreSQL; SQLite autoincrements only an INTEGER primary key.
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    shopper_id: Mapped[str] = mapped_column(String(64), index=True)
+    product_id: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(16))
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class Database:

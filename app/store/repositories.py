@@ -1,16 +1,26 @@
-"""Reading and writing what the service keeps: banners and API keys."""
+"""Reading and writing what the service keeps: banners, API keys, catalog and shopper changes."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 
-from app.domain import Banner
-from app.store.db import ApiKeyRecord, BannerRecord, Database
+from app.domain import Banner, Interaction, Product, Shopper
+from app.store.db import (
+    ApiKeyRecord,
+    BannerRecord,
+    Database,
+    EventRecord,
+    ProductRecord,
+    ShopperRecord,
+)
 
 SCOPES = ("cms", "marketer", "admin")
 KEY_PREFIX = "mq_"
@@ -118,3 +128,101 @@ class ApiKeyStore:
     async def count(self) -> int:
         async with self.db.sessions() as session:
             return len((await session.scalars(select(ApiKeyRecord.id))).all())
+
+
+@dataclass
+class StoredChanges:
+    """Everything written through the API, to lay over the seed files at start-up."""
+
+    products: list[Product] = field(default_factory=list)  # in order of first arrival
+    profiles: list[Shopper] = field(default_factory=list)  # without history
+    events: dict[str, list[Interaction]] = field(default_factory=dict)  # by shopper, in order
+
+
+class CatalogChanges:
+    """Products, shopper profiles and events written through the API.
+
+    The seed files stay read-only; the database holds the changes on top of them, so a restart
+    (or another replica) rebuilds the same catalog and histories.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def upsert_products(self, products: Sequence[Product]) -> None:
+        now = datetime.now(UTC)
+        async with self.db.write_lock, self.db.sessions.begin() as session:
+            ids = [p.id for p in products]
+            existing = {
+                record.id: record
+                for record in await session.scalars(
+                    select(ProductRecord).where(ProductRecord.id.in_(ids))
+                )
+            }
+            last = (await session.scalar(select(func.max(ProductRecord.seq)))) or 0
+            for product in products:
+                payload = product.model_dump(mode="json")
+                record = existing.get(product.id)
+                if record is None:
+                    last += 1
+                    session.add(
+                        ProductRecord(id=product.id, seq=last, payload=payload, updated_at=now)
+                    )
+                else:
+                    record.payload = payload
+                    record.updated_at = now
+
+    async def put_profile(self, profile: Shopper) -> None:
+        payload = profile.model_dump(mode="json", exclude={"history"})
+        now = datetime.now(UTC)
+        async with self.db.write_lock, self.db.sessions.begin() as session:
+            record = await session.get(ShopperRecord, profile.id)
+            if record is None:
+                session.add(ShopperRecord(id=profile.id, payload=payload, updated_at=now))
+            else:
+                record.payload = payload
+                record.updated_at = now
+
+    async def add_events(self, events: Sequence[tuple[str, Interaction]]) -> None:
+        now = datetime.now(UTC)
+        async with self.db.write_lock, self.db.sessions.begin() as session:
+            session.add_all(
+                EventRecord(
+                    shopper_id=shopper_id,
+                    product_id=e.product_id,
+                    type=e.type.value,
+                    ts=e.ts,
+                    received_at=now,
+                )
+                for shopper_id, e in events
+            )
+
+    async def load(self) -> StoredChanges:
+        async with self.db.sessions() as session:
+            products = (
+                await session.scalars(select(ProductRecord).order_by(ProductRecord.seq))
+            ).all()
+            profiles = (
+                await session.scalars(select(ShopperRecord).order_by(ShopperRecord.id))
+            ).all()
+            events = (await session.scalars(select(EventRecord).order_by(EventRecord.id))).all()
+        by_shopper: dict[str, list[Interaction]] = defaultdict(list)
+        for record in events:
+            by_shopper[record.shopper_id].append(
+                Interaction(product_id=record.product_id, type=record.type, ts=_aware(record.ts))
+            )
+        return StoredChanges(
+            products=[Product.model_validate(r.payload) for r in products],
+            profiles=[Shopper.model_validate(r.payload) for r in profiles],
+            events=dict(by_shopper),
+        )
+
+    @staticmethod
+    async def load_from(database_url: str) -> StoredChanges:
+        """The changes in the database at ``database_url`` (tables made if missing)."""
+        db = Database(database_url)
+        try:
+            await db.create_all()
+            return await CatalogChanges(db).load()
+        finally:
+            await db.dispose()

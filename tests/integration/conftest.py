@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,8 +51,13 @@ class RunningService:
     process: subprocess.Popen[str]
 
     def post(self, path: str, body: object, key: str | None = "cms") -> httpx.Response:
+        return self.send("POST", path, body, key)
+
+    def send(self, method: str, path: str, body: object, key: str | None = "cms") -> httpx.Response:
         headers = {"X-API-Key": self.keys[key]} if key else {}
-        return httpx.post(f"{self.base_url}{path}", json=body, headers=headers, timeout=300)
+        return httpx.request(
+            method, f"{self.base_url}{path}", json=body, headers=headers, timeout=300
+        )
 
     def get(self, path: str, key: str | None = "cms", **headers: str) -> httpx.Response:
         if key:
@@ -85,10 +91,15 @@ def service(
         }
 
     keys = asyncio.run(make_keys())
+    # The service writes its index when the catalog changes: a copy keeps the shared one as is.
+    index = folder / "index"
+    shutil.copytree(settings.index_dir, index)
     port, vllm_port = free_port(), free_port()
     env = {
         **os.environ,
         "MARQUEE_DATABASE_URL": database,
+        "MARQUEE_INDEX_PATH": str(index),
+        "MARQUEE_SIGNALS_REFRESH_DELAY_S": "0",
         "MARQUEE_VLLM_PORT": str(vllm_port),
         "MARQUEE_ENGINE": "vllm",
         "MARQUEE_VLLM_MODE": "managed",

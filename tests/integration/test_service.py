@@ -89,6 +89,45 @@ def test_operations_endpoints(service: RunningService) -> None:
     assert "marquee_stage_seconds_bucket" in metrics and "marquee_output_tokens_total" in metrics
 
 
+def test_catalog_and_shopper_writes_over_http(service: RunningService) -> None:
+    # Out of stock, so no other test's banners can show a product their pipeline lacks.
+    poles = {
+        "id": "e2e-poles",
+        "title": "Carbon Trekking Poles",
+        "description": "Collapsible carbon fibre trekking poles with cork grips for long hikes.",
+        "brand": "Ridgeline",
+        "category": "Outdoor",
+        "tags": ["hiking", "trekking"],
+        "price": 89.0,
+        "in_stock": False,
+        "url": "https://shop.example.com/p/e2e-poles",
+    }
+    made = service.send("PUT", "/v1/products", {"products": [poles]}, key="admin")
+    assert made.status_code == 200, made.text
+    assert made.json()["created"] == ["e2e-poles"] and made.json()["embedded"] == 1
+    found = service.get("/v1/products/search?q=trekking%20poles%20for%20hiking&in_stock_only=false")
+    assert found.json()["results"][0]["product"]["id"] == "e2e-poles"
+    assert service.send("PUT", "/v1/products", {"products": [poles]}).status_code == 403
+
+    profile = service.send("PUT", "/v1/shoppers/e2e-walker", {"interests": ["hiking boots"]})
+    assert profile.status_code == 200, profile.text
+    coffee = service.get("/v1/products/search?q=coffee%20grinder&limit=2").json()["results"]
+    events = [
+        {"shopper_id": "e2e-walker", "product_id": hit["product"]["id"], "type": "purchase"}
+        for hit in coffee
+    ]
+    accepted = service.post("/v1/events", {"events": events})
+    assert accepted.status_code == 202, accepted.text
+    walker = service.get("/v1/shoppers/e2e-walker").json()
+    assert walker["events"] == 2 and walker["interests"] == ["hiking boots"]
+    response = service.post("/v1/banners", {"shopper_id": "e2e-walker", "template": "grid_heading"})
+    assert response.status_code == 200, response.text
+    shown = {p["id"] for p in response.json()["banners"][0]["products"]}
+    assert shown and not shown & {hit["product"]["id"] for hit in coffee}  # bought: not shown again
+    bad = service.post("/v1/events", {"events": [dict(events[0], product_id="nope")]})
+    assert bad.status_code == 400 and "events[0].product_id" in bad.text
+
+
 def _vllm_processes(port: int) -> list[int]:
     """Pids whose command line is a vLLM server on ``port``."""
     found = []

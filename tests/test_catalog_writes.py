@@ -1,0 +1,344 @@
+"""Writing the catalog and shoppers over HTTP: upserts, profiles, events, and what persists.
+
+The app runs on a real SQLite database with the scripted engine and the word embedder; the
+real models write through the same code in tests/integration/test_service.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+from sqlalchemy.exc import OperationalError
+
+from app.api.app import create_app
+from app.catalog.store import Catalog, ShopperStore
+from app.catalog.updates import CatalogUpdater
+from app.config import Settings
+from app.domain import EventType, Interaction, Product, Shopper
+from app.retrieval.embedder import product_text
+from app.retrieval.index import ExactIndex, build_or_load_index, reindex, save_index
+from app.runtime import load_data
+from app.store.db import Database
+from app.store.repositories import CatalogChanges
+from tests.conftest import NOW, WordEmbedder, product
+from tests.test_api import _keys
+from tests.test_pipeline import GOOD, ScriptedEngine, make_pipeline
+
+Client = TestClient  # type: ignore[type-arg]
+
+
+@pytest.fixture
+def app_client(
+    tmp_path: Path, tiny_catalog: Catalog, tiny_shoppers: ShopperStore, test_settings: Settings
+) -> Iterator[tuple[Client, dict[str, str]]]:
+    settings = test_settings.model_copy(
+        update={
+            "database_url": f"sqlite+aiosqlite:///{tmp_path / 'writes.db'}",
+            "signals_refresh_delay_s": 0.0,
+        }
+    )
+    keys = asyncio.run(_keys(settings.database))
+    engine = ScriptedEngine([GOOD] * 50)
+    app = create_app(settings, lambda s: make_pipeline(engine, tiny_catalog, tiny_shoppers, s))
+    with TestClient(app) as client:
+        for _ in range(200):
+            if client.get("/readyz").status_code == 200:
+                break
+            asyncio.run(asyncio.sleep(0.05))
+        yield client, keys
+
+
+def send(client: Client, method: str, path: str, key: str, body: object) -> Any:
+    return client.request(
+        method,
+        path,
+        content=json.dumps(body),
+        headers={"X-API-Key": key, "Content-Type": "application/json"},
+    )
+
+
+def wire(item: Product) -> dict[str, Any]:
+    return item.model_dump(mode="json")
+
+
+def updater(client: Client) -> CatalogUpdater:
+    found: CatalogUpdater = client.app.state.updater
+    return found
+
+
+def test_upsert_creates_and_updates_and_embeds_only_changed_text(app_client) -> None:  # type: ignore[no-untyped-def]
+    client, keys = app_client
+    lamp = product("K3", "Trail Headlamp", "Camping", 45.0)
+    cheaper_tent = product("K1", "Camping Tent", "Camping", 250.0)  # same text, new price
+    renamed_tea = product("T1", "Green Tea Kettle", "Tea", 12.0)  # new text
+    response = send(
+        client,
+        "PUT",
+        "/v1/products",
+        keys["admin"],
+        {"products": [wire(lamp), wire(cheaper_tent), wire(renamed_tea)]},
+    )
+    assert response.status_code == 200, response.text
+    summary = response.json()
+    assert summary["created"] == ["K3"] and sorted(summary["updated"]) == ["K1", "T1"]
+    assert summary["embedded"] == 2  # the new lamp and the renamed tea; not the tent
+    assert summary["catalog_size"] == 11
+
+    got = client.get("/v1/products/K1", headers={"X-API-Key": keys["cms"]}).json()
+    assert got["price"] == 250.0
+    hits = client.get(
+        "/v1/products/search",
+        params={"q": "trail headlamp", "limit": 1},
+        headers={"X-API-Key": keys["cms"]},
+    ).json()["results"]
+    assert hits[0]["product"]["id"] == "K3"
+    # The in-memory index matches embedding the whole new catalog from scratch.
+    pipeline = updater(client).pipeline
+    fresh = WordEmbedder().encode([product_text(p) for p in pipeline.catalog.products])
+    assert pipeline.index.vectors == pytest.approx(fresh)
+
+    again = send(client, "PUT", "/v1/products", keys["admin"], {"products": [wire(lamp)]})
+    assert again.json() == {
+        "created": [],
+        "updated": [],
+        "unchanged": 1,
+        "embedded": 0,
+        "catalog_size": 11,
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"products": []}, "products"),
+        ({"products": [{"id": "X1", "title": "No price"}]}, "price"),
+        ({"products": [wire(product("X1", "A", "B", 1.0))] * 2}, "products"),
+        ({"products": [dict(wire(product("X1", "A", "B", 1.0)), price=-3)]}, "price"),
+        ({"items": []}, "items"),
+    ],
+)
+def test_bad_upserts_name_the_field_and_change_nothing(
+    app_client, body: object, field: str
+) -> None:  # type: ignore[no-untyped-def]
+    client, keys = app_client
+    response = send(client, "PUT", "/v1/products", keys["admin"], body)
+    assert response.status_code == 400, response.text
+    assert field in json.dumps(response.json())
+    assert len(updater(client).pipeline.catalog) == 10
+
+
+def test_catalog_writes_need_the_admin_scope(app_client) -> None:  # type: ignore[no-untyped-def]
+    client, keys = app_client
+    body = {"products": [wire(product("X1", "A", "B", 1.0))]}
+    assert send(client, "PUT", "/v1/products", keys["cms"], body).status_code == 403
+    assert send(client, "PUT", "/v1/products", keys["marketer"], body).status_code == 403
+
+
+def test_bulk_upserts_may_exceed_the_small_body_cap(app_client) -> None:  # type: ignore[no-untyped-def]
+    client, keys = app_client
+    many = [
+        wire(product(f"B{i}", f"Camping Tent {i}", "Camping", 100.0 + i, description="x" * 900))
+        for i in range(150)
+    ]
+    assert len(json.dumps({"products": many})) > 64 * 1024
+    response = send(client, "PUT", "/v1/products", keys["admin"], {"products": many})
+    assert response.status_code == 200, response.text
+    assert response.json()["catalog_size"] == 160
+
+
+def test_a_failed_database_write_leaves_the_catalog_as_it_was(
+    app_client, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    client, keys = app_client
+    changes = updater(client).changes
+
+    async def broken(*_: object) -> None:
+        raise OperationalError("INSERT", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(changes, "upsert_products", broken)
+    body = {"products": [wire(product("K3", "Trail Headlamp", "Camping", 45.0))]}
+    response = send(client, "PUT", "/v1/products", keys["admin"], body)
+    assert response.status_code == 503
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert client.get("/v1/products/K3", headers={"X-API-Key": keys["cms"]}).status_code == 404
+
+
+def test_shopper_profiles_are_created_and_replaced_keeping_history(app_client) -> None:  # type: ignore[no-untyped-def]
+    client, keys = app_client
+    cms = keys["cms"]
+    assert client.get("/v1/shoppers/nobody", headers={"X-API-Key": cms}).status_code == 404
+    made = send(
+        client,
+        "PUT",
+        "/v1/shoppers/nobody",
+        cms,
+        {"name": "Ann", "segment": "sporty", "interests": ["yoga"]},
+    )
+    assert made.status_code == 200, made.text
+    assert made.json()["interests"] == ["yoga"] and made.json()["events"] == 0
+
+    before = client.get("/v1/shoppers/coffee_fan", headers={"X-API-Key": cms}).json()
+    replaced = send(client, "PUT", "/v1/shoppers/coffee_fan", cms, {"interests": ["tea"]}).json()
+    assert replaced["interests"] == ["tea"] and replaced["segment"] == "unknown"
+    assert replaced["events"] == before["events"] == 3
+    assert replaced["recent"][0]["product_id"] == "K2"  # newest first
+
+    bad = send(client, "PUT", "/v1/shoppers/coffee_fan", cms, {"locale": "english"})
+    assert bad.status_code == 400 and "locale" in json.dumps(bad.json())
+    bad_id = send(client, "PUT", "/v1/shoppers/has%20space", cms, {})
+    assert bad_id.status_code == 400 and "shopper_id" in json.dumps(bad_id.json())
+
+
+def test_events_move_a_cold_start_shopper_and_invalidate_cached_banners(app_client) -> None:  # type: ignore[no-untyped-def]
+    client, keys = app_client
+    cms = keys["cms"]
+    request = {"shopper_id": "newcomer", "template": "grid_heading"}
+    cold = send(client, "POST", "/v1/banners", cms, request).json()
+    assert send(client, "POST", "/v1/banners", cms, request).json()["cached"] is True
+
+    events = [
+        {"shopper_id": "newcomer", "product_id": "R1", "type": "view"},
+        {"shopper_id": "newcomer", "product_id": "R2", "type": "add_to_cart"},
+    ]
+    accepted = send(client, "POST", "/v1/events", cms, {"events": events})
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json() == {"accepted": 2, "history_sizes": {"newcomer": 2}}
+
+    warm = send(client, "POST", "/v1/banners", cms, request).json()
+    assert warm["cached"] is False  # the shopper changed: the stored answer is stale
+    cold_products = {p["id"] for p in cold["banners"][0]["products"]}
+    warm_products = {p["id"] for p in warm["banners"][0]["products"]}
+    # Running shoes, what they looked at, now lead; popularity alone did not pick both.
+    assert {"R1", "R2"} <= warm_products and not {"R1", "R2"} <= cold_products
+
+
+def test_events_refresh_popularity_after_the_burst(app_client) -> None:  # type: ignore[no-untyped-def]
+    client, keys = app_client
+    pipeline = updater(client).pipeline
+    row = pipeline.catalog.row("Y1")
+    assert pipeline.selector.signals.popularity[row] == 0.0  # nobody touched the yoga mat
+    events = [{"shopper_id": f"yogi{i}", "product_id": "Y1", "type": "purchase"} for i in range(5)]
+    assert send(client, "POST", "/v1/events", keys["cms"], {"events": events}).status_code == 202
+    client.blocking_portal.call(updater(client).settled)
+    assert pipeline.selector.signals.popularity[row] == 1.0  # now the most bought product
+
+
+@pytest.mark.parametrize(
+    ("event", "field"),
+    [
+        ({"shopper_id": "runner", "product_id": "NOPE", "type": "view"}, "events[0].product_id"),
+        ({"shopper_id": "runner", "product_id": "R1", "type": "like"}, "type"),
+        ({"shopper_id": "run ner", "product_id": "R1", "type": "view"}, "shopper_id"),
+        (
+            {
+                "shopper_id": "runner",
+                "product_id": "R1",
+                "type": "view",
+                "ts": "2999-01-01T00:00:00Z",
+            },
+            "ts",
+        ),
+        (
+            {"shopper_id": "runner", "product_id": "R1", "type": "view", "ts": "2026-01-01T00:00"},
+            "ts",
+        ),
+    ],
+)
+def test_bad_events_name_the_field_and_record_nothing(
+    app_client, event: object, field: str
+) -> None:  # type: ignore[no-untyped-def]
+    client, keys = app_client
+    good = {"shopper_id": "runner", "product_id": "R2", "type": "view"}
+    response = send(client, "POST", "/v1/events", keys["cms"], {"events": [event, good]})
+    assert response.status_code == 400, response.text
+    assert field in json.dumps(response.json())
+    shopper = client.get("/v1/shoppers/runner", headers={"X-API-Key": keys["cms"]}).json()
+    assert shopper["events"] == 2
+
+
+# --- what persists: the database under the seed files -------------------------------------
+
+
+def _seed(tmp_path: Path, catalog: Catalog, shoppers: ShopperStore) -> Settings:
+    products_file = tmp_path / "products.jsonl"
+    products_file.write_text("\n".join(p.model_dump_json() for p in catalog.products))
+    shoppers_file = tmp_path / "shoppers.jsonl"
+    shoppers_file.write_text("\n".join(s.model_dump_json() for s in shoppers))
+    return Settings(
+        cache_dir=tmp_path / "cache",
+        products_path=products_file,
+        shoppers_path=shoppers_file,
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'changes.db'}",
+    )
+
+
+def test_a_restart_rebuilds_the_catalog_and_histories_from_the_database(
+    tmp_path: Path, tiny_catalog: Catalog, tiny_shoppers: ShopperStore
+) -> None:
+    settings = _seed(tmp_path, tiny_catalog, tiny_shoppers)
+    lamp = product("K3", "Trail Headlamp", "Camping", 45.0)
+    shoe = product("R1", "Trail Running Shoe", "Running", 99.0)
+    bag = product("K4", "Camping Bag", "Camping", 80.0)
+
+    async def write() -> None:
+        db = Database(settings.database)
+        await db.create_all()
+        changes = CatalogChanges(db)
+        await changes.upsert_products([lamp, shoe])
+        await changes.upsert_products([bag, lamp.model_copy(update={"price": 40.0})])
+        await changes.put_profile(Shopper(id="runner", interests=("hiking",)))
+        await changes.add_events(
+            [("runner", Interaction(product_id="K3", type=EventType.PURCHASE, ts=NOW))]
+        )
+        await db.dispose()
+
+    asyncio.run(write())
+    catalog, shoppers = load_data(settings)
+    ids = [p.id for p in catalog.products]
+    assert ids == [p.id for p in tiny_catalog.products] + ["K3", "K4"]  # first-arrival order
+    assert catalog.get("K3").price == 40.0 and catalog.get("R1").price == 99.0  # type: ignore[union-attr]
+    runner = shoppers.get("runner")
+    assert runner.interests == ("hiking",)
+    assert [e.product_id for e in runner.history] == ["R1", "R2", "K3"]  # seed + recorded
+    seed_only, _ = load_data(settings, with_changes=False)
+    assert len(seed_only) == len(tiny_catalog)
+
+
+class CountingEmbedder(WordEmbedder):
+    def __init__(self) -> None:
+        self.embedded = 0
+
+    def encode(self, texts: Any, *, progress: bool = False) -> Any:
+        self.embedded += len(texts)
+        return super().encode(texts)
+
+
+def test_a_saved_index_is_loaded_at_restart_without_embedding(
+    tmp_path: Path, tiny_catalog: Catalog
+) -> None:
+    embedder = CountingEmbedder()
+    index, rebuilt = build_or_load_index(tiny_catalog, embedder, tmp_path)
+    assert rebuilt and embedder.embedded == 10
+    updated, _ = tiny_catalog.upserted([product("K3", "Trail Headlamp", "Camping", 45.0)])
+    new_index, embedded = reindex(tiny_catalog, index, updated, embedder)
+    assert embedded == 1 and embedder.embedded == 11
+    save_index(updated, new_index, embedder, tmp_path)
+    loaded, rebuilt = build_or_load_index(updated, embedder, tmp_path)
+    assert not rebuilt and embedder.embedded == 11
+    assert loaded.vectors == pytest.approx(new_index.vectors)
+    assert isinstance(loaded, ExactIndex)
+
+
+def test_catalog_versions_change_with_contents_only(tiny_catalog: Catalog) -> None:
+    same, changed = tiny_catalog.upserted([tiny_catalog.products[0]])
+    assert same is tiny_catalog and changed == []
+    cheaper = tiny_catalog.products[0].model_copy(update={"price": 1.0})
+    updated, changed = tiny_catalog.upserted([cheaper])
+    assert changed == [cheaper] and updated.version != tiny_catalog.version
+    assert updated.row(cheaper.id) == tiny_catalog.row(cheaper.id)
