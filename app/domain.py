@@ -122,6 +122,8 @@ class Banner(BaseModel):
     shopper_id: str
     template: str
     template_version: int
+    template_label: str = "production"  # the label (or experiment arm) that chose the version
+    placement: str = "home_hero"
     variant: int
     headline: str
     subheadline: str

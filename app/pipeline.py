@@ -48,6 +48,9 @@ class BannerRequest:
     placement: str = "home_hero"
     count: int = 1
     filters: CandidateFilters = field(default_factory=CandidateFilters)
+    label: str | None = (
+        None  # a template label; default: the shopper's experiment arm, or production
+    )
 
 
 MAX_SECTIONS = 8
@@ -60,6 +63,7 @@ class PreparedRequest:
     request: BannerRequest
     shopper: Shopper
     template: PromptTemplate
+    label: str  # which label chose the template version ("preview" for an unsaved one)
     selection: Selection
     prompt: RenderedPrompt | None  # None: too few candidates to write about
     started: float
@@ -155,10 +159,11 @@ class Pipeline:
     def shopper(self, request: BannerRequest) -> Shopper:
         return request.shopper or self.shoppers.get(request.shopper_id)
 
-    def template(self, request: BannerRequest) -> PromptTemplate:
-        if request.template:
-            return self.templates.get(request.template)
-        return self.templates.default_for(request.placement)
+    def template(self, request: BannerRequest) -> tuple[PromptTemplate, str]:
+        """The template version this request gets, and the label that chose it."""
+        name = request.template or self.templates.default_for(request.placement).name
+        shopper_id = request.shopper.id if request.shopper else request.shopper_id
+        return self.templates.choose(name, shopper_id, request.label)
 
     def candidates(
         self, shopper: Shopper, template: PromptTemplate, filters: CandidateFilters | None = None
@@ -197,13 +202,18 @@ class Pipeline:
 
     # --- the whole flow ---------------------------------------------------------------------
 
-    def prepare(self, request: BannerRequest) -> PreparedRequest:
-        """Retrieval and rendering: everything before the model, cheap and synchronous."""
+    def prepare(
+        self, request: BannerRequest, template: PromptTemplate | None = None
+    ) -> PreparedRequest:
+        """Retrieval and rendering: everything before the model, cheap and synchronous.
+
+        ``template``: a version to use instead of the labelled one (previews of a draft).
+        """
         started = time.perf_counter()
         if not 1 <= request.count <= self.settings.max_variants:
             raise ValueError(f"count must be between 1 and {self.settings.max_variants}")
         shopper = self.shopper(request)
-        template = self.template(request)
+        template, label = (template, "preview") if template else self.template(request)
         selection = self.candidates(shopper, template, request.filters)
         retrieved = time.perf_counter()
         candidates = selection.candidates
@@ -216,6 +226,7 @@ class Pipeline:
             request=request,
             shopper=shopper,
             template=template,
+            label=label,
             selection=selection,
             prompt=prompt,
             started=started,
@@ -238,10 +249,7 @@ class Pipeline:
         return [
             self._banner(
                 variant,
-                shopper,
-                template,
-                candidates,
-                selection,
+                prepared,
                 StageTimings(
                     retrieval_ms=prepared.retrieval_ms,
                     render_ms=prepared.render_ms,
@@ -380,14 +388,10 @@ class Pipeline:
         return self.engine.name if self.engine is not None else "none"
 
     def _banner(
-        self,
-        variant: _Variant,
-        shopper: Shopper,
-        template: PromptTemplate,
-        candidates: list[Candidate],
-        selection: Selection,
-        timings: StageTimings,
+        self, variant: _Variant, prepared: PreparedRequest, timings: StageTimings
     ) -> Banner:
+        shopper, template, selection = prepared.shopper, prepared.template, prepared.selection
+        candidates = selection.candidates
         if variant.accepted is not None and variant.accepted.copy is not None:
             copy = variant.accepted.copy.model_dump()
             chosen = variant.accepted.products
@@ -408,6 +412,7 @@ class Pipeline:
                         shopper.id,
                         template.name,
                         template.version,
+                        prepared.label,
                         [c.product.id for c in candidates],
                         self.model_name,
                         variant.number,
@@ -420,6 +425,8 @@ class Pipeline:
             shopper_id=shopper.id,
             template=template.name,
             template_version=template.version,
+            template_label=prepared.label,
+            placement=template.header.placement,
             variant=variant.number,
             headline=copy["headline"],
             subheadline=copy["subheadline"],

@@ -9,16 +9,20 @@ from app.config import Settings
 from app.generation.engine import Engine, EngineError
 from app.models import is_prepared
 from app.pipeline import Pipeline
+from app.prompting.templates import TemplateRegistry, load_brand
 from app.retrieval.embedder import SentenceEmbedder
 from app.retrieval.index import ExactIndex, build_or_load_index
+from app.store.db import Database
 from app.store.repositories import CatalogChanges
+from app.store.templates import TemplateStore
 
 ENGINES = ("transformers", "vllm")
 
 
 def load_data(settings: Settings, *, with_changes: bool = True) -> tuple[Catalog, ShopperStore]:
     """The seed files, with the products, profiles and events written through the API on top
-    (``with_changes``). Called from a thread with no running event loop."""
+    (``with_changes``). Like ``load_templates``, called where no event loop runs (the CLI, or
+    the service's loader thread)."""
     catalog = Catalog.from_file(settings.products_file)
     shoppers = ShopperStore.from_file(settings.shoppers_file, catalog)
     if with_changes:
@@ -29,6 +33,25 @@ def load_data(settings: Settings, *, with_changes: bool = True) -> tuple[Catalog
         for shopper_id, events in changes.events.items():
             shoppers.add_events(shopper_id, events)
     return catalog, shoppers
+
+
+def load_templates(settings: Settings, *, with_changes: bool = True) -> TemplateRegistry:
+    """The templates to serve: the database's labelled versions (templates new in the prompts
+    folder are seeded into it first), or the folder alone without ``with_changes``."""
+    if not with_changes:
+        return TemplateRegistry.from_folder(settings.prompts_dir)
+
+    async def from_database() -> TemplateRegistry:
+        db = Database(settings.database)
+        try:
+            await db.create_all()
+            store = TemplateStore(db)
+            await store.seed(settings.prompts_dir)
+            return await store.registry(load_brand(settings.prompts_dir))
+        finally:
+            await db.dispose()
+
+    return asyncio.run(from_database())
 
 
 def load_embedder(settings: Settings) -> SentenceEmbedder:
@@ -122,4 +145,5 @@ def build_pipeline(
         embedder=embedder,
         index=index,
         engine=engine or (make_engine(settings) if with_engine else None),
+        templates=load_templates(settings, with_changes=with_changes),
     )

@@ -35,12 +35,16 @@ from app.api.controllers import (
 from app.api.errors import Problem, handle_http, handle_storage, handle_unexpected
 from app.api.metrics import REJECTED, REQUEST_SECONDS, REQUESTS
 from app.api.service import BannerService
+from app.api.studio import AuditController, ExperimentController, TemplateController
 from app.catalog.updates import CatalogUpdater
 from app.config import Settings
 from app.generation.vllm_server import stop_all
 from app.pipeline import Pipeline
 from app.store.db import Database
+from app.store.feedback import FeedbackStore
 from app.store.repositories import ApiKeyStore, BannerStore, CatalogChanges
+from app.store.templates import TemplateStore
+from app.studio import Studio
 
 log = logging.getLogger("marquee.api")
 MAX_BODY_BYTES = 64 * 1024
@@ -135,6 +139,8 @@ def create_app(
             "limit": InFlightLimit(settings.max_in_flight_requests),
             "service": None,
             "updater": None,
+            "studio": None,
+            "feedback": FeedbackStore(db),
             "load_error": None,
         }
     )
@@ -158,10 +164,16 @@ def create_app(
     async def load() -> None:
         try:
             pipeline = await asyncio.to_thread(loader, settings)
+            # Templates come from the database (seeded from the prompts folder on first start).
+            templates = TemplateStore(db)
+            await templates.seed(settings.prompts_dir)
+            studio = Studio(templates, state.feedback, pipeline)
+            await studio.reload()
         except Exception as error:  # reported on /readyz, and in the log
             state.load_error = f"{type(error).__name__}: {error}"[:500]
             log.exception("pipeline failed to load")
             return
+        state.studio = studio
         state.updater = CatalogUpdater(
             pipeline,
             CatalogChanges(db),
@@ -220,6 +232,12 @@ def create_app(
             raise not_ready()
         return updater
 
+    def provide_studio() -> Studio:
+        studio: Studio | None = state.studio
+        if studio is None:
+            raise not_ready()
+        return studio
+
     return Litestar(
         route_handlers=[
             BannerController,
@@ -227,11 +245,15 @@ def create_app(
             ProductController,
             ShopperController,
             EventController,
+            TemplateController,
+            AuditController,
+            ExperimentController,
             HealthController,
         ],
         dependencies={
             "service": Provide(provide_service, sync_to_thread=False),
             "updater": Provide(provide_updater, sync_to_thread=False),
+            "studio": Provide(provide_studio, sync_to_thread=False),
         },
         exception_handlers={
             HTTPException: handle_http,

@@ -16,7 +16,9 @@ from app.api.errors import Problem
 HEADER = "X-API-Key"
 
 
-def require_scope(scope: str) -> Any:
+def require_scope(*accepted: str) -> Any:
+    """A guard letting through keys with any of the ``accepted`` scopes (or ``admin``)."""
+
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         key = connection.headers.get(HEADER)
         if not key:
@@ -35,8 +37,9 @@ def require_scope(scope: str) -> Any:
                 headers={"WWW-Authenticate": HEADER},
             )
         name, scopes = found
-        if scope not in scopes and "admin" not in scopes:
-            raise Problem(403, "Forbidden", f"key '{name}' lacks the '{scope}' scope")
+        if not scopes & {*accepted, "admin"}:
+            wanted = " or ".join(f"'{scope}'" for scope in accepted)
+            raise Problem(403, "Forbidden", f"key '{name}' lacks the {wanted} scope")
         connection.scope.setdefault("state", {})["api_key"] = name
 
     return guard

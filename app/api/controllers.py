@@ -20,6 +20,8 @@ from app.api.schemas import (
     BannerList,
     EventsAccepted,
     EventsPost,
+    FeedbackIn,
+    FeedbackOut,
     HomepageCreate,
     HomepageOut,
     ProductPage,
@@ -81,6 +83,20 @@ class BannerController(Controller):
         if request.headers.get("If-None-Match") == etag:
             return Response(None, status_code=304, headers={"ETag": etag})  # type: ignore[arg-type]
         return Response(banner, headers={"ETag": etag, "Cache-Control": "private, max-age=3600"})
+
+    @post(
+        "/{banner_id:str}/feedback",
+        status_code=202,
+        summary="An impression, click or conversion on a served banner (idempotent by event id)",
+    )
+    async def feedback(
+        self, banner_id: str, data: FeedbackIn, service: BannerService, state: State
+    ) -> FeedbackOut:
+        banner = await service.store.get(banner_id[:64])
+        if banner is None:
+            raise Problem(404, "Not found", f"no banner '{banner_id[:64]}'")
+        recorded = await state.feedback.record(data.event_id, banner, data.kind)
+        return FeedbackOut(banner_id=banner.id, recorded=recorded)
 
 
 class HomepageController(Controller):

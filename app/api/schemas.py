@@ -17,6 +17,7 @@ from pydantic import (
 
 from app.domain import Banner, EventType, Homepage, Identifier, Interaction, Product
 from app.retrieval.selector import CandidateFilters
+from app.store.feedback import FeedbackKind
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,48}$")]
 
@@ -168,3 +169,15 @@ class EventsPost(BaseModel):
 class EventsAccepted(BaseModel):
     accepted: int
     history_sizes: dict[str, int] = Field(description="each shopper's history length after")
+
+
+class FeedbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: Identifier = Field(description="the client's id for this event: resending is safe")
+    kind: FeedbackKind
+
+
+class FeedbackOut(BaseModel):
+    banner_id: str
+    recorded: bool = Field(description="false when this event id was already recorded")

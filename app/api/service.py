@@ -20,7 +20,7 @@ from app.store.repositories import BannerStore
 log = logging.getLogger("marquee.api")
 
 
-def _shopper(profile: ShopperProfile | None, locale: str | None) -> Shopper | None:
+def shopper_from_profile(profile: ShopperProfile | None, locale: str | None) -> Shopper | None:
     if profile is None:
         return None
     fields = profile.model_dump()
@@ -48,14 +48,14 @@ class BannerService:
     ) -> BannerRequest:
         return BannerRequest(
             shopper_id=data.shopper_id or (data.profile.id if data.profile else "anonymous"),
-            shopper=_shopper(data.profile, data.locale),
+            shopper=shopper_from_profile(data.profile, data.locale),
             template=template,
             placement=placement,
             count=count,
             filters=data.filters,
         )
 
-    def request_key(self, data: BannerCreate, template_version: int) -> str:
+    def request_key(self, data: BannerCreate, template_version: int, label: str) -> str:
         """Identical requests share one answer while nothing they depend on has changed: the
         shopper (profile, history), the catalog, the template version and the model."""
         request = self._request(data)
@@ -65,6 +65,7 @@ class BannerService:
             shopper_version(shopper),
             self.pipeline.catalog.version,
             template_version,
+            label,
             self.pipeline.model_name,
         ]
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
@@ -72,12 +73,12 @@ class BannerService:
     async def banners(self, data: BannerCreate) -> tuple[list[Banner], bool]:
         request = self._request(data, data.template, data.placement, data.count)
         try:
-            template = self.pipeline.template(request)
+            template, label = self.pipeline.template(request)
         except KeyError as error:
             raise Problem(
                 404, "Not found", str(error.args[0]), templates=self.pipeline.templates.names
             ) from None
-        key = self.request_key(data, template.version)
+        key = self.request_key(data, template.version, label)
         if self.cache_ttl_s > 0:
             stored = await self.store.fresh(key, self.cache_ttl_s)
             if stored is not None:

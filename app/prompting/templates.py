@@ -15,12 +15,14 @@ same height before compiling.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.generation.engine import SamplingParams
@@ -77,7 +79,8 @@ class TemplateHeader(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{1,48}$")
-    version: int = Field(ge=1)
+    # In a file, informational; a version saved in the studio gets its number from the store.
+    version: int = Field(default=1, ge=1)
     description: str = Field(min_length=1, max_length=300)
     schema_name: str = Field(alias="schema")
     k: int = Field(default=8, ge=2, le=20)
@@ -133,6 +136,10 @@ class PromptTemplate:
         return self.header.name
 
     @property
+    def environment(self) -> ImmutableSandboxedEnvironment:
+        return self._env
+
+    @property
     def version(self) -> int:
         return self.header.version
 
@@ -161,8 +168,11 @@ class PromptTemplate:
         return RenderedPrompt(self.name, self.version, tuple(messages))
 
 
-def parse_template(text: str, origin: str) -> PromptTemplate:
-    """Parse a template file's text. Raises TemplateError naming the template and line."""
+def parse_template(text: str, origin: str, version: int | None = None) -> PromptTemplate:
+    """Parse a template file's text. Raises TemplateError naming the template and line.
+
+    ``version``: the stored version number, which wins over the header's.
+    """
     label = Path(origin).stem
     if len(text.encode()) > MAX_TEMPLATE_BYTES:
         raise TemplateError(label, None, f"larger than {MAX_TEMPLATE_BYTES} bytes")
@@ -188,15 +198,49 @@ def parse_template(text: str, origin: str) -> PromptTemplate:
         raise TemplateError(
             str(raw.get("name", label)), None, f"header field '{field}': {first['msg']}"
         ) from None
+    if version is not None:
+        header = header.model_copy(update={"version": version})
     # Keep the file's line numbers: the header becomes a comment exactly as tall as it was.
     source = "{#" + "\n" * (end + 1) + "#}" + "".join(lines[end + 1 :])
     return PromptTemplate(header, source, origin)
 
 
-class TemplateRegistry:
-    """The templates of a folder, by name, plus the brand rules every template sees."""
+PRODUCTION = "production"
+LABEL_PATTERN = r"^[a-z][a-z0-9_-]{1,39}$"
 
-    def __init__(self, templates: list[PromptTemplate], brand: dict[str, Any]) -> None:
+
+@dataclass(frozen=True)
+class Split:
+    """A placement's traffic split between two labels of one template, stable per shopper."""
+
+    template: str
+    control: str
+    variant: str
+    variant_weight: float  # share of shoppers who get the variant, in [0, 1]
+
+    def label_for(self, placement: str, shopper_id: str) -> str:
+        # A hash, not a random draw: a shopper keeps their arm across requests and replicas.
+        digest = hashlib.sha256(f"{placement}\x00{shopper_id}".encode()).digest()
+        position = int.from_bytes(digest[:8], "big") / 2**64
+        return self.variant if position < self.variant_weight else self.control
+
+
+class TemplateRegistry:
+    """The templates in use, by name and label, plus the brand rules every template sees.
+
+    ``templates`` are the production versions; ``labelled`` adds other labels (staging,
+    experiment arms); ``splits`` maps a placement to its traffic split. Immutable: the studio
+    builds a new registry when a label moves and the pipeline switches to it in one assignment.
+    """
+
+    def __init__(
+        self,
+        templates: list[PromptTemplate],
+        brand: dict[str, Any],
+        *,
+        labelled: dict[str, dict[str, PromptTemplate]] | None = None,
+        splits: dict[str, Split] | None = None,
+    ) -> None:
         self._by_name: dict[str, PromptTemplate] = {}
         for template in templates:
             if template.name in self._by_name:
@@ -206,6 +250,8 @@ class TemplateRegistry:
                     f"defined twice ({self._by_name[template.name].origin}, {template.origin})",
                 )
             self._by_name[template.name] = template
+        self._labelled = labelled or {}
+        self.splits = splits or {}
         self.brand = brand
 
     @classmethod
@@ -214,29 +260,51 @@ class TemplateRegistry:
             parse_template(path.read_text(encoding="utf-8"), str(path))
             for path in sorted(folder.glob(f"*{TEMPLATE_SUFFIX}"))
         ]
-        brand_path = folder / BRAND_FILE
-        raw = yaml.safe_load(brand_path.read_text()) if brand_path.exists() else {}
-        try:
-            brand = Brand.model_validate(raw or {})
-        except ValidationError as error:
-            first = error.errors()[0]
-            raise TemplateError(
-                BRAND_FILE, None, f"field '{'.'.join(map(str, first['loc']))}': {first['msg']}"
-            ) from None
-        return cls(templates, brand.model_dump())
+        return cls(templates, load_brand(folder))
 
     @property
     def names(self) -> list[str]:
         return sorted(self._by_name)
 
-    def get(self, name: str) -> PromptTemplate:
+    def get(self, name: str, label: str = PRODUCTION) -> PromptTemplate:
         template = self._by_name.get(name)
         if template is None:
             raise KeyError(f"unknown template '{name}' (known: {', '.join(self.names)})")
-        return template
+        if label == PRODUCTION:
+            return template
+        labelled = self._labelled.get(name, {}).get(label)
+        if labelled is None:
+            known = ", ".join(sorted({PRODUCTION, *self._labelled.get(name, {})}))
+            raise KeyError(f"template '{name}' has no label '{label}' (known: {known})")
+        return labelled
+
+    def choose(
+        self, name: str, shopper_id: str, label: str | None = None
+    ) -> tuple[PromptTemplate, str]:
+        """The version a shopper gets: an explicit label, else their arm of the placement's
+        split (when it splits this template), else production."""
+        if label is None:
+            split = self.splits.get(self.get(name).header.placement)
+            label = PRODUCTION
+            if split is not None and split.template == name:
+                label = split.label_for(self.get(name).header.placement, shopper_id)
+        return self.get(name, label), label
 
     def default_for(self, placement: str) -> PromptTemplate:
         for template in self._by_name.values():
             if template.header.placement == placement:
                 return template
         raise KeyError(f"no template for placement '{placement}'")
+
+
+def load_brand(folder: Path) -> dict[str, Any]:
+    """The brand rules in ``folder/brand.yaml`` (defaults when there is none)."""
+    brand_path = folder / BRAND_FILE
+    raw = yaml.safe_load(brand_path.read_text()) if brand_path.exists() else {}
+    try:
+        return Brand.model_validate(raw or {}).model_dump()
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise TemplateError(
+            BRAND_FILE, None, f"field '{'.'.join(map(str, first['loc']))}': {first['msg']}"
+        ) from None

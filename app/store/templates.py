@@ -1,0 +1,338 @@
+"""Versioned prompt templates: immutable versions, movable labels, splits, an audit log.
+
+A save never overwrites: it adds version N+1. Labels (``production``, ``staging``, experiment
+arms) are pointers moved in one row update. Both use optimistic concurrency: the writer says
+which version it started from, and a stale writer gets ``Conflict`` instead of losing someone
+else's edit. The (name, version) unique key makes the check hold across processes too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+
+from app.prompting.templates import (
+    PRODUCTION,
+    TEMPLATE_SUFFIX,
+    PromptTemplate,
+    Split,
+    TemplateRegistry,
+    parse_template,
+)
+from app.store.db import (
+    AuditRecord,
+    Database,
+    ExperimentRecord,
+    TemplateLabelRecord,
+    TemplateVersionRecord,
+)
+
+
+class Conflict(Exception):
+    """The caller's expected version is not the current one."""
+
+    def __init__(self, message: str, current: int | None) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    name: str
+    version: int
+    source: str
+    content_hash: str
+    author: str
+    message: str
+    draft: bool
+    created_at: datetime
+
+    @classmethod
+    def of(cls, record: TemplateVersionRecord) -> StoredVersion:
+        return cls(
+            name=record.name,
+            version=record.version,
+            source=record.source,
+            content_hash=record.content_hash,
+            author=record.author,
+            message=record.message,
+            draft=record.draft,
+            created_at=_aware(record.created_at),
+        )
+
+    def parsed(self) -> PromptTemplate:
+        return parse_template(self.source, f"{self.name}@{self.version}", self.version)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    at: datetime
+    actor: str
+    action: str
+    template: str
+    detail: dict[str, Any]
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def content_hash(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
+class TemplateStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # --- reading ------------------------------------------------------------------------------
+
+    async def names(self) -> list[str]:
+        async with self.db.sessions() as session:
+            rows = await session.scalars(select(TemplateVersionRecord.name).distinct())
+            return sorted(rows.all())
+
+    async def latest(self, name: str) -> int | None:
+        async with self.db.sessions() as session:
+            return await session.scalar(
+                select(func.max(TemplateVersionRecord.version)).where(
+                    TemplateVersionRecord.name == name
+                )
+            )
+
+    async def versions(self, name: str) -> list[StoredVersion]:
+        """Every version of a template, newest first."""
+        async with self.db.sessions() as session:
+            records = await session.scalars(
+                select(TemplateVersionRecord)
+                .where(TemplateVersionRecord.name == name)
+                .order_by(TemplateVersionRecord.version.desc())
+            )
+            return [StoredVersion.of(r) for r in records]
+
+    async def get(self, name: str, version: int) -> StoredVersion | None:
+        async with self.db.sessions() as session:
+            record = await session.scalar(
+                select(TemplateVersionRecord).where(
+                    TemplateVersionRecord.name == name, TemplateVersionRecord.version == version
+                )
+            )
+        return None if record is None else StoredVersion.of(record)
+
+    async def labels(self, name: str | None = None) -> dict[str, dict[str, int]]:
+        """{template: {label: version}}."""
+        query = select(TemplateLabelRecord)
+        if name is not None:
+            query = query.where(TemplateLabelRecord.name == name)
+        found: dict[str, dict[str, int]] = {}
+        async with self.db.sessions() as session:
+            for record in await session.scalars(query):
+                found.setdefault(record.name, {})[record.label] = record.version
+        return found
+
+    async def splits(self) -> dict[str, Split]:
+        async with self.db.sessions() as session:
+            records = (await session.scalars(select(ExperimentRecord))).all()
+        return {
+            r.placement: Split(r.template, r.control, r.variant, r.variant_weight) for r in records
+        }
+
+    async def audit(self, name: str | None = None, limit: int = 100) -> list[AuditEntry]:
+        query = select(AuditRecord).order_by(AuditRecord.id.desc()).limit(limit)
+        if name is not None:
+            query = query.where(AuditRecord.template == name)
+        async with self.db.sessions() as session:
+            records = await session.scalars(query)
+            return [
+                AuditEntry(_aware(r.at), r.actor, r.action, r.template, r.detail) for r in records
+            ]
+
+    async def registry(self, brand: dict[str, Any]) -> TemplateRegistry:
+        """What the pipeline serves: every labelled version, parsed, and the splits."""
+        labels = await self.labels()
+        production: list[PromptTemplate] = []
+        labelled: dict[str, dict[str, PromptTemplate]] = {}
+        for name, by_label in sorted(labels.items()):
+            for label, version in by_label.items():
+                stored = await self.get(name, version)
+                if stored is None:  # a label always points at a stored version
+                    raise LookupError(f"label {name}:{label} points at missing version {version}")
+                template = stored.parsed()
+                if label == PRODUCTION:
+                    production.append(template)
+                else:
+                    labelled.setdefault(name, {})[label] = template
+        return TemplateRegistry(production, brand, labelled=labelled, splits=await self.splits())
+
+    # --- writing ------------------------------------------------------------------------------
+
+    async def save(
+        self,
+        name: str,
+        source: str,
+        *,
+        author: str,
+        message: str,
+        draft: bool,
+        expected_latest: int | None,
+    ) -> StoredVersion:
+        """Add a version. ``expected_latest``: the newest version the author started from
+        (None for a new template). Raises Conflict when someone saved in between."""
+        now = datetime.now(UTC)
+        try:
+            async with self.db.write_lock, self.db.sessions.begin() as session:
+                latest = await session.scalar(
+                    select(func.max(TemplateVersionRecord.version)).where(
+                        TemplateVersionRecord.name == name
+                    )
+                )
+                if latest != expected_latest:
+                    raise Conflict(
+                        f"template '{name}' is at version {latest}: "
+                        + (
+                            "send the version your edit started from (If-Match)"
+                            if expected_latest is None
+                            else f"your edit started from {expected_latest}; reload it and "
+                            "apply your change again"
+                        ),
+                        latest,
+                    )
+                record = TemplateVersionRecord(
+                    name=name,
+                    version=(latest or 0) + 1,
+                    source=source,
+                    content_hash=content_hash(source),
+                    author=author,
+                    message=message,
+                    draft=draft,
+                    created_at=now,
+                )
+                session.add(record)
+                session.add(
+                    AuditRecord(
+                        at=now,
+                        actor=author,
+                        action="save_draft" if draft else "save",
+                        template=name,
+                        detail={"version": record.version, "message": message},
+                    )
+                )
+        except IntegrityError:  # another process took the same version number first
+            raise Conflict(
+                f"template '{name}' changed while saving", await self.latest(name)
+            ) from None
+        return StoredVersion.of(record)
+
+    async def move_label(
+        self,
+        name: str,
+        label: str,
+        version: int,
+        *,
+        actor: str,
+        expected_current: int | None = None,
+        check_expected: bool = False,
+    ) -> int | None:
+        """Point ``label`` at ``version``; returns the version it pointed at before.
+
+        With ``check_expected``, the move happens only if the label still points at
+        ``expected_current`` (None: the label does not exist yet).
+        """
+        now = datetime.now(UTC)
+        async with self.db.write_lock, self.db.sessions.begin() as session:
+            target = await session.scalar(
+                select(TemplateVersionRecord).where(
+                    TemplateVersionRecord.name == name, TemplateVersionRecord.version == version
+                )
+            )
+            if target is None:
+                raise LookupError(f"template '{name}' has no version {version}")
+            if target.draft:
+                raise ValueError(f"version {version} is a draft: save it without draft to label it")
+            record = await session.get(TemplateLabelRecord, (name, label))
+            previous = record.version if record is not None else None
+            if check_expected and previous != expected_current:
+                raise Conflict(
+                    f"label '{label}' points at version {previous}, not {expected_current}",
+                    previous,
+                )
+            if record is None:
+                session.add(
+                    TemplateLabelRecord(
+                        name=name, label=label, version=version, updated_by=actor, updated_at=now
+                    )
+                )
+            else:
+                record.version = version
+                record.updated_by = actor
+                record.updated_at = now
+            session.add(
+                AuditRecord(
+                    at=now,
+                    actor=actor,
+                    action="move_label",
+                    template=name,
+                    detail={"label": label, "from": previous, "to": version},
+                )
+            )
+        return previous
+
+    async def set_split(self, placement: str, split: Split | None, *, actor: str) -> None:
+        """Start, change or (``None``) stop a placement's experiment."""
+        now = datetime.now(UTC)
+        async with self.db.write_lock, self.db.sessions.begin() as session:
+            await session.execute(
+                delete(ExperimentRecord).where(ExperimentRecord.placement == placement)
+            )
+            if split is not None:
+                session.add(
+                    ExperimentRecord(
+                        placement=placement,
+                        template=split.template,
+                        control=split.control,
+                        variant=split.variant,
+                        variant_weight=split.variant_weight,
+                        updated_by=actor,
+                        updated_at=now,
+                    )
+                )
+            session.add(
+                AuditRecord(
+                    at=now,
+                    actor=actor,
+                    action="split" if split else "stop_split",
+                    template=split.template if split else "",
+                    detail={"placement": placement, **(split.__dict__ if split else {})},
+                )
+            )
+
+    async def seed(self, folder: Path) -> list[str]:
+        """Templates in ``folder`` that the database does not have yet become version 1,
+        labelled production. Returns the names seeded."""
+        known = set(await self.names())
+        seeded = []
+        for path in sorted(folder.glob(f"*{TEMPLATE_SUFFIX}")):
+            source = path.read_text(encoding="utf-8")
+            name = parse_template(source, str(path)).name
+            if name in known:
+                continue
+            try:
+                stored = await self.save(
+                    name,
+                    source,
+                    author="seed",
+                    message=f"seeded from {path.name}",
+                    draft=False,
+                    expected_latest=None,
+                )
+            except Conflict:  # another replica seeded it first
+                continue
+            await self.move_label(name, PRODUCTION, stored.version, actor="seed")
+            seeded.append(name)
+        return seeded

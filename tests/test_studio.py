@@ -1,0 +1,432 @@
+"""The template studio over HTTP: versions, lint, labels, previews, splits, feedback.
+
+A real SQLite database under the app; the scripted engine stands in for the model (previews
+with the real model run in tests/integration).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+
+from app.api.app import create_app
+from app.catalog.store import Catalog, ShopperStore
+from app.config import PROJECT_ROOT, Settings
+from app.prompting.templates import Split
+from app.store.db import Database
+from app.store.templates import Conflict, TemplateStore
+from tests.test_api import _keys
+from tests.test_pipeline import GOOD, ScriptedEngine, make_pipeline
+
+Client = TestClient  # type: ignore[type-arg]
+HERO = (PROJECT_ROOT / "prompts" / "hero_banner.j2").read_text()
+HERO_LINES = HERO.splitlines()
+LAST_LINE = len(HERO_LINES)
+
+
+def edited(extra: str) -> str:
+    """The hero template with one more line at the end of its body."""
+    return HERO.rstrip("\n") + "\n" + extra + "\n"
+
+
+@pytest.fixture
+def studio_settings(tmp_path: Path, test_settings: Settings) -> Settings:
+    return test_settings.model_copy(
+        update={"database_url": f"sqlite+aiosqlite:///{tmp_path / 'studio.db'}"}
+    )
+
+
+def start(settings: Settings, catalog: Catalog, shoppers: ShopperStore) -> Any:
+    engine = ScriptedEngine([GOOD] * 200)
+    app = create_app(settings, lambda s: make_pipeline(engine, catalog, shoppers, s))
+    return TestClient(app)
+
+
+def wait_ready(client: Client) -> None:
+    for _ in range(400):
+        if client.get("/readyz").status_code == 200:
+            return
+        asyncio.run(asyncio.sleep(0.025))
+    raise AssertionError(client.get("/readyz").text)
+
+
+@pytest.fixture
+def studio(
+    studio_settings: Settings, tiny_catalog: Catalog, tiny_shoppers: ShopperStore
+) -> Iterator[tuple[Client, dict[str, str]]]:
+    keys = asyncio.run(_keys(studio_settings.database))
+    with start(studio_settings, tiny_catalog, tiny_shoppers) as client:
+        wait_ready(client)
+        yield client, keys
+
+
+def call(
+    client: Client, method: str, path: str, key: str, body: object = None, **headers: str
+) -> Any:
+    return client.request(
+        method,
+        path,
+        content=None if body is None else json.dumps(body),
+        headers={"X-API-Key": key, "Content-Type": "application/json", **headers},
+    )
+
+
+def save(client: Client, key: str, source: str, base: int | None, **extra: object) -> Any:
+    body = {"source": source, "message": "edit", **extra}
+    headers = {"If-Match": f'"{base}"'} if base else {}
+    return call(client, "POST", "/v1/templates/hero_banner/versions", key, body, **headers)
+
+
+def test_templates_are_seeded_from_the_prompts_folder(studio) -> None:  # type: ignore[no-untyped-def]
+    client, keys = studio
+    listed = call(client, "GET", "/v1/templates", keys["cms"]).json()
+    assert [t["name"] for t in listed] == ["category_spotlight", "grid_heading", "hero_banner"]
+    assert all(t["labels"] == {"production": 1} and t["latest"] == 1 for t in listed)
+    version = call(client, "GET", "/v1/templates/hero_banner/versions/1", keys["marketer"])
+    assert version.json()["source"] == HERO and version.json()["labels"] == ["production"]
+    assert version.headers["ETag"] == '"1"'
+
+
+def test_saves_add_versions_and_a_stale_writer_gets_409(studio) -> None:  # type: ignore[no-untyped-def]
+    client, keys = studio
+    first = save(client, keys["marketer"], edited("Keep it short."), base=1)
+    assert first.status_code == 201, first.text
+    assert first.json()["version"] == 2 and first.json()["author"] == "test-marketer"
+    stale = save(client, keys["marketer"], edited("Keep it warm."), base=1)
+    assert stale.status_code == 409
+    assert stale.json()["current_version"] == 2
+    detail = call(client, "GET", "/v1/templates/hero_banner", keys["cms"]).json()
+    assert [v["version"] for v in detail["versions"]] == [2, 1]
+    assert detail["labels"] == {"production": 1}  # saving publishes nothing
+    assert (
+        call(client, "GET", "/v1/templates/hero_banner/versions/1", keys["cms"]).json()["source"]
+        == HERO
+    )  # the original is untouched
+
+
+@pytest.mark.parametrize(
+    ("extra", "line", "words"),
+    [
+        ("{{ shoper.name }}", LAST_LINE + 1, "unknown variable 'shoper'"),
+        ("{% if %}", LAST_LINE + 1, "syntax error"),
+        ("{% if false %}{{ ''.__class__.__mro__ }}{% endif %}", LAST_LINE + 1, "__class__"),
+        ("{{ candidates | attr('__class__') }}", LAST_LINE + 1, "__class__"),
+        ("{{ shopper.nickname }}", LAST_LINE + 1, "nickname"),
+    ],
+)
+def test_a_template_failing_lint_is_not_saved(studio, extra: str, line: int, words: str) -> None:  # type: ignore[no-untyped-def]
+    client, keys = studio
+    response = save(client, keys["marketer"], edited(extra), base=1)
+    assert response.status_code == 422, response.text
+    problems = response.json()["errors"]
+    assert any(p["line"] == line and words in p["message"] for p in problems), problems
+    detail = call(client, "GET", "/v1/templates/hero_banner", keys["cms"]).json()
+    assert [v["version"] for v in detail["versions"]] == [1]
+
+
+def test_header_problems_are_reported(studio) -> None:  # type: ignore[no-untyped-def]
+    client, keys = studio
+    response = save(client, keys["marketer"], HERO.replace("k: 6", "k: 99"), base=1)
+    assert response.status_code == 422 and "'k'" in json.dumps(response.json()["errors"])
+    renamed = save(client, keys["marketer"], HERO.replace("name: hero_banner", "name: other"), 1)
+    assert renamed.status_code == 422 and "header name" in renamed.text
+
+
+def test_drafts_keep_broken_work_but_can_never_be_labelled(studio) -> None:  # type: ignore[no-untyped-def]
+    client, keys = studio
+    draft = save(client, keys["marketer"], edited("{{ shoper }}"), base=1, draft=True)
+    assert draft.status_code == 201 and draft.json()["draft"] is True
+    assert draft.json()["problems"][0]["line"] == LAST_LINE + 1
+    moved = call(
+        client,
+        "PUT",
+        "/v1/templates/hero_banner/labels/production",
+        keys["marketer"],
+        {"version": 2},
+    )
+    assert moved.status_code == 422 and "draft" in moved.text
+
+
+def test_publish_serves_the_new_version_and_rollback_restores_it(studio) -> None:  # type: ignore[no-untyped-def]
+    client, keys = studio
+    assert save(client, keys["marketer"], edited("Keep it short."), base=1).status_code == 201
+
+    def served() -> tuple[int, str]:
+        body = {"shopper_id": "coffee_fan", "filters": {"exclude_products": ["Y1"]}}
+        banner = call(client, "POST", "/v1/banners", keys["cms"], body).json()["banners"][0]
+        return banner["template_version"], banner["template_label"]
+
+    assert served() == (1, "production")
+    published = call(
+        client,
+        "PUT",
+        "/v1/templates/hero_banner/labels/production",
+        keys["marketer"],
+        {"version": 2},
+    )
+    assert published.json() == {
+        "name": "hero_banner",
+        "label": "production",
+        "version": 2,
+        "previous": 1,
+    }
+    assert served() == (2, "production")  # not the cached v1 answer: the version is in the key
+    rollback = call(
+        client,
+        "PUT",
+        "/v1/templates/hero_banner/labels/production",
+        keys["marketer"],
+        {"version": 1},
+        **{"If-Match": '"2"'},
+    )
+    assert rollback.status_code == 200
+    assert served() == (1, "production")
+    stale = call(
+        client,
+        "PUT",
+        "/v1/templates/hero_banner/labels/production",
+        keys["marketer"],
+        {"version": 2},
+        **{"If-Match": '"2"'},
+    )
+    assert stale.status_code == 409 and stale.json()["current_version"] == 1
+
+    audit = call(client, "GET", "/v1/audit?template=hero_banner", keys["cms"]).json()
+    actions = [(a["action"], a["detail"].get("to")) for a in audit]
+    assert actions[:3] == [("move_label", 1), ("move_label", 2), ("save", None)]
+    assert all(a["actor"] == "test-marketer" for a in audit[:3])
+
+
+def test_writes_need_the_marketer_scope(studio) -> None:  # type: ignore[no-untyped-def]
+    client, keys = studio
+    assert save(client, keys["cms"], edited("x"), base=1).status_code == 403
+    move = call(
+        client, "PUT", "/v1/templates/hero_banner/labels/staging", keys["cms"], {"version": 1}
+    )
+    assert move.status_code == 403
+    assert call(client, "GET", "/v1/templates", keys["marketer"]).status_code == 200
+
+
+def test_preview_renders_for_a_shopper_and_generates(studio) -> None:  # type: ignore[no-untyped-def]
+    client, keys = studio
+    body = {"shopper_id": "coffee_fan", "generate": 2}
+    preview = call(client, "POST", "/v1/templates/hero_banner/preview", keys["marketer"], body)
+    assert preview.status_code == 200, preview.text
+    out = preview.json()
+    user_turns = [m["content"] for m in out["messages"] if m["role"] == "user"]
+    assert "coffee" in user_turns[-1].lower()  # the shopper's interests reached the prompt
+    assert len(out["banners"]) == 2 and out["version"] == 1
+
+    unsaved = {"shopper_id": "runner", "source": edited("{{ shopper.nickname }}")}
+    broken = call(client, "POST", "/v1/templates/hero_banner/preview", keys["marketer"], unsaved)
+    assert broken.status_code == 200 and broken.json()["messages"] == []
+    assert "nickname" in broken.json()["problems"][0]["message"]
+
+    trial = {"source": edited("Mention {{ shopper.segment }}."), "shopper_id": "runner"}
+    tried = call(client, "POST", "/v1/templates/hero_banner/preview", keys["marketer"], trial)
+    assert "Mention sporty." in tried.json()["messages"][-1]["content"]
+    assert (
+        call(client, "GET", "/v1/templates/hero_banner", keys["cms"]).json()["versions"][0][
+            "version"
+        ]
+        == 1
+    )  # a preview saves nothing
+
+
+def test_diff_and_file_round_trip(studio) -> None:  # type: ignore[no-untyped-def]
+    client, keys = studio
+    save(client, keys["marketer"], edited("Keep it short."), base=1)
+    diff = call(
+        client, "GET", "/v1/templates/hero_banner/diff?from_version=1&to_version=2", keys["cms"]
+    ).json()["diff"]
+    added = [
+        line for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")
+    ]
+    assert added == ["+Keep it short."]
+    exported = client.get(
+        "/v1/templates/hero_banner/versions/2/file", headers={"X-API-Key": keys["cms"]}
+    )
+    assert exported.headers["content-type"].startswith("text/plain")
+    imported = client.post(
+        "/v1/templates/hero_banner/import?message=restore",
+        content=exported.text.encode(),
+        headers={"X-API-Key": keys["marketer"], "Content-Type": "text/plain"},
+    )
+    assert imported.status_code == 201, imported.text
+    assert imported.json()["version"] == 3
+    versions = call(client, "GET", "/v1/templates/hero_banner", keys["cms"]).json()["versions"]
+    assert imported.json()["content_hash"] == versions[1]["content_hash"]  # same text as v2
+    assert imported.json()["message"] == "restore"
+
+
+def test_split_feedback_and_experiment_read_out(studio) -> None:  # type: ignore[no-untyped-def]
+    client, keys = studio
+    marketer, cms = keys["marketer"], keys["cms"]
+    save(client, marketer, edited("Keep it short."), base=1)
+    call(client, "PUT", "/v1/templates/hero_banner/labels/variant_b", marketer, {"version": 2})
+    split = {"template": "hero_banner", "variant": "variant_b", "variant_weight": 0.5}
+    started = call(client, "PUT", "/v1/experiments/home_hero", marketer, split)
+    assert started.status_code == 200, started.text
+
+    arms: Counter[str] = Counter()
+    banners = {}
+    for i in range(40):
+        shopper = f"shopper{i}"
+        banner = call(client, "POST", "/v1/banners", cms, {"shopper_id": shopper}).json()
+        banner = banner["banners"][0]
+        arms[banner["template_label"]] += 1
+        assert banner["template_version"] == (2 if banner["template_label"] == "variant_b" else 1)
+        again = call(client, "POST", "/v1/banners", cms, {"shopper_id": shopper}).json()
+        assert again["banners"][0]["template_label"] == banner["template_label"]  # stable
+        banners[shopper] = banner
+    assert set(arms) == {"production", "variant_b"} and min(arms.values()) >= 10
+
+    for i, banner in enumerate(banners.values()):
+        path = f"/v1/banners/{banner['id']}/feedback"
+        assert call(client, "POST", path, cms, {"event_id": f"imp-{i}", "kind": "impression"})
+        if banner["template_label"] == "variant_b" or i % 4 == 0:
+            call(client, "POST", path, cms, {"event_id": f"clk-{i}", "kind": "click"})
+    repeat = call(
+        client,
+        "POST",
+        f"/v1/banners/{banners['shopper0']['id']}/feedback",
+        cms,
+        {"event_id": "imp-0", "kind": "impression"},
+    )
+    assert repeat.status_code == 202 and repeat.json()["recorded"] is False
+
+    report = call(client, "GET", "/v1/experiments/home_hero", marketer).json()
+    by_label = {arm["label"]: arm for arm in report["arms"]}
+    assert by_label["variant_b"]["impressions"] == arms["variant_b"]
+    assert by_label["production"]["impressions"] == arms["production"]
+    assert by_label["variant_b"]["ctr"]["value"] == 1.0
+    low, high = by_label["production"]["ctr"]["low"], by_label["production"]["ctr"]["high"]
+    assert 0.0 <= low < by_label["production"]["ctr"]["value"] < high <= 1.0
+    assert report["ctr_verdict"] == "variant wins"
+
+    bad = call(client, "PUT", "/v1/experiments/home_hero", marketer, dict(split, variant="nope"))
+    assert bad.status_code == 404 and "nope" in bad.text
+    wrong = call(client, "PUT", "/v1/experiments/home_grid", marketer, split)
+    assert wrong.status_code == 422
+    assert call(client, "DELETE", "/v1/experiments/home_hero", marketer).status_code == 204
+    after = call(client, "POST", "/v1/banners", cms, {"shopper_id": "someone-else"}).json()
+    assert after["banners"][0]["template_label"] == "production"
+
+
+def test_feedback_on_an_unknown_banner_is_404(studio) -> None:  # type: ignore[no-untyped-def]
+    client, keys = studio
+    body = {"event_id": "e1", "kind": "click"}
+    assert (
+        call(client, "POST", "/v1/banners/bnr_nope/feedback", keys["cms"], body).status_code == 404
+    )
+    bad = call(client, "POST", "/v1/banners/bnr_nope/feedback", keys["cms"], {"kind": "like"})
+    assert bad.status_code == 400
+
+
+def test_history_and_labels_survive_a_restart(
+    studio_settings: Settings, tiny_catalog: Catalog, tiny_shoppers: ShopperStore
+) -> None:
+    keys = asyncio.run(_keys(studio_settings.database))
+    with start(studio_settings, tiny_catalog, tiny_shoppers) as client:
+        wait_ready(client)
+        save(client, keys["marketer"], edited("Keep it short."), base=1)
+        call(
+            client,
+            "PUT",
+            "/v1/templates/hero_banner/labels/production",
+            keys["marketer"],
+            {"version": 2},
+        )
+    with start(studio_settings, tiny_catalog, tiny_shoppers) as client:
+        wait_ready(client)
+        detail = call(client, "GET", "/v1/templates/hero_banner", keys["cms"]).json()
+        assert [v["version"] for v in detail["versions"]] == [2, 1]
+        assert detail["labels"] == {"production": 2}
+        banner = call(client, "POST", "/v1/banners", keys["cms"], {"shopper_id": "runner"})
+        assert banner.json()["banners"][0]["template_version"] == 2
+
+
+# --- the store under concurrency -------------------------------------------------------------
+
+
+async def _store(settings: Settings) -> TemplateStore:
+    db = Database(settings.database)
+    await db.create_all()
+    store = TemplateStore(db)
+    await store.seed(PROJECT_ROOT / "prompts")
+    return store
+
+
+async def test_concurrent_saves_lose_nothing(studio_settings: Settings) -> None:
+    store = await _store(studio_settings)
+    sources = [edited(f"Edit number {i}.") for i in range(6)]
+
+    async def one(source: str) -> int | None:
+        try:
+            saved = await store.save(
+                "hero_banner", source, author="a", message="m", draft=False, expected_latest=1
+            )
+        except Conflict:
+            return None
+        return saved.version
+
+    results = await asyncio.gather(*(one(s) for s in sources))
+    assert sorted(r for r in results if r is not None) == [2]  # exactly one won
+    # The losers reload and retry: every edit ends up as its own version.
+    for source, result in zip(sources, results, strict=True):
+        if result is None:
+            latest = await store.latest("hero_banner")
+            await store.save(
+                "hero_banner",
+                source,
+                author="a",
+                message="m",
+                draft=False,
+                expected_latest=latest,
+            )
+    stored = {v.source for v in await store.versions("hero_banner")}
+    assert stored == {HERO, *sources}
+    await store.db.dispose()
+
+
+async def test_label_moves_are_atomic_and_all_audited(studio_settings: Settings) -> None:
+    store = await _store(studio_settings)
+    for i in range(4):
+        await store.save(
+            "hero_banner",
+            edited(f"v{i}"),
+            author="a",
+            message="m",
+            draft=False,
+            expected_latest=1 + i,
+        )
+    await asyncio.gather(
+        *(store.move_label("hero_banner", "staging", v, actor="a") for v in (1, 2, 3, 4, 5))
+    )
+    final = (await store.labels("hero_banner"))["hero_banner"]["staging"]
+    moves = [e.detail for e in await store.audit("hero_banner") if e.action == "move_label"]
+    moves = [m for m in moves if m["label"] == "staging"][::-1]  # oldest first
+    assert len(moves) == 5 and moves[0]["from"] is None
+    # Each move starts where the previous one ended: no move read a stale label.
+    assert all(a["to"] == b["from"] for a, b in itertools.pairwise(moves))
+    assert moves[-1]["to"] == final
+    await store.db.dispose()
+
+
+def test_split_is_stable_and_close_to_its_weights() -> None:
+    split = Split("hero_banner", "production", "variant_b", 0.3)
+    shoppers = [f"s{i}" for i in range(20_000)]
+    arms = [split.label_for("home_hero", s) for s in shoppers]
+    share = arms.count("variant_b") / len(arms)
+    assert abs(share - 0.3) < 0.015
+    assert arms == [split.label_for("home_hero", s) for s in shoppers]  # same every time
+    other = [split.label_for("home_grid", s) for s in shoppers]
+    assert other != arms  # placements split independently
