@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export TORCHDYNAMO_DISABLE := 1
 
-.PHONY: install prepare run demo test lint typecheck unit integration bench data clean
+.PHONY: install browser prepare run demo test lint typecheck unit integration screenshots bench data clean
 
 install: $(STAMP)
 
@@ -35,6 +35,14 @@ $(STAMP): pyproject.toml
 	fi
 	touch $(STAMP)
 
+# Debian's Chromium for the studio's browser test (Playwright drives it; it downloads nothing).
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
 prepare: install
 	$(BIN)/marquee model prepare
 	$(BIN)/marquee index build
@@ -55,11 +63,15 @@ typecheck: install
 unit: install
 	$(BIN)/pytest -q -m "not integration"
 
-integration: prepare
+integration: prepare browser
 	$(BIN)/pytest -q -m integration
 
-test: prepare lint typecheck
+test: prepare browser lint typecheck
 	$(BIN)/pytest -q
+
+# The README's studio screenshots, taken by the browser test as it goes.
+screenshots: prepare browser
+	MARQUEE_SCREENSHOTS_DIR=docs/screenshots $(BIN)/pytest -q tests/integration/test_studio_browser.py
 
 bench: prepare
 	$(BIN)/python -m bench.run_all

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     database_url: str = ""  # default: SQLite in the cache dir; "postgresql+asyncpg://..."
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    # Signs the studio's CSRF tokens; set it when replicas share a load balancer (default:
+    # random per process, so a restart asks open studio forms to be sent again).
+    studio_secret: str = ""
     banner_cache_ttl_s: float = Field(default=300.0, ge=0)
     max_in_flight_requests: int = Field(default=32, ge=1, le=10_000)
     # How long event bursts are gathered before popularity and co-occurrence are recomputed.

@@ -430,3 +430,43 @@ def test_split_is_stable_and_close_to_its_weights() -> None:
     assert arms == [split.label_for("home_hero", s) for s in shoppers]  # same every time
     other = [split.label_for("home_grid", s) for s in shoppers]
     assert other != arms  # placements split independently
+
+
+# --- the studio page (the browser walks it in tests/integration/test_studio_browser.py) -------
+
+
+def test_studio_pages_need_a_marketer_and_a_csrf_token(studio) -> None:  # type: ignore[no-untyped-def]
+    client, keys = studio
+    anonymous = client.get("/studio/templates/hero_banner", follow_redirects=False)
+    assert anonymous.status_code in (302, 303, 307)
+    assert anonymous.headers["location"].startswith("/studio/login")
+    page = client.get("/studio/login")
+    token = page.text.split('name="_csrf_token" value="')[1].split('"')[0]
+    refused = client.post("/studio/login", data={"key": keys["cms"], "_csrf_token": token})
+    assert refused.status_code == 401 and "no marketer scope" in refused.text
+    forged = client.post("/studio/login", data={"key": keys["marketer"]})
+    assert forged.status_code == 403  # no CSRF token
+    signed = client.post(
+        "/studio/login",
+        data={"key": keys["marketer"], "_csrf_token": token},
+        follow_redirects=False,
+    )
+    assert signed.status_code in (302, 303) and "httponly" in signed.headers["set-cookie"].lower()
+    editor = client.get("/studio/templates/hero_banner")
+    assert editor.status_code == 200 and "hero_banner" in editor.text
+    # What a template says is shown as text, never as markup.
+    assert "&lt;products&gt;" in editor.text and "<products>" not in editor.text
+
+
+def test_lint_lines_show_each_problem_in_its_context() -> None:
+    from app.prompting.lint import LintProblem
+    from app.web.pages import _lines
+
+    source = "\n".join(f"line {n}" for n in range(1, 31))
+    shown = _lines(
+        source, [LintProblem(5, "bad"), LintProblem(25, "worse"), LintProblem(None, "x")]
+    )
+    numbers = [entry["number"] for entry in shown if not entry["gap"]]
+    assert numbers == [2, 3, 4, 5, 6, 7, 8, 22, 23, 24, 25, 26, 27, 28]
+    assert [e["gap"] for e in shown].count(True) == 1
+    assert next(e for e in shown if e["number"] == 25 and not e["gap"])["problems"] == ["worse"]

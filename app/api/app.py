@@ -10,17 +10,22 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from litestar import Litestar
+from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import MutableScopeHeaders, State
 from litestar.di import Provide
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.template.config import TemplateConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -45,9 +50,11 @@ from app.store.feedback import FeedbackStore
 from app.store.repositories import ApiKeyStore, BannerStore, CatalogChanges
 from app.store.templates import TemplateStore
 from app.studio import Studio
+from app.web.pages import StudioPages
 
 log = logging.getLogger("marquee.api")
 MAX_BODY_BYTES = 64 * 1024
+WEB_TEMPLATES = Path(__file__).resolve().parents[1] / "web" / "templates"
 
 
 class InFlightLimit:
@@ -249,6 +256,7 @@ def create_app(
             AuditController,
             ExperimentController,
             HealthController,
+            StudioPages,
         ],
         dependencies={
             "service": Provide(provide_service, sync_to_thread=False),
@@ -265,6 +273,15 @@ def create_app(
         state=state,
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(title="Marquee", version="0.1.0", path="/docs"),
+        template_config=TemplateConfig(directory=WEB_TEMPLATES, engine=JinjaTemplateEngine),
+        # The studio's forms are cookie-authenticated, so they need CSRF tokens; the API is
+        # authenticated by a header a browser never adds on its own, so /v1 is left out.
+        csrf_config=CSRFConfig(
+            secret=settings.studio_secret or secrets.token_urlsafe(32),
+            cookie_path="/studio",
+            cookie_samesite="strict",
+            exclude=[r"^/v1/"],
+        ),
         logging_config=None,  # logging is configured by the process (JSON lines in serve)
         debug=False,
     )
