@@ -54,11 +54,11 @@ demo: prepare
 	$(BIN)/marquee demo
 
 lint: install
-	$(BIN)/ruff check app tests bench scripts
-	$(BIN)/ruff format --check app tests bench scripts
+	$(BIN)/ruff check app tests bench scripts eval
+	$(BIN)/ruff format --check app tests bench scripts eval
 
 typecheck: install
-	$(BIN)/mypy app
+	$(BIN)/mypy app eval
 
 unit: install
 	$(BIN)/pytest -q -m "not integration"

@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -397,6 +398,52 @@ def keys_create(name: str, scopes: tuple[str, ...]) -> None:
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
 
     click.echo(asyncio.run(ApiKeyStore.create_in(settings.database, name, list(scopes))))
+
+
+@cli.command("eval")
+@click.option(
+    "--suite",
+    type=click.Choice(["smoke", "full"]),
+    default="smoke",
+    show_default=True,
+    help="smoke: the demo data, a few banners (CI); full: MovieLens, clothing reviews, more.",
+)
+@engine_option
+@click.option(
+    "--compare",
+    nargs=2,
+    default=None,
+    metavar="A B",
+    help="A/B two arms on the same shoppers: hero_banner@2, hero_banner:staging, engine:vllm.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where summary.json and report.html go (default .cache/eval/<suite>).",
+)
+@clear_errors
+def evaluate(
+    suite: str, engine: str | None, compare: tuple[str, str] | None, out_dir: Path | None
+) -> None:
+    """Measure retrieval and copy quality; write a JSON summary and an HTML report.
+
+    Exits 1 when a threshold in eval/thresholds.yaml is not met.
+    """
+    from eval.runner import run
+
+    outcome = run(get_settings(), suite, engine=engine, compare=compare, out_dir=out_dir)
+    for check in outcome.checks:
+        mark = "pass" if check["passed"] else "FAIL"
+        against = f" ({check['against']})" if check["against"] else ""
+        click.echo(
+            f"{mark}  {check['metric']} {check['op']} {check['bound']}{against}: {check['value']}"
+        )
+    folder = out_dir or get_settings().cache_dir / "eval" / suite
+    click.echo(f"report: {folder / 'report.html'}")
+    if not outcome.passed:
+        sys.exit(1)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""Marquee's evaluation suite: retrieval and copy quality on held-out data, A/B, a report."""

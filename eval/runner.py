@@ -1,0 +1,297 @@
+"""``marquee eval``: run a suite, compare two arms, check thresholds, write the report.
+
+Everything goes through the one pipeline (retrieval: its ``CandidateSelector``; copy:
+``Pipeline.prepare`` and ``Pipeline.complete``), built by ``app.runtime`` like the CLI and the
+service build it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy as shallow
+import json
+import operator
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from app.config import PROJECT_ROOT, Settings
+from app.domain import Shopper
+from app.pipeline import Pipeline
+from app.prompting.templates import PRODUCTION, PromptTemplate
+from eval import copy_quality, datasets, metrics, retrieval
+
+THRESHOLDS = PROJECT_ROOT / "eval" / "thresholds.yaml"
+OPERATORS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+# For the A/B verdicts: which way is better, per metric.
+HIGHER_IS_BETTER = {
+    "schema_valid": True,
+    "grounded": True,
+    "invented_claims": False,
+    "fallback": False,
+    "retries": False,
+    "length_ok": True,
+    "degenerate": False,
+    "banned_hits": False,
+    "latency_ms": False,
+    "personalization_lift": True,
+}
+
+
+@dataclass(frozen=True)
+class Suite:
+    datasets: tuple[str, ...]
+    variants: tuple[str, ...]
+    search: bool
+    copy_shoppers: int
+    templates: tuple[str, ...]
+    max_users: int | None = None  # MovieLens users evaluated (None: all)
+
+
+SUITES = {
+    "smoke": Suite(("demo",), ("marquee",), False, 6, ("hero_banner",)),
+    "full": Suite(
+        ("demo", "movielens"),
+        tuple(retrieval.VARIANTS),
+        True,
+        24,
+        ("hero_banner", "grid_heading", "category_spotlight"),
+    ),
+}
+
+
+@dataclass
+class Arm:
+    """One side of a comparison: a template version (or label), on an engine."""
+
+    name: str
+    template: str
+    version: PromptTemplate | None = None  # None: what the pipeline serves
+    engine: str | None = None
+
+
+@dataclass
+class Outcome:
+    summary: dict[str, Any]
+    checks: list[dict[str, Any]]
+    worst: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(check["passed"] for check in self.checks)
+
+
+def copy_shoppers(pipeline: Pipeline, count: int) -> list[Shopper]:
+    """Shoppers with a history first (sorted by id, so every run takes the same), plus one
+    cold-start shopper: copy must also work for someone the store knows nothing about."""
+    known = sorted((s for s in pipeline.shoppers.all() if s.history), key=lambda s: s.id)
+    return [*known[: max(1, count - 1)], Shopper(id="eval-cold-start")]
+
+
+def resolve_arm(spec: str, settings: Settings, default_template: str) -> Arm:
+    """``hero_banner@3`` (a stored version), ``hero_banner:staging`` (a label),
+    ``hero_banner`` (production), or ``engine:vllm`` (production on another engine)."""
+    if spec.startswith("engine:"):
+        return Arm(spec, default_template, None, spec.split(":", 1)[1])
+    from app.store.db import Database
+    from app.store.templates import TemplateStore
+
+    name, version, label = spec, None, PRODUCTION
+    if "@" in spec:
+        name, raw = spec.split("@", 1)
+        version = int(raw)
+    elif ":" in spec:
+        name, label = spec.split(":", 1)
+
+    async def load() -> PromptTemplate:
+        db = Database(settings.database)
+        try:
+            await db.create_all()
+            store = TemplateStore(db)
+            await store.seed(settings.prompts_dir)
+            if version is not None:
+                stored = await store.get(name, version)
+            else:
+                pointed = (await store.labels(name)).get(name, {}).get(label)
+                stored = None if pointed is None else await store.get(name, pointed)
+            if stored is None:
+                raise ValueError(f"no template version for '{spec}'")
+            return stored.parsed()
+        finally:
+            await db.dispose()
+
+    return Arm(spec, name, asyncio.run(load()))
+
+
+def run(
+    settings: Settings,
+    suite_name: str = "smoke",
+    *,
+    engine: str | None = None,
+    compare: tuple[str, str] | None = None,
+    out_dir: Path | None = None,
+) -> Outcome:
+    from app.runtime import build_pipeline, load_embedder, make_engine
+
+    suite = SUITES[suite_name]
+    started = time.perf_counter()
+    out_dir = out_dir or settings.cache_dir / "eval" / suite_name
+    embedder = load_embedder(settings)
+    summary: dict[str, Any] = {
+        "suite": suite_name,
+        "engine": engine or settings.engine,
+        "retrieval": {},
+        "search": {},
+        "copy": {},
+        "datasets": {},
+    }
+
+    for name in suite.datasets:
+        dataset = (
+            datasets.movielens(settings, suite.max_users)
+            if name == "movielens"
+            else datasets.demo(settings)
+        )
+        summary["datasets"][name] = dataset.description
+        variants = {v: retrieval.VARIANTS[v] for v in suite.variants}
+        rows = retrieval.evaluate(dataset, embedder, settings, variants)
+        summary["retrieval"][name] = {row.recommender: row.as_dict() for row in rows}
+    if suite.search:
+        clothing = datasets.clothing(settings)
+        summary["datasets"]["clothing"] = clothing.description
+        rows = retrieval.evaluate_search(clothing, embedder, settings)
+        summary["search"]["clothing"] = {row.recommender: row.as_dict() for row in rows}
+
+    pipeline = build_pipeline(settings, engine=make_engine(settings, engine), with_changes=False)
+    worst: list[dict[str, Any]] = []
+    try:
+        shoppers = copy_shoppers(pipeline, suite.copy_shoppers)
+        all_samples: list[copy_quality.CopySample] = []
+        for template in suite.templates:
+            samples = asyncio.run(
+                copy_quality.generate(
+                    pipeline, shoppers, template, None, template, settings.banned_terms
+                )
+            )
+            all_samples += samples
+        lift = copy_quality.lift_of(all_samples, pipeline)
+        summary["copy"]["default"] = copy_quality.summarise(all_samples, lift)
+        worst += copy_quality.worst(all_samples)
+        if compare is not None:
+            summary["compare"], arm_samples = _compare(
+                pipeline, settings, compare, shoppers, suite.templates[0]
+            )
+            worst += copy_quality.worst(arm_samples)
+    finally:
+        asyncio.run(pipeline.close())
+
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    checks = check_thresholds(summary, suite_name)
+    outcome = Outcome(summary, checks, worst)
+    write(outcome, out_dir)
+    return outcome
+
+
+def _compare(
+    pipeline: Pipeline,
+    settings: Settings,
+    specs: tuple[str, str],
+    shoppers: list[Shopper],
+    default_template: str,
+) -> tuple[dict[str, Any], list[copy_quality.CopySample]]:
+    from app.runtime import make_engine
+
+    arms = [resolve_arm(spec, settings, default_template) for spec in specs]
+    per_arm: list[dict[str, list[float]]] = []
+    samples_all: list[copy_quality.CopySample] = []
+    summaries = {}
+    for arm in arms:
+        runner = pipeline
+        if arm.engine is not None:
+            runner = shallow.copy(pipeline)
+            runner.engine = make_engine(settings, arm.engine)
+        try:
+            samples = asyncio.run(
+                copy_quality.generate(
+                    runner, shoppers, arm.template, arm.version, arm.name, settings.banned_terms
+                )
+            )
+        finally:
+            if runner is not pipeline:
+                asyncio.run(runner.close())
+        lift = copy_quality.lift_of(samples, pipeline)
+        per_arm.append(copy_quality.per_sample(samples, lift))
+        summaries[arm.name] = copy_quality.summarise(samples, lift)
+        samples_all += samples
+    differences = {}
+    for metric, higher in HIGHER_IS_BETTER.items():
+        diff, low, high = metrics.paired_difference(per_arm[0][metric], per_arm[1][metric])
+        differences[metric] = {
+            "a": float(sum(per_arm[0][metric]) / max(1, len(per_arm[0][metric]))),
+            "b": float(sum(per_arm[1][metric]) / max(1, len(per_arm[1][metric]))),
+            "b_minus_a": diff,
+            "ci": [low, high],
+            "verdict": metrics.verdict(low, high, higher),
+        }
+    return {
+        "a": arms[0].name,
+        "b": arms[1].name,
+        "shoppers": len(shoppers),
+        "arms": summaries,
+        "differences": differences,
+    }, samples_all
+
+
+def lookup(summary: dict[str, Any], path: str) -> Any:
+    """``copy.default.grounded.mean`` -> the value; keys may contain spaces and '@'."""
+    node: Any = summary
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(path)
+        node = node[part]
+    return node
+
+
+def check_thresholds(
+    summary: dict[str, Any], suite_name: str, path: Path = THRESHOLDS
+) -> list[dict[str, Any]]:
+    rules = yaml.safe_load(path.read_text()).get(suite_name, [])
+    results = []
+    for rule in rules:
+        metric, op = rule["metric"], rule["op"]
+        try:
+            value = lookup(summary, metric)
+            bound = lookup(summary, rule["than"]) if "than" in rule else rule["value"]
+            passed = bool(OPERATORS[op](value, bound))
+        except KeyError as missing:
+            value, bound, passed = None, rule.get("value"), False
+            rule = {**rule, "error": f"no metric {missing}"}
+        results.append(
+            {
+                "metric": metric,
+                "op": op,
+                "value": value,
+                "bound": bound,
+                "against": rule.get("than"),
+                "passed": passed,
+                **({"error": rule["error"]} if "error" in rule else {}),
+            }
+        )
+    return results
+
+
+def write(outcome: Outcome, out_dir: Path) -> None:
+    from eval.report import html_report
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").write_text(
+        json.dumps(
+            {"summary": outcome.summary, "checks": outcome.checks, "passed": outcome.passed},
+            indent=2,
+            default=float,
+        )
+    )
+    (out_dir / "report.html").write_text(html_report(outcome))
