@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import yaml
 
@@ -37,3 +41,29 @@ def test_dockerfile_targets_and_commands() -> None:
     # Every path the Dockerfile copies exists in the repository.
     for source in re.findall(r"^COPY (\S+)", text, re.MULTILINE):
         assert (PROJECT_ROOT / source).exists(), source
+
+
+def test_the_installed_package_carries_its_templates_and_eval_files(tmp_path: Path) -> None:
+    """The image installs the project as a wheel (not editable): its non-Python files must be
+    in it, or the studio page and `marquee eval` would fail only in production."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(PROJECT_ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("marquee-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    pages = {f"app/web/templates/{p.name}" for p in (PROJECT_ROOT / "app/web/templates").glob("*")}
+    assert pages and pages <= names
+    assert {"eval/report.html.j2", "eval/thresholds.yaml", "eval/runner.py"} <= names
