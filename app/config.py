@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     # Signs the studio's CSRF tokens; set it when replicas share a load balancer (default:
     # random per process, so a restart asks open studio forms to be sent again).
     studio_secret: str = ""
+    # How often a replica checks the database for template label moves made elsewhere.
+    templates_refresh_s: float = Field(default=15.0, gt=0)
     banner_cache_ttl_s: float = Field(default=300.0, ge=0)
     max_in_flight_requests: int = Field(default=32, ge=1, le=10_000)
     # How long event bursts are gathered before popularity and co-occurrence are recomputed.

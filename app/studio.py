@@ -63,10 +63,20 @@ class Studio:
         self.store = store
         self.feedback = feedback
         self.pipeline = pipeline
+        self._revision = -1
 
     async def reload(self) -> None:
         """Serve what the store now says (labels, splits): one assignment, no mixed state."""
+        revision = await self.store.revision()
         self.pipeline.templates = await self.store.registry(self.pipeline.templates.brand)
+        self._revision = revision
+
+    async def reload_if_changed(self) -> bool:
+        """Pick up label moves made through another replica (they share the database)."""
+        if await self.store.revision() == self._revision:
+            return False
+        await self.reload()
+        return True
 
     # --- lint and save -------------------------------------------------------------------------
 

@@ -470,3 +470,35 @@ def test_lint_lines_show_each_problem_in_its_context() -> None:
     assert numbers == [2, 3, 4, 5, 6, 7, 8, 22, 23, 24, 25, 26, 27, 28]
     assert [e["gap"] for e in shown].count(True) == 1
     assert next(e for e in shown if e["number"] == 25 and not e["gap"])["problems"] == ["worse"]
+
+
+def test_a_second_replica_follows_a_publish(
+    studio_settings: Settings, tiny_catalog: Catalog, tiny_shoppers: ShopperStore
+) -> None:
+    settings = studio_settings.model_copy(update={"templates_refresh_s": 0.05})
+    keys = asyncio.run(_keys(settings.database))
+    with (
+        start(settings, tiny_catalog, tiny_shoppers) as one,
+        start(settings, tiny_catalog, tiny_shoppers) as two,
+    ):
+        wait_ready(one)
+        wait_ready(two)
+        save(one, keys["marketer"], edited("Keep it short."), base=1)
+        call(
+            one,
+            "PUT",
+            "/v1/templates/hero_banner/labels/production",
+            keys["marketer"],
+            {"version": 2},
+        )
+
+        def served_by_two() -> int:
+            body = {"shopper_id": "runner"}
+            banner = call(two, "POST", "/v1/banners", keys["cms"], body).json()["banners"][0]
+            return int(banner["template_version"])
+
+        for _ in range(100):
+            if served_by_two() == 2:
+                break
+            asyncio.run(asyncio.sleep(0.05))
+        assert served_by_two() == 2

@@ -194,6 +194,19 @@ def create_app(
             )
         )
 
+    async def follow_templates() -> None:
+        """Other replicas publish through the same database: follow their label moves."""
+        while True:
+            await asyncio.sleep(settings.templates_refresh_s)
+            studio: Studio | None = state.studio
+            if studio is None:
+                continue
+            try:
+                if await studio.reload_if_changed():
+                    log.info(json.dumps({"event": "templates_reloaded"}))
+            except Exception:  # a database hiccup: keep serving what we have, try again
+                log.exception("could not reload templates")
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         await db.create_all()
@@ -207,10 +220,12 @@ def create_app(
                 flush=True,
             )
         task = asyncio.create_task(load())
+        follower = asyncio.create_task(follow_templates())
         try:
             yield
         finally:
             task.cancel()
+            follower.cancel()
             # A vLLM still starting up belongs to no engine yet: stop it here all the same.
             await asyncio.to_thread(stop_all)
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -143,6 +143,11 @@ class TemplateStore:
             r.placement: Split(r.template, r.control, r.variant, r.variant_weight) for r in records
         }
 
+    async def revision(self) -> int:
+        """The newest audit entry's id: it changes with every save, label move and split."""
+        async with self.db.sessions() as session:
+            return (await session.scalar(select(func.max(AuditRecord.id)))) or 0
+
     async def audit(self, name: str | None = None, limit: int = 100) -> list[AuditEntry]:
         query = select(AuditRecord).order_by(AuditRecord.id.desc()).limit(limit)
         if name is not None:
