@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from app.catalog.store import Catalog, ShopperStore
 from app.config import Settings
@@ -17,6 +19,7 @@ from app.store.repositories import CatalogChanges
 from app.store.templates import TemplateStore
 
 ENGINES = ("transformers", "vllm")
+T = TypeVar("T")
 
 
 def load_data(settings: Settings, *, with_changes: bool = True) -> tuple[Catalog, ShopperStore]:
@@ -35,23 +38,30 @@ def load_data(settings: Settings, *, with_changes: bool = True) -> tuple[Catalog
     return catalog, shoppers
 
 
-def load_templates(settings: Settings, *, with_changes: bool = True) -> TemplateRegistry:
-    """The templates to serve: the database's labelled versions (templates new in the prompts
-    folder are seeded into it first), or the folder alone without ``with_changes``."""
-    if not with_changes:
-        return TemplateRegistry.from_folder(settings.prompts_dir)
+def read_templates(settings: Settings, read: Callable[[TemplateStore], Awaitable[T]]) -> T:
+    """Run ``read`` on the template store (templates new in the prompts folder are seeded into
+    it first). For callers with no event loop running: the CLI, loader threads, the eval."""
 
-    async def from_database() -> TemplateRegistry:
+    async def opened() -> T:
         db = Database(settings.database)
         try:
             await db.create_all()
             store = TemplateStore(db)
             await store.seed(settings.prompts_dir)
-            return await store.registry(load_brand(settings.prompts_dir))
+            return await read(store)
         finally:
             await db.dispose()
 
-    return asyncio.run(from_database())
+    return asyncio.run(opened())
+
+
+def load_templates(settings: Settings, *, with_changes: bool = True) -> TemplateRegistry:
+    """The templates to serve: the database's labelled versions, or the prompts folder alone
+    without ``with_changes``."""
+    if not with_changes:
+        return TemplateRegistry.from_folder(settings.prompts_dir)
+    brand = load_brand(settings.prompts_dir)
+    return read_templates(settings, lambda store: store.registry(brand))
 
 
 def load_embedder(settings: Settings) -> SentenceEmbedder:

@@ -40,6 +40,15 @@ class Preview:
 
 
 @dataclass(frozen=True)
+class TemplateSummary:
+    name: str
+    latest: int
+    labels: dict[str, int]
+    placement: str | None  # None: only drafts so far, nothing serves it yet
+    description: str | None
+
+
+@dataclass(frozen=True)
 class ArmReport:
     template: str
     version: int
@@ -77,6 +86,27 @@ class Studio:
             return False
         await self.reload()
         return True
+
+    async def summaries(self) -> list[TemplateSummary]:
+        """Every stored template, its newest version, labels, and what it serves."""
+        labels = await self.store.labels()
+        found = []
+        for name in await self.store.names():
+            latest = await self.store.latest(name)
+            try:
+                header = self.pipeline.templates.get(name).header
+            except KeyError:
+                header = None
+            found.append(
+                TemplateSummary(
+                    name=name,
+                    latest=latest or 0,
+                    labels=labels.get(name, {}),
+                    placement=header.placement if header else None,
+                    description=header.description if header else None,
+                )
+            )
+        return found
 
     # --- lint and save -------------------------------------------------------------------------
 

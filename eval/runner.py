@@ -96,8 +96,8 @@ def resolve_arm(spec: str, settings: Settings, default_template: str) -> Arm:
     ``hero_banner`` (production), or ``engine:vllm`` (production on another engine)."""
     if spec.startswith("engine:"):
         return Arm(spec, default_template, None, spec.split(":", 1)[1])
-    from app.store.db import Database
-    from app.store.templates import TemplateStore
+    from app.runtime import read_templates
+    from app.store.templates import StoredVersion, TemplateStore
 
     name, version, label = spec, None, PRODUCTION
     if "@" in spec:
@@ -106,24 +106,16 @@ def resolve_arm(spec: str, settings: Settings, default_template: str) -> Arm:
     elif ":" in spec:
         name, label = spec.split(":", 1)
 
-    async def load() -> PromptTemplate:
-        db = Database(settings.database)
-        try:
-            await db.create_all()
-            store = TemplateStore(db)
-            await store.seed(settings.prompts_dir)
-            if version is not None:
-                stored = await store.get(name, version)
-            else:
-                pointed = (await store.labels(name)).get(name, {}).get(label)
-                stored = None if pointed is None else await store.get(name, pointed)
-            if stored is None:
-                raise ValueError(f"no template version for '{spec}'")
-            return stored.parsed()
-        finally:
-            await db.dispose()
+    async def find(store: TemplateStore) -> StoredVersion | None:
+        if version is None:
+            pointed = (await store.labels(name)).get(name, {}).get(label)
+            return None if pointed is None else await store.get(name, pointed)
+        return await store.get(name, version)
 
-    return Arm(spec, name, asyncio.run(load()))
+    stored = read_templates(settings, find)
+    if stored is None:
+        raise ValueError(f"no template version for '{spec}'")
+    return Arm(spec, name, stored.parsed())
 
 
 def run(

@@ -248,24 +248,7 @@ class TemplateController(Controller):
 
     @get("/", summary="Every template, its newest version and its labels")
     async def list_templates(self, studio: Studio) -> list[TemplateSummary]:
-        labels = await studio.store.labels()
-        out = []
-        for name in await studio.store.names():
-            versions = await studio.store.versions(name)
-            try:
-                header = studio.pipeline.templates.get(name).header
-            except KeyError:  # only drafts so far: nothing serves it yet
-                header = None
-            out.append(
-                TemplateSummary(
-                    name=name,
-                    latest=versions[0].version,
-                    labels=labels.get(name, {}),
-                    placement=header.placement if header else None,
-                    description=header.description if header else None,
-                )
-            )
-        return out
+        return [TemplateSummary(**found.__dict__) for found in await studio.summaries()]
 
     @get("/{name:str}", summary="A template's versions (newest first) and labels")
     async def detail(self, name: str, studio: Studio) -> TemplateDetail:

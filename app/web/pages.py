@@ -146,23 +146,7 @@ class StudioPages(Controller):
     @get("/")
     async def index(self, request: Request[Any, Any, State], studio: Studio) -> Template:
         who = await signed_in(request)
-        labels = await studio.store.labels()
-        rows = []
-        for name in await studio.store.names():
-            versions = await studio.store.versions(name)
-            try:
-                header = studio.pipeline.templates.get(name).header
-            except KeyError:
-                header = None
-            rows.append(
-                {
-                    "name": name,
-                    "latest": versions[0].version,
-                    "labels": labels.get(name, {}),
-                    "placement": header.placement if header else "",
-                    "description": header.description if header else "",
-                }
-            )
+        rows = await studio.summaries()
         return Template("index.html", context={"who": who, "templates": rows})
 
     async def _editor(
