@@ -35,6 +35,8 @@ Source = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEMPLATE_
 
 
 class VersionInfo(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # read straight off a StoredVersion
+
     version: int
     author: str
     message: str
@@ -217,13 +219,8 @@ def _version_out(
     stored: StoredVersion, labels: dict[str, int], problems: list[LintProblem]
 ) -> VersionOut:
     return VersionOut(
+        **VersionInfo.model_validate(stored).model_dump(),
         name=stored.name,
-        version=stored.version,
-        author=stored.author,
-        message=stored.message,
-        draft=stored.draft,
-        content_hash=stored.content_hash,
-        created_at=stored.created_at,
         source=stored.source,
         labels=sorted(label for label, v in labels.items() if v == stored.version),
         problems=_problems(problems),
@@ -258,17 +255,7 @@ class TemplateController(Controller):
         return TemplateDetail(
             name=name,
             labels=(await studio.store.labels(name)).get(name, {}),
-            versions=[
-                VersionInfo(
-                    version=v.version,
-                    author=v.author,
-                    message=v.message,
-                    draft=v.draft,
-                    content_hash=v.content_hash,
-                    created_at=v.created_at,
-                )
-                for v in versions
-            ],
+            versions=[VersionInfo.model_validate(v) for v in versions],
         )
 
     @get("/{name:str}/versions/{version:int}", summary="One version, with its source")
