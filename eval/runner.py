@@ -151,6 +151,7 @@ def run(
         variants = {v: retrieval.VARIANTS[v] for v in suite.variants}
         rows = retrieval.evaluate(dataset, embedder, settings, variants)
         summary["retrieval"][name] = {row.recommender: row.as_dict() for row in rows}
+    clothing = None
     if suite.search:
         clothing = datasets.clothing(settings)
         summary["datasets"]["clothing"] = clothing.description
@@ -172,6 +173,12 @@ def run(
         lift = copy_quality.lift_of(all_samples, pipeline)
         summary["copy"]["default"] = copy_quality.summarise(all_samples, lift)
         worst += copy_quality.worst(all_samples)
+        if clothing is not None:
+            samples = _clothing_copy(pipeline, clothing, settings, suite.copy_shoppers // 2)
+            summary["copy"]["clothing"] = copy_quality.summarise(
+                samples, copy_quality.lift_of(samples, pipeline)
+            )
+            worst += copy_quality.worst(samples)
         if compare is not None:
             summary["compare"], arm_samples = _compare(
                 pipeline, settings, compare, shoppers, suite.templates[0]
@@ -185,6 +192,34 @@ def run(
     outcome = Outcome(summary, checks, worst)
     write(outcome, out_dir)
     return outcome
+
+
+def _clothing_copy(
+    pipeline: Pipeline, clothing: datasets.EvalDataset, settings: Settings, count: int
+) -> list[copy_quality.CopySample]:
+    """Banners over real, messy product text (reviews full of sizes and heights): shoppers
+    state what a held-out review asked for; the copy must stay grounded in that text."""
+    from app.catalog.store import ShopperStore
+
+    shoppers = [
+        Shopper(id=f"reviewer{i}", interests=(" ".join(text.split()[:12])[:80],))
+        for i, text in enumerate(list(clothing.queries)[:count])
+    ]
+    on_clothing = Pipeline.assemble(
+        settings,
+        catalog=clothing.catalog,
+        shoppers=ShopperStore(shoppers),
+        embedder=pipeline.embedder,
+        index=retrieval.dataset_index(clothing, pipeline.embedder, settings),
+        engine=pipeline.engine,  # shared: closed with the main pipeline
+        templates=pipeline.templates,
+    )
+    template = "hero_banner"
+    return asyncio.run(
+        copy_quality.generate(
+            on_clothing, shoppers, template, None, f"clothing {template}", settings.banned_terms
+        )
+    )
 
 
 def _compare(
