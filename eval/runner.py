@@ -158,34 +158,11 @@ def run(
         rows = retrieval.evaluate_search(clothing, embedder, settings)
         summary["search"]["clothing"] = {row.recommender: row.as_dict() for row in rows}
 
+    # Arms are read from the database first: every await of the copy phase then runs in one
+    # event loop (an engine's HTTP client belongs to the loop that opened it).
+    arms = [resolve_arm(spec, settings, suite.templates[0]) for spec in compare or ()]
     pipeline = build_pipeline(settings, engine=make_engine(settings, engine), with_changes=False)
-    worst: list[dict[str, Any]] = []
-    try:
-        shoppers = copy_shoppers(pipeline, suite.copy_shoppers)
-        all_samples: list[copy_quality.CopySample] = []
-        for template in suite.templates:
-            samples = asyncio.run(
-                copy_quality.generate(
-                    pipeline, shoppers, template, None, template, settings.banned_terms
-                )
-            )
-            all_samples += samples
-        lift = copy_quality.lift_of(all_samples, pipeline)
-        summary["copy"]["default"] = copy_quality.summarise(all_samples, lift)
-        worst += copy_quality.worst(all_samples)
-        if clothing is not None:
-            samples = _clothing_copy(pipeline, clothing, settings, suite.copy_shoppers // 2)
-            summary["copy"]["clothing"] = copy_quality.summarise(
-                samples, copy_quality.lift_of(samples, pipeline)
-            )
-            worst += copy_quality.worst(samples)
-        if compare is not None:
-            summary["compare"], arm_samples = _compare(
-                pipeline, settings, compare, shoppers, suite.templates[0]
-            )
-            worst += copy_quality.worst(arm_samples)
-    finally:
-        asyncio.run(pipeline.close())
+    worst = asyncio.run(_copy_phase(pipeline, settings, suite, summary, clothing, arms))
 
     summary["seconds"] = round(time.perf_counter() - started, 1)
     checks = check_thresholds(summary, suite_name)
@@ -194,7 +171,41 @@ def run(
     return outcome
 
 
-def _clothing_copy(
+async def _copy_phase(
+    pipeline: Pipeline,
+    settings: Settings,
+    suite: Suite,
+    summary: dict[str, Any],
+    clothing: datasets.EvalDataset | None,
+    arms: list[Arm],
+) -> list[dict[str, Any]]:
+    """Generate and measure every banner of the suite; fills ``summary``, returns the worst."""
+    worst: list[dict[str, Any]] = []
+    try:
+        shoppers = copy_shoppers(pipeline, suite.copy_shoppers)
+        all_samples: list[copy_quality.CopySample] = []
+        for template in suite.templates:
+            all_samples += await copy_quality.generate(
+                pipeline, shoppers, template, None, template, settings.banned_terms
+            )
+        lift = copy_quality.lift_of(all_samples, pipeline)
+        summary["copy"]["default"] = copy_quality.summarise(all_samples, lift)
+        worst += copy_quality.worst(all_samples)
+        if clothing is not None:
+            samples = await _clothing_copy(pipeline, clothing, settings, suite.copy_shoppers // 2)
+            summary["copy"]["clothing"] = copy_quality.summarise(
+                samples, copy_quality.lift_of(samples, pipeline)
+            )
+            worst += copy_quality.worst(samples)
+        if arms:
+            summary["compare"], arm_samples = await _compare(pipeline, settings, arms, shoppers)
+            worst += copy_quality.worst(arm_samples)
+    finally:
+        await pipeline.close()
+    return worst
+
+
+async def _clothing_copy(
     pipeline: Pipeline, clothing: datasets.EvalDataset, settings: Settings, count: int
 ) -> list[copy_quality.CopySample]:
     """Banners over real, messy product text (reviews full of sizes and heights): shoppers
@@ -215,23 +226,16 @@ def _clothing_copy(
         templates=pipeline.templates,
     )
     template = "hero_banner"
-    return asyncio.run(
-        copy_quality.generate(
-            on_clothing, shoppers, template, None, f"clothing {template}", settings.banned_terms
-        )
+    return await copy_quality.generate(
+        on_clothing, shoppers, template, None, f"clothing {template}", settings.banned_terms
     )
 
 
-def _compare(
-    pipeline: Pipeline,
-    settings: Settings,
-    specs: tuple[str, str],
-    shoppers: list[Shopper],
-    default_template: str,
+async def _compare(
+    pipeline: Pipeline, settings: Settings, arms: list[Arm], shoppers: list[Shopper]
 ) -> tuple[dict[str, Any], list[copy_quality.CopySample]]:
     from app.runtime import make_engine
 
-    arms = [resolve_arm(spec, settings, default_template) for spec in specs]
     per_arm: list[dict[str, list[float]]] = []
     samples_all: list[copy_quality.CopySample] = []
     summaries = {}
@@ -241,14 +245,12 @@ def _compare(
             runner = shallow.copy(pipeline)
             runner.engine = make_engine(settings, arm.engine)
         try:
-            samples = asyncio.run(
-                copy_quality.generate(
-                    runner, shoppers, arm.template, arm.version, arm.name, settings.banned_terms
-                )
+            samples = await copy_quality.generate(
+                runner, shoppers, arm.template, arm.version, arm.name, settings.banned_terms
             )
         finally:
             if runner is not pipeline:
-                asyncio.run(runner.close())
+                await runner.close()
         lift = copy_quality.lift_of(samples, pipeline)
         per_arm.append(copy_quality.per_sample(samples, lift))
         summaries[arm.name] = copy_quality.summarise(samples, lift)

@@ -48,9 +48,7 @@ def test_two_versions_on_the_same_shoppers_get_paired_verdicts(
     # A is accepted at once; every B banner first invents a price, is refused, then retried.
     engine = ScriptedEngine([GOOD] * len(shoppers) + [INVENTED, GOOD] * len(shoppers))
     pipeline = make_pipeline(engine, tiny_catalog, tiny_shoppers, settings)
-    report, samples = _compare(
-        pipeline, settings, ("hero_banner@1", "hero_banner@2"), shoppers, "hero_banner"
-    )
+    report, samples = asyncio.run(_compare(pipeline, settings, [a, b], shoppers))
     assert report["a"] == "hero_banner@1" and report["shoppers"] == len(shoppers)
     retries = report["differences"]["retries"]
     assert (retries["a"], retries["b"], retries["b_minus_a"]) == (0.0, 1.0, 1.0)
