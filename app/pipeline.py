@@ -48,9 +48,8 @@ class BannerRequest:
     placement: str = "home_hero"
     count: int = 1
     filters: CandidateFilters = field(default_factory=CandidateFilters)
-    label: str | None = (
-        None  # a template label; default: the shopper's experiment arm, or production
-    )
+    # A template label; default: the shopper's experiment arm, or production.
+    label: str | None = None
 
 
 MAX_SECTIONS = 8
@@ -145,11 +144,9 @@ class Pipeline:
         return self.selector.embedder
 
     def use_catalog(
-        self, catalog: Catalog, index: VectorIndex, signals: InteractionSignals | None = None
+        self, catalog: Catalog, index: VectorIndex, signals: InteractionSignals
     ) -> None:
-        """Switch to an updated catalog, its index and its interaction signals (recomputed
-        from the shoppers' current histories when not given)."""
-        signals = signals or InteractionSignals(catalog, self.shoppers)
+        """Switch to an updated catalog, its index and its interaction signals."""
         self.selector = CandidateSelector(
             catalog, index, self.selector.embedder, signals, self.settings
         )

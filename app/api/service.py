@@ -55,10 +55,11 @@ class BannerService:
             filters=data.filters,
         )
 
-    def request_key(self, data: BannerCreate, template_version: int, label: str) -> str:
+    def request_key(
+        self, data: BannerCreate, request: BannerRequest, template_version: int, label: str
+    ) -> str:
         """Identical requests share one answer while nothing they depend on has changed: the
         shopper (profile, history), the catalog, the template version and the model."""
-        request = self._request(data)
         shopper = self.pipeline.shopper(request)
         material = [
             data.model_dump(mode="json", exclude={"strict"}),
@@ -78,7 +79,7 @@ class BannerService:
             raise Problem(
                 404, "Not found", str(error.args[0]), templates=self.pipeline.templates.names
             ) from None
-        key = self.request_key(data, template.version, label)
+        key = self.request_key(data, request, template.version, label)
         if self.cache_ttl_s > 0:
             stored = await self.store.fresh(key, self.cache_ttl_s)
             if stored is not None:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.catalog.store import Catalog
 from app.domain import Interaction, Product, Shopper
 from app.pipeline import Pipeline
 from app.retrieval.index import reindex, save_index
@@ -68,8 +69,8 @@ class CatalogUpdater:
             index, embedded = await asyncio.to_thread(
                 reindex, before, self.pipeline.index, catalog, self.pipeline.embedder
             )
-            signals = await asyncio.to_thread(InteractionSignals, catalog, self.pipeline.shoppers)
-            await self.changes.upsert_products(changed)
+            signals = await self._signals(catalog)
+            await self.changes.upsert_products(changed)  # stored first: a failure changes nothing
             self.pipeline.use_catalog(catalog, index, signals)
             if self.index_dir is not None:
                 try:
@@ -117,8 +118,12 @@ class CatalogUpdater:
         await asyncio.sleep(self.signals_refresh_delay_s)
         async with self._lock:
             catalog = self.pipeline.catalog
-            signals = await asyncio.to_thread(InteractionSignals, catalog, self.pipeline.shoppers)
+            signals = await self._signals(catalog)
             self.pipeline.use_catalog(catalog, self.pipeline.index, signals)
+
+    async def _signals(self, catalog: Catalog) -> InteractionSignals:
+        """Popularity and co-occurrence from the shoppers' current histories, off the loop."""
+        return await asyncio.to_thread(InteractionSignals, catalog, self.pipeline.shoppers)
 
     async def settled(self) -> None:
         """Wait for a scheduled signals refresh to finish."""

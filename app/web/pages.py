@@ -151,7 +151,7 @@ class StudioPages(Controller):
 
     async def _editor(
         self,
-        request: Request[Any, Any, State],
+        who: str,
         studio: Studio,
         name: str,
         *,
@@ -166,7 +166,6 @@ class StudioPages(Controller):
         diff_from: int | None = None,
         status_code: int = 200,
     ) -> Template:
-        who = await signed_in(request)
         versions = await studio.store.versions(name)
         if not versions:
             return Template("missing.html", context={"who": who, "name": name}, status_code=404)
@@ -221,9 +220,8 @@ class StudioPages(Controller):
         diff: int | None = None,
         notice: str = "",
     ) -> Template:
-        return await self._editor(
-            request, studio, name, version=version, diff_from=diff, notice=notice
-        )
+        who = await signed_in(request)
+        return await self._editor(who, studio, name, version=version, diff_from=diff, notice=notice)
 
     @post("/templates/{name:str}")
     async def submit(
@@ -244,7 +242,7 @@ class StudioPages(Controller):
                 generate=max(0, min(data.generate, MAX_PREVIEW_BANNERS)),
             )
             return await self._editor(
-                request,
+                who,
                 studio,
                 name,
                 source=source,
@@ -264,7 +262,7 @@ class StudioPages(Controller):
             )
         except LintFailed as failed:
             return await self._editor(
-                request,
+                who,
                 studio,
                 name,
                 source=source,
@@ -275,7 +273,7 @@ class StudioPages(Controller):
             )
         except Conflict as conflict:
             return await self._editor(
-                request,
+                who,
                 studio,
                 name,
                 source=source,
@@ -308,7 +306,7 @@ class StudioPages(Controller):
             )
         except (Conflict, LookupError, ValueError) as refused:
             return await self._editor(
-                request, studio, name, version=data.version, error=str(refused), status_code=409
+                who, studio, name, version=data.version, error=str(refused), status_code=409
             )
         note = f"'{data.label}' now serves version {data.version} (was {previous})"
         return Redirect(f"/studio/templates/{name}?version={data.version}&notice={quote(note)}")
