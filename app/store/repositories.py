@@ -20,6 +20,7 @@ from app.store.db import (
     EventRecord,
     ProductRecord,
     ShopperRecord,
+    aware,
 )
 
 SCOPES = ("cms", "marketer", "admin")
@@ -65,14 +66,9 @@ class BannerStore:
                     .order_by(BannerRecord.position)
                 )
             ).all()
-        if not records or any(_aware(r.created_at) < since for r in records):
+        if not records or any(aware(r.created_at) < since for r in records):
             return None
         return [Banner.model_validate(r.payload) for r in records]
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes: they were stored as UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def hash_key(key: str) -> str:
@@ -209,7 +205,7 @@ class CatalogChanges:
         by_shopper: dict[str, list[Interaction]] = defaultdict(list)
         for record in events:
             by_shopper[record.shopper_id].append(
-                Interaction(product_id=record.product_id, type=record.type, ts=_aware(record.ts))
+                Interaction(product_id=record.product_id, type=record.type, ts=aware(record.ts))
             )
         return StoredChanges(
             products=[Product.model_validate(r.payload) for r in products],

@@ -31,6 +31,7 @@ from app.store.db import (
     ExperimentRecord,
     TemplateLabelRecord,
     TemplateVersionRecord,
+    aware,
 )
 
 
@@ -63,7 +64,7 @@ class StoredVersion:
             author=record.author,
             message=record.message,
             draft=record.draft,
-            created_at=_aware(record.created_at),
+            created_at=aware(record.created_at),
         )
 
     def parsed(self) -> PromptTemplate:
@@ -77,10 +78,6 @@ class AuditEntry:
     action: str
     template: str
     detail: dict[str, Any]
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def content_hash(source: str) -> str:
@@ -155,7 +152,7 @@ class TemplateStore:
         async with self.db.sessions() as session:
             records = await session.scalars(query)
             return [
-                AuditEntry(_aware(r.at), r.actor, r.action, r.template, r.detail) for r in records
+                AuditEntry(aware(r.at), r.actor, r.action, r.template, r.detail) for r in records
             ]
 
     async def registry(self, brand: dict[str, Any]) -> TemplateRegistry:
