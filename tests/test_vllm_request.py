@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 from app.generation.engine import GenerationRequest, SamplingParams
 from app.generation.schemas import output_model
@@ -33,3 +34,25 @@ def test_managed_server_command_has_the_cpu_fixes(tmp_path) -> None:  # type: ig
     assert command[command.index("--host") + 1] == "127.0.0.1"
     config = json.loads(command[command.index("--structured-outputs-config") + 1])
     assert config == {"backend": "xgrammar", "disable_any_whitespace": True}
+
+
+def test_serving_beside_a_managed_server_shrinks_the_torch_pool(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import torch
+    import uvicorn
+    from click.testing import CliRunner
+
+    import app.api.app
+    from app.cli import cli
+
+    monkeypatch.setattr(app.api.app, "create_app", lambda settings: None)
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
+    monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: None)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert CliRunner().invoke(cli, ["serve", "--engine", "transformers"]).exit_code == 0
+        assert torch.get_num_threads() == 2  # an in-process model keeps every core
+        assert CliRunner().invoke(cli, ["serve", "--engine", "vllm"]).exit_code == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
