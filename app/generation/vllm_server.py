@@ -6,8 +6,10 @@ its /health answers, and stopped with its whole process group on shutdown: no or
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -18,10 +20,13 @@ import time
 import urllib.error
 import urllib.request
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.generation.engine import EngineError
+
+log = logging.getLogger("marquee.vllm")
 
 # Every server started by this process, so shutdown can stop even one still starting up.
 _RUNNING: weakref.WeakSet[ManagedVLLM] = weakref.WeakSet()
@@ -77,7 +82,10 @@ class ManagedVLLM:
         self.config = config
         self._process: subprocess.Popen[bytes] | None = None
         self._log: object | None = None
+        # Set by stop(): the server is going away for good, and start() refuses from then on,
+        # so a restart racing the service's shutdown cannot leave a server behind.
         self._stopping = threading.Event()
+        self._lock = threading.Lock()  # start, stop and restart's teardown, one at a time
 
     @property
     def base_url(self) -> str:
@@ -112,8 +120,14 @@ class ManagedVLLM:
         ]
 
     def start(self) -> None:
-        if self._process is not None:
-            return
+        with self._lock:
+            if self._stopping.is_set():
+                raise EngineError("vLLM not started: the service is shutting down")
+            if self._process is None:
+                self._spawn()
+        atexit.register(self.stop)
+
+    def _spawn(self) -> None:
         c = self.config
         c.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = c.log_path.open("ab")
@@ -134,9 +148,22 @@ class ManagedVLLM:
             env=env,
             start_new_session=True,
         )
-        self._stopping.clear()
         _RUNNING.add(self)
-        atexit.register(self.stop)
+
+    def exit_code(self) -> int | None:
+        """The server's exit code once its process has died; None while it runs."""
+        process = self._process
+        return None if process is None else process.poll()
+
+    def restart(self) -> None:
+        """Stop what is left of the server (its engine core may outlive the API process), start
+        it again on the same port, and wait until it is ready."""
+        with self._lock:
+            if self._stopping.is_set():
+                raise EngineError("vLLM not restarted: the service is shutting down")
+            self._terminate()
+            self._spawn()
+        self.wait_ready()
 
     def wait_ready(self) -> None:
         """Block until /health answers; a clear error if the server dies or is too slow."""
@@ -151,8 +178,9 @@ class ManagedVLLM:
                 )
             if self.healthy():
                 return
-            time.sleep(1.0)
-        self.stop()
+            time.sleep(0.25)
+        with self._lock:
+            self._terminate()
         raise EngineError(
             f"vLLM not ready after {self.config.startup_timeout_s:.0f} s; "
             f"last log lines:\n{self.log_tail()}"
@@ -173,7 +201,12 @@ class ManagedVLLM:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> None:
+        """Stop the server for good (a later start() or restart() is refused)."""
         self._stopping.set()
+        with self._lock:
+            self._terminate()
+
+    def _terminate(self) -> None:
         _RUNNING.discard(self)
         process, self._process = self._process, None
         if process is not None:
@@ -195,3 +228,61 @@ class ManagedVLLM:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ServerWatch:
+    """Keeps a managed server serving.
+
+    Every ``interval_s`` (from a worker thread: a check blocks) it asks the server's /health;
+    ``healthy`` holds the last answer for /readyz. A server whose process has died, or that has
+    failed every check for ``unhealthy_restart_s`` (an engine that hangs), is started again.
+    A restart that fails is tried again later, waiting twice as long each time (up to a minute).
+    """
+
+    def __init__(
+        self, server: ManagedVLLM, interval_s: float = 5.0, unhealthy_restart_s: float = 60.0
+    ) -> None:
+        self.server = server
+        self.interval_s = interval_s
+        self.unhealthy_restart_s = unhealthy_restart_s
+        self.healthy = True  # it is watched once it has been waited for
+        self.restarts = 0
+        self._unhealthy_since: float | None = None
+
+    def check(self) -> bool:
+        """One check, blocking; True when it restarted the server (EngineError if that failed)."""
+        code = self.server.exit_code()
+        if code is None:
+            self.healthy = self.server.healthy()
+            now = time.monotonic()
+            if self.healthy:
+                self._unhealthy_since = None
+                return False
+            if self._unhealthy_since is None:
+                self._unhealthy_since = now
+            if now - self._unhealthy_since < self.unhealthy_restart_s:
+                return False
+            reason = f"no healthy answer for {now - self._unhealthy_since:.0f} s"
+        else:
+            self.healthy = False
+            reason = f"its process exited with code {code}"
+        log.warning("restarting vLLM: %s; last log lines:\n%s", reason, self.server.log_tail())
+        self.server.restart()
+        self.restarts += 1
+        self.healthy = True
+        self._unhealthy_since = None
+        log.info("vLLM restarted (%d restart(s) so far)", self.restarts)
+        return True
+
+    async def run(self, on_restart: Callable[[], None] = lambda: None) -> None:
+        """Check forever (until cancelled); ``on_restart`` is called after each restart."""
+        delay = self.interval_s
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                if await asyncio.to_thread(self.check):
+                    on_restart()
+                delay = self.interval_s
+            except EngineError as error:
+                log.error("vLLM restart failed: %s", error)
+                delay = min(max(delay, self.interval_s) * 2, 60.0)

@@ -84,7 +84,7 @@ def test_semantic_product_search_over_http(service: RunningService) -> None:
 def test_operations_endpoints(service: RunningService) -> None:
     assert service.get("/healthz", key=None).json() == {"status": "ok"}
     ready = service.get("/readyz", key=None).json()
-    assert ready == {"ready": True, "pipeline": True, "engine": True}
+    assert ready["ready"] is True and ready["pipeline"] is True and ready["engine"] is True
     metrics = service.get("/metrics", key=None).text
     assert "marquee_stage_seconds_bucket" in metrics and "marquee_output_tokens_total" in metrics
 
@@ -141,6 +141,41 @@ def _vllm_processes(port: int) -> list[int]:
         if b"vllm.entrypoints.openai.api_server" in args and str(port).encode() in args:
             found.append(int(entry.name))
     return found
+
+
+def _wait_for(condition, timeout_s: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_a_crashed_vllm_is_started_again(service: RunningService) -> None:
+    port = int(service.vllm_url.rsplit(":", 1)[1])
+    (leader,) = _vllm_processes(port)
+    before = service.get("/readyz", key=None).json()["engine_restarts"]
+    os.killpg(leader, signal.SIGKILL)  # the whole server at once, as the OOM killer would
+
+    # While it is down: strict callers get a 503 to retry, others flagged fallback copy.
+    strict = service.post("/v1/banners", {"shopper_id": "u010", "strict": True})
+    assert strict.status_code == 503 and strict.headers["Retry-After"], strict.text
+    assert strict.headers["content-type"].startswith("application/problem+json")
+    assert _wait_for(lambda: service.get("/readyz", key=None).status_code == 503, 30)
+
+    assert _wait_for(lambda: service.get("/readyz", key=None).status_code == 200, 300), (
+        "vLLM was not started again"
+    )
+    ready = service.get("/readyz", key=None).json()
+    assert ready["engine_restarts"] == before + 1
+    assert leader not in _vllm_processes(port)
+    response = service.post("/v1/banners", {"shopper_id": "u010", "count": 1})
+    assert response.status_code == 200, response.text
+    (banner,) = response.json()["banners"]
+    assert not [flag for flag in banner["flags"] if flag.startswith("engine_error")]
+    metrics = service.get("/metrics", key=None).text
+    assert f"marquee_engine_restarts_total {before + 1}.0" in metrics
 
 
 def test_shutdown_while_vllm_is_starting_leaves_no_orphan(tmp_path: Path) -> None:
