@@ -59,7 +59,7 @@ lint: install
 	$(BIN)/ruff format --check app tests bench scripts eval
 
 typecheck: install
-	$(BIN)/mypy app eval
+	$(BIN)/mypy app eval tests bench scripts
 
 unit: install
 	$(BIN)/pytest -q -m "not integration"

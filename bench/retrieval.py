@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+from pydantic import HttpUrl
 
 from app.catalog.store import Catalog, ShopperStore
 from app.config import Settings
@@ -32,12 +34,14 @@ class RandomEmbedder:
     def __init__(self, rng: np.random.Generator) -> None:
         self.rng = rng
 
-    def encode(self, texts, *, progress=False):  # type: ignore[no-untyped-def]
+    def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         vectors = self.rng.standard_normal((len(texts), DIM)).astype(np.float32)
-        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        unit: np.ndarray = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        return unit
 
     def encode_query(self, text: str) -> np.ndarray:
-        return self.encode([text])[0]  # type: ignore[no-any-return]
+        vector: np.ndarray = self.encode([text])[0]
+        return vector
 
 
 def synthetic(n: int, seed: int) -> tuple[Catalog, ShopperStore, np.ndarray]:
@@ -53,7 +57,7 @@ def synthetic(n: int, seed: int) -> tuple[Catalog, ShopperStore, np.ndarray]:
             price=float(rng.randint(5, 500)),
             currency="USD",
             in_stock=rng.random() > 0.05,
-            url=f"https://shop.example.com/{i}",
+            url=HttpUrl(f"https://shop.example.com/{i}"),
             image_url=None,
         )
         for i in range(n)

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -33,7 +34,7 @@ LEVELS = (1, 4, 8, 16)
 ROUNDS = 2  # requests per level = ROUNDS x concurrency (at least 8)
 
 
-def profiles(pipeline, count: int, tag: str) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
+def profiles(pipeline, count: int, tag: str) -> list[dict[str, Any]]:
     """Demo shoppers' profiles under fresh ids: same work as the demo, never a cache hit."""
     people = [s for s in pipeline.shoppers.all() if s.history]
     made = []
@@ -50,12 +51,12 @@ def profiles(pipeline, count: int, tag: str) -> list[dict]:  # type: ignore[no-u
     return made
 
 
-async def run_level(level: int, jobs: list, call) -> tuple[list[float], int, float]:  # type: ignore[no-untyped-def,type-arg]
+async def run_level(level: int, jobs: list[Any], call) -> tuple[list[float], int, float]:
     gate = asyncio.Semaphore(level)
     latencies: list[float] = []
     tokens = 0
 
-    async def one(job) -> None:  # type: ignore[no-untyped-def]
+    async def one(job) -> None:
         nonlocal tokens
         async with gate:
             start = time.perf_counter()
@@ -125,7 +126,7 @@ async def run(base: str, vllm_url: str, key: str) -> list[list[object]]:
     return rows
 
 
-def _tracking(http: httpx.AsyncClient, overheads: list[float], stage_work: list[float]):  # type: ignore[no-untyped-def]
+def _tracking(http: httpx.AsyncClient, overheads: list[float], stage_work: list[float]):
     """A service call that also records its overhead (wall time minus generation time) and the
     CPU work of the pipeline's own stages, from the banner's timings."""
 

@@ -46,10 +46,12 @@ class WordEmbedder:
                 if word in VOCABULARY:
                     rows[i, VOCABULARY.index(word)] += 1.0
         norms = np.linalg.norm(rows, axis=1, keepdims=True)
-        return rows / np.where(norms == 0, 1.0, norms)
+        unit: np.ndarray = rows / np.where(norms == 0, 1.0, norms)
+        return unit
 
     def encode_query(self, text: str) -> np.ndarray:
-        return self.encode([text])[0]
+        vector: np.ndarray = self.encode([text])[0]
+        return vector
 
 
 def product(

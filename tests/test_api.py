@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from litestar import Litestar
 from litestar.testing import TestClient
 
 from app.api.app import create_app
@@ -50,14 +51,14 @@ def api(
         yield client, keys, engine
 
 
-def post(client: TestClient, key: str | None, body: object, path: str = "/v1/banners"):  # type: ignore[no-untyped-def,type-arg]
+def post(client: TestClient[Litestar], key: str | None, body: object, path: str = "/v1/banners"):
     headers = {"X-API-Key": key} if key else {}
     return client.post(
         path, content=json.dumps(body), headers={**headers, "Content-Type": "application/json"}
     )
 
 
-def test_banner_round_trip_and_fetch_by_id(api) -> None:  # type: ignore[no-untyped-def]
+def test_banner_round_trip_and_fetch_by_id(api) -> None:
     client, keys, _ = api
     response = post(client, keys["cms"], {"shopper_id": "coffee_fan", "count": 2})
     assert response.status_code == 200, response.text
@@ -75,7 +76,7 @@ def test_banner_round_trip_and_fetch_by_id(api) -> None:  # type: ignore[no-unty
     assert again.status_code == 304
 
 
-def test_identical_requests_are_served_from_the_store(api) -> None:  # type: ignore[no-untyped-def]
+def test_identical_requests_are_served_from_the_store(api) -> None:
     client, keys, engine = api
     first = post(client, keys["cms"], {"shopper_id": "runner"}).json()
     calls = len(engine.requests)
@@ -90,7 +91,7 @@ def test_identical_requests_are_served_from_the_store(api) -> None:  # type: ign
 @pytest.mark.parametrize(
     ("key", "status"), [(None, 401), ("mq_nope_nothing", 401), ("marketer", 403)]
 )
-def test_keys_and_scopes(api, key: str | None, status: int) -> None:  # type: ignore[no-untyped-def]
+def test_keys_and_scopes(api, key: str | None, status: int) -> None:
     client, keys, _ = api
     response = post(client, keys.get(key or "", key), {"shopper_id": "runner"})
     assert response.status_code == status
@@ -98,7 +99,7 @@ def test_keys_and_scopes(api, key: str | None, status: int) -> None:  # type: ig
     assert response.json()["status"] == status
 
 
-def test_admin_may_do_what_cms_may(api) -> None:  # type: ignore[no-untyped-def]
+def test_admin_may_do_what_cms_may(api) -> None:
     client, keys, _ = api
     assert post(client, keys["admin"], {"shopper_id": "runner"}).status_code == 200
 
@@ -113,7 +114,7 @@ def test_admin_may_do_what_cms_may(api) -> None:  # type: ignore[no-untyped-def]
         ({"shopper_id": "runner", "surprise": 1}, "surprise"),
     ],
 )
-def test_bad_input_is_a_problem_naming_the_field(api, body: object, field: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_is_a_problem_naming_the_field(api, body: object, field: str) -> None:
     client, keys, _ = api
     response = post(client, keys["cms"], body)
     assert response.status_code == 400, response.text
@@ -122,7 +123,7 @@ def test_bad_input_is_a_problem_naming_the_field(api, body: object, field: str) 
     assert field in json.dumps(problem["errors"]) or field in problem["detail"]
 
 
-def test_broken_json_and_oversized_bodies(api) -> None:  # type: ignore[no-untyped-def]
+def test_broken_json_and_oversized_bodies(api) -> None:
     client, keys, _ = api
     broken = client.post(
         "/v1/banners",
@@ -137,7 +138,7 @@ def test_broken_json_and_oversized_bodies(api) -> None:  # type: ignore[no-untyp
     assert huge.headers["content-type"].startswith("application/problem+json")
 
 
-def test_unknown_template_is_404_with_the_valid_names(api) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_template_is_404_with_the_valid_names(api) -> None:
     client, keys, _ = api
     response = post(client, keys["cms"], {"shopper_id": "runner", "template": "nope"})
     assert response.status_code == 404
@@ -146,7 +147,7 @@ def test_unknown_template_is_404_with_the_valid_names(api) -> None:  # type: ign
     assert missing.status_code == 404
 
 
-def test_engine_down_gives_fallback_or_503_in_strict_mode(api) -> None:  # type: ignore[no-untyped-def]
+def test_engine_down_gives_fallback_or_503_in_strict_mode(api) -> None:
     client, keys, engine = api
     engine.answers = [EngineError("connection refused")] * 4
     lenient = post(client, keys["cms"], {"shopper_id": "camper"})
@@ -155,7 +156,7 @@ def test_engine_down_gives_fallback_or_503_in_strict_mode(api) -> None:  # type:
     assert strict.status_code == 503 and strict.headers["Retry-After"]
 
 
-def test_homepage_sections_are_disjoint(api) -> None:  # type: ignore[no-untyped-def]
+def test_homepage_sections_are_disjoint(api) -> None:
     client, keys, engine = api
     engine.answers = [GOOD, dict(GOOD, layout="grid", products=[1, 2])]
     response = post(client, keys["cms"], {"shopper_id": "coffee_fan"}, "/v1/homepages")
@@ -168,7 +169,7 @@ def test_homepage_sections_are_disjoint(api) -> None:  # type: ignore[no-untyped
     assert unknown.status_code == 404
 
 
-def test_health_readiness_and_docs(api) -> None:  # type: ignore[no-untyped-def]
+def test_health_readiness_and_docs(api) -> None:
     client, _, _ = api
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
@@ -183,7 +184,7 @@ def test_not_ready_while_the_pipeline_cannot_load(tmp_path: Path, test_settings:
     )
     keys = asyncio.run(_keys(settings.database))
 
-    def fail(_: Settings):  # type: ignore[no-untyped-def]
+    def fail(_: Settings):
         raise EngineError("vLLM exited during start-up")
 
     with TestClient(create_app(settings, fail)) as client:
@@ -233,7 +234,7 @@ async def test_concurrent_requests_are_all_answered_and_stored(
             assert stored.status_code == 200
 
 
-def test_catalog_pages_search_and_lookup(api) -> None:  # type: ignore[no-untyped-def]
+def test_catalog_pages_search_and_lookup(api) -> None:
     client, keys, _ = api
     headers = {"X-API-Key": keys["cms"]}
     page = client.get("/v1/products?limit=3&offset=2", headers=headers).json()

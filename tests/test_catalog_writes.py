@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from litestar import Litestar
 from litestar.testing import TestClient
 from sqlalchemy.exc import OperationalError
 
@@ -30,7 +31,7 @@ from tests.conftest import NOW, WordEmbedder, product
 from tests.test_api import _keys
 from tests.test_pipeline import GOOD, ScriptedEngine, make_pipeline
 
-Client = TestClient  # type: ignore[type-arg]
+Client = TestClient[Litestar]
 
 
 @pytest.fixture
@@ -72,7 +73,7 @@ def updater(client: Client) -> CatalogUpdater:
     return found
 
 
-def test_upsert_creates_and_updates_and_embeds_only_changed_text(app_client) -> None:  # type: ignore[no-untyped-def]
+def test_upsert_creates_and_updates_and_embeds_only_changed_text(app_client) -> None:
     client, keys = app_client
     lamp = product("K3", "Trail Headlamp", "Camping", 45.0)
     cheaper_tent = product("K1", "Camping Tent", "Camping", 250.0)  # same text, new price
@@ -125,7 +126,7 @@ def test_upsert_creates_and_updates_and_embeds_only_changed_text(app_client) -> 
 )
 def test_bad_upserts_name_the_field_and_change_nothing(
     app_client, body: object, field: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     client, keys = app_client
     response = send(client, "PUT", "/v1/products", keys["admin"], body)
     assert response.status_code == 400, response.text
@@ -133,14 +134,14 @@ def test_bad_upserts_name_the_field_and_change_nothing(
     assert len(updater(client).pipeline.catalog) == 10
 
 
-def test_catalog_writes_need_the_admin_scope(app_client) -> None:  # type: ignore[no-untyped-def]
+def test_catalog_writes_need_the_admin_scope(app_client) -> None:
     client, keys = app_client
     body = {"products": [wire(product("X1", "A", "B", 1.0))]}
     assert send(client, "PUT", "/v1/products", keys["cms"], body).status_code == 403
     assert send(client, "PUT", "/v1/products", keys["marketer"], body).status_code == 403
 
 
-def test_bulk_upserts_may_exceed_the_small_body_cap(app_client) -> None:  # type: ignore[no-untyped-def]
+def test_bulk_upserts_may_exceed_the_small_body_cap(app_client) -> None:
     client, keys = app_client
     many = [
         wire(product(f"B{i}", f"Camping Tent {i}", "Camping", 100.0 + i, description="x" * 900))
@@ -154,7 +155,7 @@ def test_bulk_upserts_may_exceed_the_small_body_cap(app_client) -> None:  # type
 
 def test_a_failed_database_write_leaves_the_catalog_as_it_was(
     app_client, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     client, keys = app_client
     changes = updater(client).changes
 
@@ -169,7 +170,7 @@ def test_a_failed_database_write_leaves_the_catalog_as_it_was(
     assert client.get("/v1/products/K3", headers={"X-API-Key": keys["cms"]}).status_code == 404
 
 
-def test_shopper_profiles_are_created_and_replaced_keeping_history(app_client) -> None:  # type: ignore[no-untyped-def]
+def test_shopper_profiles_are_created_and_replaced_keeping_history(app_client) -> None:
     client, keys = app_client
     cms = keys["cms"]
     assert client.get("/v1/shoppers/nobody", headers={"X-API-Key": cms}).status_code == 404
@@ -195,7 +196,7 @@ def test_shopper_profiles_are_created_and_replaced_keeping_history(app_client) -
     assert bad_id.status_code == 400 and "shopper_id" in json.dumps(bad_id.json())
 
 
-def test_events_move_a_cold_start_shopper_and_invalidate_cached_banners(app_client) -> None:  # type: ignore[no-untyped-def]
+def test_events_move_a_cold_start_shopper_and_invalidate_cached_banners(app_client) -> None:
     client, keys = app_client
     cms = keys["cms"]
     request = {"shopper_id": "newcomer", "template": "grid_heading"}
@@ -218,7 +219,7 @@ def test_events_move_a_cold_start_shopper_and_invalidate_cached_banners(app_clie
     assert {"R1", "R2"} <= warm_products and not {"R1", "R2"} <= cold_products
 
 
-def test_events_refresh_popularity_after_the_burst(app_client) -> None:  # type: ignore[no-untyped-def]
+def test_events_refresh_popularity_after_the_burst(app_client) -> None:
     client, keys = app_client
     pipeline = updater(client).pipeline
     row = pipeline.catalog.row("Y1")
@@ -252,7 +253,7 @@ def test_events_refresh_popularity_after_the_burst(app_client) -> None:  # type:
 )
 def test_bad_events_name_the_field_and_record_nothing(
     app_client, event: object, field: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     client, keys = app_client
     good = {"shopper_id": "runner", "product_id": "R2", "type": "view"}
     response = send(client, "POST", "/v1/events", keys["cms"], {"events": [event, good]})

@@ -32,7 +32,7 @@ async def _second_version(settings: Settings) -> None:
 
 def test_two_versions_on_the_same_shoppers_get_paired_verdicts(
     tmp_path, tiny_catalog: Catalog, tiny_shoppers: ShopperStore, test_settings: Settings
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     settings = test_settings.model_copy(
         update={"database_url": f"sqlite+aiosqlite:///{tmp_path / 'ab.db'}"}
     )

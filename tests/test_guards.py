@@ -61,7 +61,7 @@ PROMPT = RenderedPrompt(
 
 
 def banner(**fields: object) -> str:
-    copy = {
+    copy: dict[str, object] = {
         "headline": "Slow Sunday braises",
         "subheadline": "A heavy pot and a sharp knife.",
         "cta": "Shop cookware",
@@ -73,7 +73,7 @@ def banner(**fields: object) -> str:
     return json.dumps(copy)
 
 
-def check(text: str, banned: tuple[str, ...] = ("guaranteed",)):  # type: ignore[no-untyped-def]
+def check(text: str, banned: tuple[str, ...] = ("guaranteed",)):
     return Guards(banned).check(text, SCHEMA, SPEC, CANDIDATES, [EXAMPLE], PROMPT)
 
 

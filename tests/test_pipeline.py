@@ -7,6 +7,7 @@ is exercised on purpose.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import pytest
 
@@ -35,7 +36,7 @@ class ScriptedEngine:
     name = "scripted"
     model = "scripted-model"
 
-    def __init__(self, answers: list[object]) -> None:
+    def __init__(self, answers: Sequence[object]) -> None:
         self.answers = list(answers)
         self.requests: list[GenerationRequest] = []
 
@@ -74,7 +75,7 @@ def make_pipeline(
 
 
 @pytest.fixture
-def build(tiny_catalog: Catalog, tiny_shoppers: ShopperStore, test_settings: Settings):  # type: ignore[no-untyped-def]
+def build(tiny_catalog: Catalog, tiny_shoppers: ShopperStore, test_settings: Settings):
     def _build(answers: list[object]) -> tuple[Pipeline, ScriptedEngine]:
         engine = ScriptedEngine(answers)
         return make_pipeline(engine, tiny_catalog, tiny_shoppers, test_settings), engine
@@ -82,7 +83,7 @@ def build(tiny_catalog: Catalog, tiny_shoppers: ShopperStore, test_settings: Set
     return _build
 
 
-async def test_good_copy_becomes_a_banner_with_resolved_products(build) -> None:  # type: ignore[no-untyped-def]
+async def test_good_copy_becomes_a_banner_with_resolved_products(build) -> None:
     pipeline, engine = build([GOOD])
     (banner,) = await pipeline.generate(BannerRequest(shopper_id="coffee_fan"))
     assert not banner.fallback and banner.retries == 0 and banner.flags == []
@@ -99,7 +100,7 @@ async def test_good_copy_becomes_a_banner_with_resolved_products(build) -> None:
     assert f"1. {offered[0].product.title}" in user_prompt
 
 
-async def test_refused_copy_is_retried_with_another_seed(build) -> None:  # type: ignore[no-untyped-def]
+async def test_refused_copy_is_retried_with_another_seed(build) -> None:
     pipeline, engine = build([INVENTED, GOOD])
     (banner,) = await pipeline.generate(BannerRequest(shopper_id="coffee_fan"))
     assert not banner.fallback and banner.retries == 1
@@ -108,7 +109,7 @@ async def test_refused_copy_is_retried_with_another_seed(build) -> None:  # type
     assert engine.requests[0].seed != engine.requests[1].seed
 
 
-async def test_after_the_retries_a_flagged_fallback(build, test_settings: Settings) -> None:  # type: ignore[no-untyped-def]
+async def test_after_the_retries_a_flagged_fallback(build, test_settings: Settings) -> None:
     pipeline, engine = build([INVENTED] * 10)
     (banner,) = await pipeline.generate(BannerRequest(shopper_id="coffee_fan"))
     assert banner.fallback
@@ -117,7 +118,7 @@ async def test_after_the_retries_a_flagged_fallback(build, test_settings: Settin
     assert "%" not in banner.headline and banner.products
 
 
-async def test_engine_failure_gives_fallback_not_an_exception(build) -> None:  # type: ignore[no-untyped-def]
+async def test_engine_failure_gives_fallback_not_an_exception(build) -> None:
     pipeline, engine = build([EngineError("server down")])
     (banner,) = await pipeline.generate(BannerRequest(shopper_id="runner"))
     assert banner.fallback and len(engine.requests) == 1, "a dead engine is not retried"
@@ -126,7 +127,7 @@ async def test_engine_failure_gives_fallback_not_an_exception(build) -> None:  #
 
 async def test_no_engine_still_answers_with_fallback(
     tiny_catalog,
-    tiny_shoppers,  # type: ignore[no-untyped-def]
+    tiny_shoppers,
     test_settings,
 ) -> None:
     pipeline = make_pipeline(ScriptedEngine([]), tiny_catalog, tiny_shoppers, test_settings)
@@ -135,7 +136,7 @@ async def test_no_engine_still_answers_with_fallback(
     assert banner.fallback and banner.engine == "none"
 
 
-async def test_variants_ids_and_determinism(build) -> None:  # type: ignore[no-untyped-def]
+async def test_variants_ids_and_determinism(build) -> None:
     pipeline, engine = build([GOOD, INVENTED, GOOD])
     banners = await pipeline.generate(BannerRequest(shopper_id="coffee_fan", count=2))
     assert [b.variant for b in banners] == [0, 1]
@@ -144,10 +145,10 @@ async def test_variants_ids_and_determinism(build) -> None:  # type: ignore[no-u
     again, _ = build([GOOD, GOOD])
     repeat = await again.generate(BannerRequest(shopper_id="coffee_fan", count=2))
     assert [b.id for b in repeat] == [b.id for b in banners], "ids are a pure function of inputs"
-    assert [r.seed for r in engine.requests[:2]] == [r.seed for r in again.engine.requests[:2]]  # type: ignore[union-attr]
+    assert [r.seed for r in engine.requests[:2]] == [r.seed for r in again.engine.requests[:2]]
 
 
-async def test_variant_count_is_bounded(build) -> None:  # type: ignore[no-untyped-def]
+async def test_variant_count_is_bounded(build) -> None:
     pipeline, engine = build([])
     for count in (0, pipeline.settings.max_variants + 1):
         with pytest.raises(ValueError, match="count must be between 1 and"):
@@ -155,13 +156,13 @@ async def test_variant_count_is_bounded(build) -> None:  # type: ignore[no-untyp
     assert engine.requests == []
 
 
-async def test_unknown_template_is_a_caller_error(build) -> None:  # type: ignore[no-untyped-def]
+async def test_unknown_template_is_a_caller_error(build) -> None:
     pipeline, _ = build([])
     with pytest.raises(KeyError, match="unknown template 'nope'"):
         await pipeline.generate(BannerRequest(shopper_id="runner", template="nope"))
 
 
-async def test_nothing_passes_the_filters(build) -> None:  # type: ignore[no-untyped-def]
+async def test_nothing_passes_the_filters(build) -> None:
     pipeline, engine = build([])
     (banner,) = await pipeline.generate(
         BannerRequest(shopper_id="runner", filters=CandidateFilters(min_price=99_999))
@@ -169,7 +170,7 @@ async def test_nothing_passes_the_filters(build) -> None:  # type: ignore[no-unt
     assert banner.fallback and banner.products == [] and engine.requests == []
 
 
-async def test_spotlight_focuses_one_category(build) -> None:  # type: ignore[no-untyped-def]
+async def test_spotlight_focuses_one_category(build) -> None:
     spotlight = dict(GOOD, layout="split", products=[1])
     pipeline, engine = build([spotlight])
     (banner,) = await pipeline.generate(
@@ -180,7 +181,7 @@ async def test_spotlight_focuses_one_category(build) -> None:  # type: ignore[no
     assert not banner.fallback
 
 
-async def test_inline_profile_wins_over_the_id(build) -> None:  # type: ignore[no-untyped-def]
+async def test_inline_profile_wins_over_the_id(build) -> None:
     from app.domain import Shopper
 
     pipeline, engine = build([GOOD])
@@ -190,7 +191,7 @@ async def test_inline_profile_wins_over_the_id(build) -> None:  # type: ignore[n
     assert "Camping Tent" in engine.requests[0].messages[-1][1]
 
 
-async def test_homepage_sections_never_repeat_a_product(build) -> None:  # type: ignore[no-untyped-def]
+async def test_homepage_sections_never_repeat_a_product(build) -> None:
     grid = dict(GOOD, layout="grid", products=[1, 2])
     pipeline, engine = build([GOOD, grid])
     page = await pipeline.homepage(
@@ -213,7 +214,7 @@ async def test_homepage_sections_never_repeat_a_product(build) -> None:  # type:
     assert page.id.startswith("hp_") and page.shopper_id == "coffee_fan"
 
 
-async def test_homepage_section_count_is_bounded(build) -> None:  # type: ignore[no-untyped-def]
+async def test_homepage_section_count_is_bounded(build) -> None:
     pipeline, _ = build([])
     with pytest.raises(ValueError, match="1 to 8 sections"):
         await pipeline.homepage(BannerRequest(shopper_id="x"), [])

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -122,9 +123,9 @@ def test_data_is_cleaned_before_templates_see_it() -> None:
 
 
 def test_candidates_are_numbered_and_prices_formatted() -> None:
-    ctx = context()
-    assert [c["number"] for c in ctx["candidates"]] == [1, 2, 3]
-    assert ctx["candidates"][0]["price"] == "$120.00"
+    offered = cast(list[dict[str, object]], context()["candidates"])
+    assert [c["number"] for c in offered] == [1, 2, 3]
+    assert offered[0]["price"] == "$120.00"
     assert format_price(1299.5, "EUR") == "€1,299.50"
     assert format_price(10, "CHF") == "10.00 CHF"
 

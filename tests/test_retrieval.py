@@ -15,7 +15,7 @@ from app.retrieval.signals import InteractionSignals
 from tests.conftest import NOW, WordEmbedder, event, product
 
 
-def ids(selection) -> list[str]:  # type: ignore[no-untyped-def]
+def ids(selection) -> list[str]:
     return [c.product.id for c in selection.candidates]
 
 

@@ -55,7 +55,7 @@ class HealthServer(ManagedVLLM):
 
 
 @pytest.fixture
-def server(tmp_path: Path):  # type: ignore[no-untyped-def]
+def server(tmp_path: Path):
     running = HealthServer(tmp_path)
     running.start()
     running.wait_ready()

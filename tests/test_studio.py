@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from litestar import Litestar
 from litestar.testing import TestClient
 
 from app.api.app import create_app
@@ -26,7 +27,7 @@ from app.store.templates import Conflict, TemplateStore
 from tests.test_api import _keys
 from tests.test_pipeline import GOOD, ScriptedEngine, make_pipeline
 
-Client = TestClient  # type: ignore[type-arg]
+Client = TestClient[Litestar]
 HERO = (PROJECT_ROOT / "prompts" / "hero_banner.j2").read_text()
 HERO_LINES = HERO.splitlines()
 LAST_LINE = len(HERO_LINES)
@@ -85,7 +86,7 @@ def save(client: Client, key: str, source: str, base: int | None, **extra: objec
     return call(client, "POST", "/v1/templates/hero_banner/versions", key, body, **headers)
 
 
-def test_templates_are_seeded_from_the_prompts_folder(studio) -> None:  # type: ignore[no-untyped-def]
+def test_templates_are_seeded_from_the_prompts_folder(studio) -> None:
     client, keys = studio
     listed = call(client, "GET", "/v1/templates", keys["cms"]).json()
     assert [t["name"] for t in listed] == ["category_spotlight", "grid_heading", "hero_banner"]
@@ -95,7 +96,7 @@ def test_templates_are_seeded_from_the_prompts_folder(studio) -> None:  # type: 
     assert version.headers["ETag"] == '"1"'
 
 
-def test_saves_add_versions_and_a_stale_writer_gets_409(studio) -> None:  # type: ignore[no-untyped-def]
+def test_saves_add_versions_and_a_stale_writer_gets_409(studio) -> None:
     client, keys = studio
     first = save(client, keys["marketer"], edited("Keep it short."), base=1)
     assert first.status_code == 201, first.text
@@ -122,7 +123,7 @@ def test_saves_add_versions_and_a_stale_writer_gets_409(studio) -> None:  # type
         ("{{ shopper.nickname }}", LAST_LINE + 1, "nickname"),
     ],
 )
-def test_a_template_failing_lint_is_not_saved(studio, extra: str, line: int, words: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_template_failing_lint_is_not_saved(studio, extra: str, line: int, words: str) -> None:
     client, keys = studio
     response = save(client, keys["marketer"], edited(extra), base=1)
     assert response.status_code == 422, response.text
@@ -132,7 +133,7 @@ def test_a_template_failing_lint_is_not_saved(studio, extra: str, line: int, wor
     assert [v["version"] for v in detail["versions"]] == [1]
 
 
-def test_header_problems_are_reported(studio) -> None:  # type: ignore[no-untyped-def]
+def test_header_problems_are_reported(studio) -> None:
     client, keys = studio
     response = save(client, keys["marketer"], HERO.replace("k: 6", "k: 99"), base=1)
     assert response.status_code == 422 and "'k'" in json.dumps(response.json()["errors"])
@@ -140,7 +141,7 @@ def test_header_problems_are_reported(studio) -> None:  # type: ignore[no-untype
     assert renamed.status_code == 422 and "header name" in renamed.text
 
 
-def test_drafts_keep_broken_work_but_can_never_be_labelled(studio) -> None:  # type: ignore[no-untyped-def]
+def test_drafts_keep_broken_work_but_can_never_be_labelled(studio) -> None:
     client, keys = studio
     draft = save(client, keys["marketer"], edited("{{ shoper }}"), base=1, draft=True)
     assert draft.status_code == 201 and draft.json()["draft"] is True
@@ -155,7 +156,7 @@ def test_drafts_keep_broken_work_but_can_never_be_labelled(studio) -> None:  # t
     assert moved.status_code == 422 and "draft" in moved.text
 
 
-def test_publish_serves_the_new_version_and_rollback_restores_it(studio) -> None:  # type: ignore[no-untyped-def]
+def test_publish_serves_the_new_version_and_rollback_restores_it(studio) -> None:
     client, keys = studio
     assert save(client, keys["marketer"], edited("Keep it short."), base=1).status_code == 201
 
@@ -205,7 +206,7 @@ def test_publish_serves_the_new_version_and_rollback_restores_it(studio) -> None
     assert all(a["actor"] == "test-marketer" for a in audit[:3])
 
 
-def test_writes_need_the_marketer_scope(studio) -> None:  # type: ignore[no-untyped-def]
+def test_writes_need_the_marketer_scope(studio) -> None:
     client, keys = studio
     assert save(client, keys["cms"], edited("x"), base=1).status_code == 403
     move = call(
@@ -215,7 +216,7 @@ def test_writes_need_the_marketer_scope(studio) -> None:  # type: ignore[no-unty
     assert call(client, "GET", "/v1/templates", keys["marketer"]).status_code == 200
 
 
-def test_preview_renders_for_a_shopper_and_generates(studio) -> None:  # type: ignore[no-untyped-def]
+def test_preview_renders_for_a_shopper_and_generates(studio) -> None:
     client, keys = studio
     body = {"shopper_id": "coffee_fan", "generate": 2}
     preview = call(client, "POST", "/v1/templates/hero_banner/preview", keys["marketer"], body)
@@ -241,7 +242,7 @@ def test_preview_renders_for_a_shopper_and_generates(studio) -> None:  # type: i
     )  # a preview saves nothing
 
 
-def test_diff_and_file_round_trip(studio) -> None:  # type: ignore[no-untyped-def]
+def test_diff_and_file_round_trip(studio) -> None:
     client, keys = studio
     save(client, keys["marketer"], edited("Keep it short."), base=1)
     diff = call(
@@ -267,7 +268,7 @@ def test_diff_and_file_round_trip(studio) -> None:  # type: ignore[no-untyped-de
     assert imported.json()["message"] == "restore"
 
 
-def test_split_feedback_and_experiment_read_out(studio) -> None:  # type: ignore[no-untyped-def]
+def test_split_feedback_and_experiment_read_out(studio) -> None:
     client, keys = studio
     marketer, cms = keys["marketer"], keys["cms"]
     save(client, marketer, edited("Keep it short."), base=1)
@@ -321,7 +322,7 @@ def test_split_feedback_and_experiment_read_out(studio) -> None:  # type: ignore
     assert after["banners"][0]["template_label"] == "production"
 
 
-def test_feedback_on_an_unknown_banner_is_404(studio) -> None:  # type: ignore[no-untyped-def]
+def test_feedback_on_an_unknown_banner_is_404(studio) -> None:
     client, keys = studio
     body = {"event_id": "e1", "kind": "click"}
     assert (
@@ -435,7 +436,7 @@ def test_split_is_stable_and_close_to_its_weights() -> None:
 # --- the studio page (the browser walks it in tests/integration/test_studio_browser.py) -------
 
 
-def test_studio_pages_need_a_marketer_and_a_csrf_token(studio) -> None:  # type: ignore[no-untyped-def]
+def test_studio_pages_need_a_marketer_and_a_csrf_token(studio) -> None:
     client, keys = studio
     anonymous = client.get("/studio/templates/hero_banner", follow_redirects=False)
     assert anonymous.status_code in (302, 303, 307)

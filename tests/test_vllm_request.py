@@ -24,7 +24,7 @@ def test_schema_travels_as_response_format() -> None:
     assert "guided_json" not in json.dumps(sent)
 
 
-def test_managed_server_command_has_the_cpu_fixes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_managed_server_command_has_the_cpu_fixes(tmp_path) -> None:
     server = ManagedVLLM(
         VLLMServerConfig(model_dir=tmp_path, served_name="m", port=9, log_path=tmp_path / "log")
     )
@@ -36,7 +36,7 @@ def test_managed_server_command_has_the_cpu_fixes(tmp_path) -> None:  # type: ig
     assert config == {"backend": "xgrammar", "disable_any_whitespace": True}
 
 
-def test_serving_beside_a_managed_server_shrinks_the_torch_pool(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_serving_beside_a_managed_server_shrinks_the_torch_pool(monkeypatch) -> None:
     import torch
     import uvicorn
     from click.testing import CliRunner

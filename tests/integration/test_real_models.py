@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 DEMO_SHOPPERS = ["u004", "u002", "u010", "u001", "never-seen-before"]
 
 
-def offered(pipeline: Pipeline, banner: Banner, shopper_id: str):  # type: ignore[no-untyped-def]
+def offered(pipeline: Pipeline, banner: Banner, shopper_id: str):
     template = pipeline.templates.get(banner.template)
     shopper = pipeline.shoppers.get(shopper_id)
     return pipeline.candidates(shopper, template).candidates

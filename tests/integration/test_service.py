@@ -143,7 +143,7 @@ def _vllm_processes(port: int) -> list[int]:
     return found
 
 
-def _wait_for(condition, timeout_s: float) -> bool:  # type: ignore[no-untyped-def]
+def _wait_for(condition, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if condition():
