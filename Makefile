@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export TORCHDYNAMO_DISABLE := 1
 
-.PHONY: install browser prepare run demo test lint typecheck unit integration screenshots bench data clean
+.PHONY: install browser postgres prepare run demo test lint typecheck unit integration screenshots bench data clean
 
 install: $(STAMP)
 
@@ -44,6 +44,15 @@ browser:
 		$$SUDO env DEBIAN_FRONTEND=noninteractive \
 			apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
+# Debian's PostgreSQL server binaries: the store tests start a throwaway server of their own
+# (tests/postgres.py) and run on it as well as on SQLite.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }
+
 prepare: install
 	$(BIN)/marquee model prepare
 	$(BIN)/marquee index build
@@ -61,13 +70,13 @@ lint: install
 typecheck: install
 	$(BIN)/mypy app eval tests bench scripts
 
-unit: install
+unit: install postgres
 	$(BIN)/pytest -q -m "not integration"
 
 integration: prepare browser
 	$(BIN)/pytest -q -m integration
 
-test: prepare browser lint typecheck
+test: prepare browser postgres lint typecheck
 	$(BIN)/pytest -q
 
 # The README's studio screenshots, taken by the browser test as it goes.

@@ -403,6 +403,81 @@ def keys_create(name: str, scopes: tuple[str, ...]) -> None:
     click.echo(asyncio.run(ApiKeyStore.create_in(settings.database, name, list(scopes))))
 
 
+@cli.group("db")
+def database() -> None:
+    """The database schema. The service and every command bring it to the newest migration
+    themselves; `upgrade` does it as a separate release step."""
+
+
+def _database() -> Any:
+    from app.store.db import Database
+
+    settings = get_settings()
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    return Database(settings.database)
+
+
+@database.command("upgrade")
+@clear_errors
+def db_upgrade() -> None:
+    """Apply the migrations the database lacks."""
+    db = _database()
+
+    async def upgrade() -> str | None:
+        await db.upgrade()
+        revision: str | None = await db.revision()
+        await db.dispose()
+        return revision
+
+    click.echo(f"database at revision {asyncio.run(upgrade())}")
+
+
+@database.command("status")
+@clear_errors
+def db_status() -> None:
+    """The database's revision and the newest one; exits 1 when migrations are pending."""
+    from app.store.db import head_revision
+
+    db = _database()
+
+    async def revision() -> str | None:
+        current: str | None = await db.revision()
+        await db.dispose()
+        return current
+
+    current, head = asyncio.run(revision()), head_revision()
+    click.echo(f"database: {current or 'no migration applied'}; newest migration: {head}")
+    if current != head:
+        sys.exit(1)
+
+
+@database.command("revision")
+@click.option("--message", "-m", required=True, help="What the schema change is.")
+@clear_errors
+def db_revision(message: str) -> None:
+    """Write a migration for what the models changed (compared with the database, brought to
+    the newest migration first). Review it before committing: renames look like drop + add."""
+    from alembic import command
+
+    from app.store.db import alembic_config, head_revision
+
+    db = _database()
+    # Numbered in order (0002, 0003, ...): the folder reads as the schema's history.
+    number = f"{int(head_revision() or 0) + 1:04d}"
+
+    async def write() -> None:
+        await db.upgrade()
+        async with db.engine.begin() as connection:
+            await connection.run_sync(
+                lambda sync: command.revision(
+                    alembic_config(sync), message=message, autogenerate=True, rev_id=number
+                )
+            )
+        await db.dispose()
+
+    asyncio.run(write())
+
+
 @cli.command("eval")
 @click.option(
     "--suite",

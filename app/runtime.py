@@ -45,7 +45,7 @@ def read_templates(settings: Settings, read: Callable[[TemplateStore], Awaitable
     async def opened() -> T:
         db = Database(settings.database)
         try:
-            await db.create_all()
+            await db.upgrade()
             store = TemplateStore(db)
             await store.seed(settings.prompts_dir)
             return await read(store)

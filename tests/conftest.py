@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from app.domain import EventType, Interaction, Product, Shopper
 from app.retrieval.index import ExactIndex
 from app.retrieval.selector import CandidateSelector
 from app.retrieval.signals import InteractionSignals
+from tests.postgres import PostgresServer, running_postgres
 
 VOCABULARY = (
     "coffee",
@@ -175,3 +176,18 @@ def selector(
         InteractionSignals(tiny_catalog, tiny_shoppers),
         test_settings,
     )
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database: SQLite in a file, or one of its own on the test run's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'marquee.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.new_database()

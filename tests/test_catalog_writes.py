@@ -36,11 +36,14 @@ Client = TestClient[Litestar]
 
 @pytest.fixture
 def app_client(
-    tmp_path: Path, tiny_catalog: Catalog, tiny_shoppers: ShopperStore, test_settings: Settings
+    database_url: str,
+    tiny_catalog: Catalog,
+    tiny_shoppers: ShopperStore,
+    test_settings: Settings,
 ) -> Iterator[tuple[Client, dict[str, str]]]:
     settings = test_settings.model_copy(
         update={
-            "database_url": f"sqlite+aiosqlite:///{tmp_path / 'writes.db'}",
+            "database_url": database_url,
             "signals_refresh_delay_s": 0.0,
         }
     )
@@ -266,7 +269,7 @@ def test_bad_events_name_the_field_and_record_nothing(
 # --- what persists: the database under the seed files -------------------------------------
 
 
-def _seed(tmp_path: Path, catalog: Catalog, shoppers: ShopperStore) -> Settings:
+def _seed(tmp_path: Path, database_url: str, catalog: Catalog, shoppers: ShopperStore) -> Settings:
     products_file = tmp_path / "products.jsonl"
     products_file.write_text("\n".join(p.model_dump_json() for p in catalog.products))
     shoppers_file = tmp_path / "shoppers.jsonl"
@@ -275,21 +278,21 @@ def _seed(tmp_path: Path, catalog: Catalog, shoppers: ShopperStore) -> Settings:
         cache_dir=tmp_path / "cache",
         products_path=products_file,
         shoppers_path=shoppers_file,
-        database_url=f"sqlite+aiosqlite:///{tmp_path / 'changes.db'}",
+        database_url=database_url,
     )
 
 
 def test_a_restart_rebuilds_the_catalog_and_histories_from_the_database(
-    tmp_path: Path, tiny_catalog: Catalog, tiny_shoppers: ShopperStore
+    tmp_path: Path, database_url: str, tiny_catalog: Catalog, tiny_shoppers: ShopperStore
 ) -> None:
-    settings = _seed(tmp_path, tiny_catalog, tiny_shoppers)
+    settings = _seed(tmp_path, database_url, tiny_catalog, tiny_shoppers)
     lamp = product("K3", "Trail Headlamp", "Camping", 45.0)
     shoe = product("R1", "Trail Running Shoe", "Running", 99.0)
     bag = product("K4", "Camping Bag", "Camping", 80.0)
 
     async def write() -> None:
         db = Database(settings.database)
-        await db.create_all()
+        await db.upgrade()
         changes = CatalogChanges(db)
         await changes.upsert_products([lamp, shoe])
         await changes.upsert_products([bag, lamp.model_copy(update={"price": 40.0})])

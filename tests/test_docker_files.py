@@ -45,7 +45,7 @@ def test_dockerfile_targets_and_commands() -> None:
 
 def test_the_installed_package_carries_its_templates_and_eval_files(tmp_path: Path) -> None:
     """The image installs the project as a wheel (not editable): its non-Python files must be
-    in it, or the studio page and `marquee eval` would fail only in production."""
+    in it, or the studio page, `marquee eval` and the migrations would fail only in production."""
     subprocess.run(
         [
             sys.executable,
@@ -67,3 +67,9 @@ def test_the_installed_package_carries_its_templates_and_eval_files(tmp_path: Pa
     pages = {f"app/web/templates/{p.name}" for p in (PROJECT_ROOT / "app/web/templates").glob("*")}
     assert pages and pages <= names
     assert {"eval/report.html.j2", "eval/thresholds.yaml", "eval/runner.py"} <= names
+    migrations = {
+        f"app/store/migrations/{p.relative_to(PROJECT_ROOT / 'app/store/migrations')}"
+        for p in (PROJECT_ROOT / "app/store/migrations").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+    assert "app/store/migrations/script.py.mako" in migrations and migrations <= names

@@ -16,7 +16,7 @@ HERO = (PROJECT_ROOT / "prompts" / "hero_banner.j2").read_text()
 
 async def _second_version(settings: Settings) -> None:
     db = Database(settings.database)
-    await db.create_all()
+    await db.upgrade()
     store = TemplateStore(db)
     await store.seed(settings.prompts_dir)
     await store.save(

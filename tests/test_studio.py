@@ -11,7 +11,6 @@ import itertools
 import json
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,10 +38,8 @@ def edited(extra: str) -> str:
 
 
 @pytest.fixture
-def studio_settings(tmp_path: Path, test_settings: Settings) -> Settings:
-    return test_settings.model_copy(
-        update={"database_url": f"sqlite+aiosqlite:///{tmp_path / 'studio.db'}"}
-    )
+def studio_settings(database_url: str, test_settings: Settings) -> Settings:
+    return test_settings.model_copy(update={"database_url": database_url})
 
 
 def start(settings: Settings, catalog: Catalog, shoppers: ShopperStore) -> Any:
@@ -360,7 +357,7 @@ def test_history_and_labels_survive_a_restart(
 
 async def _store(settings: Settings) -> TemplateStore:
     db = Database(settings.database)
-    await db.create_all()
+    await db.upgrade()
     store = TemplateStore(db)
     await store.seed(PROJECT_ROOT / "prompts")
     return store

@@ -222,7 +222,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        await db.create_all()
+        await db.upgrade()
         if await state.api_keys.count() == 0:
             key = await state.api_keys.create("dev", ["admin"])
             base = f"http://{settings.host}:{settings.port}"

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -18,8 +24,15 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    text,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -200,9 +213,58 @@ class Database:
 
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
-    async def create_all(self) -> None:
-        async with self.engine.begin() as connection:
-            await connection.run_sync(Base.metadata.create_all)
+    @contextlib.asynccontextmanager
+    async def writing(self, *locks: str) -> AsyncIterator[AsyncSession]:
+        """A write transaction. Writers naming the same lock run one after the other, across
+        processes too: read-modify-writes (the next version number, where a label pointed) must
+        not interleave. SQLite: this process's lock (the file admits one writer anyway).
+        PostgreSQL: advisory locks held until the transaction ends."""
+        async with self.write_lock, self.sessions.begin() as session:
+            if self.engine.dialect.name == "postgresql":
+                for lock in sorted(set(locks)):  # one order everywhere: no deadlocks
+                    await session.execute(
+                        text("SELECT pg_advisory_xact_lock(hashtext(:lock))"),
+                        {"lock": f"marquee:{lock}"},
+                    )
+            yield session
+
+    async def upgrade(self) -> None:
+        """Bring the schema to the newest migration (a no-op when it is there already)."""
+        async with self.write_lock, self.engine.begin() as connection:
+            await connection.run_sync(upgrade_schema)
+
+    async def revision(self) -> str | None:
+        """The migration the schema is at (None: an empty database)."""
+        async with self.engine.connect() as connection:
+            return await connection.run_sync(current_revision)
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+# --- migrations (Alembic; the scripts live in app/store/migrations/versions) -------------------
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+# Replicas starting together: one migrates, the others wait on this lock and find nothing to do.
+_PG_MIGRATION_LOCK = 0x6D61727175  # "marqu"
+
+
+def alembic_config(connection: Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade_schema(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(text(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})"))
+    command.upgrade(alembic_config(connection), "head")
+
+
+def current_revision(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory(str(MIGRATIONS)).get_current_head()

@@ -38,7 +38,7 @@ class FeedbackStore:
     async def record(self, event_id: str, banner: Banner, kind: FeedbackKind) -> bool:
         """Store one event; False when this event id was recorded before (nothing changes)."""
         try:
-            async with self.db.write_lock, self.db.sessions.begin() as session:
+            async with self.db.writing() as session:
                 if await session.get(FeedbackRecord, event_id) is not None:
                     return False
                 session.add(

@@ -33,7 +33,7 @@ class BannerStore:
 
     async def save(self, request_key: str, banners: list[Banner]) -> None:
         """Store one request's banners, replacing any earlier answer to the same request."""
-        async with self.db.write_lock, self.db.sessions.begin() as session:
+        async with self.db.writing(f"banners:{request_key}") as session:
             ids = [b.id for b in banners]
             await session.execute(delete(BannerRecord).where(BannerRecord.id.in_(ids)))
             session.add_all(
@@ -86,7 +86,7 @@ class ApiKeyStore:
             raise ValueError(f"scopes must be some of {', '.join(SCOPES)}")
         key_id = secrets.token_hex(4)
         key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(24)}"
-        async with self.db.write_lock, self.db.sessions.begin() as session:
+        async with self.db.writing() as session:
             session.add(
                 ApiKeyRecord(
                     id=key_id,
@@ -116,7 +116,7 @@ class ApiKeyStore:
         """Create a key in the database at ``database_url`` (tables made if missing)."""
         db = Database(database_url)
         try:
-            await db.create_all()
+            await db.upgrade()
             return await ApiKeyStore(db).create(name, scopes)
         finally:
             await db.dispose()
@@ -147,7 +147,7 @@ class CatalogChanges:
 
     async def upsert_products(self, products: Sequence[Product]) -> None:
         now = datetime.now(UTC)
-        async with self.db.write_lock, self.db.sessions.begin() as session:
+        async with self.db.writing("catalog") as session:
             ids = [p.id for p in products]
             existing = {
                 record.id: record
@@ -171,7 +171,7 @@ class CatalogChanges:
     async def put_profile(self, profile: Shopper) -> None:
         payload = profile.model_dump(mode="json", exclude={"history"})
         now = datetime.now(UTC)
-        async with self.db.write_lock, self.db.sessions.begin() as session:
+        async with self.db.writing(f"shopper:{profile.id}") as session:
             record = await session.get(ShopperRecord, profile.id)
             if record is None:
                 session.add(ShopperRecord(id=profile.id, payload=payload, updated_at=now))
@@ -181,7 +181,7 @@ class CatalogChanges:
 
     async def add_events(self, events: Sequence[tuple[str, Interaction]]) -> None:
         now = datetime.now(UTC)
-        async with self.db.write_lock, self.db.sessions.begin() as session:
+        async with self.db.writing() as session:
             session.add_all(
                 EventRecord(
                     shopper_id=shopper_id,
@@ -218,7 +218,7 @@ class CatalogChanges:
         """The changes in the database at ``database_url`` (tables made if missing)."""
         db = Database(database_url)
         try:
-            await db.create_all()
+            await db.upgrade()
             return await CatalogChanges(db).load()
         finally:
             await db.dispose()

@@ -188,7 +188,7 @@ class TemplateStore:
         (None for a new template). Raises Conflict when someone saved in between."""
         now = datetime.now(UTC)
         try:
-            async with self.db.write_lock, self.db.sessions.begin() as session:
+            async with self.db.writing(f"template:{name}") as session:
                 latest = await session.scalar(
                     select(func.max(TemplateVersionRecord.version)).where(
                         TemplateVersionRecord.name == name
@@ -247,7 +247,7 @@ class TemplateStore:
         ``expected_current`` (None: the label does not exist yet).
         """
         now = datetime.now(UTC)
-        async with self.db.write_lock, self.db.sessions.begin() as session:
+        async with self.db.writing(f"template:{name}") as session:
             target = await session.scalar(
                 select(TemplateVersionRecord).where(
                     TemplateVersionRecord.name == name, TemplateVersionRecord.version == version
@@ -288,7 +288,7 @@ class TemplateStore:
     async def set_split(self, placement: str, split: Split | None, *, actor: str) -> None:
         """Start, change or (``None``) stop a placement's experiment."""
         now = datetime.now(UTC)
-        async with self.db.write_lock, self.db.sessions.begin() as session:
+        async with self.db.writing(f"experiment:{placement}") as session:
             await session.execute(
                 delete(ExperimentRecord).where(ExperimentRecord.placement == placement)
             )
