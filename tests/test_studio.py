@@ -22,7 +22,7 @@ from app.catalog.store import Catalog, ShopperStore
 from app.config import PROJECT_ROOT, Settings
 from app.prompting.templates import Split
 from app.store.db import Database
-from app.store.templates import Conflict, TemplateStore
+from app.store.templates import PRODUCTION, Conflict, TemplateStore
 from tests.test_api import _keys
 from tests.test_pipeline import GOOD, ScriptedEngine, make_pipeline
 
@@ -361,6 +361,25 @@ async def _store(settings: Settings) -> TemplateStore:
     store = TemplateStore(db)
     await store.seed(PROJECT_ROOT / "prompts")
     return store
+
+
+async def test_replicas_starting_together_seed_each_template_once(
+    studio_settings: Settings,
+) -> None:
+    """Two processes' stores (each its own connections and locks) seed one database at once."""
+    first, second = Database(studio_settings.database), Database(studio_settings.database)
+    await first.upgrade()
+    one, two = TemplateStore(first), TemplateStore(second)
+    seeded = await asyncio.gather(*(s.seed(PROJECT_ROOT / "prompts") for s in (one, two)))
+    names = sorted(await one.names())
+    assert sorted(seeded[0] + seeded[1]) == names  # each seeded by exactly one of them
+    labels = await two.labels()
+    for name in names:
+        assert await one.latest(name) == 1 and labels[name][PRODUCTION] == 1
+    moves = [e for e in await one.audit() if e.action == "move_label"]
+    assert len(moves) == len(names)
+    await first.dispose()
+    await second.dispose()
 
 
 async def test_concurrent_saves_lose_nothing(studio_settings: Settings) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.prompting.templates import (
     PRODUCTION,
@@ -183,9 +184,11 @@ class TemplateStore:
         message: str,
         draft: bool,
         expected_latest: int | None,
+        label: str | None = None,
     ) -> StoredVersion:
         """Add a version. ``expected_latest``: the newest version the author started from
-        (None for a new template). Raises Conflict when someone saved in between."""
+        (None for a new template). Raises Conflict when someone saved in between.
+        ``label``: also point this label at the new version, in the same transaction."""
         now = datetime.now(UTC)
         try:
             async with self.db.writing(f"template:{name}") as session:
@@ -225,6 +228,8 @@ class TemplateStore:
                         detail={"version": record.version, "message": message},
                     )
                 )
+                if label is not None:
+                    await _point_label(session, name, label, record.version, author, now)
         except IntegrityError:  # another process took the same version number first
             raise Conflict(
                 f"template '{name}' changed while saving", await self.latest(name)
@@ -257,32 +262,14 @@ class TemplateStore:
                 raise LookupError(f"template '{name}' has no version {version}")
             if target.draft:
                 raise ValueError(f"version {version} is a draft: save it without draft to label it")
-            record = await session.get(TemplateLabelRecord, (name, label))
-            previous = record.version if record is not None else None
+            current = await session.get(TemplateLabelRecord, (name, label))
+            previous = current.version if current is not None else None
             if check_expected and previous != expected_current:
                 raise Conflict(
                     f"label '{label}' points at version {previous}, not {expected_current}",
                     previous,
                 )
-            if record is None:
-                session.add(
-                    TemplateLabelRecord(
-                        name=name, label=label, version=version, updated_by=actor, updated_at=now
-                    )
-                )
-            else:
-                record.version = version
-                record.updated_by = actor
-                record.updated_at = now
-            session.add(
-                AuditRecord(
-                    at=now,
-                    actor=actor,
-                    action="move_label",
-                    template=name,
-                    detail={"label": label, "from": previous, "to": version},
-                )
-            )
+            await _point_label(session, name, label, version, actor, now)
         return previous
 
     async def set_split(self, placement: str, split: Split | None, *, actor: str) -> None:
@@ -325,16 +312,46 @@ class TemplateStore:
             if name in known:
                 continue
             try:
-                stored = await self.save(
+                # Version 1 and its production label in one transaction: a replica starting
+                # beside this one never sees the template without a production version.
+                await self.save(
                     name,
                     source,
                     author="seed",
                     message=f"seeded from {path.name}",
                     draft=False,
                     expected_latest=None,
+                    label=PRODUCTION,
                 )
             except Conflict:  # another replica seeded it first
                 continue
-            await self.move_label(name, PRODUCTION, stored.version, actor="seed")
             seeded.append(name)
         return seeded
+
+
+async def _point_label(
+    session: AsyncSession, name: str, label: str, version: int, actor: str, now: datetime
+) -> None:
+    """Point ``label`` at ``version`` and audit the move (inside the caller's transaction,
+    which holds the template's write lock)."""
+    record = await session.get(TemplateLabelRecord, (name, label))
+    previous = record.version if record is not None else None
+    if record is None:
+        session.add(
+            TemplateLabelRecord(
+                name=name, label=label, version=version, updated_by=actor, updated_at=now
+            )
+        )
+    else:
+        record.version = version
+        record.updated_by = actor
+        record.updated_at = now
+    session.add(
+        AuditRecord(
+            at=now,
+            actor=actor,
+            action="move_label",
+            template=name,
+            detail={"label": label, "from": previous, "to": version},
+        )
+    )
