@@ -185,7 +185,11 @@ class Pipeline:
         recent: list[str] = []
         for event in sorted(shopper.history, key=lambda e: e.ts, reverse=True):
             product = self.catalog.get(event.product_id)
-            if product is not None and product.title not in recent:
+            if (
+                product is not None
+                and self.catalog.on_sale(product.id)  # never name what is no longer sold
+                and product.title not in recent
+            ):
                 recent.append(product.title)
         context = build_context(
             shopper=shopper,

@@ -31,6 +31,7 @@ def load_data(settings: Settings, *, with_changes: bool = True) -> tuple[Catalog
     if with_changes:
         changes = asyncio.run(CatalogChanges.load_from(settings.database))
         catalog, _ = catalog.upserted(changes.products)
+        catalog = catalog.withdrawing(changes.withdrawn)
         for profile in changes.profiles:
             shoppers.put_profile(profile)
         for shopper_id, events in changes.events.items():

@@ -24,6 +24,7 @@ from app.config import Settings
 from app.domain import EventType, Interaction, Product, Shopper
 from app.retrieval.embedder import product_text
 from app.retrieval.index import ExactIndex, build_or_load_index, reindex, save_index
+from app.retrieval.selector import CandidateFilters
 from app.runtime import load_data
 from app.store.db import Database
 from app.store.repositories import CatalogChanges
@@ -173,6 +174,58 @@ def test_a_failed_database_write_leaves_the_catalog_as_it_was(
     assert client.get("/v1/products/K3", headers={"X-API-Key": keys["cms"]}).status_code == 404
 
 
+def test_a_withdrawn_product_is_never_offered_until_written_again(app_client) -> None:
+    client, keys = app_client
+    cms = {"X-API-Key": keys["cms"]}
+    pipeline = updater(client).pipeline
+    coffee_lover = Shopper(id="coffee-lover", interests=("coffee grinder",))
+
+    def offered() -> set[str]:
+        chosen = pipeline.selector.select(coffee_lover, 10, CandidateFilters(in_stock_only=False))
+        return {c.product.id for c in chosen.candidates}
+
+    def found() -> list[str]:
+        search = "/v1/products/search?q=coffee%20grinder&in_stock_only=false&limit=20"
+        return [hit["product"]["id"] for hit in client.get(search, headers=cms).json()["results"]]
+
+    assert "C1" in offered() and "C1" in found()
+    before = pipeline.catalog.version
+    assert send(client, "DELETE", "/v1/products/C1", keys["cms"], None).status_code == 403
+    assert send(client, "DELETE", "/v1/products/C1", keys["admin"], None).status_code == 204
+
+    assert client.get("/v1/products/C1", headers=cms).status_code == 404
+    listed = client.get("/v1/products?limit=200", headers=cms).json()
+    assert listed["total"] == 9 and "C1" not in {p["id"] for p in listed["products"]}
+    assert "C1" not in found() and "C1" not in offered()
+    assert pipeline.selector.select(coffee_lover, 10).trace.removed["withdrawn"] == 1
+    assert pipeline.catalog.version != before  # cached banners that offered it are stale
+    again = send(client, "DELETE", "/v1/products/C1", keys["admin"], None)
+    assert again.status_code == 404 and again.json()["status"] == 404
+    assert send(client, "DELETE", "/v1/products/nope", keys["admin"], None).status_code == 404
+
+    # Written again, unchanged: on sale again, and nothing is embedded.
+    grinder = wire(pipeline.catalog.get("C1"))  # type: ignore[arg-type]
+    back = send(client, "PUT", "/v1/products", keys["admin"], {"products": [grinder]})
+    assert back.status_code == 200 and back.json()["updated"] == ["C1"]
+    assert back.json()["embedded"] == 0
+    assert client.get("/v1/products/C1", headers=cms).status_code == 200
+    assert "C1" in found() and "C1" in offered()
+
+
+def test_a_failed_withdrawal_leaves_the_product_on_sale(
+    app_client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, keys = app_client
+
+    async def broken(*_: object) -> None:
+        raise OperationalError("UPDATE", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(updater(client).changes, "withdraw_products", broken)
+    response = send(client, "DELETE", "/v1/products/C2", keys["admin"], None)
+    assert response.status_code == 503
+    assert client.get("/v1/products/C2", headers={"X-API-Key": keys["cms"]}).status_code == 200
+
+
 def test_shopper_profiles_are_created_and_replaced_keeping_history(app_client) -> None:
     client, keys = app_client
     cms = keys["cms"]
@@ -314,6 +367,31 @@ def test_a_restart_rebuilds_the_catalog_and_histories_from_the_database(
     assert len(seed_only) == len(tiny_catalog)
 
 
+def test_withdrawals_survive_a_restart(
+    tmp_path: Path, database_url: str, tiny_catalog: Catalog, tiny_shoppers: ShopperStore
+) -> None:
+    settings = _seed(tmp_path, database_url, tiny_catalog, tiny_shoppers)
+    bag = product("K4", "Camping Bag", "Camping", 80.0)
+    tent = tiny_catalog.get("K1")
+    assert tent is not None
+
+    async def write() -> None:
+        db = Database(settings.database)
+        await db.upgrade()
+        changes = CatalogChanges(db)
+        await changes.upsert_products([bag])
+        # One from the seed file, one written through the API, one withdrawn and back again.
+        await changes.withdraw_products([tiny_catalog.products[1], bag, tent])
+        await changes.upsert_products([tent])
+        await db.dispose()
+
+    asyncio.run(write())
+    catalog, _ = load_data(settings)
+    assert catalog.withdrawn == {"C2", "K4"}
+    assert [p.id for p in catalog.products] == [p.id for p in tiny_catalog.products] + ["K4"]
+    assert catalog.on_sale("K1") and not catalog.on_sale("C2")
+
+
 class CountingEmbedder(WordEmbedder):
     def __init__(self) -> None:
         self.embedded = 0
@@ -337,6 +415,18 @@ def test_a_saved_index_is_loaded_at_restart_without_embedding(
     assert not rebuilt and embedder.embedded == 11
     assert loaded.vectors == pytest.approx(new_index.vectors)
     assert isinstance(loaded, ExactIndex)
+
+
+def test_withdrawing_keeps_rows_and_writing_again_restores(tiny_catalog: Catalog) -> None:
+    grinder = tiny_catalog.products[0]
+    withdrawn = tiny_catalog.withdrawing([grinder.id])
+    assert withdrawn.products == tiny_catalog.products  # rows, vectors and signals still align
+    assert not withdrawn.on_sale(grinder.id) and grinder.id in withdrawn
+    assert withdrawn.version != tiny_catalog.version
+    assert withdrawn.withdrawing([grinder.id]) is withdrawn
+    assert grinder not in withdrawn.on_sale_products
+    back, changed = withdrawn.upserted([grinder])
+    assert changed == [grinder] and back.on_sale(grinder.id) and not back.withdrawn
 
 
 def test_catalog_versions_change_with_contents_only(tiny_catalog: Catalog) -> None:

@@ -20,9 +20,9 @@ from litestar.testing import TestClient
 from app.api.app import create_app
 from app.catalog.store import Catalog, ShopperStore
 from app.config import PROJECT_ROOT, Settings
-from app.prompting.templates import Split
+from app.prompting.templates import PRODUCTION, Split
 from app.store.db import Database
-from app.store.templates import PRODUCTION, Conflict, TemplateStore
+from app.store.templates import Conflict, TemplateStore
 from tests.test_api import _keys
 from tests.test_pipeline import GOOD, ScriptedEngine, make_pipeline
 

@@ -6,7 +6,7 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from litestar import Controller, Request, Response, get, post, put
+from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.datastructures import State
 from litestar.params import Parameter
 from litestar.response import Response as PlainResponse
@@ -143,7 +143,7 @@ class ProductController(Controller):
         limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
         category: Annotated[str | None, Parameter(max_length=80)] = None,
     ) -> ProductPage:
-        products = service.pipeline.catalog.products
+        products = service.pipeline.catalog.on_sale_products
         if category:
             products = tuple(p for p in products if p.category.casefold() == category.casefold())
         return ProductPage(
@@ -189,10 +189,23 @@ class ProductController(Controller):
 
     @get("/{product_id:str}", summary="One product")
     async def get_product(self, product_id: str, service: BannerService) -> Product:
-        product = service.pipeline.catalog.get(product_id[:64])
-        if product is None:
-            raise Problem(404, "Not found", f"no product '{product_id[:64]}'")
+        catalog = service.pipeline.catalog
+        product = catalog.get(product_id[:64])
+        if product is None or not catalog.on_sale(product.id):
+            raise Problem(404, "Not found", f"no product '{product_id[:64]}' on sale")
         return product
+
+    @delete(
+        "/{product_id:str}",
+        summary="Withdraw a product from sale (PUT it again to bring it back)",
+        guards=[require_scope("admin")],
+        status_code=204,
+    )
+    async def withdraw(self, product_id: str, updater: CatalogUpdater) -> None:
+        try:
+            await updater.withdraw_product(product_id[:64])
+        except LookupError:
+            raise Problem(404, "Not found", f"no product '{product_id[:64]}' on sale") from None
 
 
 def _shopper_out(shopper: Shopper) -> ShopperOut:

@@ -1,8 +1,8 @@
 """In-memory product catalog and shopper store, shared by every stage.
 
-A ``Catalog`` never changes: an update makes a new one (``upserted``), so a request that holds
-one sees a consistent set of products. The ``ShopperStore`` is updated in place, one shopper at
-a time (a dict assignment is atomic).
+A ``Catalog`` never changes: an update makes a new one (``upserted``, ``withdrawing``), so a
+request that holds one sees a consistent set of products. The ``ShopperStore`` is updated in
+place, one shopper at a time (a dict assignment is atomic).
 """
 
 from __future__ import annotations
@@ -17,20 +17,34 @@ from app.domain import MAX_HISTORY, Interaction, Product, Shopper
 
 
 class Catalog:
-    """Products in a fixed order: row ``i`` of every matrix in retrieval is ``products[i]``."""
+    """Products in a fixed order: row ``i`` of every matrix in retrieval is ``products[i]``.
 
-    def __init__(self, products: Sequence[Product], version: str | None = None) -> None:
+    A withdrawn product keeps its row (its vector and the interactions with it keep their
+    meaning) but is not on sale: never offered, listed or found.
+    """
+
+    def __init__(
+        self,
+        products: Sequence[Product],
+        version: str | None = None,
+        withdrawn: Iterable[str] = (),
+    ) -> None:
         self.products: tuple[Product, ...] = tuple(products)
         self._row = {product.id: row for row, product in enumerate(self.products)}
         if len(self._row) != len(self.products):
             raise ValueError("duplicate product ids in catalog")
+        self.withdrawn = frozenset(withdrawn)
+        if not self.withdrawn <= self._row.keys():
+            raise ValueError("withdrawn products must be in the catalog")
         if version is not None:
             self.__dict__["version"] = version
 
     @cached_property
     def version(self) -> str:
         """A fingerprint of the contents: answers cached for one version are stale for the next."""
-        return _digest("catalog", *(p.model_dump_json() for p in self.products))
+        return _digest(
+            "catalog", *(p.model_dump_json() for p in self.products), *sorted(self.withdrawn)
+        )
 
     @classmethod
     def from_file(cls, path: Path) -> Catalog:
@@ -46,6 +60,15 @@ class Catalog:
         row = self._row.get(product_id)
         return None if row is None else self.products[row]
 
+    def on_sale(self, product_id: str) -> bool:
+        return product_id in self._row and product_id not in self.withdrawn
+
+    @property
+    def on_sale_products(self) -> tuple[Product, ...]:
+        if not self.withdrawn:
+            return self.products
+        return tuple(p for p in self.products if p.id not in self.withdrawn)
+
     def row(self, product_id: str) -> int:
         return self._row[product_id]
 
@@ -60,7 +83,8 @@ class Catalog:
         """A new catalog with ``products`` written over it, and the products that changed.
 
         A known id keeps its row (so vectors and interaction signals keep their meaning); a
-        new id is appended. A product equal to the one stored is not a change.
+        new id is appended. A product equal to the one stored is not a change, unless it was
+        withdrawn: written anew, it is on sale again.
         """
         rows = list(self.products)
         index = dict(self._row)
@@ -70,7 +94,7 @@ class Catalog:
             if row is None:
                 index[product.id] = len(rows)
                 rows.append(product)
-            elif rows[row] != product:
+            elif rows[row] != product or product.id in self.withdrawn:
                 rows[row] = product
             else:
                 continue
@@ -78,7 +102,16 @@ class Catalog:
         if not changed:
             return self, changed
         version = _digest(self.version, *(p.model_dump_json() for p in changed))
-        return Catalog(rows, version), changed
+        withdrawn = self.withdrawn - {p.id for p in changed}
+        return Catalog(rows, version, withdrawn), changed
+
+    def withdrawing(self, product_ids: Iterable[str]) -> Catalog:
+        """A new catalog where these products are no longer on sale."""
+        ids = sorted(set(product_ids) - self.withdrawn)
+        if not ids:
+            return self
+        version = _digest(self.version, "withdrawn", *ids)
+        return Catalog(self.products, version, self.withdrawn | set(ids))
 
 
 def _digest(*parts: str) -> str:

@@ -86,6 +86,22 @@ class CatalogUpdater:
                 created, updated, len(products) - len(changed), embedded, len(catalog)
             )
 
+    async def withdraw_product(self, product_id: str) -> None:
+        """Take a product off sale (LookupError if no such product is on sale). Nothing is
+        embedded: the product keeps its row, its vector and the interactions with it."""
+        async with self._lock:
+            catalog = self.pipeline.catalog
+            product = catalog.get(product_id)
+            if product is None or not catalog.on_sale(product_id):
+                raise LookupError(product_id)
+            await self.changes.withdraw_products([product])  # stored first
+            self.pipeline.use_catalog(
+                catalog.withdrawing([product_id]),
+                self.pipeline.index,
+                self.pipeline.selector.signals,
+            )
+            log.info("catalog: %s withdrawn from sale", product_id)
+
     async def put_profile(self, profile: Shopper) -> Shopper:
         """Create or replace a shopper's profile; the history already recorded is kept."""
         await self.changes.put_profile(profile)

@@ -74,6 +74,7 @@ class CandidateSelector:
         self.settings = settings
         products = catalog.products
         self._in_stock = np.array([p.in_stock for p in products], dtype=bool)
+        self._on_sale = np.array([p.id not in catalog.withdrawn for p in products], dtype=bool)
         self._price = np.array([p.price for p in products], dtype=np.float64)
         self._category = np.array([p.category.casefold() for p in products])
 
@@ -88,6 +89,8 @@ class CandidateSelector:
             removed[name] = int((allowed & ~keep).sum())
             allowed &= keep
 
+        if self.catalog.withdrawn:
+            apply("withdrawn", self._on_sale)
         if filters.in_stock_only:
             apply("out_of_stock", self._in_stock)
         if filters.exclude_purchased and shopper.purchased_ids:

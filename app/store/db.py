@@ -85,6 +85,9 @@ class ProductRecord(Base):
     seq: Mapped[int] = mapped_column(Integer, index=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Withdrawn from sale (DELETE): kept, so its row, vector and interactions keep their
+    # meaning, but never offered again until it is written anew.
+    withdrawn_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class ShopperRecord(Base):

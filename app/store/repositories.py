@@ -131,6 +131,7 @@ class StoredChanges:
     """Everything written through the API, to lay over the seed files at start-up."""
 
     products: list[Product] = field(default_factory=list)  # in order of first arrival
+    withdrawn: list[str] = field(default_factory=list)  # products no longer on sale
     profiles: list[Shopper] = field(default_factory=list)  # without history
     events: dict[str, list[Interaction]] = field(default_factory=dict)  # by shopper, in order
 
@@ -167,6 +168,30 @@ class CatalogChanges:
                 else:
                     record.payload = payload
                     record.updated_at = now
+                    record.withdrawn_at = None  # written anew: on sale again
+
+    async def withdraw_products(self, products: Sequence[Product]) -> None:
+        """Mark products as no longer on sale. One known only from the seed file gets a row of
+        its own to carry the mark."""
+        now = datetime.now(UTC)
+        async with self.db.writing("catalog") as session:
+            existing = {
+                record.id: record
+                for record in await session.scalars(
+                    select(ProductRecord).where(ProductRecord.id.in_([p.id for p in products]))
+                )
+            }
+            last = (await session.scalar(select(func.max(ProductRecord.seq)))) or 0
+            for product in products:
+                record = existing.get(product.id)
+                if record is None:
+                    last += 1
+                    record = ProductRecord(
+                        id=product.id, seq=last, payload=product.model_dump(mode="json")
+                    )
+                    session.add(record)
+                record.updated_at = now
+                record.withdrawn_at = now
 
     async def put_profile(self, profile: Shopper) -> None:
         payload = profile.model_dump(mode="json", exclude={"history"})
@@ -209,6 +234,7 @@ class CatalogChanges:
             )
         return StoredChanges(
             products=[Product.model_validate(r.payload) for r in products],
+            withdrawn=[r.id for r in products if r.withdrawn_at is not None],
             profiles=[Shopper.model_validate(r.payload) for r in profiles],
             events=dict(by_shopper),
         )

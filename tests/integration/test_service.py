@@ -127,6 +127,11 @@ def test_catalog_and_shopper_writes_over_http(service: RunningService) -> None:
     bad = service.post("/v1/events", {"events": [dict(events[0], product_id="nope")]})
     assert bad.status_code == 400 and "events[0].product_id" in bad.text
 
+    assert service.send("DELETE", "/v1/products/e2e-poles", None, key="admin").status_code == 204
+    assert service.get("/v1/products/e2e-poles").status_code == 404
+    found = service.get("/v1/products/search?q=trekking%20poles%20for%20hiking&in_stock_only=false")
+    assert "e2e-poles" not in {hit["product"]["id"] for hit in found.json()["results"]}
+
 
 def _vllm_processes(port: int) -> list[int]:
     """Pids whose command line is a vLLM server on ``port``."""
