@@ -91,8 +91,7 @@ class Studio:
         """Every stored template, its newest version, labels, and what it serves."""
         labels = await self.store.labels()
         found = []
-        for name in await self.store.names():
-            latest = await self.store.latest(name)
+        for name, latest in (await self.store.latest_versions()).items():
             try:
                 header = self.pipeline.templates.get(name).header
             except KeyError:
@@ -100,7 +99,7 @@ class Studio:
             found.append(
                 TemplateSummary(
                     name=name,
-                    latest=latest or 0,
+                    latest=latest,
                     labels=labels.get(name, {}),
                     placement=header.placement if header else None,
                     description=header.description if header else None,

@@ -96,6 +96,13 @@ class TemplateStore:
             rows = await session.scalars(select(TemplateVersionRecord.name).distinct())
             return sorted(rows.all())
 
+    async def latest_versions(self) -> dict[str, int]:
+        """{template: its newest version}, in one query."""
+        query = select(TemplateVersionRecord.name, func.max(TemplateVersionRecord.version))
+        async with self.db.sessions() as session:
+            rows = await session.execute(query.group_by(TemplateVersionRecord.name))
+            return {name: version for name, version in sorted(rows.tuples().all())}
+
     async def latest(self, name: str) -> int | None:
         async with self.db.sessions() as session:
             return await session.scalar(
@@ -158,19 +165,31 @@ class TemplateStore:
 
     async def registry(self, brand: dict[str, Any]) -> TemplateRegistry:
         """What the pipeline serves: every labelled version, parsed, and the splits."""
-        labels = await self.labels()
+        # Every label with the version it points at, in one query (an outer join: a label
+        # pointing at no stored version is an error to report, not one to skip silently).
+        query = (
+            select(TemplateLabelRecord, TemplateVersionRecord)
+            .outerjoin(
+                TemplateVersionRecord,
+                (TemplateVersionRecord.name == TemplateLabelRecord.name)
+                & (TemplateVersionRecord.version == TemplateLabelRecord.version),
+            )
+            .order_by(TemplateLabelRecord.name, TemplateLabelRecord.label)
+        )
+        async with self.db.sessions() as session:
+            rows = (await session.execute(query)).tuples().all()
         production: list[PromptTemplate] = []
         labelled: dict[str, dict[str, PromptTemplate]] = {}
-        for name, by_label in sorted(labels.items()):
-            for label, version in by_label.items():
-                stored = await self.get(name, version)
-                if stored is None:  # a label always points at a stored version
-                    raise LookupError(f"label {name}:{label} points at missing version {version}")
-                template = stored.parsed()
-                if label == PRODUCTION:
-                    production.append(template)
-                else:
-                    labelled.setdefault(name, {})[label] = template
+        for label, record in rows:
+            if record is None:
+                raise LookupError(
+                    f"label {label.name}:{label.label} points at missing version {label.version}"
+                )
+            template = StoredVersion.of(record).parsed()
+            if label.label == PRODUCTION:
+                production.append(template)
+            else:
+                labelled.setdefault(label.name, {})[label.label] = template
         return TemplateRegistry(production, brand, labelled=labelled, splits=await self.splits())
 
     # --- writing ------------------------------------------------------------------------------
