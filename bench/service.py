@@ -31,7 +31,7 @@ from app.store.repositories import ApiKeyStore
 from bench.common import pct, write_results
 
 LEVELS = (1, 4, 8, 16)
-ROUNDS = 2  # requests per level = ROUNDS x concurrency (at least 8)
+ROUNDS = 4  # requests per level = ROUNDS x concurrency (at least 16)
 
 
 def profiles(pipeline, count: int, tag: str) -> list[dict[str, Any]]:
@@ -80,7 +80,7 @@ async def run(base: str, vllm_url: str, key: str) -> list[list[object]]:
     overheads: dict[int, list[float]] = {}
     stage_work: list[float] = []
     for level in LEVELS:
-        count = max(8, ROUNDS * level)
+        count = max(16, ROUNDS * level)
         people = profiles(pipeline, count, f"L{level}")
 
         async def raw_call(profile: dict) -> int:  # type: ignore[type-arg]
