@@ -409,25 +409,21 @@ def database() -> None:
     themselves; `upgrade` does it as a separate release step."""
 
 
-def _database() -> Any:
-    from app.store.db import Database
-
+def _database_url() -> str:
     settings = get_settings()
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
-    return Database(settings.database)
+    return settings.database
 
 
 @database.command("upgrade")
 @clear_errors
 def db_upgrade() -> None:
     """Apply the migrations the database lacks."""
-    db = _database()
+    from app.store.db import Database
 
     async def upgrade() -> str | None:
-        await db.upgrade()
-        revision: str | None = await db.revision()
-        await db.dispose()
-        return revision
+        async with Database.upgraded(_database_url()) as db:
+            return await db.revision()
 
     click.echo(f"database at revision {asyncio.run(upgrade())}")
 
@@ -436,14 +432,14 @@ def db_upgrade() -> None:
 @clear_errors
 def db_status() -> None:
     """The database's revision and the newest one; exits 1 when migrations are pending."""
-    from app.store.db import head_revision
-
-    db = _database()
+    from app.store.db import Database, head_revision
 
     async def revision() -> str | None:
-        current: str | None = await db.revision()
-        await db.dispose()
-        return current
+        db = Database(_database_url())  # read only: not upgraded
+        try:
+            return await db.revision()
+        finally:
+            await db.dispose()
 
     current, head = asyncio.run(revision()), head_revision()
     click.echo(f"database: {current or 'no migration applied'}; newest migration: {head}")
@@ -459,21 +455,18 @@ def db_revision(message: str) -> None:
     the newest migration first). Review it before committing: renames look like drop + add."""
     from alembic import command
 
-    from app.store.db import alembic_config, head_revision
+    from app.store.db import Database, alembic_config, head_revision
 
-    db = _database()
     # Numbered in order (0002, 0003, ...): the folder reads as the schema's history.
     number = f"{int(head_revision() or 0) + 1:04d}"
 
     async def write() -> None:
-        await db.upgrade()
-        async with db.engine.begin() as connection:
+        async with Database.upgraded(_database_url()) as db, db.engine.begin() as connection:
             await connection.run_sync(
                 lambda sync: command.revision(
                     alembic_config(sync), message=message, autogenerate=True, rev_id=number
                 )
             )
-        await db.dispose()
 
     asyncio.run(write())
 

@@ -44,14 +44,10 @@ def read_templates(settings: Settings, read: Callable[[TemplateStore], Awaitable
     it first). For callers with no event loop running: the CLI, loader threads, the eval."""
 
     async def opened() -> T:
-        db = Database(settings.database)
-        try:
-            await db.upgrade()
+        async with Database.upgraded(settings.database) as db:
             store = TemplateStore(db)
             await store.seed(settings.prompts_dir)
             return await read(store)
-        finally:
-            await db.dispose()
 
     return asyncio.run(opened())
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -85,3 +87,26 @@ def test_a_database_from_before_migrations_is_adopted_with_its_rows(database_url
         await db.dispose()
 
     asyncio.run(scenario())
+
+
+def test_the_db_commands_report_and_apply_pending_migrations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from app.cli import cli
+    from app.config import get_settings
+
+    monkeypatch.setenv("MARQUEE_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}")
+    monkeypatch.setenv("MARQUEE_CACHE_DIR", str(tmp_path / "cache"))
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        pending = runner.invoke(cli, ["db", "status"])
+        assert pending.exit_code == 1 and "no migration applied" in pending.output
+        applied = runner.invoke(cli, ["db", "upgrade"])
+        assert applied.exit_code == 0 and f"revision {head_revision()}" in applied.output
+        current = runner.invoke(cli, ["db", "status"])
+        assert current.exit_code == 0, current.output
+    finally:
+        get_settings.cache_clear()

@@ -63,7 +63,7 @@ class Catalog:
     def on_sale(self, product_id: str) -> bool:
         return product_id in self._row and product_id not in self.withdrawn
 
-    @property
+    @cached_property
     def on_sale_products(self) -> tuple[Product, ...]:
         if not self.withdrawn:
             return self.products

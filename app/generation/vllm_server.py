@@ -123,8 +123,9 @@ class ManagedVLLM:
         with self._lock:
             if self._stopping.is_set():
                 raise EngineError("vLLM not started: the service is shutting down")
-            if self._process is None:
-                self._spawn()
+            if self._process is not None:
+                return
+            self._spawn()
         atexit.register(self.stop)
 
     def _spawn(self) -> None:

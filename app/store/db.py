@@ -192,6 +192,10 @@ class FeedbackRecord(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+# A PostgreSQL lock held until the transaction ends, named by a string (see Database.writing).
+PG_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(:lock))")
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -225,10 +229,7 @@ class Database:
         async with self.write_lock, self.sessions.begin() as session:
             if self.engine.dialect.name == "postgresql":
                 for lock in sorted(set(locks)):  # one order everywhere: no deadlocks
-                    await session.execute(
-                        text("SELECT pg_advisory_xact_lock(hashtext(:lock))"),
-                        {"lock": f"marquee:{lock}"},
-                    )
+                    await session.execute(PG_LOCK, {"lock": f"marquee:{lock}"})
             yield session
 
     async def upgrade(self) -> None:
@@ -244,12 +245,22 @@ class Database:
     async def dispose(self) -> None:
         await self.engine.dispose()
 
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def upgraded(cls, url: str) -> AsyncIterator[Database]:
+        """The database at ``url``, brought to the newest migration, for one piece of work
+        (the CLI, loader threads); disposed of afterwards."""
+        db = cls(url)
+        try:
+            await db.upgrade()
+            yield db
+        finally:
+            await db.dispose()
+
 
 # --- migrations (Alembic; the scripts live in app/store/migrations/versions) -------------------
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-# Replicas starting together: one migrates, the others wait on this lock and find nothing to do.
-_PG_MIGRATION_LOCK = 0x6D61727175  # "marqu"
 
 
 def alembic_config(connection: Connection) -> Config:
@@ -261,7 +272,8 @@ def alembic_config(connection: Connection) -> Config:
 
 def upgrade_schema(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
-        connection.execute(text(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})"))
+        # Replicas starting together: one migrates, the others wait and find nothing to do.
+        connection.execute(PG_LOCK, {"lock": "marquee:migrations"})
     command.upgrade(alembic_config(connection), "head")
 
 

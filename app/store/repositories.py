@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain import Banner, Interaction, Product, Shopper
 from app.store.db import (
@@ -114,12 +115,8 @@ class ApiKeyStore:
     @staticmethod
     async def create_in(database_url: str, name: str, scopes: list[str]) -> str:
         """Create a key in the database at ``database_url`` (tables made if missing)."""
-        db = Database(database_url)
-        try:
-            await db.upgrade()
+        async with Database.upgraded(database_url) as db:
             return await ApiKeyStore(db).create(name, scopes)
-        finally:
-            await db.dispose()
 
     async def count(self) -> int:
         async with self.db.sessions() as session:
@@ -149,47 +146,17 @@ class CatalogChanges:
     async def upsert_products(self, products: Sequence[Product]) -> None:
         now = datetime.now(UTC)
         async with self.db.writing("catalog") as session:
-            ids = [p.id for p in products]
-            existing = {
-                record.id: record
-                for record in await session.scalars(
-                    select(ProductRecord).where(ProductRecord.id.in_(ids))
-                )
-            }
-            last = (await session.scalar(select(func.max(ProductRecord.seq)))) or 0
-            for product in products:
-                payload = product.model_dump(mode="json")
-                record = existing.get(product.id)
-                if record is None:
-                    last += 1
-                    session.add(
-                        ProductRecord(id=product.id, seq=last, payload=payload, updated_at=now)
-                    )
-                else:
-                    record.payload = payload
-                    record.updated_at = now
-                    record.withdrawn_at = None  # written anew: on sale again
+            for product, record in await _product_records(session, products):
+                record.payload = product.model_dump(mode="json")
+                record.updated_at = now
+                record.withdrawn_at = None  # written anew: on sale again
 
     async def withdraw_products(self, products: Sequence[Product]) -> None:
         """Mark products as no longer on sale. One known only from the seed file gets a row of
         its own to carry the mark."""
         now = datetime.now(UTC)
         async with self.db.writing("catalog") as session:
-            existing = {
-                record.id: record
-                for record in await session.scalars(
-                    select(ProductRecord).where(ProductRecord.id.in_([p.id for p in products]))
-                )
-            }
-            last = (await session.scalar(select(func.max(ProductRecord.seq)))) or 0
-            for product in products:
-                record = existing.get(product.id)
-                if record is None:
-                    last += 1
-                    record = ProductRecord(
-                        id=product.id, seq=last, payload=product.model_dump(mode="json")
-                    )
-                    session.add(record)
+            for _, record in await _product_records(session, products):
                 record.updated_at = now
                 record.withdrawn_at = now
 
@@ -242,9 +209,29 @@ class CatalogChanges:
     @staticmethod
     async def load_from(database_url: str) -> StoredChanges:
         """The changes in the database at ``database_url`` (tables made if missing)."""
-        db = Database(database_url)
-        try:
-            await db.upgrade()
+        async with Database.upgraded(database_url) as db:
             return await CatalogChanges(db).load()
-        finally:
-            await db.dispose()
+
+
+async def _product_records(
+    session: AsyncSession, products: Sequence[Product]
+) -> list[tuple[Product, ProductRecord]]:
+    """Each product with its stored row; a product not stored yet gets a new row (holding its
+    payload), numbered after the others in order of first arrival. Call it inside a write
+    transaction holding the catalog lock."""
+    existing = {
+        record.id: record
+        for record in await session.scalars(
+            select(ProductRecord).where(ProductRecord.id.in_([p.id for p in products]))
+        )
+    }
+    last = (await session.scalar(select(func.max(ProductRecord.seq)))) or 0
+    paired = []
+    for product in products:
+        record = existing.get(product.id)
+        if record is None:
+            last += 1
+            record = ProductRecord(id=product.id, seq=last, payload=product.model_dump(mode="json"))
+            session.add(record)
+        paired.append((product, record))
+    return paired
