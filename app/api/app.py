@@ -44,6 +44,7 @@ from app.api.studio import AuditController, ExperimentController, TemplateContro
 from app.catalog.updates import CatalogUpdater
 from app.config import Settings
 from app.generation.vllm_server import ManagedVLLM, ServerWatch, stop_all
+from app.hardware import describe, detect
 from app.pipeline import Pipeline
 from app.store.db import Database
 from app.store.feedback import FeedbackStore
@@ -153,6 +154,11 @@ def create_app(
         }
     )
     background: list[asyncio.Task[None]] = []  # loops that live as long as the app
+    # Decided once at start; the loaders below follow the same choices.
+    from app.runtime import hardware_choices
+
+    hardware = hardware_choices(settings)
+    log.info(describe(hardware, detect()))
 
     def readiness() -> dict[str, Any]:
         service: BannerService | None = state.service
@@ -167,6 +173,10 @@ def create_app(
         }
         if watch is not None:
             body["engine_restarts"] = watch.restarts
+        body["hardware"] = {
+            name: {"device": c.device, "dtype": c.dtype, "threads": c.threads}
+            for name, c in hardware.items()
+        }
         if state.load_error:
             body["error"] = state.load_error
         return body

@@ -35,12 +35,18 @@ WHITESPACE = r"[ ]?"
 class TransformersEngine:
     name = "transformers"
 
-    def __init__(self, folder: Path, model_name: str, dtype: str = "bfloat16") -> None:
+    def __init__(
+        self, folder: Path, model_name: str, dtype: str = "float32", device: str = "cpu"
+    ) -> None:
+        """``dtype`` and ``device`` come from the hardware profile (app/hardware.py)."""
         if not (folder / "config.json").exists():
             raise EngineError(f"no prepared model in {folder}: run `marquee model prepare`")
         self.model = model_name
+        self.dtype = dtype
         self._tokenizer = AutoTokenizer.from_pretrained(folder)
-        self._hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+        self._hf_model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=getattr(torch, dtype), device_map=device
+        )
         self._hf_model.eval()  # type: ignore[no-untyped-call]
         self._outlines_model = outlines.from_transformers(
             self._hf_model,

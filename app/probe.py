@@ -1,0 +1,69 @@
+"""A few seconds of real work on the chosen settings, so `marquee doctor` shows speeds, not only
+choices: catalog products embedded per second and output tokens decoded per second."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.retrieval.embedder import Embedder
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    rate: float  # items per second
+    unit: str
+    items: int
+    seconds: float
+
+
+def probe_embedder(embedder: Embedder, texts: Sequence[str], seconds: float) -> ProbeResult:
+    """Encode batches of ``texts`` for about ``seconds`` (after one warm-up batch)."""
+    batch = list(texts[:32]) or ["a product"]
+    embedder.encode(batch[:4])  # warm-up: first-call allocations are not throughput
+    done, start = 0, time.perf_counter()
+    while True:
+        embedder.encode(batch)
+        done += len(batch)
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return ProbeResult(done / elapsed, "products/s", done, elapsed)
+
+
+def probe_decode(folder: Path, dtype: str, device: str, seconds: float) -> ProbeResult:
+    """Greedy decoding of a short prompt with the in-process model, for about ``seconds``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=getattr(torch, dtype), device_map=device
+    )
+    prompt = tokenizer("Write a short headline for a camping tent sale:", return_tensors="pt")
+    prompt = prompt.to(device)
+    steps = 16
+
+    def decode() -> int:
+        with torch.inference_mode():
+            output = model.generate(
+                **prompt,
+                max_new_tokens=steps,
+                min_new_tokens=steps,
+                do_sample=False,
+                pad_token_id=tokenizer.eos_token_id,
+            )
+        return int(output.shape[1] - prompt["input_ids"].shape[1])
+
+    decode()  # warm-up
+    done, start = 0, time.perf_counter()
+    while True:
+        done += decode()
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return ProbeResult(done / elapsed, "tokens/s", done, elapsed)
