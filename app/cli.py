@@ -367,7 +367,13 @@ def generate(
 
 
 @cli.command()
-@click.option("--shoppers", default=4, show_default=True, type=click.IntRange(1, 100))
+@click.option(
+    "--shoppers",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1, 100),
+    help="How many demo shoppers: one without history, the rest with one.",
+)
 @engine_option
 @clear_errors
 def demo(shoppers: int, engine: str | None) -> None:

