@@ -71,9 +71,15 @@ def hardware_choices(
     """Each component's device, dtype and threads: the settings' explicit values, else what
     this machine runs fastest (``auto``)."""
     profile = profile or detect()
+    # Beside a managed vLLM on the same CPU, this process's torch work shrinks to a few
+    # threads (share_cores_with_model_server); the profile reports what will run.
+    beside_vllm = (
+        settings.engine == "vllm" and settings.vllm_mode == "managed" and profile.device == "cpu"
+    )
+    torch_threads = settings.torch_threads_beside_vllm if beside_vllm else 0
     return {
-        "embedder": profile.choose("embedder", settings.embedding_dtype),
-        "llm": profile.choose("llm", settings.llm_dtype),
+        "embedder": profile.choose("embedder", settings.embedding_dtype, torch_threads),
+        "llm": profile.choose("llm", settings.llm_dtype, torch_threads),
         "vllm": profile.choose("vllm", settings.vllm_dtype),
     }
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from bench import banner, embedding, retrieval, service
+from bench import banner, dtypes, embedding, retrieval, service
 
 
 def main() -> None:
-    for module in (embedding, retrieval, banner, service):
+    for module in (dtypes, embedding, retrieval, banner, service):
         print(f"\n=== {module.__name__} ===", flush=True)
         module.main()
 

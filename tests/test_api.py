@@ -185,6 +185,12 @@ def test_health_readiness_and_docs(api) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
     assert ready["ready"] and ready["pipeline"] and ready["engine"]
+    # The hardware profile's choices, as the loaders follow them.
+    from app.runtime import hardware_choices
+
+    chosen = hardware_choices(client.app.state.settings)
+    assert ready["hardware"]["embedder"]["dtype"] == chosen["embedder"].dtype
+    assert set(ready["hardware"]) == {"embedder", "llm", "vllm"}
     schema = client.get("/docs/openapi.json").json()
     assert "/v1/banners" in schema["paths"]
 

@@ -131,3 +131,15 @@ def test_memory_follows_a_container_limit(tmp_path: Path) -> None:
     assert machine > 0 and _memory_gb(limited) == min(3.0, machine)
     profile = HardwareProfile(cpu("avx2"))
     assert profile.cpu_kv_cache_gb() == 2  # 24 GB: a tenth
+
+
+def test_beside_a_managed_vllm_torch_keeps_to_its_threads() -> None:
+    profile = HardwareProfile(cpu("avx2", cores=8))
+    alone = hardware_choices(Settings(engine="transformers"), profile)
+    assert alone["embedder"].threads == 8 and alone["vllm"].threads == 7
+    beside = hardware_choices(
+        Settings(engine="vllm", vllm_mode="managed", torch_threads_beside_vllm=1), profile
+    )
+    assert beside["embedder"].threads == 1 and beside["llm"].threads == 1
+    external = hardware_choices(Settings(engine="vllm", vllm_mode="external"), profile)
+    assert external["embedder"].threads == 8

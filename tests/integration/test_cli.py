@@ -100,8 +100,16 @@ def test_make_demo_prints_every_template_for_warm_and_cold_shoppers() -> None:
     headers = [line for line in run.stdout.splitlines() if line.startswith("── ")]
     templates = {"hero_banner", "grid_heading", "category_spotlight"}
     assert {name for name in templates if any(f" {name} v" in h for h in headers)} == templates
-    shoppers = {h.split("shopper ")[1].split()[0] for h in headers}
-    assert len(shoppers) == 4 and len(headers) == 4 * len(templates)
+    shoppers = [h.split("shopper ")[1].split()[0] for h in headers]
+    # One shopper with a history and one without (cold start), every template for each.
+    assert len(set(shoppers)) == 2 and len(headers) == 2 * len(templates)
+    histories = {
+        row["id"]: row.get("history")
+        for row in map(
+            json.loads, (PROJECT_ROOT / "data" / "shoppers.jsonl").read_text().splitlines()
+        )
+    }
+    assert sorted(bool(histories[s]) for s in set(shoppers)) == [False, True]
 
 
 def test_index_build_embeds_the_catalog_then_reuses_it(tmp_path: Path) -> None:
