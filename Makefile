@@ -103,7 +103,7 @@ integration: prepare browser
 	$(BIN)/pytest -q -m integration
 
 test: prepare browser postgres lint typecheck
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=10
 
 # The README's studio screenshots, taken by the browser test as it goes.
 screenshots: prepare browser

@@ -77,7 +77,7 @@ async def run() -> None:
 
     write_results(
         "banner",
-        "Banner latency, in-process transformers engine (SmolLM2-135M, bf16, CPU)",
+        f"Banner latency, in-process transformers engine (SmolLM2-135M, {engine.dtype}, CPU)",  # type: ignore[union-attr]
         ["mode", "banners", "p50 ms", "p95 ms", "output tok/s", "banners/s", "vs 1-by-1"],
         rows,
         [

@@ -31,11 +31,17 @@ def describe_machine() -> str:
 
 
 def write_results(
-    name: str, title: str, header: list[str], rows: list[list[object]], notes: list[str]
+    name: str,
+    title: str,
+    header: list[str],
+    rows: list[list[object]],
+    notes: list[str],
+    machine: str | None = None,
 ) -> Path:
-    """Write ``results/<name>.md`` (a table people read) and ``.json`` (for tooling)."""
+    """Write ``results/<name>.md`` (a table people read) and ``.json`` (for tooling).
+    ``machine``: where the numbers were measured (default: this machine)."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    machine = describe_machine()
+    machine = machine or describe_machine()
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"# {title}",

@@ -96,22 +96,19 @@ def measure_generation(
     with torch.inference_mode():
         model(ids[:, :16])  # warm-up
         start = time.perf_counter()
-        model(ids)
+        out = model(ids, use_cache=True)
         prefill = time.perf_counter() - start
+        # Decode timed alone: one token a step on the prompt's KV cache, greedy.
+        past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
         start = time.perf_counter()
-        model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=DECODE_TOKENS,
-            min_new_tokens=DECODE_TOKENS,
-            do_sample=False,
-            pad_token_id=tokenizer.eos_token_id,
-        )
-        total = time.perf_counter() - start
+        for _ in range(DECODE_TOKENS):
+            out = model(token, past_key_values=past, use_cache=True)
+            past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        decode = time.perf_counter() - start
     return {
         "prompt_tokens": int(ids.shape[1]),
         "prefill_s": prefill,
-        "decode_tok_s": DECODE_TOKENS / max(total - prefill, 1e-9),
+        "decode_tok_s": DECODE_TOKENS / decode,
     }
 
 
@@ -228,6 +225,50 @@ def real_inputs(folder: Path) -> tuple[Path, list[Any]]:
     return path, requests
 
 
+def comparison_rows(
+    paths: list[str],
+    workers: dict[str, dict[str, Any]],
+    served: dict[tuple[str, str], dict[str, float]],
+) -> list[list[object]]:
+    """One row per (path, metric): float32, bf16, bf16's speed relative to float32, the faster."""
+    prompt_tokens = workers[paths[0]]["float32"]["prompt_tokens"]
+
+    def worker_metric(key: str) -> Callable[[str, str], float]:
+        return lambda path, dtype: float(workers[path][dtype][key])
+
+    def served_metric(key: str) -> Callable[[str, str], float]:
+        return lambda path, dtype: served[path, dtype][key]
+
+    # (component, metric, how to read it, whether higher is better)
+    metrics: list[tuple[str, str, Callable[[str, str], float], bool]] = [
+        ("embedding", "products/s", worker_metric("embed_per_s"), True),
+        ("in-process", f"prefill s ({prompt_tokens} tokens)", worker_metric("prefill_s"), False),
+        ("in-process", "decode tokens/s", worker_metric("decode_tok_s"), True),
+    ]
+    if served:
+        metrics += [
+            ("vLLM", "banner p50 s", served_metric("banner_p50_s"), False),
+            ("vLLM", "output tokens/s", served_metric("out_tok_s"), True),
+            ("vLLM", "ready s", served_metric("ready_s"), False),
+        ]
+    rows: list[list[object]] = []
+    for path in paths:
+        for component, metric, read, higher_is_better in metrics:
+            fp32, bf16 = read(path, "float32"), read(path, "bfloat16")
+            faster = "bf16" if (bf16 > fp32) == higher_is_better else "fp32"
+            ratio = bf16 / fp32 if higher_is_better else fp32 / bf16
+            rows.append([component, metric, path, fp32, bf16, ratio, faster])
+    return rows
+
+
+HEADER = ["component", "metric", "path", "float32", "bfloat16", "bf16 speed vs fp32", "faster"]
+RATIO_NOTE = "'bf16 speed vs fp32' > 1 means bf16 is faster (rates divided, times inverted)"
+WORKLOAD_NOTE = (
+    f"embedding: {EMBED_TEXTS} demo product texts, batches of 32; in-process: a real "
+    f"hero_banner prompt, greedy decode of {DECODE_TOKENS} tokens"
+)
+
+
 def main() -> None:
     import tempfile
 
@@ -241,58 +282,53 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         inputs, requests = real_inputs(Path(folder))
         workers = {path: run_worker(inputs, forced=path == "avx2") for path in paths}
-        prompt_tokens = workers["native"]["float32"]["prompt_tokens"]
         served = {
             (path, dtype): asyncio.run(vllm_banners(dtype, path == "avx2", requests))
             for path in paths
             for dtype in DTYPES
         }
-    auto = hardware_choices(get_settings(), profile)
-    rows: list[list[object]] = []
-
-    def worker_metric(key: str) -> Callable[[str, str], float]:
-        return lambda path, dtype: float(workers[path][dtype][key])
-
-    def served_metric(key: str) -> Callable[[str, str], float]:
-        return lambda path, dtype: served[path, dtype][key]
-
-    # (component, metric, how to read it, whether higher is better)
-    metrics: list[tuple[str, str, Callable[[str, str], float], bool]] = [
-        ("embedding", "products/s", worker_metric("embed_per_s"), True),
-        ("in-process", f"prefill s ({prompt_tokens} tokens)", worker_metric("prefill_s"), False),
-        ("in-process", "decode tokens/s", worker_metric("decode_tok_s"), True),
-        ("vLLM", "banner p50 s", served_metric("banner_p50_s"), False),
-        ("vLLM", "output tokens/s", served_metric("out_tok_s"), True),
-        ("vLLM", "ready s", served_metric("ready_s"), False),
-    ]
-    for path in paths:
-        for component, metric, read, higher_is_better in metrics:
-            fp32, bf16 = read(path, "float32"), read(path, "bfloat16")
-            faster = "bf16" if (bf16 > fp32) == higher_is_better else "fp32"
-            ratio = bf16 / fp32 if higher_is_better else fp32 / bf16
-            rows.append([component, metric, path, fp32, bf16, ratio, faster])
     cpu = profile.cpu
-    choice = {name: c.dtype for name, c in auto.items()}
+    choice = {name: c.dtype for name, c in hardware_choices(get_settings(), profile).items()}
     write_results(
         "dtypes",
         "bf16 vs float32 per component, native and forced-AVX2 paths",
-        ["component", "metric", "path", "float32", "bfloat16", "bf16 speed vs fp32", "faster"],
-        rows,
+        HEADER,
+        comparison_rows(paths, workers, served),
         [
             f"CPU: {cpu.model}, {cpu.cores} cores, widest ISA {cpu.vector_isa}, torch kernels "
             f"{workers['native']['torch_capability']}, native bf16: {cpu.native_bf16}",
             f"auto picks here: {choice}",
-            "'bf16 speed vs fp32' > 1 means bf16 is faster (rates divided, times inverted)",
+            RATIO_NOTE,
             "avx2 path (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2): "
             + (
                 "measured"
                 if "avx2" in paths
                 else "same as native on this CPU (it has no bf16 instructions)"
             ),
-            f"embedding: {EMBED_TEXTS} demo product texts, batches of 32; in-process: a real "
-            f"hero_banner prompt, greedy decode of {DECODE_TOKENS} tokens; vLLM: "
-            f"{VLLM_BANNERS} real banners one at a time after a warm-up, --enforce-eager",
+            WORKLOAD_NOTE + f"; vLLM: {VLLM_BANNERS} real banners one at a time after a "
+            "warm-up, --enforce-eager",
         ],
+    )
+
+
+def report(name: str, machine: str, native: Path, avx2: Path) -> None:
+    """A table from worker outputs measured elsewhere (`--worker` run on another machine, e.g.
+    one with native bf16), for the results folder."""
+    from bench.common import write_results
+
+    workers = {"native": json.loads(native.read_text()), "avx2": json.loads(avx2.read_text())}
+    write_results(
+        name,
+        f"bf16 vs float32, in-process components, on {machine}",
+        HEADER,
+        comparison_rows(["native", "avx2"], workers, {}),
+        [
+            f"measured on {machine} by `python -m bench.dtypes --worker --random-weights` "
+            "(each model built from its config.json: speed does not depend on the weights)",
+            RATIO_NOTE,
+            WORKLOAD_NOTE,
+        ],
+        machine=machine,
     )
 
 
@@ -301,8 +337,14 @@ if __name__ == "__main__":
     parser.add_argument("--worker", action="store_true", help="measure one (path) in-process")
     parser.add_argument("--inputs", help="the JSON file real_inputs() writes")
     parser.add_argument("--random-weights", action="store_true")
+    parser.add_argument("--report", metavar="NAME", help="tabulate two worker outputs as NAME")
+    parser.add_argument("--machine", help="with --report: where they were measured")
+    parser.add_argument("--native", type=Path, help="with --report: the native path's output")
+    parser.add_argument("--avx2", type=Path, help="with --report: the forced-AVX2 output")
     parsed = parser.parse_args()
     if parsed.worker:
         worker(parsed)
+    elif parsed.report:
+        report(parsed.report, parsed.machine, parsed.native, parsed.avx2)
     else:
         main()

@@ -178,3 +178,48 @@ def test_doctor_picks_float32_when_torch_runs_the_avx2_path() -> None:
         "doctor", "--json", "--no-probe", ATEN_CPU_CAPABILITY="avx2", MARQUEE_LLM_DTYPE="bfloat16"
     )
     assert json.loads(explicit.stdout)["choices"]["llm"]["dtype"] == "bfloat16"
+
+
+def test_vllm_serve_runs_the_managed_servers_recipe_in_the_foreground(tmp_path: Path) -> None:
+    """The CPU image's entry point: vLLM alone, in the dtype the hardware profile picks."""
+    import signal
+    import time
+
+    import httpx
+
+    from app.config import Settings
+    from app.generation.vllm_server import free_port
+    from app.runtime import hardware_choices
+
+    port = free_port()
+    log = tmp_path / "vllm.log"  # a file, not a pipe: vLLM's start-up log would fill a pipe
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app", "vllm", "serve", "--port", str(port)],
+        cwd=PROJECT_ROOT,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        assert server.poll() is None, log.read_text()[-3000:]
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json()
+        assert [m["id"] for m in models["data"]] == ["SmolLM2-135M-Instruct"]
+        # The process became vLLM itself (exec), with the dtype chosen for this machine.
+        argv = Path(f"/proc/{server.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"vllm.entrypoints.openai.api_server" in argv
+        dtype = hardware_choices(Settings())["vllm"].dtype
+        assert argv[argv.index(b"--dtype") + 1].decode() == dtype
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
