@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+from app.config import Settings
 from app.generation.engine import GenerationRequest, SamplingParams
 from app.generation.schemas import output_model
 from app.generation.vllm_engine import VLLMEngine
@@ -34,6 +35,43 @@ def test_managed_server_command_has_the_cpu_fixes(tmp_path) -> None:
     assert command[command.index("--host") + 1] == "127.0.0.1"
     config = json.loads(command[command.index("--structured-outputs-config") + 1])
     assert config == {"backend": "xgrammar", "disable_any_whitespace": True}
+
+
+def test_the_server_runs_in_the_dtype_and_memory_it_is_given(tmp_path) -> None:
+    base = {"model_dir": tmp_path, "served_name": "m", "port": 9, "log_path": tmp_path / "l"}
+    cpu = ManagedVLLM(VLLMServerConfig(**base, dtype="float32", kv_cache_gb=3))
+    command = cpu.command()
+    assert command[command.index("--dtype") + 1] == "float32"
+    assert "--gpu-memory-utilization" not in command
+    assert cpu.config.environment()["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    gpu = ManagedVLLM(
+        VLLMServerConfig(**base, dtype="bfloat16", device="cuda", gpu_memory_utilization=0.5)
+    )
+    command = gpu.command()
+    # CUDA graphs on a GPU (no eager mode), a share of its memory, no CPU KV-cache variable.
+    assert "--enforce-eager" not in command
+    assert command[command.index("--gpu-memory-utilization") + 1] == "0.5"
+    assert command[command.index("--dtype") + 1] == "bfloat16"
+    assert "VLLM_CPU_KVCACHE_SPACE" not in gpu.config.environment()
+
+
+def test_the_managed_server_follows_the_hardware_profile(tmp_path, monkeypatch) -> None:
+    from app import runtime
+    from app.hardware import CpuInfo, HardwareProfile
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    monkeypatch.setattr(runtime, "is_prepared", lambda _: True)
+    zen3 = CpuInfo("zen3", "x86_64", 2, frozenset({"avx2"}), "AVX2", "", 40.0)
+    monkeypatch.setattr(runtime, "detect", lambda: HardwareProfile(zen3))
+    settings = Settings(llm_dir=folder, cache_dir=tmp_path)
+    config = runtime.vllm_server_config(settings, port=9)
+    assert (config.dtype, config.device, config.kv_cache_gb) == ("float32", "cpu", 4)
+    explicit = Settings(
+        llm_dir=folder, cache_dir=tmp_path, vllm_dtype="bfloat16", vllm_kv_cache_gb=1
+    )
+    config = runtime.vllm_server_config(explicit, port=9)
+    assert (config.dtype, config.kv_cache_gb) == ("bfloat16", 1)
 
 
 def test_serving_beside_a_managed_server_shrinks_the_torch_pool(monkeypatch) -> None:
