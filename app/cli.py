@@ -85,11 +85,12 @@ def model_prepare(force: bool) -> None:
 def doctor(probe: bool, as_json: bool) -> None:
     """What this machine offers and what each component runs with (dtype, threads), and why."""
     from app.hardware import detect
-    from app.runtime import hardware_choices
+    from app.runtime import hardware_choices, vllm_kv_cache_gb
 
     settings = get_settings()
     profile = detect()
     choices = hardware_choices(settings, profile)
+    kv_cache_gb = vllm_kv_cache_gb(settings, profile)
     speeds: dict[str, str] = {}
     if probe:
         speeds = _probe_speeds(settings, choices)
@@ -97,7 +98,7 @@ def doctor(probe: bool, as_json: bool) -> None:
         report = {
             **profile.to_dict(),
             "choices": {name: dataclasses.asdict(choice) for name, choice in choices.items()},
-            "vllm_kv_cache_gb": settings.vllm_kv_cache_gb or profile.cpu_kv_cache_gb(),
+            "vllm_kv_cache_gb": kv_cache_gb,
             "probe": speeds,
         }
         click.echo(json.dumps(report, indent=2))
@@ -120,8 +121,7 @@ def doctor(probe: bool, as_json: bool) -> None:
             f"({choice.reason})"
         )
     if profile.device == "cpu":
-        gb = settings.vllm_kv_cache_gb or profile.cpu_kv_cache_gb()
-        click.echo(f"          vLLM KV cache {gb} GB")
+        click.echo(f"          vLLM KV cache {kv_cache_gb} GB")
     for component, speed in speeds.items():
         click.echo(f"probe {component}: {speed}")
 

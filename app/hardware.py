@@ -25,7 +25,6 @@ from typing import Literal
 Dtype = Literal["float32", "bfloat16", "float16"]
 DtypeSetting = Literal["auto", "float32", "bfloat16", "float16"]
 Component = Literal["embedder", "llm", "vllm"]
-COMPONENTS: tuple[Component, ...] = ("embedder", "llm", "vllm")
 
 # CPU flags (as /proc/cpuinfo names them) that mean bf16 arithmetic in hardware.
 X86_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})

@@ -4,7 +4,7 @@ choices: catalog products embedded per second and output tokens decoded per seco
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,17 +20,27 @@ class ProbeResult:
     seconds: float
 
 
-def probe_embedder(embedder: Embedder, texts: Sequence[str], seconds: float) -> ProbeResult:
-    """Encode batches of ``texts`` for about ``seconds`` (after one warm-up batch)."""
-    batch = list(texts[:32]) or ["a product"]
-    embedder.encode(batch[:4])  # warm-up: first-call allocations are not throughput
+def _rate(step: Callable[[], int], seconds: float, unit: str) -> ProbeResult:
+    """Repeat ``step`` (it returns how many items it did) for about ``seconds``, after one
+    warm-up call: first-call allocations are not throughput."""
+    step()
     done, start = 0, time.perf_counter()
     while True:
-        embedder.encode(batch)
-        done += len(batch)
+        done += step()
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
-            return ProbeResult(done / elapsed, "products/s", done, elapsed)
+            return ProbeResult(done / elapsed, unit, done, elapsed)
+
+
+def probe_embedder(embedder: Embedder, texts: Sequence[str], seconds: float) -> ProbeResult:
+    """Encode batches of ``texts`` for about ``seconds``."""
+    batch = list(texts[:32]) or ["a product"]
+
+    def encode() -> int:
+        embedder.encode(batch)
+        return len(batch)
+
+    return _rate(encode, seconds, "products/s")
 
 
 def probe_decode(folder: Path, dtype: str, device: str, seconds: float) -> ProbeResult:
@@ -60,10 +70,4 @@ def probe_decode(folder: Path, dtype: str, device: str, seconds: float) -> Probe
             )
         return int(output.shape[1] - prompt["input_ids"].shape[1])
 
-    decode()  # warm-up
-    done, start = 0, time.perf_counter()
-    while True:
-        done += decode()
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return ProbeResult(done / elapsed, "tokens/s", done, elapsed)
+    return _rate(decode, seconds, "tokens/s")

@@ -84,6 +84,11 @@ def hardware_choices(
     }
 
 
+def vllm_kv_cache_gb(settings: Settings, profile: HardwareProfile) -> int:
+    """The managed server's CPU KV cache: the setting, or the profile's size for 0."""
+    return settings.vllm_kv_cache_gb or profile.cpu_kv_cache_gb()
+
+
 def load_embedder(settings: Settings) -> SentenceEmbedder:
     choice = hardware_choices(settings)["embedder"]
     return SentenceEmbedder(
@@ -152,7 +157,7 @@ def vllm_server_config(
         log_path=settings.vllm_log,
         dtype=choice.dtype,
         device=choice.device,
-        kv_cache_gb=settings.vllm_kv_cache_gb or profile.cpu_kv_cache_gb(),
+        kv_cache_gb=vllm_kv_cache_gb(settings, profile),
         gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
         max_model_len=settings.vllm_max_model_len,
         startup_timeout_s=settings.vllm_startup_timeout_s,

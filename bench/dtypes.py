@@ -287,7 +287,6 @@ def main() -> None:
             for path in paths
             for dtype in DTYPES
         }
-    cpu = profile.cpu
     choice = {name: c.dtype for name, c in hardware_choices(get_settings(), profile).items()}
     write_results(
         "dtypes",
@@ -295,8 +294,7 @@ def main() -> None:
         HEADER,
         comparison_rows(paths, workers, served),
         [
-            f"CPU: {cpu.model}, {cpu.cores} cores, widest ISA {cpu.vector_isa}, torch kernels "
-            f"{workers['native']['torch_capability']}, native bf16: {cpu.native_bf16}",
+            f"torch kernels on the native path: {workers['native']['torch_capability']}",
             f"auto picks here: {choice}",
             RATIO_NOTE,
             "avx2 path (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2): "

@@ -52,7 +52,6 @@ class SentenceEmbedder:
         folder = resolve_embedding_model(reference)
         self.name = reference
         self.batch_size = batch_size
-        self.dtype = dtype
         self._model = SentenceTransformer(
             str(folder), device=device, model_kwargs={"dtype": getattr(torch, dtype)}
         )
