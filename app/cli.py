@@ -425,7 +425,7 @@ def serve(engine: str | None, host: str | None, port: int | None) -> None:
     """Run the HTTP API (and, with --engine vllm in managed mode, the vLLM server)."""
     import uvicorn
 
-    from app.api.app import create_app
+    from app.server.app import create_app
     from app.runtime import share_cores_with_model_server
 
     updates: dict[str, Any] = {"engine": engine} if engine else {}

@@ -9,10 +9,25 @@ from typing import Annotated
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl, StringConstraints
 
 ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
+
+# The constrained strings every layer shares, declared once: the core validates with them and
+# the HTTP side builds its wire types and path parameters from them.
+IDENTIFIER_PATTERN = r"^[\w.:-]{1,64}$"  # products, shoppers, events, banners
+NAME_PATTERN = r"^[a-z][a-z0-9_]{1,48}$"  # templates and placements
+LABEL_PATTERN = r"^[a-z][a-z0-9_-]{1,39}$"  # template labels: production, candidate, ...
+LOCALE_PATTERN = r"^[a-z]{2}(-[A-Z]{2})?$"  # en, en-US
+
 Identifier = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[\w.:-]+$"),
 ]
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+Label = Annotated[str, StringConstraints(pattern=LABEL_PATTERN)]
+Locale = Annotated[str, StringConstraints(pattern=LOCALE_PATTERN)]
+ShopperName = Annotated[str, StringConstraints(strip_whitespace=True, max_length=80)]
+Segment = Annotated[str, StringConstraints(strip_whitespace=True, max_length=40)]
+Interest = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80)]
+MAX_INTERESTS = 20
 
 
 MAX_HISTORY = 10_000  # events kept per shopper: the newest win
@@ -56,12 +71,10 @@ class Shopper(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: Identifier
-    name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=80)] = ""
-    locale: Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-[A-Z]{2})?$")] = "en-US"
-    segment: Annotated[str, StringConstraints(strip_whitespace=True, max_length=40)] = "unknown"
-    interests: tuple[
-        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80)], ...
-    ] = ()
+    name: ShopperName = ""
+    locale: Locale = "en-US"
+    segment: Segment = "unknown"
+    interests: tuple[Interest, ...] = Field(default=(), max_length=MAX_INTERESTS)
     history: tuple[Interaction, ...] = Field(default=(), max_length=MAX_HISTORY)
 
     @property

@@ -143,6 +143,10 @@ class Pipeline:
     def embedder(self) -> Embedder:
         return self.selector.embedder
 
+    # --- swap points: the only ways the parts change while the pipeline serves ----------------
+    # Each is one assignment, so a request in flight sees the old part or the new one, never a
+    # mix.
+
     def use_catalog(
         self, catalog: Catalog, index: VectorIndex, signals: InteractionSignals
     ) -> None:
@@ -150,6 +154,15 @@ class Pipeline:
         self.selector = CandidateSelector(
             catalog, index, self.selector.embedder, signals, self.settings
         )
+
+    def use_templates(self, templates: TemplateRegistry) -> None:
+        """Serve another set of templates, labels and splits (a publish, a rollback)."""
+        self.templates = templates
+
+    def use_engine(self, engine: Engine | None) -> None:
+        """Generate with another engine (the eval's arms; None: fallback copy only). The caller
+        owns the engine it replaced."""
+        self.engine = engine
 
     # --- the stages, each callable alone ---------------------------------------------------
 

@@ -243,7 +243,7 @@ async def _compare(
         runner = pipeline
         if arm.engine is not None:
             runner = shallow.copy(pipeline)
-            runner.engine = make_engine(settings, arm.engine)
+            runner.use_engine(make_engine(settings, arm.engine))
         try:
             samples = await copy_quality.generate(
                 runner, shoppers, arm.template, arm.version, arm.name, settings.banned_terms

@@ -16,10 +16,10 @@ import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
-from app.api.app import create_app
 from app.catalog.store import Catalog, ShopperStore
 from app.config import Settings
 from app.generation.engine import EngineError
+from app.server.app import create_app
 from app.store.repositories import ApiKeyStore
 from tests.test_pipeline import GOOD, ScriptedEngine, make_pipeline
 
@@ -188,7 +188,7 @@ def test_health_readiness_and_docs(api) -> None:
     # The hardware profile's choices, as the loaders follow them.
     from app.runtime import hardware_choices
 
-    chosen = hardware_choices(client.app.state.settings)
+    chosen = hardware_choices(client.app.state.services.settings)
     assert ready["hardware"]["embedder"]["dtype"] == chosen["embedder"].dtype
     assert set(ready["hardware"]) == {"embedder", "llm", "vllm"}
     schema = client.get("/docs/openapi.json").json()

@@ -17,15 +17,15 @@ from litestar import Litestar
 from litestar.testing import TestClient
 from sqlalchemy.exc import OperationalError
 
-from app.api.app import create_app
 from app.catalog.store import Catalog, ShopperStore
-from app.catalog.updates import CatalogUpdater
 from app.config import Settings
 from app.domain import EventType, Interaction, Product, Shopper
 from app.retrieval.embedder import product_text
 from app.retrieval.index import ExactIndex, build_or_load_index, reindex, save_index
 from app.retrieval.selector import CandidateFilters
 from app.runtime import load_data
+from app.server.app import create_app
+from app.server.catalog.service import CatalogService
 from app.store.db import Database
 from app.store.repositories import CatalogChanges
 from tests.conftest import NOW, WordEmbedder, product
@@ -72,8 +72,8 @@ def wire(item: Product) -> dict[str, Any]:
     return item.model_dump(mode="json")
 
 
-def updater(client: Client) -> CatalogUpdater:
-    found: CatalogUpdater = client.app.state.updater
+def updater(client: Client) -> CatalogService:
+    found: CatalogService = client.app.state.services.catalog
     return found
 
 

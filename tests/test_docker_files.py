@@ -206,7 +206,8 @@ def test_the_installed_package_carries_its_templates_and_eval_files(tmp_path: Pa
     )
     (wheel,) = tmp_path.glob("marquee-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    pages = {f"app/web/templates/{p.name}" for p in (PROJECT_ROOT / "app/web/templates").glob("*")}
+    folder = "app/server/studio/templates"
+    pages = {f"{folder}/{p.name}" for p in (PROJECT_ROOT / folder).glob("*")}
     assert pages and pages <= names
     assert {"eval/report.html.j2", "eval/thresholds.yaml", "eval/runner.py"} <= names
     migrations = {

@@ -131,7 +131,7 @@ async def test_no_engine_still_answers_with_fallback(
     test_settings,
 ) -> None:
     pipeline = make_pipeline(ScriptedEngine([]), tiny_catalog, tiny_shoppers, test_settings)
-    pipeline.engine = None
+    pipeline.use_engine(None)
     (banner,) = await pipeline.generate(BannerRequest(shopper_id="runner"))
     assert banner.fallback and banner.engine == "none"
 

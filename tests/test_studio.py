@@ -17,10 +17,10 @@ import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
-from app.api.app import create_app
 from app.catalog.store import Catalog, ShopperStore
 from app.config import PROJECT_ROOT, Settings
 from app.prompting.templates import PRODUCTION, Split
+from app.server.app import create_app
 from app.store.db import Database
 from app.store.templates import Conflict, TemplateStore
 from tests.test_api import _keys
@@ -477,7 +477,7 @@ def test_studio_pages_need_a_marketer_and_a_csrf_token(studio) -> None:
 
 def test_lint_lines_show_each_problem_in_its_context() -> None:
     from app.prompting.lint import LintProblem
-    from app.web.pages import _lines
+    from app.server.studio.pages import _lines
 
     source = "\n".join(f"line {n}" for n in range(1, 31))
     shown = _lines(

@@ -79,10 +79,10 @@ def test_serving_beside_a_managed_server_shrinks_the_torch_pool(monkeypatch) -> 
     import uvicorn
     from click.testing import CliRunner
 
-    import app.api.app
+    import app.server.app
     from app.cli import cli
 
-    monkeypatch.setattr(app.api.app, "create_app", lambda settings: None)
+    monkeypatch.setattr(app.server.app, "create_app", lambda settings: None)
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
     monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: None)
     before = torch.get_num_threads()

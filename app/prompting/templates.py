@@ -25,6 +25,7 @@ import yaml
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from app.domain import Name
 from app.generation.engine import SamplingParams
 from app.generation.schemas import SCHEMAS, BannerCopy, SchemaSpec, output_model
 from app.prompting.context import example_context
@@ -78,13 +79,13 @@ class FewShotExample(BaseModel):
 class TemplateHeader(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]{1,48}$")
+    name: Name
     # In a file, informational; a version saved in the studio gets its number from the store.
     version: int = Field(default=1, ge=1)
     description: str = Field(min_length=1, max_length=300)
     schema_name: str = Field(alias="schema")
     k: int = Field(default=8, ge=2, le=20)
-    placement: str = Field(default="home_hero", pattern=r"^[a-z][a-z0-9_]{1,48}$")
+    placement: Name = "home_hero"
     sampling: SamplingParams = SamplingParams()
     system: str = Field(min_length=1, max_length=4000)
     examples: list[FewShotExample] = Field(default_factory=list, max_length=4)
@@ -206,7 +207,6 @@ def parse_template(text: str, origin: str, version: int | None = None) -> Prompt
 
 
 PRODUCTION = "production"
-LABEL_PATTERN = r"^[a-z][a-z0-9_-]{1,39}$"
 
 
 @dataclass(frozen=True)

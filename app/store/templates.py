@@ -9,7 +9,7 @@ else's edit. The (name, version) unique key makes the check hold across processe
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,15 +45,26 @@ class Conflict(Exception):
 
 
 @dataclass(frozen=True)
-class StoredVersion:
+class VersionInfo:
+    """What is known about a version without its text."""
+
     name: str
     version: int
-    source: str
     content_hash: str
     author: str
     message: str
     draft: bool
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredVersion(VersionInfo):
+    source: str
+
+    def info(self) -> VersionInfo:
+        return VersionInfo(
+            **{f.name: getattr(self, f.name) for f in fields(VersionInfo)}  # all but the text
+        )
 
     @classmethod
     def of(cls, record: TemplateVersionRecord) -> StoredVersion:

@@ -69,7 +69,8 @@ def test_pipeline_on_vllm_gives_grounded_banners(
 ) -> None:
     async def run() -> list:  # type: ignore[type-arg]
         on_vllm = copy.copy(pipeline)
-        on_vllm.engine = engine_for(service, settings)
+        engine = engine_for(service, settings)
+        on_vllm.use_engine(engine)
         try:
             results = await asyncio.gather(
                 *(
@@ -78,7 +79,7 @@ def test_pipeline_on_vllm_gives_grounded_banners(
                 )
             )
         finally:
-            await on_vllm.engine.close()
+            await engine.close()
         return [
             (user, banner)
             for user, banners in zip(("u004", "u002", "never-seen"), results, strict=True)

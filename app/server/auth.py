@@ -11,9 +11,12 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from app.api.errors import Problem
+from app.server.errors import Problem
+from app.server.services import services
 
 HEADER = "X-API-Key"
+# RFC 9110 challenge: the scheme name, then a realm parameter.
+CHALLENGE = f'{HEADER} realm="marquee"'
 
 
 def require_scope(*accepted: str) -> Any:
@@ -23,23 +26,26 @@ def require_scope(*accepted: str) -> Any:
         key = connection.headers.get(HEADER)
         if not key:
             raise Problem(
-                401,
-                "Unauthorized",
+                "unauthorized",
                 f"send an API key in the {HEADER} header",
-                headers={"WWW-Authenticate": HEADER},
+                headers={"WWW-Authenticate": CHALLENGE},
             )
-        found = await connection.app.state.api_keys.verify(key)
+        found = await services(connection.app.state).keys.verify(key)
         if found is None:
             raise Problem(
-                401,
-                "Unauthorized",
-                "unknown or revoked API key",
-                headers={"WWW-Authenticate": HEADER},
+                "unauthorized",
+                "unknown, expired or revoked API key",
+                headers={"WWW-Authenticate": CHALLENGE},
             )
         name, scopes = found
         if not scopes & {*accepted, "admin"}:
             wanted = " or ".join(f"'{scope}'" for scope in accepted)
-            raise Problem(403, "Forbidden", f"key '{name}' lacks the {wanted} scope")
+            raise Problem("forbidden", f"key '{name}' lacks the {wanted} scope")
         connection.scope.setdefault("state", {})["api_key"] = name
 
     return guard
+
+
+def actor(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """The name of the key (or studio user) that made this request: the audit log's actor."""
+    return str(connection.scope.get("state", {}).get("api_key", "unknown"))

@@ -1,31 +1,38 @@
-"""The studio's pages. HTML forms post here; every action goes through ``app.studio.Studio``.
+"""The studio's pages. HTML forms post here; every action goes through ``StudioService``.
 
-Sign-in takes a marketer's API key and keeps it in an HttpOnly, SameSite=Strict cookie; every
-page checks it again (a revoked key stops working at once). Forms carry a CSRF token.
+Sign-in takes a marketer's API key and keeps it in an HttpOnly, SameSite=Strict cookie; a guard
+checks it again on every page (a revoked key stops working at once). Forms carry a CSRF token.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
 from litestar import Controller, Request, Response, get, post
+from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie, State
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import NotAuthorizedException
+from litestar.handlers.base import BaseRouteHandler
 from litestar.params import Body
 from litestar.response import Redirect, Template
 
 from app.pipeline import BannerRequest
 from app.prompting.lint import LintProblem
 from app.prompting.templates import PRODUCTION
-from app.store.templates import Conflict
-from app.studio import LintFailed, Preview, Studio
+from app.server.auth import actor
+from app.server.errors import Problem
+from app.server.services import services
+from app.server.studio.service import LintFailed, Preview, StudioService
 
+TEMPLATES = Path(__file__).parent / "templates"
 COOKIE = "marquee_studio_key"
 WRITE_SCOPES = frozenset({"marketer", "admin"})
-MAX_PREVIEW_BANNERS = 2
+MAX_PAGE_PREVIEW_BANNERS = 2
+SHOPPERS_LISTED = 200
 
 
 @dataclass
@@ -54,13 +61,18 @@ class LoginForm:
 Form = Body(media_type=RequestEncodingType.URL_ENCODED)
 
 
-async def signed_in(request: Request[Any, Any, State]) -> str:
-    """The signed-in marketer's key name; sends anyone else to the sign-in page."""
-    key = request.cookies.get(COOKIE, "")
-    found = await request.app.state.api_keys.verify(key) if key else None
-    if found is None or not found[1] & WRITE_SCOPES:
+async def _marketer(connection: ASGIConnection[Any, Any, Any, Any], key: str) -> str | None:
+    """The key's name if it is valid and may edit templates."""
+    found = await services(connection.app.state).keys.verify(key) if key else None
+    return found[0] if found is not None and found[1] & WRITE_SCOPES else None
+
+
+async def signed_in(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard: a signed-in marketer (their key's name becomes the actor), else the sign-in page."""
+    who = await _marketer(connection, connection.cookies.get(COOKIE, ""))
+    if who is None:
         raise NotAuthorizedException("sign in with a marketer key")
-    return str(found[0])
+    connection.scope.setdefault("state", {})["api_key"] = who
 
 
 def to_login(request: Request[Any, Any, Any], _: Exception) -> Response[Any]:
@@ -98,10 +110,9 @@ def _lines(source: str, problems: list[LintProblem]) -> list[dict[str, Any]]:
     return shown
 
 
-class StudioPages(Controller):
+class StudioSignIn(Controller):
     path = "/studio"
     include_in_schema = False
-    exception_handlers = {NotAuthorizedException: to_login}
 
     @get("/login")
     async def login_page(self, next: str = "/studio", error: str = "") -> Template:
@@ -114,8 +125,7 @@ class StudioPages(Controller):
         data: Annotated[LoginForm, Form],
         next: str = "/studio",
     ) -> Response[Any]:
-        found = await request.app.state.api_keys.verify(data.key.strip())
-        if found is None or not found[1] & WRITE_SCOPES:
+        if await _marketer(request, data.key.strip()) is None:
             return Template(
                 "login.html",
                 context={"next": next, "error": "That key is unknown or has no marketer scope."},
@@ -143,16 +153,23 @@ class StudioPages(Controller):
             "/studio/login", cookies=[Cookie(key=COOKIE, value="", max_age=0, path="/studio")]
         )
 
+
+class StudioPages(Controller):
+    path = "/studio"
+    include_in_schema = False
+    guards = [signed_in]
+    exception_handlers = {NotAuthorizedException: to_login}
+
     @get("/")
-    async def index(self, request: Request[Any, Any, State], studio: Studio) -> Template:
-        who = await signed_in(request)
+    async def index(self, request: Request[Any, Any, State], studio: StudioService) -> Template:
+        who = actor(request)
         rows = await studio.summaries()
         return Template("index.html", context={"who": who, "templates": rows})
 
     async def _editor(
         self,
         who: str,
-        studio: Studio,
+        studio: StudioService,
         name: str,
         *,
         version: int | None = None,
@@ -166,23 +183,21 @@ class StudioPages(Controller):
         diff_from: int | None = None,
         status_code: int = 200,
     ) -> Template:
-        versions = await studio.store.versions(name)
-        if not versions:
+        try:
+            versions = await studio.versions(name)
+        except Problem:
             return Template("missing.html", context={"who": who, "name": name}, status_code=404)
         shown = next((v for v in versions if v.version == version), versions[0])
-        labels = (await studio.store.labels(name)).get(name, {})
-        try:
-            placement = studio.pipeline.templates.get(name).header.placement
-        except KeyError:  # only drafts so far
-            placement = ""
+        labels = await studio.labels(name)
+        placement = studio.placement(name) or ""  # "": only drafts so far
         diff = ""
         if diff_from is not None:
             try:
-                diff = await studio.diff(name, diff_from, shown.version)
-            except LookupError as missing:
-                error = str(missing)
+                diff = (await studio.diff(name, diff_from, shown.version)).diff
+            except Problem as missing:
+                error = missing.detail
         experiment = await studio.experiment(placement) if placement else None
-        shoppers = [s.id for s in studio.pipeline.shoppers.all()][:200]
+        shoppers = studio.shopper_ids(SHOPPERS_LISTED)
         text = shown.source if source is None else source
         return Template(
             "editor.html",
@@ -214,33 +229,46 @@ class StudioPages(Controller):
     async def editor(
         self,
         request: Request[Any, Any, State],
-        studio: Studio,
+        studio: StudioService,
         name: str,
         version: int | None = None,
         diff: int | None = None,
         notice: str = "",
     ) -> Template:
-        who = await signed_in(request)
-        return await self._editor(who, studio, name, version=version, diff_from=diff, notice=notice)
+        return await self._editor(
+            actor(request), studio, name, version=version, diff_from=diff, notice=notice
+        )
 
     @post("/templates/{name:str}")
     async def submit(
         self,
         request: Request[Any, Any, State],
-        studio: Studio,
+        studio: StudioService,
         name: str,
         data: Annotated[SaveForm, Form],
     ) -> Response[Any]:
-        who = await signed_in(request)
+        who = actor(request)
         source = data.source.replace("\r\n", "\n")
         if data.action == "preview":
             shopper = data.shopper_id or "anonymous"
-            preview = await studio.preview(
-                name,
-                BannerRequest(shopper_id=shopper),
-                source=source,
-                generate=max(0, min(data.generate, MAX_PREVIEW_BANNERS)),
-            )
+            try:
+                preview = await studio.preview(
+                    name,
+                    BannerRequest(shopper_id=shopper),
+                    source=source,
+                    generate=max(0, min(data.generate, MAX_PAGE_PREVIEW_BANNERS)),
+                )
+            except Problem as refused:  # busy, or a shopper id that is no id
+                return await self._editor(
+                    who,
+                    studio,
+                    name,
+                    source=source,
+                    base_version=data.base_version,
+                    error=f"No preview: {refused.detail}",
+                    shopper_id=shopper,
+                    status_code=refused.status_code,
+                )
             return await self._editor(
                 who,
                 studio,
@@ -252,7 +280,7 @@ class StudioPages(Controller):
                 shopper_id=shopper,
             )
         try:
-            stored, problems = await studio.save(
+            stored = await studio.save(
                 name,
                 source,
                 author=who,
@@ -271,32 +299,32 @@ class StudioPages(Controller):
                 error=f"Not saved: {len(failed.problems)} problem(s) to fix first.",
                 status_code=422,
             )
-        except Conflict as conflict:
+        except Problem as refused:
             return await self._editor(
                 who,
                 studio,
                 name,
                 source=source,
                 base_version=data.base_version,
-                error=f"Not saved: {conflict}. Your text is kept below.",
-                status_code=409,
+                error=f"Not saved: {refused.detail}. Your text is kept below.",
+                status_code=refused.status_code,
             )
         note = f"Saved version {stored.version}"
         if stored.draft:
-            note += f" as a draft ({len(problems)} lint problem(s) left)"
+            note += f" as a draft ({len(stored.problems)} lint problem(s) left)"
         return Redirect(f"/studio/templates/{name}?version={stored.version}&notice={quote(note)}")
 
     @post("/templates/{name:str}/label")
     async def label(
         self,
         request: Request[Any, Any, State],
-        studio: Studio,
+        studio: StudioService,
         name: str,
         data: Annotated[LabelForm, Form],
     ) -> Response[Any]:
-        who = await signed_in(request)
+        who = actor(request)
         try:
-            previous = await studio.move_label(
+            moved = await studio.move_label(
                 name,
                 data.label,
                 data.version,
@@ -304,11 +332,16 @@ class StudioPages(Controller):
                 expected_current=data.expected or None,
                 check_expected=True,
             )
-        except (Conflict, LookupError, ValueError) as refused:
+        except Problem as refused:
             return await self._editor(
-                who, studio, name, version=data.version, error=str(refused), status_code=409
+                who,
+                studio,
+                name,
+                version=data.version,
+                error=refused.detail,
+                status_code=refused.status_code,
             )
-        note = f"'{data.label}' now serves version {data.version} (was {previous})"
+        note = f"'{data.label}' now serves version {data.version} (was {moved.previous})"
         return Redirect(f"/studio/templates/{name}?version={data.version}&notice={quote(note)}")
 
 

@@ -1,8 +1,9 @@
-"""Writes to the live catalog and shoppers: stored first, then switched into the pipeline.
+"""The catalog slice's service: products, shoppers and events, read and written live.
 
-Every write goes to the database before the in-memory state changes, so a failing write
-changes nothing and a restart rebuilds what was acknowledged. Catalog writes are serialised
-(one lock): two concurrent upserts cannot each start from the same catalog and lose the other.
+It alone touches the pipeline's catalog and shoppers and the change store. Every write goes to
+the database before the in-memory state changes, so a failing write changes nothing and a
+restart rebuilds what was acknowledged. Catalog writes are serialised (one lock): two
+concurrent upserts cannot each start from the same catalog and lose the other.
 """
 
 from __future__ import annotations
@@ -12,35 +13,33 @@ import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from app.catalog.store import Catalog
 from app.domain import Interaction, Product, Shopper
 from app.pipeline import Pipeline
 from app.retrieval.index import reindex, save_index
+from app.retrieval.selector import CandidateFilters
 from app.retrieval.signals import InteractionSignals
+from app.server.catalog.schemas import (
+    EventIn,
+    ProductPage,
+    SearchHit,
+    SearchResults,
+    ShopperOut,
+    ShopperPut,
+    UpsertResult,
+)
+from app.server.errors import Problem
 from app.store.repositories import CatalogChanges
 
 log = logging.getLogger(__name__)
+RECENT_EVENTS_SHOWN = 20
+MAX_FIELD_ERRORS = 50
 
 
-@dataclass(frozen=True)
-class UpsertResult:
-    created: list[str]
-    updated: list[str]
-    unchanged: int
-    embedded: int  # products whose text changed, the only ones embedded again
-    catalog_size: int
-
-
-@dataclass(frozen=True)
-class ShopperEvent:
-    shopper_id: str
-    event: Interaction
-
-
-class CatalogUpdater:
+class CatalogService:
     def __init__(
         self,
         pipeline: Pipeline,
@@ -56,6 +55,36 @@ class CatalogUpdater:
         self._lock = asyncio.Lock()
         self._refresh: asyncio.Task[None] | None = None
 
+    # --- reading -------------------------------------------------------------------------------
+
+    def products(self, offset: int, limit: int, category: str | None) -> ProductPage:
+        products = self.pipeline.catalog.on_sale_products
+        if category:
+            products = tuple(p for p in products if p.category.casefold() == category.casefold())
+        return ProductPage(
+            products=list(products[offset : offset + limit]), total=len(products), offset=offset
+        )
+
+    def product(self, product_id: str) -> Product:
+        catalog = self.pipeline.catalog
+        product = catalog.get(product_id)
+        if product is None or not catalog.on_sale(product.id):
+            raise Problem("not-found", f"no product '{product_id}' on sale")
+        return product
+
+    def search(self, query: str, limit: int, filters: CandidateFilters) -> SearchResults:
+        hits = self.pipeline.selector.search(query, limit, filters)
+        return SearchResults(
+            query=query, results=[SearchHit(product=p, score=round(s, 4)) for p, s in hits]
+        )
+
+    def shopper(self, shopper_id: str) -> ShopperOut:
+        if not self.pipeline.shoppers.known(shopper_id):
+            raise Problem("not-found", f"no shopper '{shopper_id}'")
+        return _shopper_out(self.pipeline.shoppers.get(shopper_id))
+
+    # --- writing -------------------------------------------------------------------------------
+
     async def upsert_products(self, products: Sequence[Product]) -> UpsertResult:
         """Create or replace products; only those whose text changed are embedded again."""
         async with self._lock:
@@ -64,7 +93,13 @@ class CatalogUpdater:
             created = [p.id for p in changed if p.id not in before]
             updated = [p.id for p in changed if p.id in before]
             if not changed:
-                return UpsertResult([], [], len(products), 0, len(before))
+                return UpsertResult(
+                    created=[],
+                    updated=[],
+                    unchanged=len(products),
+                    embedded=0,
+                    catalog_size=len(before),
+                )
             # Embedding is the slow part (~150 products/s here): off the event loop.
             index, embedded = await asyncio.to_thread(
                 reindex, before, self.pipeline.index, catalog, self.pipeline.embedder
@@ -83,17 +118,19 @@ class CatalogUpdater:
                 "catalog: %d created, %d updated, %d embedded", len(created), len(updated), embedded
             )
             return UpsertResult(
-                created, updated, len(products) - len(changed), embedded, len(catalog)
+                created=created,
+                updated=updated,
+                unchanged=len(products) - len(changed),
+                embedded=embedded,
+                catalog_size=len(catalog),
             )
 
     async def withdraw_product(self, product_id: str) -> None:
-        """Take a product off sale (LookupError if no such product is on sale). Nothing is
-        embedded: the product keeps its row, its vector and the interactions with it."""
+        """Take a product off sale. Nothing is embedded: the product keeps its row, its vector
+        and the interactions with it."""
         async with self._lock:
             catalog = self.pipeline.catalog
-            product = catalog.get(product_id)
-            if product is None or not catalog.on_sale(product_id):
-                raise LookupError(product_id)
+            product = self.product(product_id)
             await self.changes.withdraw_products([product])  # stored first
             self.pipeline.use_catalog(
                 catalog.withdrawing([product_id]),
@@ -102,23 +139,42 @@ class CatalogUpdater:
             )
             log.info("catalog: %s withdrawn from sale", product_id)
 
-    async def put_profile(self, profile: Shopper) -> Shopper:
+    async def put_profile(self, shopper_id: str, data: ShopperPut) -> ShopperOut:
         """Create or replace a shopper's profile; the history already recorded is kept."""
+        profile = Shopper(id=shopper_id, **data.model_dump())
         await self.changes.put_profile(profile)
         shopper = self.pipeline.shoppers.put_profile(profile)
         self._schedule_refresh()  # the segment feeds segment popularity
-        return shopper
+        return _shopper_out(shopper)
 
-    async def record_events(self, events: Sequence[ShopperEvent]) -> dict[str, int]:
+    async def record_events(self, events: Sequence[EventIn]) -> dict[str, int]:
         """Append events to shoppers' histories. Returns each shopper's history length.
 
-        The shopper's vector is computed from the history, so the next request already sees
-        them; popularity and co-occurrence are recomputed shortly after (bursts coalesce).
+        All or nothing: one event naming a product not in the catalog refuses the batch. The
+        shopper's vector is computed from the history, so the next request already sees them;
+        popularity and co-occurrence are recomputed shortly after (bursts coalesce).
         """
-        await self.changes.add_events([(e.shopper_id, e.event) for e in events])
+        catalog = self.pipeline.catalog
+        unknown = [
+            {"field": f"events[{i}].product_id", "message": f"unknown product '{e.product_id}'"}
+            for i, e in enumerate(events)
+            if e.product_id not in catalog
+        ]
+        if unknown:
+            raise Problem(
+                "invalid-request",
+                f"{len(unknown)} event(s) name products not in the catalog; nothing was recorded",
+                errors=unknown[:MAX_FIELD_ERRORS],
+            )
+        now = datetime.now(UTC)
+        pairs = [
+            (e.shopper_id, Interaction(product_id=e.product_id, type=e.type, ts=e.ts or now))
+            for e in events
+        ]
+        await self.changes.add_events(pairs)
         grouped: dict[str, list[Interaction]] = defaultdict(list)
-        for item in events:
-            grouped[item.shopper_id].append(item.event)
+        for shopper_id, interaction in pairs:
+            grouped[shopper_id].append(interaction)
         lengths = {
             shopper_id: len(self.pipeline.shoppers.add_events(shopper_id, group).history)
             for shopper_id, group in grouped.items()
@@ -151,3 +207,15 @@ class CatalogUpdater:
             self._refresh.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresh
+
+
+def _shopper_out(shopper: Shopper) -> ShopperOut:
+    return ShopperOut(
+        id=shopper.id,
+        name=shopper.name,
+        locale=shopper.locale,
+        segment=shopper.segment,
+        interests=list(shopper.interests),
+        events=len(shopper.history),
+        recent=list(reversed(shopper.history[-RECENT_EVENTS_SHOWN:])),
+    )

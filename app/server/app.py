@@ -1,0 +1,219 @@
+"""The composition root: builds the services, registers the feature slices, runs the lifespan.
+
+Models load in the background after start-up: /healthz answers at once, /readyz turns 200
+when the pipeline (model, index, engine) is ready, and the slices answer 503 not-ready until
+then. See docs/architecture.md for where a request goes and who owns what.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable
+
+from litestar import Litestar
+from litestar.config.csrf import CSRFConfig
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.template.config import TemplateConfig
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.config import Settings
+from app.generation.vllm_server import ManagedVLLM, ServerWatch, stop_all
+from app.hardware import describe, detect
+from app.pipeline import Pipeline
+from app.server.banners.controllers import BannerController, HomepageController
+from app.server.banners.service import BannerService
+from app.server.catalog.controllers import EventController, ProductController, ShopperController
+from app.server.catalog.service import CatalogService
+from app.server.errors import handle_bad_encoding, handle_http, handle_storage, handle_unexpected
+from app.server.health import HealthController
+from app.server.limits import GenerationLimit
+from app.server.metrics import ENGINE_RESTARTS
+from app.server.middleware import observability
+from app.server.services import Services, provide_banners, provide_catalog, provide_studio
+from app.server.studio import pages
+from app.server.studio.controllers import (
+    AuditController,
+    ExperimentController,
+    TemplateController,
+)
+from app.server.studio.service import StudioService
+from app.store.db import Database
+from app.store.feedback import FeedbackStore
+from app.store.repositories import ApiKeyStore, BannerStore, CatalogChanges
+from app.store.templates import TemplateStore
+
+log = logging.getLogger("marquee.server")
+MAX_BODY_BYTES = 64 * 1024
+
+SLICES = [
+    # banners
+    BannerController,
+    HomepageController,
+    # catalog
+    ProductController,
+    ShopperController,
+    EventController,
+    # studio
+    TemplateController,
+    AuditController,
+    ExperimentController,
+    pages.StudioSignIn,
+    pages.StudioPages,
+    # operations
+    HealthController,
+]
+
+
+async def load_services(
+    held: Services, loader: Callable[[Settings], Pipeline], background: list[asyncio.Task[None]]
+) -> None:
+    """Build the pipeline (slow: models, index, engine), then the slices' services over it."""
+    settings, db = held.settings, held.db
+    try:
+        pipeline = await asyncio.to_thread(loader, settings)
+        # Templates come from the database (seeded from the prompts folder on first start).
+        templates = TemplateStore(db)
+        await templates.seed(settings.prompts_dir)
+        studio = StudioService(templates, held.feedback, pipeline, held.limit)
+        await studio.reload()
+    except Exception as error:  # reported on /readyz, and in the log
+        held.load_error = f"{type(error).__name__}: {error}"[:500]
+        log.exception("pipeline failed to load")
+        return
+    held.studio = studio
+    held.catalog = CatalogService(
+        pipeline,
+        CatalogChanges(db),
+        index_dir=settings.index_dir,
+        signals_refresh_delay_s=settings.signals_refresh_delay_s,
+    )
+    held.banners = BannerService(
+        pipeline,
+        BannerStore(db),
+        held.feedback,
+        held.limit,
+        settings.banner_cache_ttl_s,
+        settings.homepage_sections,
+    )
+    server = getattr(pipeline.engine, "server", None)
+    if isinstance(server, ManagedVLLM):
+        held.engine_watch = ServerWatch(
+            server, settings.vllm_health_interval_s, settings.vllm_unhealthy_restart_s
+        )
+        background.append(
+            asyncio.create_task(held.engine_watch.run(on_restart=ENGINE_RESTARTS.inc))
+        )
+    log.info(
+        json.dumps({"event": "ready", "engine": pipeline.engine_name, "model": pipeline.model_name})
+    )
+
+
+async def follow_templates(held: Services) -> None:
+    """Other replicas publish through the same database: follow their label moves."""
+    while True:
+        await asyncio.sleep(held.settings.templates_refresh_s)
+        if held.studio is None:
+            continue
+        try:
+            if await held.studio.reload_if_changed():
+                log.info(json.dumps({"event": "templates_reloaded"}))
+        except Exception:  # a database hiccup: keep serving what we have, try again
+            log.exception("could not reload templates")
+
+
+async def first_key(held: Services) -> None:
+    """A fresh database gets one admin key, printed once, so a newcomer can call the API."""
+    if await held.keys.count() > 0:
+        return
+    settings = held.settings
+    key = await held.keys.create("dev", ["admin"])
+    base = f"http://{settings.host}:{settings.port}"
+    print(
+        f"dev API key (admin scope, shown once): {key}\n"
+        f"  curl -s -X POST {base}/v1/banners -H 'X-API-Key: {key}' "
+        "-H 'Content-Type: application/json' -d '{\"shopper_id\": \"u004\"}'",
+        flush=True,
+    )
+
+
+def create_app(
+    settings: Settings, load_pipeline: Callable[[Settings], Pipeline] | None = None
+) -> Litestar:
+    """``load_pipeline`` builds the pipeline (default: from settings, with its engine)."""
+    from app.runtime import build_pipeline, hardware_choices
+
+    loader = load_pipeline or build_pipeline
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.database)
+    hardware = hardware_choices(settings)  # decided once; the loaders follow the same choices
+    log.info(describe(hardware, detect()))
+    held = Services(
+        settings=settings,
+        db=db,
+        keys=ApiKeyStore(db),
+        feedback=FeedbackStore(db),
+        limit=GenerationLimit(settings.max_in_flight_requests),
+        hardware=hardware,
+    )
+    background: list[asyncio.Task[None]] = []  # loops that live as long as the app
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        await db.upgrade()
+        await first_key(held)
+        loading = asyncio.create_task(load_services(held, loader, background))
+        background.append(asyncio.create_task(follow_templates(held)))
+        try:
+            yield
+        finally:
+            loading.cancel()
+            for running in background:
+                running.cancel()
+            # A vLLM still starting up belongs to no engine yet: stop it here all the same.
+            await asyncio.to_thread(stop_all)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await loading
+            if held.catalog is not None:
+                await held.catalog.close()
+            if held.banners is not None:
+                await held.banners.pipeline.close()
+            await db.dispose()
+
+    return Litestar(
+        route_handlers=SLICES,
+        dependencies={
+            "banners": Provide(provide_banners, sync_to_thread=False),
+            "catalog": Provide(provide_catalog, sync_to_thread=False),
+            "studio": Provide(provide_studio, sync_to_thread=False),
+        },
+        exception_handlers={
+            HTTPException: handle_http,
+            UnicodeDecodeError: handle_bad_encoding,
+            SQLAlchemyError: handle_storage,
+            Exception: handle_unexpected,
+        },
+        middleware=[observability],
+        lifespan=[lifespan],
+        state=State({"services": held}),
+        request_max_body_size=MAX_BODY_BYTES,
+        openapi_config=OpenAPIConfig(title="Marquee", version="0.1.0", path="/docs"),
+        template_config=TemplateConfig(directory=pages.TEMPLATES, engine=JinjaTemplateEngine),
+        # The studio's forms are cookie-authenticated, so they need CSRF tokens; the API is
+        # authenticated by a header a browser never adds on its own, so /v1 is left out.
+        csrf_config=CSRFConfig(
+            secret=settings.studio_secret or secrets.token_urlsafe(32),
+            cookie_path="/studio",
+            cookie_samesite="strict",
+            exclude=[r"^/v1/"],
+        ),
+        logging_config=None,  # logging is configured by the process (JSON lines in serve)
+        debug=False,
+    )

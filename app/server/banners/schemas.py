@@ -1,0 +1,83 @@
+"""The banner slice's wire types: what the CMS sends and what it gets back."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.domain import (
+    MAX_INTERESTS,
+    Banner,
+    Homepage,
+    Identifier,
+    Interaction,
+    Interest,
+    Locale,
+    Name,
+    Segment,
+)
+from app.retrieval.selector import CandidateFilters
+from app.store.feedback import FeedbackKind
+
+
+class ShopperProfile(BaseModel):
+    """An inline profile, for shoppers the service does not store."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: Identifier = "inline"
+    segment: Segment = "unknown"
+    interests: list[Interest] = Field(default_factory=list, max_length=MAX_INTERESTS)
+    history: list[Interaction] = Field(default_factory=list, max_length=500)
+
+
+class ShopperRequest(BaseModel):
+    """Who the copy is for: a stored shopper by id, or an inline profile."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    shopper_id: Identifier | None = None
+    profile: ShopperProfile | None = None
+    locale: Locale | None = None
+    filters: CandidateFilters = Field(default_factory=CandidateFilters)
+    strict: bool = Field(
+        default=False, description="503 instead of a fallback when the engine is down or times out"
+    )
+
+    @model_validator(mode="after")
+    def _someone(self) -> ShopperRequest:
+        if self.shopper_id is None and self.profile is None:
+            raise ValueError("give a shopper_id or a profile")
+        return self
+
+
+class BannerCreate(ShopperRequest):
+    placement: Name = "home_hero"
+    template: Name | None = Field(default=None, description="default: the placement's template")
+    count: int = Field(default=1, ge=1, le=8)
+
+
+class BannerList(BaseModel):
+    banners: list[Banner]
+    cached: bool
+
+
+class HomepageCreate(ShopperRequest):
+    sections: list[Name] | None = Field(
+        default=None, min_length=1, max_length=8, description="template per section, in order"
+    )
+
+
+class HomepageOut(BaseModel):
+    homepage: Homepage
+
+
+class FeedbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: Identifier = Field(description="the client's id for this event: resending is safe")
+    kind: FeedbackKind
+
+
+class FeedbackOut(BaseModel):
+    banner_id: str
+    recorded: bool = Field(description="false when this event id was already recorded")

@@ -1,0 +1,144 @@
+"""Banners, homepages and feedback: the only code on the banner side that touches the pipeline
+or the stores. It owns caching, strict mode and the generation limit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.catalog.store import shopper_version
+from app.domain import Banner, Homepage, Shopper
+from app.pipeline import BannerRequest, Pipeline
+from app.server.banners.schemas import BannerCreate, HomepageCreate, ShopperProfile
+from app.server.errors import Problem
+from app.server.limits import GenerationLimit
+from app.server.metrics import CACHE_HITS, STORE_ERRORS, observe_banners
+from app.store.feedback import FeedbackKind, FeedbackStore
+from app.store.repositories import BannerStore
+
+log = logging.getLogger("marquee.server")
+
+
+def shopper_from_profile(profile: ShopperProfile | None, locale: str | None) -> Shopper | None:
+    if profile is None:
+        return None
+    fields = profile.model_dump()
+    if locale:
+        fields["locale"] = locale
+    return Shopper.model_validate(fields)
+
+
+def banner_request(
+    data: BannerCreate | HomepageCreate,
+    template: str | None = None,
+    placement: str = "home_hero",
+    count: int = 1,
+) -> BannerRequest:
+    return BannerRequest(
+        shopper_id=data.shopper_id or (data.profile.id if data.profile else "anonymous"),
+        shopper=shopper_from_profile(data.profile, data.locale),
+        template=template,
+        placement=placement,
+        count=count,
+        filters=data.filters,
+    )
+
+
+def _engine_down(banners: list[Banner]) -> bool:
+    return any(any(flag.startswith("engine_error") for flag in b.flags) for b in banners)
+
+
+def _unknown_template(pipeline: Pipeline, detail: str) -> Problem:
+    return Problem("not-found", detail, templates=pipeline.templates.names)
+
+
+@dataclass
+class BannerService:
+    pipeline: Pipeline
+    banners_store: BannerStore
+    feedback_store: FeedbackStore
+    limit: GenerationLimit
+    cache_ttl_s: float
+    homepage_sections: list[str]
+
+    def request_key(
+        self, data: BannerCreate, request: BannerRequest, template_version: int, label: str
+    ) -> str:
+        """Identical requests share one answer while nothing they depend on has changed: the
+        shopper (profile, history), the catalog, the template version and the model."""
+        shopper = self.pipeline.shopper(request)
+        material = [
+            data.model_dump(mode="json", exclude={"strict"}),
+            shopper_version(shopper),
+            self.pipeline.catalog.version,
+            template_version,
+            label,
+            self.pipeline.model_name,
+        ]
+        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+    async def banners(self, data: BannerCreate) -> tuple[list[Banner], bool]:
+        """The banners for a request, and whether they came from the cache (no slot taken)."""
+        request = banner_request(data, data.template, data.placement, data.count)
+        try:
+            template, label = self.pipeline.template(request)
+        except KeyError as error:
+            raise _unknown_template(self.pipeline, str(error.args[0])) from None
+        key = self.request_key(data, request, template.version, label)
+        if self.cache_ttl_s > 0:
+            stored = await self.banners_store.fresh(key, self.cache_ttl_s)
+            if stored is not None:
+                CACHE_HITS.inc()
+                return stored, True
+        async with self.limit.slot():
+            banners = await self.pipeline.generate(request)
+        self._answered(banners, data.strict)
+        if not _engine_down(banners):  # never cache an outage's fallbacks
+            await self._keep(key, banners)
+        return banners, False
+
+    async def homepage(self, data: HomepageCreate) -> Homepage:
+        sections = data.sections or self.homepage_sections
+        unknown = [name for name in sections if name not in self.pipeline.templates.names]
+        if unknown:
+            raise _unknown_template(self.pipeline, f"unknown template(s): {', '.join(unknown)}")
+        async with self.limit.slot():
+            page = await self.pipeline.homepage(banner_request(data), sections)
+        self._answered([section.banner for section in page.sections], data.strict)
+        for section in page.sections:
+            await self._keep(f"homepage:{page.id}:{section.position}", [section.banner])
+        return page
+
+    async def banner(self, banner_id: str) -> Banner:
+        banner = await self.banners_store.get(banner_id)
+        if banner is None:
+            raise Problem("not-found", f"no banner '{banner_id}'")
+        return banner
+
+    async def record_feedback(self, banner_id: str, event_id: str, kind: FeedbackKind) -> bool:
+        """False when this event id was recorded before (nothing changes)."""
+        return await self.feedback_store.record(event_id, await self.banner(banner_id), kind)
+
+    @staticmethod
+    def _answered(banners: list[Banner], strict: bool) -> None:
+        """Count what was made; in strict mode an engine outage is a 503, not fallback copy."""
+        observe_banners(banners)
+        if strict and _engine_down(banners):
+            raise Problem(
+                "engine-unavailable",
+                "the language model did not answer; "
+                "retry later, or send strict=false to accept fallback copy",
+                headers={"Retry-After": "5"},
+            )
+
+    async def _keep(self, key: str, banners: list[Banner]) -> None:
+        """Store banners; a storage failure is logged and counted, the CMS still gets them."""
+        try:
+            await self.banners_store.save(key, banners)
+        except SQLAlchemyError:
+            STORE_ERRORS.inc()
+            log.exception("could not store banners %s", [b.id for b in banners])

@@ -1,0 +1,115 @@
+"""Catalog endpoints: products, shoppers and their events."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, delete, get, post, put
+from litestar.params import Parameter
+
+from app.domain import Product
+from app.retrieval.selector import CandidateFilters
+from app.server.auth import require_scope
+from app.server.catalog.schemas import (
+    EventsAccepted,
+    EventsPost,
+    ProductPage,
+    ProductUpsert,
+    SearchResults,
+    ShopperOut,
+    ShopperPut,
+    UpsertResult,
+)
+from app.server.catalog.service import CatalogService
+from app.server.params import IdPath
+
+# Bulk writes are larger than the 64 KiB every other request is held to.
+MAX_BULK_BODY_BYTES = 8 * 1024 * 1024
+
+
+class ProductController(Controller):
+    path = "/v1/products"
+    tags = ["catalog"]
+    guards = [require_scope("cms")]
+
+    @get("/", summary="The catalog, a page at a time")
+    async def list_products(
+        self,
+        catalog: CatalogService,
+        offset: Annotated[int, Parameter(ge=0, le=10_000_000)] = 0,
+        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
+        category: Annotated[str | None, Parameter(max_length=80)] = None,
+    ) -> ProductPage:
+        return catalog.products(offset, limit, category)
+
+    @get("/search", summary="Semantic search over the catalog")
+    async def search(
+        self,
+        catalog: CatalogService,
+        q: Annotated[str, Parameter(min_length=1, max_length=200)],
+        limit: Annotated[int, Parameter(ge=1, le=50)] = 10,
+        category: Annotated[str | None, Parameter(max_length=80)] = None,
+        max_price: Annotated[float | None, Parameter(ge=0)] = None,
+        in_stock_only: bool = True,
+    ) -> SearchResults:
+        filters = CandidateFilters(
+            in_stock_only=in_stock_only,
+            exclude_purchased=False,
+            include_categories=(category,) if category else (),
+            max_price=max_price,
+        )
+        return catalog.search(q, limit, filters)
+
+    @put(
+        "/",
+        summary="Create or replace products (bulk); only changed texts are embedded again",
+        guards=[require_scope("admin")],
+        request_max_body_size=MAX_BULK_BODY_BYTES,
+    )
+    async def upsert(self, data: ProductUpsert, catalog: CatalogService) -> UpsertResult:
+        return await catalog.upsert_products(data.products)
+
+    @get("/{product_id:str}", summary="One product")
+    async def get_product(self, product_id: IdPath, catalog: CatalogService) -> Product:
+        return catalog.product(product_id)
+
+    @delete(
+        "/{product_id:str}",
+        summary="Withdraw a product from sale (PUT it again to bring it back)",
+        guards=[require_scope("admin")],
+        status_code=204,
+    )
+    async def withdraw(self, product_id: IdPath, catalog: CatalogService) -> None:
+        await catalog.withdraw_product(product_id)
+
+
+class ShopperController(Controller):
+    path = "/v1/shoppers"
+    tags = ["shoppers"]
+    guards = [require_scope("cms")]
+
+    @get("/{shopper_id:str}", summary="A shopper's profile and recent events")
+    async def get_shopper(self, shopper_id: IdPath, catalog: CatalogService) -> ShopperOut:
+        return catalog.shopper(shopper_id)
+
+    @put("/{shopper_id:str}", summary="Create or replace a shopper's profile (history is kept)")
+    async def put_shopper(
+        self, shopper_id: IdPath, data: ShopperPut, catalog: CatalogService
+    ) -> ShopperOut:
+        return await catalog.put_profile(shopper_id, data)
+
+
+class EventController(Controller):
+    path = "/v1/events"
+    tags = ["shoppers"]
+    guards = [require_scope("cms")]
+
+    @post(
+        "/",
+        status_code=202,
+        summary="Record views, add-to-carts and purchases; shoppers' vectors follow",
+        request_max_body_size=MAX_BULK_BODY_BYTES,
+    )
+    async def record(self, data: EventsPost, catalog: CatalogService) -> EventsAccepted:
+        sizes = await catalog.record_events(data.events)
+        return EventsAccepted(accepted=len(data.events), history_sizes=sizes)

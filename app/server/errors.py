@@ -1,0 +1,186 @@
+"""RFC 9457 problem details for every error the service returns; never a bare 500 page.
+
+Each kind of problem has a stable ``type`` URI (``urn:marquee:problem:<slug>``), so a client
+tells "busy" from "not ready" from "engine unavailable" without reading titles. The table below
+is the one list of them; docs/architecture.md shows it to clients.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from pydantic import BaseModel, Field
+
+log = logging.getLogger("marquee.server")
+PROBLEM_JSON = "application/problem+json"
+TYPE_PREFIX = "urn:marquee:problem:"
+
+# slug: (status, title)
+PROBLEM_TYPES: dict[str, tuple[int, str]] = {
+    "invalid-request": (400, "Invalid request"),
+    "unauthorized": (401, "Unauthorized"),
+    "forbidden": (403, "Forbidden"),
+    "not-found": (404, "Not found"),
+    "method-not-allowed": (405, "Method not allowed"),
+    "conflict": (409, "Conflict"),
+    "too-large": (413, "Request too large"),
+    "unsupported-media-type": (415, "Unsupported media type"),
+    "lint-failed": (422, "Template does not pass lint"),
+    "draft-not-labelled": (422, "Cannot label a draft"),
+    "invalid-experiment": (422, "Invalid experiment"),
+    "rate-limited": (429, "Too many requests"),
+    "internal-error": (500, "Internal error"),
+    "busy": (503, "Busy"),
+    "not-ready": (503, "Not ready"),
+    "engine-unavailable": (503, "Engine unavailable"),
+    "storage-unavailable": (503, "Storage unavailable"),
+}
+_BY_STATUS = {status: slug for slug, (status, _) in reversed(PROBLEM_TYPES.items())}
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ProblemDetails(BaseModel):
+    """The body of every error (``application/problem+json``), as OpenAPI documents it."""
+
+    type: str = Field(description=f"{TYPE_PREFIX}<slug>: one of {', '.join(PROBLEM_TYPES)}")
+    title: str
+    status: int
+    detail: str
+    instance: str
+    errors: list[FieldError] | None = Field(default=None, description="the fields at fault")
+    request_id: str | None = None
+
+
+class Problem(HTTPException):
+    """An error of one of the known kinds, with a detail and optionally the fields at fault.
+
+    Extra keyword arguments become members of the body (``current_version`` on a conflict).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        detail: str,
+        *,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        status, title = PROBLEM_TYPES[kind]
+        super().__init__(status_code=status, detail=detail, headers=headers)
+        self.kind = kind
+        self.title = title
+        self.errors = errors
+        self.extra_members = extra
+
+
+def invalid(field: str, message: str, detail: str | None = None) -> Problem:
+    """A 400 naming the field at fault."""
+    return Problem(
+        "invalid-request",
+        detail or f"{field}: {message}",
+        errors=[{"field": field, "message": message}],
+    )
+
+
+def problem_response(
+    request: Request[Any, Any, Any],
+    kind: str,
+    detail: str,
+    *,
+    status: int | None = None,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response[dict[str, Any]]:
+    known_status, title = PROBLEM_TYPES[kind]
+    status = status or known_status
+    body: dict[str, Any] = {
+        "type": TYPE_PREFIX + kind,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+    }
+    if errors:
+        body["errors"] = errors
+    body.update(extra)
+    request_id = request.scope.get("state", {}).get("request_id")
+    if request_id:
+        body["request_id"] = request_id
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _field_errors(extra: Any) -> list[dict[str, str]]:
+    errors = []
+    for item in extra if isinstance(extra, list) else []:
+        if isinstance(item, dict):
+            errors.append(
+                {
+                    "field": str(item.get("key") or item.get("source") or "body"),
+                    "message": str(item.get("message", "invalid")),
+                }
+            )
+    return errors
+
+
+def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    if isinstance(exc, Problem):
+        return problem_response(
+            request,
+            exc.kind,
+            exc.detail,
+            errors=exc.errors,
+            headers=exc.headers,
+            **exc.extra_members,
+        )
+    if isinstance(exc, ValidationException):
+        errors = _field_errors(exc.extra)
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or exc.detail
+        return problem_response(request, "invalid-request", detail, errors=errors)
+    # Litestar's own (404 route, 405, 413, 429 ...): the kind for its status, its status kept.
+    kind = _BY_STATUS.get(exc.status_code, "invalid-request" if exc.status_code < 500 else "")
+    return problem_response(
+        request,
+        kind or "internal-error",
+        exc.detail or "",
+        status=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+def handle_bad_encoding(
+    request: Request[Any, Any, Any], exc: UnicodeDecodeError
+) -> Response[dict[str, Any]]:
+    """A body that is not UTF-8 fails in the JSON decoder, before any handler runs."""
+    return problem_response(
+        request,
+        "invalid-request",
+        "the request body is not valid UTF-8",
+        errors=[{"field": "body", "message": f"not UTF-8 at byte {exc.start}"}],
+    )
+
+
+def handle_storage(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """The database failed: a write was not made (nothing changed), the caller may retry."""
+    log.error("storage error on %s: %s", request.url.path, exc)
+    return problem_response(
+        request,
+        "storage-unavailable",
+        "the database did not accept the request; nothing was changed, retry shortly",
+        headers={"Retry-After": "5"},
+    )
+
+
+def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.exception("unhandled error on %s", request.url.path)
+    return problem_response(
+        request, "internal-error", "the service failed unexpectedly; the error was logged"
+    )

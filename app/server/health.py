@@ -1,0 +1,29 @@
+"""Operations endpoints: liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Response, get
+from litestar.datastructures import State
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.server.metrics import REGISTRY
+from app.server.services import services
+
+
+class HealthController(Controller):
+    tags = ["operations"]
+
+    @get("/healthz", summary="Alive")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/readyz", summary="Model, index and engine ready")
+    async def readyz(self, state: State) -> Response[dict[str, Any]]:
+        readiness = services(state).readiness()
+        return Response(readiness, status_code=200 if readiness["ready"] else 503)
+
+    @get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    async def metrics(self) -> Response[bytes]:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

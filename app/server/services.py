@@ -1,0 +1,94 @@
+"""The typed object the app holds in ``State``: every service, and what readiness reports.
+
+Stores that need only the database exist from the start; the slices' services exist once the
+pipeline has loaded (in the background). Until then their providers answer 503 not-ready.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from litestar.datastructures import State
+
+from app.config import Settings
+from app.generation.vllm_server import ServerWatch
+from app.hardware import Choice, Component
+from app.server.banners.service import BannerService
+from app.server.catalog.service import CatalogService
+from app.server.errors import Problem
+from app.server.limits import GenerationLimit
+from app.server.studio.service import StudioService
+from app.store.db import Database
+from app.store.feedback import FeedbackStore
+from app.store.repositories import ApiKeyStore
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    keys: ApiKeyStore
+    feedback: FeedbackStore
+    limit: GenerationLimit
+    hardware: dict[Component, Choice]
+    # Set once the pipeline has loaded:
+    banners: BannerService | None = None
+    catalog: CatalogService | None = None
+    studio: StudioService | None = None
+    engine_watch: ServerWatch | None = None
+    load_error: str | None = None
+
+    def readiness(self) -> dict[str, Any]:
+        pipeline = self.banners.pipeline if self.banners else None
+        engine = pipeline.engine if pipeline else None
+        # A managed server's health is the watch's last check: a probe never waits on vLLM.
+        watch = self.engine_watch
+        engine_ok = engine is not None and (watch is None or watch.healthy)
+        body: dict[str, Any] = {
+            "ready": bool(pipeline and engine_ok),
+            "pipeline": pipeline is not None,
+            "engine": engine_ok,
+        }
+        if watch is not None:
+            body["engine_restarts"] = watch.restarts
+        body["hardware"] = {
+            name: {"device": c.device, "dtype": c.dtype, "threads": c.threads}
+            for name, c in self.hardware.items()
+        }
+        if self.load_error:
+            body["error"] = self.load_error
+        return body
+
+    def not_ready(self) -> Problem:
+        detail = self.load_error or "models are still loading"
+        return Problem("not-ready", detail, headers={"Retry-After": "10"})
+
+
+def services(state: State) -> Services:
+    held: Services = state.services
+    return held
+
+
+# Litestar providers: a handler asks for ``banners``, ``catalog`` or ``studio`` by name.
+
+
+def provide_banners(state: State) -> BannerService:
+    held = services(state)
+    if held.banners is None:
+        raise held.not_ready()
+    return held.banners
+
+
+def provide_catalog(state: State) -> CatalogService:
+    held = services(state)
+    if held.catalog is None:
+        raise held.not_ready()
+    return held.catalog
+
+
+def provide_studio(state: State) -> StudioService:
+    held = services(state)
+    if held.studio is None:
+        raise held.not_ready()
+    return held.studio

@@ -1,0 +1,446 @@
+"""The template studio: what marketers do with templates, over the one pipeline.
+
+Lint before save, versioned saves, label moves (publish, rollback, experiment arms), previews
+with the real retrieval and engine, diffs, experiment read-outs, the audit log. The API and the
+studio's pages both call this service; it alone touches the template store, the feedback store
+and the pipeline's templates. Refusals are problems of a known kind (app/server/errors.py):
+the API returns them as they are, the pages show their detail.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, replace
+from typing import Any
+
+from app.domain import LABEL_PATTERN, NAME_PATTERN, Banner, Shopper
+from app.pipeline import BannerRequest, Pipeline
+from app.prompting.lint import LintProblem, LintResult, lint
+from app.prompting.sandbox import TemplateError
+from app.prompting.templates import (
+    MAX_TEMPLATE_BYTES,
+    PRODUCTION,
+    PromptTemplate,
+    RenderedPrompt,
+    Split,
+)
+from app.server.errors import Problem, invalid
+from app.server.limits import GenerationLimit
+from app.server.studio.experiments import Rate, verdict, wilson
+from app.store.feedback import ArmCounts, FeedbackStore
+from app.store.templates import AuditEntry, Conflict, StoredVersion, TemplateStore, VersionInfo
+
+SAMPLE_SHOPPERS = 3  # known shoppers with histories a saved template must render for
+MAX_PREVIEW_BANNERS = 4
+
+
+class LintFailed(Problem):
+    """A template that does not pass lint: nothing was saved."""
+
+    def __init__(self, problems: list[LintProblem]) -> None:
+        super().__init__(
+            "lint-failed",
+            f"{len(problems)} problem(s); nothing was saved",
+            errors=_field_errors(problems),
+        )
+        self.problems = problems
+
+
+def _field_errors(problems: list[LintProblem]) -> list[dict[str, Any]]:
+    return [{"field": "source", "line": p.line, "message": p.message} for p in problems]
+
+
+def _checked_name(name: str) -> str:
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise invalid("name", "2-49 lowercase letters, digits or '_', from a letter")
+    return name
+
+
+def _checked_label(label: str) -> str:
+    if not re.fullmatch(LABEL_PATTERN, label):
+        raise invalid("label", "2-40 lowercase letters, digits, '_' or '-', from a letter")
+    return label
+
+
+def _conflict(error: Conflict) -> Problem:
+    return Problem("conflict", str(error), current_version=error.current)
+
+
+def _not_found(error: LookupError) -> Problem:
+    return Problem("not-found", str(error.args[0]) if error.args else "not found")
+
+
+@dataclass(frozen=True)
+class TemplateSummary:
+    name: str
+    latest: int
+    labels: dict[str, int]
+    placement: str | None  # None: only drafts so far, nothing serves it yet
+    description: str | None
+
+
+@dataclass(frozen=True)
+class TemplateDetail:
+    name: str
+    labels: dict[str, int]
+    versions: list[VersionInfo]  # newest first
+
+
+@dataclass(frozen=True)
+class VersionView(StoredVersion):
+    """A version with its text, the labels on it, and its lint findings."""
+
+    labels: list[str]
+    problems: list[LintProblem]
+
+
+@dataclass(frozen=True)
+class LabelMoved:
+    name: str
+    label: str
+    version: int
+    previous: int | None
+
+
+@dataclass(frozen=True)
+class Diff:
+    name: str
+    from_version: int
+    to_version: int
+    diff: str
+
+
+@dataclass(frozen=True)
+class Preview:
+    template: str
+    version: int | None  # None: unsaved text
+    label: str | None
+    shopper_id: str
+    prompt: RenderedPrompt | None
+    problems: list[LintProblem]
+    banners: list[Banner]
+
+
+@dataclass(frozen=True)
+class ArmReport(ArmCounts):
+    """One arm's counts with their rates."""
+
+    ctr: Rate
+    conversion_rate: Rate
+
+
+@dataclass(frozen=True)
+class ExperimentReport:
+    placement: str
+    split: Split | None
+    arms: list[ArmReport]
+    ctr_verdict: str | None  # control vs variant, when both arms have data
+    conversion_verdict: str | None
+
+
+class StudioService:
+    def __init__(
+        self,
+        store: TemplateStore,
+        feedback: FeedbackStore,
+        pipeline: Pipeline,
+        limit: GenerationLimit,
+    ) -> None:
+        self.store = store
+        self.feedback = feedback
+        self.pipeline = pipeline
+        self.limit = limit
+        self._revision = -1
+
+    async def reload(self) -> None:
+        """Serve what the store now says (labels, splits): one swap, no mixed state."""
+        revision = await self.store.revision()
+        self.pipeline.use_templates(await self.store.registry(self.pipeline.templates.brand))
+        self._revision = revision
+
+    async def reload_if_changed(self) -> bool:
+        """Pick up label moves made through another replica (they share the database)."""
+        if await self.store.revision() == self._revision:
+            return False
+        await self.reload()
+        return True
+
+    # --- reading -------------------------------------------------------------------------------
+
+    async def summaries(self) -> list[TemplateSummary]:
+        """Every stored template, its newest version, labels, and what it serves."""
+        labels = await self.store.labels()
+        found = []
+        for name, latest in (await self.store.latest_versions()).items():
+            try:
+                header = self.pipeline.templates.get(name).header
+            except KeyError:
+                header = None
+            found.append(
+                TemplateSummary(
+                    name=name,
+                    latest=latest,
+                    labels=labels.get(name, {}),
+                    placement=header.placement if header else None,
+                    description=header.description if header else None,
+                )
+            )
+        return found
+
+    async def versions(self, name: str) -> list[StoredVersion]:
+        """Newest first; not-found when there is no such template."""
+        versions = await self.store.versions(name)
+        if not versions:
+            raise Problem("not-found", f"no template '{name}'")
+        return versions
+
+    async def labels(self, name: str) -> dict[str, int]:
+        return (await self.store.labels(name)).get(name, {})
+
+    async def detail(self, name: str) -> TemplateDetail:
+        versions = await self.versions(name)
+        return TemplateDetail(name, await self.labels(name), [v.info() for v in versions])
+
+    async def version(self, name: str, version: int) -> VersionView:
+        return await self._view(await self._stored(name, version), [])
+
+    def placement(self, name: str) -> str | None:
+        """The placement a template serves; None while it has only drafts."""
+        try:
+            return self.pipeline.templates.get(name).header.placement
+        except KeyError:
+            return None
+
+    def shopper_ids(self, limit: int) -> list[str]:
+        return [s.id for s in self.pipeline.shoppers.all()][:limit]
+
+    async def audit(self, template: str | None, limit: int) -> list[AuditEntry]:
+        return await self.store.audit(template, limit)
+
+    async def diff(self, name: str, old: int, new: int) -> Diff:
+        before, after = await self._stored(name, old), await self._stored(name, new)
+        text = "".join(
+            difflib.unified_diff(
+                before.source.splitlines(keepends=True),
+                after.source.splitlines(keepends=True),
+                fromfile=f"{name} v{old}",
+                tofile=f"{name} v{new}",
+            )
+        )
+        return Diff(name, old, new, text)
+
+    async def _stored(self, name: str, version: int) -> StoredVersion:
+        stored = await self.store.get(name, version)
+        if stored is None:
+            raise Problem("not-found", f"template '{name}' has no version {version}")
+        return stored
+
+    async def _view(self, stored: StoredVersion, problems: list[LintProblem]) -> VersionView:
+        labels = await self.labels(stored.name)
+        on_it = sorted(label for label, v in labels.items() if v == stored.version)
+        return VersionView(**stored.__dict__, labels=on_it, problems=problems)
+
+    # --- lint and save -------------------------------------------------------------------------
+
+    def _samples(self) -> list[Shopper]:
+        known = [s for s in self.pipeline.shoppers.all() if s.history][:SAMPLE_SHOPPERS]
+        return [*known, Shopper(id="lint-cold-start")]
+
+    def _try_render(self, template: PromptTemplate) -> None:
+        for shopper in self._samples():
+            selection = self.pipeline.candidates(shopper, template)
+            self.pipeline.render(shopper, template, selection.candidates, template.header.placement)
+
+    def lint(self, name: str, source: str) -> LintResult:
+        return lint(source, name, self._try_render)
+
+    async def save(
+        self,
+        name: str,
+        source: str,
+        *,
+        author: str,
+        message: str,
+        draft: bool = False,
+        expected_latest: int | None,
+    ) -> VersionView:
+        """Lint, then store a new version. A failing lint stores nothing (LintFailed), unless
+        ``draft`` (a draft keeps work in progress; it can never be labelled)."""
+        result = self.lint(_checked_name(name), source)
+        if not result.ok and not draft:
+            raise LintFailed(result.problems)
+        try:
+            stored = await self.store.save(
+                name,
+                source,
+                author=author,
+                message=message,
+                draft=draft,
+                expected_latest=expected_latest,
+            )
+        except Conflict as error:
+            raise _conflict(error) from None
+        return await self._view(stored, result.problems)
+
+    async def import_file(
+        self, name: str, body: bytes, *, author: str, message: str
+    ) -> VersionView:
+        """A template file as a new version on top of the newest one: an import is a deliberate
+        replacement (the version history and the audit log keep what was there)."""
+        try:
+            source = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Problem(
+                "invalid-request",
+                "the file is not UTF-8 text",
+                errors=[{"field": "body", "message": "not UTF-8"}],
+            ) from None
+        if not source.strip() or len(body) > MAX_TEMPLATE_BYTES:
+            raise Problem(
+                "invalid-request",
+                f"the file must be 1 to {MAX_TEMPLATE_BYTES} bytes",
+                errors=[{"field": "body", "message": "empty or too large"}],
+            )
+        latest = await self.store.latest(name)
+        return await self.save(name, source, author=author, message=message, expected_latest=latest)
+
+    # --- labels and experiments ----------------------------------------------------------------
+
+    async def move_label(
+        self,
+        name: str,
+        label: str,
+        version: int,
+        *,
+        actor: str,
+        expected_current: int | None = None,
+        check_expected: bool = False,
+    ) -> LabelMoved:
+        try:
+            previous = await self.store.move_label(
+                name,
+                _checked_label(label),
+                version,
+                actor=actor,
+                expected_current=expected_current,
+                check_expected=check_expected,
+            )
+        except LookupError as error:
+            raise _not_found(error) from None
+        except Conflict as error:
+            raise _conflict(error) from None
+        except ValueError as error:  # a draft
+            raise Problem(
+                "draft-not-labelled",
+                str(error),
+                errors=[{"field": "version", "message": str(error)}],
+            ) from None
+        await self.reload()
+        return LabelMoved(name, label, version, previous)
+
+    async def set_split(self, placement: str, split: Split | None, *, actor: str) -> None:
+        if split is not None:
+            labels = await self.labels(split.template)
+            missing = [label for label in (split.control, split.variant) if label not in labels]
+            if missing:
+                raise Problem(
+                    "not-found",
+                    f"template '{split.template}' has no label {', '.join(missing)} "
+                    f"(labels: {', '.join(sorted(labels)) or 'none'})",
+                )
+            placement_of = self.placement(split.template)
+            if placement_of != placement:
+                detail = (
+                    f"template '{split.template}' serves placement '{placement_of}', "
+                    f"not '{placement}'"
+                )
+                raise Problem(
+                    "invalid-experiment", detail, errors=[{"field": "template", "message": detail}]
+                )
+        await self.store.set_split(placement, split, actor=actor)
+        await self.reload()
+
+    async def experiment(self, placement: str) -> ExperimentReport:
+        arms = [
+            ArmReport(
+                **counts.__dict__,
+                ctr=wilson(counts.clicks, counts.impressions),
+                conversion_rate=wilson(counts.conversions, counts.impressions),
+            )
+            for counts in await self.feedback.counts(placement)
+        ]
+        split = self.pipeline.templates.splits.get(placement)
+        ctr_verdict = conversion_verdict = None
+        if split is not None:
+            control = _pooled(arms, split.template, split.control)
+            variant = _pooled(arms, split.template, split.variant)
+            if control and variant:
+                ctr_verdict = verdict(control[0], variant[0])
+                conversion_verdict = verdict(control[1], variant[1])
+        return ExperimentReport(placement, split, arms, ctr_verdict, conversion_verdict)
+
+    # --- previews ------------------------------------------------------------------------------
+
+    async def preview(
+        self,
+        name: str,
+        request: BannerRequest,
+        *,
+        version: int | None = None,
+        label: str | None = None,
+        source: str | None = None,
+        generate: int = 0,
+    ) -> Preview:
+        """Render (and optionally generate, taking a generation slot) with a stored version, a
+        label, or unsaved text."""
+        if not 0 <= generate <= MAX_PREVIEW_BANNERS:
+            raise Problem(
+                "invalid-request",
+                f"generate: 0 to {MAX_PREVIEW_BANNERS} banners",
+                errors=[{"field": "generate", "message": f"0 to {MAX_PREVIEW_BANNERS}"}],
+            )
+        problems: list[LintProblem] = []
+        template: PromptTemplate | None
+        if source is not None:
+            result = self.lint(name, source)
+            template, problems = result.template, result.problems
+        elif version is not None:
+            template = (await self._stored(name, version)).parsed()
+        else:
+            try:
+                template = self.pipeline.templates.get(name, label or PRODUCTION)
+            except KeyError as error:
+                raise _not_found(error) from None
+        shopper_id = request.shopper.id if request.shopper else request.shopper_id
+        if template is None or problems:
+            return Preview(name, None, label, shopper_id, None, problems, [])
+        try:
+            prepared = self.pipeline.prepare(replace(request, count=max(1, generate)), template)
+        except TemplateError as error:
+            problem = LintProblem(error.line, error.message)
+            return Preview(name, version, label, shopper_id, None, [problem], [])
+        banners: list[Banner] = []
+        if generate and prepared.prompt is not None:
+            async with self.limit.slot():
+                banners = await self.pipeline.complete(prepared)
+        return Preview(
+            name,
+            template.version if source is None else None,
+            label,
+            shopper_id,
+            prepared.prompt,
+            [],
+            banners,
+        )
+
+
+def _pooled(arms: list[ArmReport], template: str, label: str) -> tuple[Rate, Rate] | None:
+    """One label's numbers over all the versions it pointed at during the experiment."""
+    mine = [a for a in arms if a.template == template and a.label == label]
+    if not mine:
+        return None
+    impressions = sum(a.impressions for a in mine)
+    clicks = sum(a.clicks for a in mine)
+    conversions = sum(a.conversions for a in mine)
+    return wilson(clicks, impressions), wilson(conversions, impressions)
