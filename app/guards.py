@@ -28,13 +28,93 @@ _OFFER = re.compile(
     r"free (?:shipping|delivery|returns|gift)|half (?:off|price)|limited time|today only)\b",
     re.IGNORECASE,
 )
-# Prompt scaffolding that has no place in customer-facing copy.
+# Our own prompt's scaffolding (its delimiters, field names and wording): never copy, and
+# stricter than ``suspicious_text`` because catalog titles may use brackets ("[2-Pack]").
 _LEAKS = re.compile(
     r"[<>{}\[\]`]|\b(?:headline|subheadline|cta|json|candidates?)\b|"
     r"\bproducts? (?:list|numbers?)\b",
     re.IGNORECASE,
 )
 TEXT_FIELDS = ("headline", "subheadline", "cta", "badge")
+
+# What must never reach a shopper or a prompt unflagged, whoever wrote it (catalog or model).
+# Checked in this order; each match is cut out (as a line break: it was a boundary) before the
+# next family looks, so ``<s>`` is reported once, as a token, and a role after a removed token
+# still starts its line.
+_SUSPICIOUS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    # Chat-template and special tokens: a model reads them as turn boundaries, not as text.
+    (
+        "special_token",
+        re.compile(
+            r"<[|｜](?:[^<>]{0,40}>)?|\[/?INST\]|<</?SYS>>|"
+            r"</?(?:s|bos|eos|unk|pad|start_of_turn|end_of_turn)>|"
+            r"#{2,}\s*(?:instruction|response|system|user|assistant|input|human)s?\b",
+            re.IGNORECASE,
+        ),
+    ),
+    # Markup: our prompt delimits its data blocks with tags (``</products>`` closes one early),
+    # and a page would render ``<script>``. Escaped brackets are markup in waiting. A bare
+    # ``<`` or ``>`` ("<3", "Size > 10") is not a tag.
+    (
+        "markup",
+        re.compile(
+            r"</?[A-Za-z][^<>]{0,200}>|<[!?][^<>]{0,200}>|</?[A-Za-z][\w:-]*|"
+            r"&(?:lt|gt|#0*6[02]|#x0*3[ce]);",
+            re.IGNORECASE,
+        ),
+    ),
+    # Template syntax: text pasted into a template must not be rendered as one.
+    ("template", re.compile(r"\{\{|\}\}|\{%|%\}|\{#|\$\{|<%")),
+    # Role prefixes open a fake turn. Only at the start of a line or after a delimiter or
+    # sentence end, or in capitals anywhere: "Home Theater System: 5.1" is a product.
+    (
+        "role",
+        re.compile(
+            r"(?:^|(?<=[.!?;>\]|}]))[ \t]*(?i:system|assistant|user|human|developer)\s*:|"
+            r"\b(?:SYSTEM|ASSISTANT|USER|HUMAN|DEVELOPER)\s*:",
+            re.MULTILINE,
+        ),
+    ),
+    # Instructions addressed to the model: no product title or banner says these.
+    (
+        "instruction",
+        re.compile(
+            r"\b(?:ignore|disregard|forget|override)\s+(?:(?:all|any|the|your|of|these)\s+)*"
+            r"(?:previous|prior|above|earlier|preceding|system|original)\b"
+            r"(?:\s+(?:instructions?|prompts?|rules?|messages?|directions?|context|text))?|"
+            r"\b(?:ignore|disregard|forget)\s+(?:(?:all|any|your)\s+)*(?:instructions|rules)\b|"
+            r"\byou\s+(?:must|should|shall|will|are\s+to|have\s+to|need\s+to)\s+"
+            r"(?:now\s+|only\s+|always\s+)?(?:output|say|write|respond|reply|print|return|"
+            r"answer|recommend|promote|choose|select|include|mention)\b|"
+            r"\b(?:new|real|actual|hidden|secret)\s+instructions?\b|\bsystem\s+prompt\b|"
+            r"\b(?:respond|reply|answer)\s+only\s+with\b|\bpretend\s+(?:to\s+be|you\s+are)\b",
+            re.IGNORECASE,
+        ),
+    ),
+)
+# Control characters break lines (a fake turn) or hide text: C0/C1 controls, line and
+# paragraph separators, zero-width space, word joiner, BOM, bidi overrides (text that reads
+# differently than it is stored) and tag characters (invisible ASCII a model still reads).
+# Zero-width (non-)joiners stay allowed: emoji and several scripts need them.
+_CONTROL = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u200b\u2028\u2029\u202a-\u202e\u2060\u2066-\u2069\ufeff"
+    r"\U000e0000-\U000e007f]"
+)
+
+
+def suspicious_text(text: str) -> list[str]:
+    """Why ``text`` must not be shown or put in a prompt as is; empty when it is clean.
+
+    Each finding is short and stable, ``family: 'match'`` (``markup: '</products>'``) or
+    ``control: U+202E``, in the order found, each once.
+    """
+    findings = [f"control: U+{ord(ch):04X}" for ch in _CONTROL.findall(text)]
+    for family, pattern in _SUSPICIOUS:
+        for match in pattern.finditer(text):
+            shown = " ".join(match.group(0).split())
+            findings.append(f"{family}: '{shown[:40]}'")
+        text = pattern.sub("\n", text)
+    return list(dict.fromkeys(findings))
 
 
 def _canonical_number(token: str) -> str | None:
@@ -179,7 +259,11 @@ class Guards:
             reason = _degenerate(value)
             if reason:
                 problems.append(f"degenerate: {name}: {reason}")
-            leak = _LEAKS.search(value)
+            # One definition of suspicious for catalog and model text; our prompt's own
+            # scaffolding is looked for only when that found nothing (one report per field).
+            findings = suspicious_text(value)
+            problems.extend(f"suspicious: {name}: {finding}" for finding in findings)
+            leak = None if findings else _LEAKS.search(value)
             if leak:
                 problems.append(f"prompt_leak: {name}: '{leak.group(0)}'")
         headline, subheadline = fields.get("headline"), fields.get("subheadline")
@@ -223,20 +307,42 @@ def _fit(text: str, limit: int) -> str:
     return cut + "…"
 
 
+def _quotable(text: str) -> bool:
+    """Catalog words the fallback may show: readable, not suspicious, no prompt scaffolding."""
+    return (
+        any(ch.isalnum() for ch in text) and not suspicious_text(text) and not _LEAKS.search(text)
+    )
+
+
 def fallback_copy(
     candidates: list[Candidate], spec: SchemaSpec, personal: bool
 ) -> tuple[dict[str, Any], list[Candidate]]:
-    """A plain banner from catalog facts only: the answer when the model's copy is refused."""
+    """A plain banner from catalog facts only: the answer when the model's copy is refused.
+
+    The products stay (their numbers and prices are facts); their words are quoted only when
+    they pass the same checks as the model's copy, since a title can carry an injection.
+    """
     chosen = candidates[: max(spec.min_products, min(3, spec.max_products))]
-    category = Counter(c.product.category for c in chosen).most_common(1)[0][0]
-    headline = f"Picked for you: {category}" if personal else f"Popular in {category}"
-    titles = [c.product.title for c in chosen[:2]]
-    subheadline = " and ".join(titles) + (
-        ", chosen for you." if personal else ", loved by shoppers."
-    )
+    category: str | None = Counter(c.product.category for c in chosen).most_common(1)[0][0]
+    if category is not None and not _quotable(category):
+        category = None
+    titles = [c.product.title for c in chosen if _quotable(c.product.title)][:2]
+    opening = "Picked for you" if personal else "Popular right now"
+    ending = ", chosen for you." if personal else ", loved by shoppers."
+    plain = {"headline": opening, "subheadline": "A few favourites" + ending}  # quotes nothing
+    fields = dict(plain)
+    if category is not None:
+        fields["headline"] = f"Picked for you: {category}" if personal else f"Popular in {category}"
+        fields["subheadline"] = f"Our {category} picks" + ending
+    if titles:
+        fields["subheadline"] = " and ".join(titles) + ending
+    fitted = {name: _fit(value, spec.limits()[name]) for name, value in fields.items()}
+    problems: list[str] = []
+    Guards._check_form(fitted, spec, problems)
+    if problems:  # e.g. two titles that repeat a phrase: say less rather than say it badly
+        fitted = {name: _fit(value, spec.limits()[name]) for name, value in plain.items()}
     copy = {
-        "headline": _fit(headline, spec.headline_max),
-        "subheadline": _fit(subheadline, spec.subheadline_max),
+        **fitted,
         "cta": _fit("Shop now", spec.cta_max),
         "layout": spec.layouts[0],
         "tone": "practical",
