@@ -9,8 +9,9 @@ import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -425,8 +426,8 @@ def serve(engine: str | None, host: str | None, port: int | None) -> None:
     """Run the HTTP API (and, with --engine vllm in managed mode, the vLLM server)."""
     import uvicorn
 
-    from app.server.app import create_app
     from app.runtime import share_cores_with_model_server
+    from app.server.app import create_app
 
     updates: dict[str, Any] = {"engine": engine} if engine else {}
     if host:
@@ -480,9 +481,38 @@ def vllm_serve(host: str, port: int) -> None:
     os.execve(command[0], command, {**os.environ, **config.environment()})
 
 
-@cli.group()
+class OneLineUsageErrors(click.Group):
+    """Usage errors (an unknown scope, days out of range, a missing id) as one ``error:`` line
+    and exit 2, like every other error here, instead of click's usage block."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as error:
+            _fail(error.format_message())
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+@cli.group(cls=OneLineUsageErrors)
 def keys() -> None:
-    """API keys (stored hashed; a key is shown once, when created)."""
+    """API keys (stored hashed; a key is shown once, when created or rotated)."""
+
+
+# 100 years: beyond any sensible lifetime, and far from where datetime overflows.
+expires_days_option = click.option(
+    "--expires-days",
+    type=click.IntRange(1, 36500),
+    default=None,
+    help="Days until the key stops working (default: never).",
+)
+
+
+def _expiry(days: int | None) -> datetime | None:
+    return None if days is None else datetime.now(UTC) + timedelta(days=days)
 
 
 @keys.command("create")
@@ -494,15 +524,91 @@ def keys() -> None:
     required=True,
     type=click.Choice(["cms", "marketer", "admin"]),
 )
+@expires_days_option
 @clear_errors
-def keys_create(name: str, scopes: tuple[str, ...]) -> None:
+def keys_create(name: str, scopes: tuple[str, ...], expires_days: int | None) -> None:
     """Create a key and print it."""
     from app.store.repositories import ApiKeyStore
 
-    settings = get_settings()
-    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    expires_at = _expiry(expires_days)
+    key = asyncio.run(
+        ApiKeyStore.using(
+            _database_url(), lambda store: store.create(name, scopes, expires_at=expires_at)
+        )
+    )
+    click.echo(key)
 
-    click.echo(asyncio.run(ApiKeyStore.create_in(settings.database, name, list(scopes))))
+
+def _when(moment: datetime | None) -> str:
+    return "never" if moment is None else moment.strftime("%Y-%m-%d %H:%M")
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@clear_errors
+def keys_list(as_json: bool) -> None:
+    """Every key (never the key itself): revoked and expired ones too. Times are UTC."""
+    from app.store.repositories import ApiKeyStore
+
+    infos = asyncio.run(ApiKeyStore.using(_database_url(), lambda store: store.list()))
+    now = datetime.now(UTC)
+    if as_json:
+        rows = [{**dataclasses.asdict(info), "status": info.status(now)} for info in infos]
+        click.echo(json.dumps(rows, indent=2, default=lambda moment: moment.isoformat()))
+        return
+    if not infos:
+        click.echo("no API keys", err=True)
+        return
+    table = [("ID", "NAME", "SCOPES", "CREATED", "EXPIRES", "LAST USED", "STATUS")] + [
+        (
+            info.id,
+            info.name,
+            ",".join(info.scopes),
+            _when(info.created_at),
+            _when(info.expires_at),
+            _when(info.last_used_at),
+            info.status(now),
+        )
+        for info in infos
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        click.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@clear_errors
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key for good (revoking it again is harmless)."""
+    from app.store.repositories import ApiKeyStore
+
+    if not asyncio.run(ApiKeyStore.using(_database_url(), lambda store: store.revoke(key_id))):
+        _fail(f"no API key with id '{key_id}'")
+    click.echo(f"revoked {key_id}", err=True)
+
+
+@keys.command("rotate")
+@click.argument("key_id")
+@expires_days_option
+@clear_errors
+def keys_rotate(key_id: str, expires_days: int | None) -> None:
+    """Replace a key: print a new one with the same name and scopes; the old one is revoked."""
+    from app.store.repositories import ApiKeyStore
+
+    expires_at = _expiry(expires_days)
+    try:
+        key = asyncio.run(
+            ApiKeyStore.using(
+                _database_url(), lambda store: store.rotate(key_id, expires_at=expires_at)
+            )
+        )
+    except LookupError as error:
+        _fail(str(error))
+    click.echo(key)
+    click.echo(f"revoked {key_id}; the new key is shown once", err=True)
 
 
 @cli.group("db")

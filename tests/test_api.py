@@ -165,6 +165,7 @@ def test_engine_down_gives_fallback_or_503_in_strict_mode(api) -> None:
     assert lenient.status_code == 200 and lenient.json()["banners"][0]["fallback"] is True
     strict = post(client, keys["cms"], {"shopper_id": "camper", "strict": True})
     assert strict.status_code == 503 and strict.headers["Retry-After"]
+    assert strict.json()["type"] == "urn:marquee:problem:engine-unavailable"
 
 
 def test_homepage_sections_are_disjoint(api) -> None:
@@ -212,6 +213,7 @@ def test_not_ready_while_the_pipeline_cannot_load(tmp_path: Path, test_settings:
         assert ready.status_code == 503 and "vLLM exited" in ready.json()["error"]
         response = post(client, keys["cms"], {"shopper_id": "runner"})
         assert response.status_code == 503 and "vLLM exited" in response.json()["detail"]
+        assert response.json()["type"] == "urn:marquee:problem:not-ready"
 
 
 async def test_concurrent_requests_are_all_answered_and_stored(
@@ -285,3 +287,96 @@ def test_catalog_pages_search_and_lookup(api) -> None:
         assert response.status_code == 400, bad
         assert response.headers["content-type"].startswith("application/problem+json")
     assert client.get("/v1/products").status_code == 401
+
+
+# Bodies that are not UTF-8: raw bytes, inside a string, in a key.
+NOT_UTF8 = (b"\xff\xfe", b'{"shopper_id": "ab\xff"}', b'{"\xc3": 1}')
+PATH_VALUES = {
+    "name": "hero_banner",
+    "label": "production",
+    "placement": "home_hero",
+    "banner_id": "bnr_x",
+    "shopper_id": "runner",
+    "product_id": "C1",
+    "version": "1",
+}
+
+
+def _body_routes(app: Litestar) -> list[tuple[str, str]]:
+    """Every (method, path) whose handler reads a request body, path parameters filled in."""
+    found = []
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", []):
+            params = handler.parsed_fn_signature.parameters
+            reads_body = "data" in params or (
+                "request" in params and handler.handler_name in {"import_file"}
+            )
+            if not reads_body or route.path.startswith("/studio"):
+                continue
+            path = re.sub(r"\{(\w+):\w+\}", lambda m: PATH_VALUES[m.group(1)], route.path)
+            found += [(method, path) for method in handler.http_methods]
+    return found
+
+
+def test_a_body_that_is_not_utf8_is_a_400_problem_everywhere(api) -> None:
+    client, keys, _ = api
+    routes = _body_routes(client.app)
+    # banners, homepages, feedback; products, shoppers, events; versions, import, labels,
+    # previews, experiments
+    assert len(routes) == 11 and ("POST", "/v1/templates/hero_banner/import") in routes, routes
+    for method, path in routes:
+        for body in NOT_UTF8:
+            response = client.request(
+                method,
+                path,
+                content=body,
+                headers={"X-API-Key": keys["admin"], "Content-Type": "application/json"},
+            )
+            assert response.status_code == 400, (method, path, body, response.text)
+            problem = response.json()
+            assert problem["type"] == "urn:marquee:problem:invalid-request", (method, path)
+
+
+def test_busy_not_ready_and_engine_down_are_told_apart_by_type(api, tmp_path: Path) -> None:
+    client, keys, engine = api
+    limit = client.app.state.services.limit
+    limit.current = limit.limit  # every slot taken
+    try:
+        busy = post(client, keys["cms"], {"shopper_id": "runner", "count": 3})
+    finally:
+        limit.current = 0
+    assert busy.status_code == 503 and busy.headers["Retry-After"]
+    engine.answers = [EngineError("connection refused")] * 4
+    down = post(client, keys["cms"], {"shopper_id": "camper", "strict": True})
+    types = {busy.json()["type"], down.json()["type"]}
+    assert types == {"urn:marquee:problem:busy", "urn:marquee:problem:engine-unavailable"}
+
+
+def test_a_cached_answer_needs_no_generation_slot(api) -> None:
+    client, keys, _ = api
+    first = post(client, keys["cms"], {"shopper_id": "coffee_two"})
+    assert first.status_code == 200
+    limit = client.app.state.services.limit
+    limit.current = limit.limit
+    try:
+        again = post(client, keys["cms"], {"shopper_id": "coffee_two"})
+        fresh = post(client, keys["cms"], {"shopper_id": "coffee_fan", "count": 2})
+    finally:
+        limit.current = 0
+    assert again.status_code == 200 and again.json()["cached"] is True
+    assert fresh.status_code == 503
+
+
+def test_bad_path_parameters_are_400_naming_the_parameter(api) -> None:
+    client, keys, _ = api
+    headers = {"X-API-Key": keys["admin"]}
+    for path, field in [
+        ("/v1/banners/" + "x" * 65, "banner_id"),
+        ("/v1/products/a%20b", "product_id"),
+        ("/v1/shoppers/%FF", "shopper_id"),
+        ("/v1/templates/Hero-Banner", "name"),
+        ("/v1/experiments/NOPE!", "placement"),
+    ]:
+        response = client.get(path, headers=headers)
+        assert response.status_code == 400, (path, response.text)
+        assert response.json()["errors"][0]["field"] == field

@@ -10,10 +10,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from app.store.db import BannerRecord, Base, Database, head_revision
+from app.store.db import BannerRecord, Base, Database, alembic_config, head_revision
+from app.store.repositories import ApiKeyStore, hash_key
 
 BASELINE = importlib.import_module("app.store.migrations.versions.0001_baseline")
 
@@ -84,6 +86,47 @@ def test_a_database_from_before_migrations_is_adopted_with_its_rows(database_url
         async with db.sessions() as session:
             kept = await session.get(BannerRecord, "b_old")
         assert kept is not None and kept.payload == {"headline": "kept"}
+        await db.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_api_keys_from_before_expiry_keep_working_after_0003(database_url: str) -> None:
+    """0003 adds expiry and last use to api_keys: keys already there survive, never expire,
+    and get their columns back off again on a downgrade."""
+    key = "mq_old00001_" + "k" * 32
+
+    async def scenario() -> None:
+        db = Database(database_url)
+        async with db.engine.begin() as connection:
+            await connection.run_sync(lambda c: command.upgrade(alembic_config(c), "0002"))
+            table = sa.Table("api_keys", sa.MetaData(), *BASELINE.tables()["api_keys"][0])
+            await connection.execute(
+                table.insert().values(
+                    id="old00001",
+                    name="cms-prod",
+                    key_hash=hash_key(key),
+                    scopes="cms",
+                    created_at=datetime(2026, 1, 1, tzinfo=UTC),
+                    revoked=False,
+                )
+            )
+        await db.upgrade()
+        assert await db.revision() == head_revision()
+        keys = ApiKeyStore(db)
+        assert await keys.verify(key) == ("cms-prod", frozenset({"cms"}))
+        [kept] = await keys.list()
+        assert kept.created_at == datetime(2026, 1, 1, tzinfo=UTC)
+        assert kept.expires_at is None and kept.last_used_at is not None
+
+        async with db.engine.begin() as connection:
+            await connection.run_sync(lambda c: command.downgrade(alembic_config(c), "0002"))
+            rows = (await connection.execute(sa.text("SELECT id, name FROM api_keys"))).all()
+            columns = await connection.run_sync(
+                lambda c: {column["name"] for column in sa.inspect(c).get_columns("api_keys")}
+            )
+        assert [tuple(row) for row in rows] == [("old00001", "cms-prod")]
+        assert not {"expires_at", "last_used_at"} & columns
         await db.dispose()
 
     asyncio.run(scenario())

@@ -239,6 +239,48 @@ def test_preview_renders_for_a_shopper_and_generates(studio) -> None:
     )  # a preview saves nothing
 
 
+def test_previews_that_generate_take_a_generation_slot(studio) -> None:
+    client, keys = studio
+    limit = client.app.state.services.limit
+    limit.current = limit.limit  # every slot taken
+    try:
+        path = "/v1/templates/hero_banner/preview"
+        rendering = call(client, "POST", path, keys["marketer"], {"shopper_id": "runner"})
+        body = {"shopper_id": "runner", "generate": 1}
+        generating = call(client, "POST", path, keys["marketer"], body)
+        token = sign_in(client, keys["marketer"])
+        form = {"source": HERO, "action": "preview", "generate": "1", "_csrf_token": token}
+        page = client.post("/studio/templates/hero_banner", data=form)
+    finally:
+        limit.current = 0
+    assert rendering.status_code == 200  # rendering alone needs no slot
+    assert generating.status_code == 503
+    assert generating.json()["type"] == "urn:marquee:problem:busy"
+    assert page.status_code == 503 and "No preview" in page.text
+
+
+def test_the_page_refuses_a_label_the_api_would_refuse(studio) -> None:
+    client, keys = studio
+    token = sign_in(client, keys["marketer"])
+    for label in ("BAD LABEL", "x", "Production"):
+        form = {"version": "1", "label": label, "expected": "0", "_csrf_token": token}
+        page = client.post("/studio/templates/hero_banner/label", data=form)
+        assert page.status_code == 400, label
+    labels = call(client, "GET", "/v1/templates/hero_banner", keys["cms"]).json()["labels"]
+    assert labels == {"production": 1}
+
+
+def sign_in(client: Client, key: str) -> str:
+    """Sign in to the studio's pages; the CSRF token the forms need."""
+    page = client.get("/studio/login")
+    token: str = page.text.split('name="_csrf_token" value="')[1].split('"')[0]
+    signed = client.post(
+        "/studio/login", data={"key": key, "_csrf_token": token}, follow_redirects=False
+    )
+    assert signed.status_code in (302, 303)
+    return token
+
+
 def test_diff_and_file_round_trip(studio) -> None:
     client, keys = studio
     save(client, keys["marketer"], edited("Keep it short."), base=1)

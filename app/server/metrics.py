@@ -39,6 +39,12 @@ STORE_ERRORS = Counter(
 ENGINE_RESTARTS = Counter(
     "marquee_engine_restarts_total", "Managed vLLM servers started again", registry=REGISTRY
 )
+SUSPICIOUS_TEXT = Counter(
+    "marquee_suspicious_text_total",
+    "Product texts written with markup, chat tokens or instructions in them",
+    ["field"],
+    registry=REGISTRY,
+)
 REJECTED = Counter(
     "marquee_rejected_total", "Requests refused because too many were in flight", registry=REGISTRY
 )

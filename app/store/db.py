@@ -62,7 +62,8 @@ class BannerRecord(Base):
 
 
 class ApiKeyRecord(Base):
-    """An API key: only its SHA-256 is stored; the key itself is shown once, at creation."""
+    """An API key: only its SHA-256 is stored; the key itself is shown once, at creation.
+    Rows are never deleted: a revoked or rotated key stays listed, marked revoked."""
 
     __tablename__ = "api_keys"
 
@@ -72,6 +73,10 @@ class ApiKeyRecord(Base):
     scopes: Mapped[str] = mapped_column(String(200))  # space-separated
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Written at most once a minute per key and process (see ApiKeyStore.verify): a hint for
+    # finding unused keys, not an audit trail.
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class ProductRecord(Base):

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
+import logging
+import re
 import secrets
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain import Banner, Interaction, Product, Shopper
@@ -26,6 +30,8 @@ from app.store.db import (
 
 SCOPES = ("cms", "marketer", "admin")
 KEY_PREFIX = "mq_"
+
+log = logging.getLogger(__name__)
 
 
 class BannerStore:
@@ -76,31 +82,166 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-class ApiKeyStore:
-    def __init__(self, db: Database) -> None:
-        self.db = db
+# mq_<id>_<secret>: the id is the row's primary key (no "_": the first one ends it); a key
+# given from outside (adopt) must carry at least as much secret as the ones made here.
+KEY_SHAPE = re.compile(rf"{KEY_PREFIX}(?P<id>[A-Za-z0-9]{{1,32}})_(?P<secret>[A-Za-z0-9_-]{{32,}})")
+# A busy key would otherwise cost a database write per request; a minute is precise enough
+# for "when was this key last used".
+LAST_USED_EVERY = timedelta(minutes=1)
 
-    async def create(self, name: str, scopes: list[str]) -> str:
-        """A new key; the plaintext is returned once and never stored."""
-        unknown = set(scopes) - set(SCOPES)
-        if unknown or not scopes:
-            raise ValueError(f"scopes must be some of {', '.join(SCOPES)}")
+T = TypeVar("T")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    """What may be shown about a key: never its hash, never the key."""
+
+    id: str
+    name: str
+    scopes: tuple[str, ...]  # sorted
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked: bool
+
+    def status(self, now: datetime | None = None) -> str:
+        """``revoked``, ``expired`` or ``active``."""
+        if self.revoked:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= (now or _utc_now()):
+            return "expired"
+        return "active"
+
+
+def _scopes(scopes: Sequence[str]) -> str:
+    unknown = set(scopes) - set(SCOPES)
+    if unknown or not scopes:
+        raise ValueError(f"scopes must be some of {', '.join(SCOPES)}")
+    return " ".join(sorted(set(scopes)))
+
+
+class ApiKeyStore:
+    """Keys are made (create, rotate) or taken in (adopt), listed, revoked; never deleted.
+
+    ``clock`` is the time everything here runs on (creation, expiry, last use); tests move it.
+    """
+
+    def __init__(self, db: Database, clock: Callable[[], datetime] = _utc_now) -> None:
+        self.db = db
+        self.clock = clock
+        # key id -> when this process last wrote its last_used_at (see verify).
+        self._last_written: dict[str, datetime] = {}
+
+    def _new_record(
+        self, name: str, scopes: str, expires_at: datetime | None
+    ) -> tuple[ApiKeyRecord, str]:
+        now = self.clock()
+        if expires_at is not None:
+            if expires_at.tzinfo is None:
+                raise ValueError("expires_at must be timezone-aware")
+            if expires_at <= now:
+                raise ValueError("expires_at must be in the future")
+            # SQLite keeps no zone: store UTC, which is what `aware` assumes on reading back.
+            expires_at = expires_at.astimezone(UTC)
         key_id = secrets.token_hex(4)
         key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(24)}"
+        record = ApiKeyRecord(
+            id=key_id,
+            name=name,
+            key_hash=hash_key(key),
+            scopes=scopes,
+            created_at=now,
+            revoked=False,
+            expires_at=expires_at,
+        )
+        return record, key
+
+    async def create(
+        self, name: str, scopes: Sequence[str], *, expires_at: datetime | None = None
+    ) -> str:
+        """A new key; the plaintext is returned once and never stored."""
+        record, key = self._new_record(name, _scopes(scopes), expires_at)
         async with self.db.writing() as session:
+            session.add(record)
+        return key
+
+    async def adopt(self, name: str, scopes: Sequence[str], key: str) -> None:
+        """Store a key made elsewhere (a bootstrap admin key from the environment) by its hash.
+
+        Adopting a key already stored does nothing, whatever ``name`` and ``scopes`` say now:
+        a service starting again with the same key keeps it as it is, revoked ones included.
+        """
+        shape = KEY_SHAPE.fullmatch(key)
+        if shape is None:
+            raise ValueError(
+                f"an API key must look like {KEY_PREFIX}<id>_<secret>: an id of letters and "
+                "digits (at most 32), then at least 32 characters of secret (A-Z a-z 0-9 _ -)"
+            )
+        stored_scopes, key_id = _scopes(scopes), shape["id"]
+        async with self.db.writing(f"api_key:{key_id}") as session:
+            record = await session.get(ApiKeyRecord, key_id)
+            if record is not None:
+                if not hmac.compare_digest(record.key_hash, hash_key(key)):
+                    raise ValueError(f"another API key already has the id '{key_id}'")
+                return
             session.add(
                 ApiKeyRecord(
                     id=key_id,
                     name=name,
                     key_hash=hash_key(key),
-                    scopes=" ".join(sorted(set(scopes))),
-                    created_at=datetime.now(UTC),
+                    scopes=stored_scopes,
+                    created_at=self.clock(),
+                    revoked=False,
                 )
             )
+
+    async def list(self) -> builtins.list[ApiKeyInfo]:  # (in here, `list` is this method)
+        """Every key, oldest first, revoked and expired ones included."""
+        async with self.db.sessions() as session:
+            records = await session.scalars(
+                select(ApiKeyRecord).order_by(ApiKeyRecord.created_at, ApiKeyRecord.id)
+            )
+            return [
+                ApiKeyInfo(
+                    id=r.id,
+                    name=r.name,
+                    scopes=tuple(r.scopes.split()),
+                    created_at=aware(r.created_at),
+                    expires_at=None if r.expires_at is None else aware(r.expires_at),
+                    last_used_at=None if r.last_used_at is None else aware(r.last_used_at),
+                    revoked=r.revoked,
+                )
+                for r in records
+            ]
+
+    async def revoke(self, key_id: str) -> bool:
+        """Revoke a key for good. False when no key has that id; revoking twice is fine."""
+        async with self.db.writing(f"api_key:{key_id}") as session:
+            record = await session.get(ApiKeyRecord, key_id)
+            if record is None:
+                return False
+            record.revoked = True
+            return True
+
+    async def rotate(self, key_id: str, *, expires_at: datetime | None = None) -> str:
+        """A new key with the old one's name and scopes; the old one is revoked in the same
+        transaction, so there is never a moment with neither or (after a failure) both."""
+        async with self.db.writing(f"api_key:{key_id}") as session:
+            old = await session.get(ApiKeyRecord, key_id)
+            if old is None or old.revoked:
+                raise LookupError(f"no active API key with id '{key_id}'")
+            record, key = self._new_record(old.name, old.scopes, expires_at)
+            old.revoked = True
+            session.add(record)
         return key
 
     async def verify(self, key: str) -> tuple[str, frozenset[str]] | None:
-        """(name, scopes) for a valid key; None otherwise. Constant-time comparison."""
+        """(name, scopes) for a valid key; None otherwise (unknown, wrong secret, revoked,
+        expired). Constant-time comparison."""
         if not key.startswith(KEY_PREFIX) or "_" not in key[len(KEY_PREFIX) :]:
             return None
         key_id = key[len(KEY_PREFIX) :].split("_", 1)[0]
@@ -110,13 +251,38 @@ class ApiKeyStore:
         matches = hmac.compare_digest(expected, hash_key(key))
         if record is None or record.revoked or not matches:
             return None
+        now = self.clock()
+        if record.expires_at is not None and aware(record.expires_at) <= now:
+            return None
+        await self._note_use(key_id, now)
         return record.name, frozenset(record.scopes.split())
 
+    async def _note_use(self, key_id: str, now: datetime) -> None:
+        last = self._last_written.get(key_id)
+        if last is not None and now - last < LAST_USED_EVERY:
+            return
+        # Noted before writing: concurrent requests with this key do not all write, and a
+        # failing database is tried again in a minute, not on every request.
+        self._last_written[key_id] = now
+        try:
+            async with self.db.writing() as session:
+                await session.execute(
+                    update(ApiKeyRecord).where(ApiKeyRecord.id == key_id).values(last_used_at=now)
+                )
+        except Exception:  # bookkeeping only: the key is valid whatever happens here
+            log.warning("could not record the use of API key %s", key_id, exc_info=True)
+
     @staticmethod
-    async def create_in(database_url: str, name: str, scopes: list[str]) -> str:
-        """Create a key in the database at ``database_url`` (tables made if missing)."""
+    async def using(database_url: str, work: Callable[[ApiKeyStore], Awaitable[T]]) -> T:
+        """Run ``work`` on the keys in the database at ``database_url`` (brought to the newest
+        migration first): one piece of work from the CLI."""
         async with Database.upgraded(database_url) as db:
-            return await ApiKeyStore(db).create(name, scopes)
+            return await work(ApiKeyStore(db))
+
+    @staticmethod
+    async def create_in(database_url: str, name: str, scopes: Sequence[str]) -> str:
+        """Create a key in the database at ``database_url`` (tables made if missing)."""
+        return await ApiKeyStore.using(database_url, lambda keys: keys.create(name, scopes))
 
     async def count(self) -> int:
         async with self.db.sessions() as session:

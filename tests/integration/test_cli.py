@@ -223,3 +223,102 @@ def test_vllm_serve_runs_the_managed_servers_recipe_in_the_foreground(tmp_path: 
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=30)
+
+
+# --- API keys over their life, from the command line ---------------------------------------
+
+
+def keys_json(database: str) -> list[dict[str, object]]:
+    run = marquee("keys", "list", "--json", MARQUEE_DATABASE_URL=database)
+    assert run.returncode == 0, run.stderr[-3000:]
+    listed: list[dict[str, object]] = json.loads(run.stdout)
+    return listed
+
+
+def verify_key(database: str, key: str) -> tuple[str, frozenset[str]] | None:
+    import asyncio
+
+    from app.store.repositories import ApiKeyStore
+
+    return asyncio.run(ApiKeyStore.using(database, lambda store: store.verify(key)))
+
+
+def test_keys_list_rotate_and_revoke(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    database = f"sqlite+aiosqlite:///{tmp_path / 'keys.db'}"
+    assert keys_json(database) == []
+    made = marquee(
+        "keys", "create", "--name", "cms-prod", "--scope", "cms", "--scope", "marketer",
+        "--expires-days", "30", MARQUEE_DATABASE_URL=database,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr[-3000:]
+    old = made.stdout.strip()
+    old_id = old.split("_")[1]
+    assert verify_key(database, old) == ("cms-prod", frozenset({"cms", "marketer"}))
+
+    [listed] = keys_json(database)
+    assert listed["id"] == old_id and listed["status"] == "active"
+    assert listed["scopes"] == ["cms", "marketer"] and listed["last_used_at"] is not None
+    expires = datetime.fromisoformat(str(listed["expires_at"]))
+    assert abs(expires - (datetime.now(UTC) + timedelta(days=30))) < timedelta(minutes=5)
+    assert "key_hash" not in listed and old.split("_", 2)[2] not in json.dumps(listed)
+
+    rotated = marquee("keys", "rotate", old_id, MARQUEE_DATABASE_URL=database)
+    assert rotated.returncode == 0, rotated.stderr[-3000:]
+    new = rotated.stdout.strip()
+    assert new.startswith("mq_") and new != old and len(rotated.stdout.splitlines()) == 1
+    assert verify_key(database, old) is None
+    assert verify_key(database, new) == ("cms-prod", frozenset({"cms", "marketer"}))
+    statuses = {row["id"]: (row["name"], row["status"]) for row in keys_json(database)}
+    assert statuses == {old_id: ("cms-prod", "revoked"), new.split("_")[1]: ("cms-prod", "active")}
+
+    table = marquee("keys", "list", MARQUEE_DATABASE_URL=database)
+    assert table.returncode == 0, table.stderr[-3000:]
+    header, *rows = table.stdout.splitlines()
+    assert header.split() == [
+        "ID",
+        "NAME",
+        "SCOPES",
+        "CREATED",
+        "EXPIRES",
+        "LAST",
+        "USED",
+        "STATUS",
+    ]
+    assert [row.split()[0] for row in rows] == [old_id, new.split("_")[1]]
+    assert rows[0].split()[-1] == "revoked" and rows[1].split()[-1] == "active"
+    assert rows[1].split()[2] == "cms,marketer" and "never" in rows[1]  # no expiry given
+
+    revoked = marquee("keys", "revoke", new.split("_")[1], MARQUEE_DATABASE_URL=database)
+    assert revoked.returncode == 0, revoked.stderr[-3000:]
+    assert verify_key(database, new) is None
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("keys", "revoke", "nosuchid"),
+        ("keys", "rotate", "nosuchid"),
+        ("keys", "create", "--name", "x", "--scope", "root"),
+        ("keys", "create", "--name", "x", "--scope", "cms", "--expires-days", "0"),
+        ("keys", "create", "--name", "x", "--scope", "cms", "--expires-days", "many"),
+        ("keys", "create", "--name", "x", "--scope", "cms", "--expires-days", "99999999999"),
+        ("keys", "rotate", "REVOKED", "--expires-days", "-1"),
+        ("keys", "rotate", "REVOKED"),
+    ],
+)
+def test_keys_errors_are_one_line_and_exit_2(tmp_path: Path, args: tuple[str, ...]) -> None:
+    database = f"sqlite+aiosqlite:///{tmp_path / 'keys.db'}"
+    made = marquee(
+        "keys", "create", "--name", "gone", "--scope", "cms", MARQUEE_DATABASE_URL=database
+    )
+    gone = made.stdout.strip().split("_")[1]
+    assert marquee("keys", "revoke", gone, MARQUEE_DATABASE_URL=database).returncode == 0
+    run = marquee(*(gone if a == "REVOKED" else a for a in args), MARQUEE_DATABASE_URL=database)
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert run.stdout == "" and "Traceback" not in run.stderr
+    [line] = run.stderr.strip().splitlines()
+    assert line.startswith("error: ")
+    # Nothing was made or changed by the failed command.
+    assert [(row["id"], row["status"]) for row in keys_json(database)] == [(gone, "revoked")]

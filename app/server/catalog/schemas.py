@@ -55,12 +55,24 @@ class ProductUpsert(BaseModel):
         return products
 
 
+class SuspiciousText(BaseModel):
+    """Product text that looks like markup, chat tokens or instructions. The product is stored
+    and sold; its words are never quoted by fallback copy (app/guards.py)."""
+
+    product_id: str
+    field: str
+    findings: list[str]
+
+
 class UpsertResult(BaseModel):
     created: list[str]
     updated: list[str]
     unchanged: int
     embedded: int = Field(description="products embedded again because their text changed")
     catalog_size: int
+    suspicious_text: list[SuspiciousText] = Field(
+        default_factory=list, description="texts to review in the products just written"
+    )
 
 
 class ShopperPut(BaseModel):

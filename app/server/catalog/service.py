@@ -18,6 +18,7 @@ from pathlib import Path
 
 from app.catalog.store import Catalog
 from app.domain import Interaction, Product, Shopper
+from app.guards import suspicious_text
 from app.pipeline import Pipeline
 from app.retrieval.index import reindex, save_index
 from app.retrieval.selector import CandidateFilters
@@ -29,9 +30,11 @@ from app.server.catalog.schemas import (
     SearchResults,
     ShopperOut,
     ShopperPut,
+    SuspiciousText,
     UpsertResult,
 )
 from app.server.errors import Problem
+from app.server.metrics import SUSPICIOUS_TEXT
 from app.store.repositories import CatalogChanges
 
 log = logging.getLogger(__name__)
@@ -99,6 +102,7 @@ class CatalogService:
                     unchanged=len(products),
                     embedded=0,
                     catalog_size=len(before),
+                    suspicious_text=_suspicious(products),
                 )
             # Embedding is the slow part (~150 products/s here): off the event loop.
             index, embedded = await asyncio.to_thread(
@@ -123,6 +127,7 @@ class CatalogService:
                 unchanged=len(products) - len(changed),
                 embedded=embedded,
                 catalog_size=len(catalog),
+                suspicious_text=_suspicious(products),
             )
 
     async def withdraw_product(self, product_id: str) -> None:
@@ -207,6 +212,27 @@ class CatalogService:
             self._refresh.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresh
+
+
+def _suspicious(products: Sequence[Product]) -> list[SuspiciousText]:
+    """Flag, don't refuse: a real title may trip a rule, and a merchant fixes it in the feed."""
+    found = []
+    for product in products:
+        texts = {
+            "title": product.title,
+            "description": product.description,
+            "brand": product.brand,
+            "category": product.category,
+            **{f"tags[{i}]": tag for i, tag in enumerate(product.tags)},
+        }
+        for field, text in texts.items():
+            findings = suspicious_text(text)
+            if findings:
+                SUSPICIOUS_TEXT.labels(field.split("[")[0]).inc()
+                found.append(SuspiciousText(product_id=product.id, field=field, findings=findings))
+    if found:
+        log.warning("catalog: suspicious text in %s", sorted({f.product_id for f in found}))
+    return found
 
 
 def _shopper_out(shopper: Shopper) -> ShopperOut:
