@@ -55,10 +55,10 @@ def clear_errors(command: F) -> F:
 @click.option("-v", "--verbose", is_flag=True, help="Log what each stage does.")
 def cli(verbose: bool) -> None:
     """Marquee: personalized homepage banners, grounded in the catalog."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    from app.logs import configure_logging
+
+    # Readable lines on stderr for commands run by hand (`serve` switches to JSON lines).
+    configure_logging(json_lines=False, level=logging.INFO if verbose else logging.WARNING)
 
 
 @cli.group()
@@ -401,22 +401,6 @@ def demo(shoppers: int, engine: str | None) -> None:
     run_with_pipeline(settings, engine, work)
 
 
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line; messages that are JSON already are merged in."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {"level": record.levelname.lower(), "logger": record.name}
-        message = record.getMessage()
-        try:
-            parsed = json.loads(message)
-            entry.update(parsed if isinstance(parsed, dict) else {"message": message})
-        except ValueError:
-            entry["message"] = message
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
 @cli.command()
 @engine_option
 @click.option("--host", default=None, help="Bind address (default: MARQUEE_HOST, 127.0.0.1).")
@@ -426,8 +410,10 @@ def serve(engine: str | None, host: str | None, port: int | None) -> None:
     """Run the HTTP API (and, with --engine vllm in managed mode, the vLLM server)."""
     import uvicorn
 
+    from app.logs import configure_logging
     from app.runtime import share_cores_with_model_server
     from app.server.app import create_app
+    from app.tracing import configure_tracing, trace_mode
 
     updates: dict[str, Any] = {"engine": engine} if engine else {}
     if host:
@@ -437,15 +423,21 @@ def serve(engine: str | None, host: str | None, port: int | None) -> None:
     settings = get_settings().model_copy(update=updates)
     if settings.engine == "vllm" and settings.vllm_mode == "managed":
         share_cores_with_model_server(settings.torch_threads_beside_vllm)
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonLogFormatter())
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    # stdout carries only the JSON log stream (every logger, one event per line); what is
+    # meant for the person at the terminal goes to stderr.
+    configure_logging(json_lines=True)
+    traces = trace_mode(settings.traces)
+    configure_tracing(traces)
     base = f"http://{settings.host}:{settings.port}"
-    click.echo(f"Marquee on {base} (engine: {settings.engine}); docs at {base}/docs")
-    click.echo(f"  ready when: curl -s {base}/readyz")
+    click.echo(
+        f"Marquee on {base} (engine: {settings.engine}, traces: {traces}); docs at {base}/docs",
+        err=True,
+    )
+    click.echo(f"  ready when: curl -s {base}/readyz", err=True)
     click.echo(
         f"  a banner:   curl -s -X POST {base}/v1/banners -H 'X-API-Key: <key>' "
-        "-H 'Content-Type: application/json' -d '{\"shopper_id\": \"u004\"}'"
+        "-H 'Content-Type: application/json' -d '{\"shopper_id\": \"u004\"}'",
+        err=True,
     )
     uvicorn.run(
         create_app(settings),

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.hardware import DtypeSetting
@@ -73,9 +73,17 @@ class Settings(BaseSettings):
     database_url: str = ""  # default: SQLite in the cache dir; "postgresql+asyncpg://..."
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    # Signs the studio's CSRF tokens; set it when replicas share a load balancer (default:
-    # random per process, so a restart asks open studio forms to be sent again).
-    studio_secret: str = ""
+    # dev: a fresh database gets an admin key printed in the log. production: never a key in
+    # the log (make one with `marquee keys create`, or give one below); the studio's cookie is
+    # Secure (HTTPS only).
+    env: Literal["dev", "production"] = "dev"
+    # An admin key given from outside (mq_<id>_<32+ chars of secret>), taken in at start-up by
+    # its hash. Taken once: revoked or rotated later, it stays so across restarts.
+    bootstrap_admin_key: SecretStr = SecretStr("")
+    # Signs the studio's CSRF tokens and encrypts its session cookie; set it when replicas share
+    # a load balancer (default: random per process, so a restart signs everyone out of the
+    # studio and asks open forms to be sent again).
+    studio_secret: SecretStr = SecretStr("")
     # How often a replica checks the database for template label moves made elsewhere.
     templates_refresh_s: float = Field(default=15.0, gt=0)
     banner_cache_ttl_s: float = Field(default=300.0, ge=0)
@@ -85,6 +93,9 @@ class Settings(BaseSettings):
     homepage_sections: list[str] = Field(
         default_factory=lambda: ["hero_banner", "grid_heading", "category_spotlight"]
     )
+    # OpenTelemetry traces (app/tracing.py): off, console (spans on stderr) or otlp (to the
+    # collector OTEL_EXPORTER_OTLP_ENDPOINT names). Unset: otlp when that variable is set.
+    traces: Literal["off", "console", "otlp"] | None = None
 
     # Retrieval.
     search_k: int = Field(default=120, ge=1, le=5000)  # pool size taken from the vector index

@@ -16,6 +16,10 @@ IDENTIFIER_PATTERN = r"^[\w.:-]{1,64}$"  # products, shoppers, events, banners
 NAME_PATTERN = r"^[a-z][a-z0-9_]{1,48}$"  # templates and placements
 LABEL_PATTERN = r"^[a-z][a-z0-9_-]{1,39}$"  # template labels: production, candidate, ...
 LOCALE_PATTERN = r"^[a-z]{2}(-[A-Z]{2})?$"  # en, en-US
+# API keys: the id is the part of mq_<id>_<secret> that names a key (app.store.repositories
+# KEY_SHAPE); the name is what lists and the audit log show (ops, cms-prod, anna@shop.example).
+KEY_ID_PATTERN = r"^[A-Za-z0-9]{1,32}$"
+KEY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,79}$"
 
 Identifier = Annotated[
     str,
@@ -24,10 +28,14 @@ Identifier = Annotated[
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Label = Annotated[str, StringConstraints(pattern=LABEL_PATTERN)]
 Locale = Annotated[str, StringConstraints(pattern=LOCALE_PATTERN)]
+KeyName = Annotated[str, StringConstraints(pattern=KEY_NAME_PATTERN)]
 ShopperName = Annotated[str, StringConstraints(strip_whitespace=True, max_length=80)]
 Segment = Annotated[str, StringConstraints(strip_whitespace=True, max_length=40)]
 Interest = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80)]
 MAX_INTERESTS = 20
+# Template versions are stored as 32-bit integers (PostgreSQL INTEGER): a larger number in a
+# request is refused as invalid, never sent to the database (where SQLite overflows: a 500).
+MAX_VERSION = 2**31 - 1
 
 
 MAX_HISTORY = 10_000  # events kept per shopper: the newest win
@@ -37,6 +45,14 @@ class EventType(StrEnum):
     VIEW = "view"
     ADD_TO_CART = "add_to_cart"
     PURCHASE = "purchase"
+
+
+class FeedbackKind(StrEnum):
+    """What a shopper did with a served banner."""
+
+    IMPRESSION = "impression"
+    CLICK = "click"
+    CONVERSION = "conversion"
 
 
 class Product(BaseModel):
@@ -151,6 +167,7 @@ class Banner(BaseModel):
     retries: int = 0
     flags: list[str] = Field(default_factory=list)  # guard findings of rejected attempts
     output_tokens: int = 0
+    prompt_tokens: int = 0  # prompt tokens of every attempt, as the engine counted them
     timings: StageTimings = Field(default_factory=StageTimings)
     created_at: datetime
 

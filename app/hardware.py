@@ -14,13 +14,12 @@ flags, so ``auto`` follows them.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 DtypeSetting = Literal["auto", "float32", "bfloat16", "float16"]
@@ -226,12 +225,9 @@ def detect() -> HardwareProfile:
     return HardwareProfile(detect_cpu(), detect_gpus())
 
 
-def describe(choices: dict[Component, Choice], profile: HardwareProfile) -> str:
-    """One JSON line for logs and /readyz consumers."""
-    return json.dumps(
-        {
-            "event": "hardware",
-            "profile": profile.to_dict(),
-            "choices": {name: asdict(choice) for name, choice in choices.items()},
-        }
-    )
+def describe(choices: dict[Component, Choice], profile: HardwareProfile) -> dict[str, Any]:
+    """The profile and what each component runs with: the fields of the start-up log event."""
+    return {
+        "profile": profile.to_dict(),
+        "choices": {name: asdict(choice) for name, choice in choices.items()},
+    }

@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import logging
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+
+from opentelemetry.trace import StatusCode
 
 from app.catalog.store import Catalog, ShopperStore
 from app.config import Settings
@@ -28,14 +29,16 @@ from app.domain import (
 )
 from app.generation.engine import Engine, EngineError, GenerationRequest, GenerationResult
 from app.guards import GuardResult, Guards, fallback_copy
+from app.logs import get_logger
 from app.prompting.context import build_context
 from app.prompting.templates import PromptTemplate, RenderedPrompt, TemplateRegistry
 from app.retrieval.embedder import Embedder
 from app.retrieval.index import VectorIndex
 from app.retrieval.selector import CandidateFilters, CandidateSelector, Selection
 from app.retrieval.signals import InteractionSignals
+from app.tracing import tracer
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -77,10 +80,19 @@ class _Variant:
     number: int
     attempts: int = 0
     output_tokens: int = 0
+    prompt_tokens: int = 0
     generation_ms: float = 0.0
     guards_ms: float = 0.0
     flags: list[str] = field(default_factory=list)
     accepted: GuardResult | None = None
+
+
+def _template_attributes(template: PromptTemplate, label: str) -> dict[str, str | int]:
+    return {
+        "marquee.template": template.name,
+        "marquee.template.version": template.version,
+        "marquee.template.label": label,
+    }
 
 
 def _seed(*parts: object) -> int:
@@ -226,16 +238,29 @@ class Pipeline:
         started = time.perf_counter()
         if not 1 <= request.count <= self.settings.max_variants:
             raise ValueError(f"count must be between 1 and {self.settings.max_variants}")
-        shopper = self.shopper(request)
-        template, label = (template, "preview") if template else self.template(request)
-        selection = self.candidates(shopper, template, request.filters)
+        with tracer.start_as_current_span("retrieval") as span:
+            shopper = self.shopper(request)
+            template, label = (template, "preview") if template else self.template(request)
+            selection = self.candidates(shopper, template, request.filters)
+            if span.is_recording():  # no attribute work at all while tracing is off
+                span.set_attributes(
+                    {
+                        **_template_attributes(template, label),
+                        "marquee.shopper.known": request.shopper is not None
+                        or self.shoppers.known(request.shopper_id),
+                        "marquee.shopper.cold_start": selection.trace.cold_start,
+                        "marquee.candidates": len(selection.candidates),
+                    }
+                )
         retrieved = time.perf_counter()
         candidates = selection.candidates
-        prompt = (
-            self.render(shopper, template, candidates, request.placement)
-            if len(candidates) >= template.spec.min_products
-            else None
-        )
+        with tracer.start_as_current_span("render") as span:
+            prompt = (
+                self.render(shopper, template, candidates, request.placement)
+                if len(candidates) >= template.spec.min_products
+                else None
+            )
+            span.set_attribute("marquee.rendered", prompt is not None)
         return PreparedRequest(
             request=request,
             shopper=shopper,
@@ -250,6 +275,22 @@ class Pipeline:
 
     async def complete(self, prepared: PreparedRequest) -> list[Banner]:
         """Generation, guards, retries and fallback for a prepared request."""
+        with tracer.start_as_current_span("pipeline.complete") as span:
+            banners = await self._complete(prepared)
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        **_template_attributes(prepared.template, prepared.label),
+                        "marquee.variants": len(banners),
+                        "marquee.retries": sum(b.retries for b in banners),
+                        "marquee.fallbacks": sum(b.fallback for b in banners),
+                        "marquee.output_tokens": sum(b.output_tokens for b in banners),
+                        "marquee.prompt_tokens": sum(b.prompt_tokens for b in banners),
+                    }
+                )
+        return banners
+
+    async def _complete(self, prepared: PreparedRequest) -> list[Banner]:
         shopper, template, selection = prepared.shopper, prepared.template, prepared.selection
         candidates = selection.candidates
         variants = [_Variant(number) for number in range(prepared.request.count)]
@@ -288,6 +329,11 @@ class Pipeline:
         """
         if not 1 <= len(sections) <= MAX_SECTIONS:
             raise ValueError(f"a homepage has 1 to {MAX_SECTIONS} sections")
+        with tracer.start_as_current_span("pipeline.homepage") as span:
+            span.set_attribute("marquee.sections", len(sections))
+            return await self._homepage(request, sections)
+
+    async def _homepage(self, request: BannerRequest, sections: list[str]) -> Homepage:
         started = time.perf_counter()
         offered: list[str] = []
         prepared = []
@@ -347,20 +393,45 @@ class Pipeline:
                 )
                 for v in pending
             ]
-            try:
-                if self.engine is None:
-                    raise EngineError("no engine configured")
-                results = await asyncio.wait_for(
-                    self.engine.generate_many(requests), timeout=self.settings.generation_timeout_s
-                )
-            except (EngineError, TimeoutError) as error:
-                reason = "timed out" if isinstance(error, TimeoutError) else str(error)
-                log.warning("engine failed for %s/%s: %s", shopper.id, template.name, reason)
-                for variant in pending:
-                    variant.flags.append(f"engine_error: {reason}"[:200])
-                return  # an engine that is down will not be better on the next seed
-            for variant, result in zip(pending, results, strict=True):
-                self._judge(variant, result, template, candidates, prompt)
+            with tracer.start_as_current_span("generation") as span:
+                span.set_attribute("marquee.attempt", attempt)  # a no-op call while off
+                try:
+                    if self.engine is None:
+                        raise EngineError("no engine configured")
+                    results = await asyncio.wait_for(
+                        self.engine.generate_many(requests),
+                        timeout=self.settings.generation_timeout_s,
+                    )
+                except (EngineError, TimeoutError) as error:
+                    reason = "timed out" if isinstance(error, TimeoutError) else str(error)
+                    span.set_status(StatusCode.ERROR, reason)
+                    log.warning(
+                        "engine_failed", shopper=shopper.id, template=template.name, reason=reason
+                    )
+                    for variant in pending:
+                        variant.flags.append(f"engine_error: {reason}"[:200])
+                    return  # an engine that is down will not be better on the next seed
+                if span.is_recording():
+                    span.set_attributes(
+                        {
+                            "marquee.template": template.name,
+                            "marquee.requests": len(requests),
+                            "marquee.output_tokens": sum(r.output_tokens for r in results),
+                            "marquee.prompt_tokens": sum(r.prompt_tokens for r in results),
+                        }
+                    )
+            with tracer.start_as_current_span("guards") as span:
+                for variant, result in zip(pending, results, strict=True):
+                    self._judge(variant, result, template, candidates, prompt)
+                if span.is_recording():
+                    accepted = sum(v.accepted is not None for v in pending)
+                    span.set_attributes(
+                        {
+                            "marquee.attempt": attempt,
+                            "marquee.accepted": accepted,
+                            "marquee.refused": len(pending) - accepted,
+                        }
+                    )
 
     def _judge(
         self,
@@ -372,6 +443,7 @@ class Pipeline:
     ) -> None:
         variant.attempts += 1
         variant.output_tokens += result.output_tokens
+        variant.prompt_tokens += result.prompt_tokens
         variant.generation_ms += result.elapsed_ms
         t0 = time.perf_counter()
         verdict = self.guards.check(
@@ -465,6 +537,7 @@ class Pipeline:
             retries=max(0, variant.attempts - 1),
             flags=variant.flags,
             output_tokens=variant.output_tokens,
+            prompt_tokens=variant.prompt_tokens,
             timings=timings,
             created_at=datetime.now(UTC),
         )

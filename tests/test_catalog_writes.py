@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from app.catalog.store import Catalog, ShopperStore
@@ -23,10 +24,12 @@ from app.domain import EventType, Interaction, Product, Shopper
 from app.retrieval.embedder import product_text
 from app.retrieval.index import ExactIndex, build_or_load_index, reindex, save_index
 from app.retrieval.selector import CandidateFilters
+from app.retrieval.signals import InteractionSignals
 from app.runtime import load_data
 from app.server.app import create_app
+from app.server.catalog.schemas import EventIn
 from app.server.catalog.service import CatalogService
-from app.store.db import Database
+from app.store.db import Database, EventRecord
 from app.store.repositories import CatalogChanges
 from tests.conftest import NOW, WordEmbedder, product
 from tests.test_api import _keys
@@ -266,7 +269,7 @@ def test_events_move_a_cold_start_shopper_and_invalidate_cached_banners(app_clie
     ]
     accepted = send(client, "POST", "/v1/events", cms, {"events": events})
     assert accepted.status_code == 202, accepted.text
-    assert accepted.json() == {"accepted": 2, "history_sizes": {"newcomer": 2}}
+    assert accepted.json() == {"accepted": 2, "duplicates": 0, "history_sizes": {"newcomer": 2}}
 
     warm = send(client, "POST", "/v1/banners", cms, request).json()
     assert warm["cached"] is False  # the shopper changed: the stored answer is stale
@@ -318,6 +321,221 @@ def test_bad_events_name_the_field_and_record_nothing(
     assert field in json.dumps(response.json())
     shopper = client.get("/v1/shoppers/runner", headers={"X-API-Key": keys["cms"]}).json()
     assert shopper["events"] == 2
+
+
+# --- idempotent events: a batch sent again is recorded once ---------------------------------
+
+
+def post_events(
+    client: Client, key: str, events: list[dict[str, Any]], idempotency_key: str | None = None
+) -> Any:
+    headers = {"X-API-Key": key, "Content-Type": "application/json"}
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = idempotency_key
+    return client.post("/v1/events", content=json.dumps({"events": events}), headers=headers)
+
+
+async def _stored_events(db: Database) -> list[tuple[str, str, str | None]]:
+    async with db.sessions() as session:
+        rows = await session.execute(
+            select(EventRecord.shopper_id, EventRecord.product_id, EventRecord.event_id).order_by(
+                EventRecord.id
+            )
+        )
+    return [(shopper_id, product_id, event_id) for shopper_id, product_id, event_id in rows]
+
+
+def stored_events(client: Client) -> list[tuple[str, str, str | None]]:
+    """(shopper, product, event id) of every stored event, in order of arrival."""
+    return client.blocking_portal.call(_stored_events, updater(client).changes.db)
+
+
+def history(client: Client, shopper_id: str) -> list[str]:
+    return [e.product_id for e in updater(client).pipeline.shoppers.get(shopper_id).history]
+
+
+def test_a_retried_batch_changes_nothing(app_client) -> None:
+    client, keys = app_client
+    service = updater(client)
+
+    def signals() -> InteractionSignals:  # swapped for new ones on every refresh
+        return service.pipeline.selector.signals
+
+    catalog = service.pipeline.catalog
+    batch = [
+        {"event_id": "cms-1", "shopper_id": "yogi", "product_id": "Y1", "type": "add_to_cart"},
+        {"event_id": "cms-2", "shopper_id": "runner", "product_id": "R1", "type": "view"},
+    ]
+    first = post_events(client, keys["cms"], batch)
+    assert first.status_code == 202, first.text
+    sizes = {"yogi": 1, "runner": 3}
+    assert first.json() == {"accepted": 2, "duplicates": 0, "history_sizes": sizes}
+    client.blocking_portal.call(service.settled)
+    popularity = signals().popularity.copy()
+    rows = stored_events(client)
+    assert len(rows) == 2
+
+    again = post_events(client, keys["cms"], batch)  # the CMS timed out, and sends it again
+    assert again.status_code == 202, again.text
+    assert again.json() == {"accepted": 0, "duplicates": 2, "history_sizes": sizes}
+    client.blocking_portal.call(service.settled)
+    assert stored_events(client) == rows
+    assert history(client, "yogi") == ["Y1"] and history(client, "runner") == ["R1", "R2", "R1"]
+    shopper = client.get("/v1/shoppers/runner", headers={"X-API-Key": keys["cms"]}).json()
+    assert shopper["events"] == 3
+    assert signals().popularity == pytest.approx(popularity)
+    # Counted twice, the mat's add-to-cart (3) would outrank the tent's purchase (5).
+    assert signals().popularity[catalog.row("Y1")] < signals().popularity[catalog.row("K1")]
+
+
+def test_an_idempotency_key_names_the_events_of_a_batch(app_client) -> None:
+    client, keys = app_client
+    batch = [
+        {"shopper_id": "runner", "product_id": "K1", "type": "view"},
+        {"shopper_id": "runner", "product_id": "K2", "type": "view", "event_id": "own-id"},
+    ]
+    first = post_events(client, keys["cms"], batch, idempotency_key="feed-2026.12.08:1")
+    assert first.json() == {"accepted": 2, "duplicates": 0, "history_sizes": {"runner": 4}}
+    again = post_events(client, keys["cms"], batch, idempotency_key="feed-2026.12.08:1")
+    assert again.json() == {"accepted": 0, "duplicates": 2, "history_sizes": {"runner": 4}}
+    # Another key is another batch (its own event id still is not); without a key or ids an
+    # event is recorded every time it is sent.
+    other = post_events(client, keys["cms"], batch, idempotency_key="feed-2026.12.08:2")
+    assert other.json() == {"accepted": 1, "duplicates": 1, "history_sizes": {"runner": 5}}
+    for size in (6, 7):
+        plain = post_events(client, keys["cms"], batch[:1])
+        assert plain.json() == {"accepted": 1, "duplicates": 0, "history_sizes": {"runner": size}}
+    assert [event_id for _, _, event_id in stored_events(client)] == [
+        "feed-2026.12.08:1:0",
+        "own-id",
+        "feed-2026.12.08:2:0",
+        None,
+        None,
+    ]
+
+
+@pytest.mark.parametrize("key", ["", "has space", "x" * 65, "semi;colon", "a/b"])
+def test_a_bad_idempotency_key_is_refused_naming_the_header(app_client, key: str) -> None:
+    client, keys = app_client
+    batch = [{"shopper_id": "runner", "product_id": "K1", "type": "view"}]
+    response = post_events(client, keys["cms"], batch, idempotency_key=key)
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert "Idempotency-Key" in json.dumps(response.json())
+    assert stored_events(client) == [] and history(client, "runner") == ["R1", "R2"]
+
+
+def test_a_batch_of_new_and_seen_events_records_only_the_new(app_client) -> None:
+    client, keys = app_client
+    seen = [
+        {"event_id": "e1", "shopper_id": "runner", "product_id": "K1", "type": "view"},
+        {"event_id": "e2", "shopper_id": "camper", "product_id": "K2", "type": "view"},
+    ]
+    assert post_events(client, keys["cms"], seen).json()["accepted"] == 2
+    mixed = [
+        {"event_id": "e3", "shopper_id": "runner", "product_id": "Y1", "type": "view"},
+        # Seen already: what it says now does not matter, the first recording stands.
+        {"event_id": "e2", "shopper_id": "camper", "product_id": "Y1", "type": "purchase"},
+        {"event_id": "e4", "shopper_id": "newcomer", "product_id": "C1", "type": "view"},
+        {"event_id": "e1", "shopper_id": "runner", "product_id": "K1", "type": "view"},
+    ]
+    response = post_events(client, keys["cms"], mixed)
+    assert response.status_code == 202, response.text
+    sizes = {"runner": 4, "camper": 4, "newcomer": 1}
+    assert response.json() == {"accepted": 2, "duplicates": 2, "history_sizes": sizes}
+    assert stored_events(client) == [
+        ("runner", "K1", "e1"),
+        ("camper", "K2", "e2"),
+        ("runner", "Y1", "e3"),
+        ("newcomer", "C1", "e4"),
+    ]
+    assert history(client, "runner")[-2:] == ["K1", "Y1"]
+    assert history(client, "camper")[-1] == "K2" and history(client, "newcomer") == ["C1"]
+
+
+@pytest.mark.parametrize(
+    ("events", "idempotency_key"),
+    [
+        ([{"event_id": "e1"}, {"event_id": "e1"}], None),
+        ([{}, {"event_id": "k:0"}], "k"),  # its own id is the one the first one gets
+    ],
+)
+def test_an_event_id_twice_in_a_batch_refuses_it(
+    app_client, events: list[dict[str, str]], idempotency_key: str | None
+) -> None:
+    client, keys = app_client
+    batch = [{"shopper_id": "runner", "product_id": "K1", "type": "view", **e} for e in events]
+    response = post_events(client, keys["cms"], batch, idempotency_key)
+    assert response.status_code == 400, response.text
+    assert [e["field"] for e in response.json()["errors"]] == ["events[1].event_id"]
+    assert stored_events(client) == [] and history(client, "runner") == ["R1", "R2"]
+
+
+def test_identical_batches_at_once_record_each_event_once(app_client) -> None:
+    client, _ = app_client
+    service = updater(client)
+    batch = [
+        EventIn(event_id=f"race-{i}", shopper_id="runner", product_id="K1", type=EventType.VIEW)
+        for i in range(20)
+    ]
+
+    async def at_once() -> list[Any]:
+        return list(await asyncio.gather(*(service.record_events(batch) for _ in range(4))))
+
+    answers = client.blocking_portal.call(at_once)
+    assert sum(a.accepted for a in answers) == 20 and sum(a.duplicates for a in answers) == 60
+    assert len(history(client, "runner")) == 22 and len(stored_events(client)) == 20
+
+
+def test_replicas_storing_the_same_batch_at_once_store_it_once(database_url: str) -> None:
+    """Each its own engine (and on SQLite its own write lock): the database alone decides."""
+    rounds, size = 5, 200
+
+    def batch(r: int) -> list[tuple[str, Interaction]]:
+        return [
+            ("runner", Interaction(product_id=f"P{r}.{i}", type=EventType.VIEW, ts=NOW))
+            for i in range(size)
+        ]
+
+    async def scenario() -> None:
+        replicas = [Database(database_url) for _ in range(3)]
+        for db in replicas:  # connected before the race, so none starts late
+            await db.upgrade()
+        for r in range(rounds):
+            ids = [f"e{r}.{i}" for i in range(size)]
+            stored = await asyncio.gather(
+                *(CatalogChanges(db).add_events(batch(r), ids) for db in replicas)
+            )
+            assert sorted(i for positions in stored for i in positions) == list(range(size))
+        loaded = await CatalogChanges(replicas[0]).load()
+        expected = [f"P{r}.{i}" for r in range(rounds) for i in range(size)]
+        assert [e.product_id for e in loaded.events["runner"]] == expected
+        for db in replicas:
+            await db.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_a_restart_rebuilds_the_same_histories_after_retries(app_client) -> None:
+    client, keys = app_client
+    shoppers = updater(client).pipeline.shoppers
+    seed = ShopperStore(shoppers.all())
+    batch = [
+        {"shopper_id": "runner", "product_id": "K1", "type": "view", "ts": "2026-11-02T10:00:00Z"},
+        {"shopper_id": "newcomer", "product_id": "C1", "type": "purchase"},
+        {"event_id": "x-1", "shopper_id": "runner", "product_id": "K2", "type": "view"},
+    ]
+    for key in ("batch-1", "batch-1", "batch-2", "batch-1"):
+        assert post_events(client, keys["cms"], batch, idempotency_key=key).status_code == 202
+    assert post_events(client, keys["cms"], batch[:1]).status_code == 202  # no id: recorded
+
+    changes = client.blocking_portal.call(updater(client).changes.load)
+    for shopper_id, events in changes.events.items():  # as load_data does at start
+        seed.add_events(shopper_id, events)
+    assert {s.id: s.history for s in seed} == {s.id: s.history for s in shoppers}
+    assert (
+        len(shoppers.get("runner").history) == 2 + 4 and len(shoppers.get("newcomer").history) == 2
+    )
 
 
 # --- what persists: the database under the seed files -------------------------------------

@@ -17,6 +17,7 @@ import yaml
 from app.cli import cli
 from app.config import PROJECT_ROOT, Settings
 from app.generation.vllm_server import STRUCTURED_OUTPUTS_CONFIG, ManagedVLLM, VLLMServerConfig
+from app.store.repositories import KEY_SHAPE
 
 DOCKER = PROJECT_ROOT / "docker"
 ROOT_USERS = {"", "root", "0", "0:0", "root:root"}
@@ -65,6 +66,17 @@ def test_compose_services_are_wired_with_health_checks() -> None:
         assert env["MARQUEE_VLLM_URL"] == "http://vllm:8000"
         assert env["MARQUEE_DATABASE_URL"].startswith("postgresql+asyncpg://")
         assert all(dep["condition"] == "service_healthy" for dep in service["depends_on"].values())
+        # Production: no key in the log; an admin key may come from the host's environment.
+        assert env["MARQUEE_ENV"] == "production"
+        assert env["MARQUEE_BOOTSTRAP_ADMIN_KEY"] == "${MARQUEE_BOOTSTRAP_ADMIN_KEY:-}"
+        assert Settings(env=env["MARQUEE_ENV"]).env == "production"
+    # The key the header comment makes with openssl is one the service takes in.
+    made = re.search(
+        r'MARQUEE_BOOTSTRAP_ADMIN_KEY="mq_(\w+)_\$\(openssl rand -hex (\d+)\)"',
+        (DOCKER / "compose.yaml").read_text(),
+    )
+    assert made is not None
+    assert KEY_SHAPE.fullmatch(f"mq_{made[1]}_{'0f' * int(made[2])}")
     assert services["vllm-cpu"]["networks"]["default"]["aliases"] == ["vllm"]
     assert set(compose["volumes"]) == {"pgdata", "models"}
 

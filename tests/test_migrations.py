@@ -14,8 +14,9 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from app.domain import EventType, Interaction
 from app.store.db import BannerRecord, Base, Database, alembic_config, head_revision
-from app.store.repositories import ApiKeyStore, hash_key
+from app.store.repositories import ApiKeyStore, CatalogChanges, hash_key
 
 BASELINE = importlib.import_module("app.store.migrations.versions.0001_baseline")
 
@@ -127,6 +128,48 @@ def test_api_keys_from_before_expiry_keep_working_after_0003(database_url: str) 
             )
         assert [tuple(row) for row in rows] == [("old00001", "cms-prod")]
         assert not {"expires_at", "last_used_at"} & columns
+        await db.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_events_from_before_0004_are_kept_and_live_beside_events_with_ids(
+    database_url: str,
+) -> None:
+    """0004 adds a unique, nullable event_id to events: the rows already there keep their
+    place in the histories, many rows without an id do not collide, and a downgrade takes the
+    column off again, rows kept."""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    old = {"shopper_id": "u001", "type": "view", "ts": at, "received_at": at}
+    view = Interaction(product_id="P9", type=EventType.VIEW, ts=at)
+
+    async def scenario() -> None:
+        db = Database(database_url)
+        async with db.engine.begin() as connection:
+            await connection.run_sync(lambda c: command.upgrade(alembic_config(c), "0003"))
+            table = sa.Table("events", sa.MetaData(), *BASELINE.tables()["events"][0])
+            # The same event twice: before 0004 nothing told a retry apart, and both stay.
+            await connection.execute(
+                table.insert(), [dict(old, product_id=p) for p in ("P1", "P2", "P2")]
+            )
+        await db.upgrade()
+        assert await db.revision() == head_revision()
+        changes = CatalogChanges(db)
+        assert [e.product_id for e in (await changes.load()).events["u001"]] == ["P1", "P2", "P2"]
+        assert await changes.add_events([("u001", view)] * 2, ["e1", None]) == [0, 1]
+        assert await changes.add_events([("u001", view)] * 2, ["e1", None]) == [1]
+        assert len((await changes.load()).events["u001"]) == 6
+
+        async with db.engine.begin() as connection:
+            await connection.run_sync(lambda c: command.downgrade(alembic_config(c), "0003"))
+            rows = (
+                await connection.execute(sa.text("SELECT product_id FROM events ORDER BY id"))
+            ).all()
+            columns = await connection.run_sync(
+                lambda c: {column["name"] for column in sa.inspect(c).get_columns("events")}
+            )
+        assert [row[0] for row in rows] == ["P1", "P2", "P2", "P9", "P9", "P9"]
+        assert "event_id" not in columns
         await db.dispose()
 
     asyncio.run(scenario())

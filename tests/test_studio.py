@@ -11,17 +11,20 @@ import itertools
 import json
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
+from pydantic import SecretStr
 
 from app.catalog.store import Catalog, ShopperStore
 from app.config import PROJECT_ROOT, Settings
 from app.prompting.templates import PRODUCTION, Split
 from app.server.app import create_app
 from app.store.db import Database
+from app.store.repositories import ApiKeyStore
 from app.store.templates import Conflict, TemplateStore
 from tests.test_api import _keys
 from tests.test_pipeline import GOOD, ScriptedEngine, make_pipeline
@@ -561,3 +564,151 @@ def test_a_second_replica_follows_a_publish(
                 break
             asyncio.run(asyncio.sleep(0.05))
         assert served_by_two() == 2
+
+
+# --- the studio's session: the cookie holds a key id, the guard looks the key up each page ---
+
+
+def _cookie_headers(response: Any) -> str:
+    return "\n".join(response.headers.get_list("set-cookie"))
+
+
+def _signed_out(client: Client) -> bool:
+    page = client.get("/studio/templates/hero_banner", follow_redirects=False)
+    if page.status_code == 200:
+        return False
+    assert page.status_code in (302, 303, 307) and page.headers["location"].startswith(
+        "/studio/login"
+    )
+    return True
+
+
+def test_the_studio_cookie_holds_a_session_not_the_key(studio) -> None:
+    client, keys = studio
+    key = keys["marketer"]
+    page = client.get("/studio/login")
+    token = page.text.split('name="_csrf_token" value="')[1].split('"')[0]
+    signed = client.post(
+        "/studio/login", data={"key": key, "_csrf_token": token}, follow_redirects=False
+    )
+    assert signed.status_code in (302, 303)
+    set_cookies = _cookie_headers(signed)
+    secret = key.split("_", 2)[2]
+    assert "marquee_studio=" in set_cookies and "marquee_studio_key=" not in set_cookies
+    assert secret not in set_cookies and key.split("_")[1] not in set_cookies  # encrypted
+    assert "httponly" in set_cookies.lower() and "samesite=strict" in set_cookies.lower()
+    assert "Max-Age=28800" in set_cookies and "Path=/studio" in set_cookies
+    assert "secure" not in set_cookies.lower()  # dev: plain http on localhost works
+    assert all(secret not in value for value in client.cookies.values())
+    # Decrypted with the app's own session backend: the key's id and name, never the key.
+    (backend,) = [
+        m.kwargs["backend"] for m in client.app.middleware if "backend" in getattr(m, "kwargs", {})
+    ]
+    session = backend.load_data([client.cookies["marquee_studio"].encode()])
+    assert set(session) == {"key_id", "name", "signed_in_at"}
+    assert session["key_id"] == key.split("_")[1] and session["name"] == "test-marketer"
+    assert not _signed_out(client)
+    # A tampered cookie is no session.
+    original = client.cookies["marquee_studio"]
+    client.cookies.set("marquee_studio", original[:-8] + "AAAAAAAA", path="/studio")
+    assert _signed_out(client)
+
+
+def test_a_revoked_keys_session_is_refused_on_the_next_page(studio) -> None:
+    client, keys = studio
+    sign_in(client, keys["marketer"])
+    assert not _signed_out(client)
+    marketer = keys["marketer"].split("_")[1]
+    revoked = call(client, "DELETE", f"/v1/keys/{marketer}", keys["admin"])
+    assert revoked.status_code == 204
+    page = client.get("/studio/", follow_redirects=False)
+    assert page.status_code in (302, 303, 307)
+    assert "marquee_studio=" in _cookie_headers(page)  # the refused session is dropped
+    assert _signed_out(client)
+
+
+def _move_clock(client: Client, by: timedelta) -> None:
+    store = client.app.state.services.keys
+    now = store.clock() + by
+    store.clock = lambda: now
+
+
+def test_a_session_ends_after_8_hours_and_with_its_keys_expiry(studio) -> None:
+    client, keys = studio
+    sign_in(client, keys["marketer"])
+    _move_clock(client, timedelta(hours=7, minutes=59))
+    assert not _signed_out(client)  # however often it was used, 8 h from sign-in is the end
+    _move_clock(client, timedelta(minutes=1))
+    assert _signed_out(client)
+    brief = asyncio.run(
+        ApiKeyStore.using(
+            client.app.state.services.settings.database,
+            lambda store: store.create(
+                "brief", ["marketer"], expires_at=datetime.now(UTC) + timedelta(hours=1)
+            ),
+        )
+    )
+    client.app.state.services.keys.clock = lambda: datetime.now(UTC)
+    sign_in(client, brief)
+    assert not _signed_out(client)
+    _move_clock(client, timedelta(hours=1))
+    assert _signed_out(client)
+
+
+def test_logout_ends_the_session(studio) -> None:
+    client, keys = studio
+    token = sign_in(client, keys["marketer"])
+    assert not _signed_out(client)
+    out = client.post("/studio/logout", data={"_csrf_token": token}, follow_redirects=False)
+    assert out.status_code in (302, 303)
+    assert "marquee_studio=" in _cookie_headers(out)
+    assert "marquee_studio" not in client.cookies
+    assert _signed_out(client)
+
+
+def test_a_refused_sign_in_is_a_401_with_the_challenge(studio) -> None:
+    client, _ = studio
+    page = client.get("/studio/login")
+    token = page.text.split('name="_csrf_token" value="')[1].split('"')[0]
+    refused = client.post("/studio/login", data={"key": "mq_no_" + "x" * 32, "_csrf_token": token})
+    assert refused.status_code == 401
+    assert refused.headers["WWW-Authenticate"] == 'X-API-Key realm="marquee"'
+
+
+def test_replicas_sharing_the_studio_secret_share_sessions(
+    studio_settings: Settings, tiny_catalog: Catalog, tiny_shoppers: ShopperStore
+) -> None:
+    keys = asyncio.run(_keys(studio_settings.database))
+    shared = studio_settings.model_copy(update={"studio_secret": SecretStr("one secret " * 4)})
+    other = studio_settings.model_copy(update={"studio_secret": SecretStr("another one " * 4)})
+    with (
+        start(shared, tiny_catalog, tiny_shoppers) as one,
+        start(shared, tiny_catalog, tiny_shoppers) as two,
+        start(other, tiny_catalog, tiny_shoppers) as three,
+    ):
+        for client in (one, two, three):
+            wait_ready(client)
+        sign_in(one, keys["marketer"])
+        session = one.cookies["marquee_studio"]
+        two.cookies.set("marquee_studio", session, path="/studio")
+        three.cookies.set("marquee_studio", session, path="/studio")
+        assert not _signed_out(two)
+        assert _signed_out(three)
+
+
+def test_production_session_cookies_are_secure(
+    studio_settings: Settings, tiny_catalog: Catalog, tiny_shoppers: ShopperStore
+) -> None:
+    keys = asyncio.run(_keys(studio_settings.database))
+    production = studio_settings.model_copy(update={"env": "production"})
+    with start(production, tiny_catalog, tiny_shoppers) as client:
+        page = client.get("/studio/login")
+        token = page.text.split('name="_csrf_token" value="')[1].split('"')[0]
+        signed = client.post(
+            "/studio/login",
+            data={"key": keys["marketer"], "_csrf_token": token},
+            follow_redirects=False,
+        )
+        assert signed.status_code in (302, 303)
+        (session,) = [c for c in signed.headers.get_list("set-cookie") if "marquee_studio=" in c]
+        assert "secure" in session.lower()

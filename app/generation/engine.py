@@ -35,6 +35,7 @@ class GenerationResult:
     text: str
     output_tokens: int
     elapsed_ms: float
+    prompt_tokens: int = 0  # the prompt as the engine tokenized it (0: not reported)
 
 
 class EngineError(RuntimeError):

@@ -105,7 +105,13 @@ class TransformersEngine:
                 raise EngineError(f"generation failed: {error}") from error
             elapsed = (time.perf_counter() - start) * 1000.0
         return [
-            GenerationResult(str(text), self._count_tokens(str(text)), elapsed) for text in texts
+            GenerationResult(
+                str(text),
+                self._count_tokens(str(text)),
+                elapsed,
+                prompt_tokens=self._count_tokens(prompt),  # the chat template's special tokens too
+            )
+            for text, prompt in zip(texts, prompts, strict=True)
         ]
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:

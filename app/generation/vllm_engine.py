@@ -14,10 +14,12 @@ from functools import lru_cache
 from typing import Any
 
 import openai
+from opentelemetry import propagate
 
 from app.generation.engine import EngineError, GenerationRequest, GenerationResult
 from app.generation.schemas import BannerCopy
 from app.generation.vllm_server import ManagedVLLM
+from app.tracing import REQUEST_ID
 
 
 @lru_cache(maxsize=64)
@@ -71,6 +73,7 @@ class VLLMEngine:
         ]
         response_format: Any = self.response_format(request)
         async with self._in_flight:
+            headers = self.headers()
             start = time.perf_counter()
             try:
                 response = await self._client.chat.completions.create(
@@ -81,6 +84,7 @@ class VLLMEngine:
                     max_tokens=sampling.max_tokens,
                     seed=request.seed if self.send_seed else None,
                     response_format=response_format,
+                    extra_headers=headers,
                 )
             except openai.APIError as error:
                 raise EngineError(
@@ -88,8 +92,25 @@ class VLLMEngine:
                 ) from error
             elapsed = (time.perf_counter() - start) * 1000.0
         text = response.choices[0].message.content or ""
-        tokens = response.usage.completion_tokens if response.usage else 0
-        return GenerationResult(text, tokens, elapsed)
+        usage = response.usage
+        return GenerationResult(
+            text,
+            usage.completion_tokens if usage else 0,
+            elapsed,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+        )
+
+    @staticmethod
+    def headers() -> dict[str, str]:
+        """The HTTP request's id (the server logs it with its own lines: one id from the CMS to
+        the model) and the current trace's ``traceparent`` (when tracing is on), read from the
+        context this generation runs in."""
+        headers: dict[str, str] = {}
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            headers["X-Request-ID"] = request_id
+        propagate.inject(headers)  # nothing when no span is recording
+        return headers
 
     async def generate_many(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """All at once: vLLM's continuous batching does the rest."""

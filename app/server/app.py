@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import logging
 import secrets
+import sys
 from collections.abc import AsyncIterator, Callable
 
 from litestar import Litestar
@@ -19,7 +18,6 @@ from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
-from litestar.openapi import OpenAPIConfig
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.template.config import TemplateConfig
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,17 +25,28 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.config import Settings
 from app.generation.vllm_server import ManagedVLLM, ServerWatch, stop_all
 from app.hardware import describe, detect
+from app.logs import get_logger
 from app.pipeline import Pipeline
+from app.server.auth import session_middleware
 from app.server.banners.controllers import BannerController, HomepageController
 from app.server.banners.service import BannerService
 from app.server.catalog.controllers import EventController, ProductController, ShopperController
 from app.server.catalog.service import CatalogService
 from app.server.errors import handle_bad_encoding, handle_http, handle_storage, handle_unexpected
 from app.server.health import HealthController
+from app.server.keys.controllers import KeyController
+from app.server.keys.service import KeyService
 from app.server.limits import GenerationLimit
 from app.server.metrics import ENGINE_RESTARTS
 from app.server.middleware import observability
-from app.server.services import Services, provide_banners, provide_catalog, provide_studio
+from app.server.openapi import ProblemDocs, PydanticContract, openapi_config
+from app.server.services import (
+    Services,
+    provide_banners,
+    provide_catalog,
+    provide_keys,
+    provide_studio,
+)
 from app.server.studio import pages
 from app.server.studio.controllers import (
     AuditController,
@@ -50,7 +59,7 @@ from app.store.feedback import FeedbackStore
 from app.store.repositories import ApiKeyStore, BannerStore, CatalogChanges
 from app.store.templates import TemplateStore
 
-log = logging.getLogger("marquee.server")
+log = get_logger("marquee.server")
 MAX_BODY_BYTES = 64 * 1024
 
 SLICES = [
@@ -67,6 +76,8 @@ SLICES = [
     ExperimentController,
     pages.StudioSignIn,
     pages.StudioPages,
+    # keys
+    KeyController,
     # operations
     HealthController,
 ]
@@ -111,9 +122,7 @@ async def load_services(
         background.append(
             asyncio.create_task(held.engine_watch.run(on_restart=ENGINE_RESTARTS.inc))
         )
-    log.info(
-        json.dumps({"event": "ready", "engine": pipeline.engine_name, "model": pipeline.model_name})
-    )
+    log.info("ready", engine=pipeline.engine_name, model=pipeline.model_name)
 
 
 async def follow_templates(held: Services) -> None:
@@ -124,22 +133,43 @@ async def follow_templates(held: Services) -> None:
             continue
         try:
             if await held.studio.reload_if_changed():
-                log.info(json.dumps({"event": "templates_reloaded"}))
+                log.info("templates_reloaded")
         except Exception:  # a database hiccup: keep serving what we have, try again
             log.exception("could not reload templates")
 
 
 async def first_key(held: Services) -> None:
-    """A fresh database gets one admin key, printed once, so a newcomer can call the API."""
+    """The first admin key. One given in MARQUEE_BOOTSTRAP_ADMIN_KEY is taken in by its hash.
+    Otherwise, in dev, a fresh database gets a key printed once, so a newcomer can call the API;
+    never in production, whose logs are read by more people than its keys are meant for: there
+    the log says how to make one."""
+    settings = held.settings
+    given = settings.bootstrap_admin_key.get_secret_value()
+    if given:
+        try:
+            await held.keys.adopt("bootstrap", ["admin"], given)
+        except ValueError as error:  # the message names the rule, never the key
+            raise ValueError(f"MARQUEE_BOOTSTRAP_ADMIN_KEY: {error}") from None
+        return
     if await held.keys.count() > 0:
         return
-    settings = held.settings
+    if settings.env == "production":
+        log.warning(
+            "no API key exists (none is made or printed in production): create an admin key "
+            "with `marquee keys create --name admin --scope admin` against this database, or "
+            "set MARQUEE_BOOTSTRAP_ADMIN_KEY and restart"
+        )
+        return
     key = await held.keys.create("dev", ["admin"])
     base = f"http://{settings.host}:{settings.port}"
+    # For the person at the terminal, on stderr: stdout is the JSON log stream, which is
+    # collected and kept, and a key has no place there. The log records that one was made.
+    log.info("dev_api_key_created", key_name="dev", shown_on="stderr")
     print(
         f"dev API key (admin scope, shown once): {key}\n"
         f"  curl -s -X POST {base}/v1/banners -H 'X-API-Key: {key}' "
         "-H 'Content-Type: application/json' -d '{\"shopper_id\": \"u004\"}'",
+        file=sys.stderr,
         flush=True,
     )
 
@@ -154,16 +184,20 @@ def create_app(
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.database)
     hardware = hardware_choices(settings)  # decided once; the loaders follow the same choices
-    log.info(describe(hardware, detect()))
+    log.info("hardware", **describe(hardware, detect()))
+    keys = ApiKeyStore(db)
     held = Services(
         settings=settings,
         db=db,
-        keys=ApiKeyStore(db),
+        keys=keys,
+        key_service=KeyService(keys),
         feedback=FeedbackStore(db),
         limit=GenerationLimit(settings.max_in_flight_requests),
         hardware=hardware,
     )
     background: list[asyncio.Task[None]] = []  # loops that live as long as the app
+    # Signs the studio's CSRF tokens and (a key derived from it) encrypts its sessions.
+    studio_secret = settings.studio_secret.get_secret_value() or secrets.token_urlsafe(32)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -193,6 +227,7 @@ def create_app(
             "banners": Provide(provide_banners, sync_to_thread=False),
             "catalog": Provide(provide_catalog, sync_to_thread=False),
             "studio": Provide(provide_studio, sync_to_thread=False),
+            "keys": Provide(provide_keys, sync_to_thread=False),
         },
         exception_handlers={
             HTTPException: handle_http,
@@ -200,16 +235,22 @@ def create_app(
             SQLAlchemyError: handle_storage,
             Exception: handle_unexpected,
         },
-        middleware=[observability],
+        # Production serves the studio over HTTPS: its session cookie is sent on nothing else.
+        middleware=[
+            observability,
+            session_middleware(studio_secret, secure=settings.env == "production"),
+        ],
         lifespan=[lifespan],
         state=State({"services": held}),
         request_max_body_size=MAX_BODY_BYTES,
-        openapi_config=OpenAPIConfig(title="Marquee", version="0.1.0", path="/docs"),
+        openapi_config=openapi_config(),
+        # The schema: each operation's problems and API key; bodies as pydantic checks them.
+        plugins=[ProblemDocs(), PydanticContract()],
         template_config=TemplateConfig(directory=pages.TEMPLATES, engine=JinjaTemplateEngine),
         # The studio's forms are cookie-authenticated, so they need CSRF tokens; the API is
         # authenticated by a header a browser never adds on its own, so /v1 is left out.
         csrf_config=CSRFConfig(
-            secret=settings.studio_secret or secrets.token_urlsafe(32),
+            secret=studio_secret,
             cookie_path="/studio",
             cookie_samesite="strict",
             exclude=[r"^/v1/"],

@@ -39,23 +39,53 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "storage-unavailable": (503, "Storage unavailable"),
 }
 _BY_STATUS = {status: slug for slug, (status, _) in reversed(PROBLEM_TYPES.items())}
+PROBLEMS_OPT = "problems"  # the key in a handler's ``opt``: see problems()
+
+
+def problems(*kinds: str) -> dict[str, tuple[str, ...]]:
+    """A handler's ``opt``: the kinds its service answers with beyond those every handler of its
+    build meets (invalid input, the key guard, not-ready ...: app/server/openapi.py derives
+    those). OpenAPI documents them all, so a client sees every status it can get."""
+    unknown = [kind for kind in kinds if kind not in PROBLEM_TYPES]
+    if unknown:  # a typo would silently leave a status undocumented
+        raise ValueError(f"unknown problem kind(s): {', '.join(unknown)}")
+    return {PROBLEMS_OPT: kinds}
 
 
 class FieldError(BaseModel):
     field: str
     message: str
+    line: int | None = Field(default=None, description="the template line (lint-failed)")
+
+
+# Every problem type, for the OpenAPI description of ``type`` (Litestar does not show a model's
+# docstring, a field's description it does).
+_TYPE_LIST = "\n".join(
+    f"- {TYPE_PREFIX}{slug}: {status} {title}" for slug, (status, title) in PROBLEM_TYPES.items()
+)
 
 
 class ProblemDetails(BaseModel):
-    """The body of every error (``application/problem+json``), as OpenAPI documents it."""
+    """The body of every error (``application/problem+json``, RFC 9457), as OpenAPI documents it."""
 
-    type: str = Field(description=f"{TYPE_PREFIX}<slug>: one of {', '.join(PROBLEM_TYPES)}")
+    type: str = Field(
+        description=f"which problem it is (branch on this, not on the title):\n{_TYPE_LIST}",
+        # The exact URIs, so a client (and the contract test) can rely on the list.
+        json_schema_extra={"enum": [TYPE_PREFIX + slug for slug in PROBLEM_TYPES]},
+    )
     title: str
     status: int
     detail: str
-    instance: str
+    instance: str = Field(description="the request's path")
     errors: list[FieldError] | None = Field(default=None, description="the fields at fault")
     request_id: str | None = None
+    # Members some kinds add (Problem's keyword arguments):
+    current_version: int | None = Field(
+        default=None, description="conflict: the version the template is at now"
+    )
+    templates: list[str] | None = Field(
+        default=None, description="not-found of a template: the templates there are"
+    )
 
 
 class Problem(HTTPException):

@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Controller, Response, get
 from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.server.metrics import REGISTRY
@@ -19,7 +20,15 @@ class HealthController(Controller):
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @get("/readyz", summary="Model, index and engine ready")
+    @get(
+        "/readyz",
+        summary="Model, index and engine ready",
+        responses={
+            503: ResponseSpec(
+                dict[str, Any], description="Not ready yet: the same body", generate_examples=False
+            )
+        },
+    )
     async def readyz(self, state: State) -> Response[dict[str, Any]]:
         readiness = services(state).readiness()
         return Response(readiness, status_code=200 if readiness["ready"] else 503)

@@ -23,6 +23,19 @@ STAGE_SECONDS = Histogram(
     registry=REGISTRY,
 )
 OUTPUT_TOKENS = Counter("marquee_output_tokens_total", "Tokens generated", registry=REGISTRY)
+# Per template and API key (by name: keys are few, so the label stays bounded): who spends what.
+PROMPT_TOKENS = Counter(
+    "marquee_prompt_tokens_total",
+    "Prompt tokens sent to the engine, every attempt counted",
+    ["template", "api_key"],
+    registry=REGISTRY,
+)
+COMPLETION_TOKENS = Counter(
+    "marquee_completion_tokens_total",
+    "Tokens the engine generated, every attempt counted",
+    ["template", "api_key"],
+    registry=REGISTRY,
+)
 RETRIES = Counter(
     "marquee_retries_total", "Generations retried after a guard refused them", registry=REGISTRY
 )
@@ -50,7 +63,9 @@ REJECTED = Counter(
 )
 
 
-def observe_banners(banners: list[Banner]) -> None:
+def observe_banners(banners: list[Banner], api_key: str) -> None:
+    """Count freshly generated banners (never cached ones: they cost nothing again) for the
+    key that asked for them."""
     for banner in banners:
         timings = banner.timings
         for stage, ms in (
@@ -62,6 +77,8 @@ def observe_banners(banners: list[Banner]) -> None:
         ):
             STAGE_SECONDS.labels(stage).observe(ms / 1000)
         OUTPUT_TOKENS.inc(banner.output_tokens)
+        PROMPT_TOKENS.labels(banner.template, api_key).inc(banner.prompt_tokens)
+        COMPLETION_TOKENS.labels(banner.template, api_key).inc(banner.output_tokens)
         RETRIES.inc(banner.retries)
         FALLBACKS.inc(int(banner.fallback))
         BANNERS.labels(banner.template).inc()

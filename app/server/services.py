@@ -17,6 +17,7 @@ from app.hardware import Choice, Component
 from app.server.banners.service import BannerService
 from app.server.catalog.service import CatalogService
 from app.server.errors import Problem
+from app.server.keys.service import KeyService
 from app.server.limits import GenerationLimit
 from app.server.studio.service import StudioService
 from app.store.db import Database
@@ -32,6 +33,7 @@ class Services:
     feedback: FeedbackStore
     limit: GenerationLimit
     hardware: dict[Component, Choice]
+    key_service: KeyService  # needs only the database: there from start-up
     # Set once the pipeline has loaded:
     banners: BannerService | None = None
     catalog: CatalogService | None = None
@@ -70,7 +72,8 @@ def services(state: State) -> Services:
     return held
 
 
-# Litestar providers: a handler asks for ``banners``, ``catalog`` or ``studio`` by name.
+# Litestar providers: a handler asks for ``banners``, ``catalog``, ``studio`` or ``keys`` by
+# name.
 
 
 def provide_banners(state: State) -> BannerService:
@@ -92,3 +95,7 @@ def provide_studio(state: State) -> StudioService:
     if held.studio is None:
         raise held.not_ready()
     return held.studio
+
+
+def provide_keys(state: State) -> KeyService:
+    return services(state).key_service  # never 503: it does not wait for the pipeline

@@ -119,6 +119,10 @@ class EventRecord(Base):
     type: Mapped[str] = mapped_column(String(16))
     ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The client's id for the event (or ``<Idempotency-Key>:<index>``, hence longer than an
+    # identifier): unique, so a retried batch is stored once. NULL for events sent without
+    # one, and for rows from before migration 0004; those are never deduplicated.
+    event_id: Mapped[str | None] = mapped_column(String(80), unique=True, index=True)
 
 
 class TemplateVersionRecord(Base):
@@ -279,6 +283,13 @@ def upgrade_schema(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
         # Replicas starting together: one migrates, the others wait and find nothing to do.
         connection.execute(PG_LOCK, {"lock": "marquee:migrations"})
+    elif connection.dialect.name == "sqlite":
+        # sqlite3 opens a transaction only before DML: without this BEGIN every DDL statement
+        # commits on its own, and a process killed mid-migration leaves a schema no later
+        # start can upgrade (a column added, its revision not recorded: "duplicate column").
+        # One transaction, all or nothing; IMMEDIATE: a second process waits, then finds the
+        # schema at head.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
     command.upgrade(alembic_config(connection), "head")
 
 

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from app.domain import Banner
+from app.domain import Banner, FeedbackKind
 from app.store.db import Database, FeedbackRecord
-
-
-class FeedbackKind(StrEnum):
-    IMPRESSION = "impression"
-    CLICK = "click"
-    CONVERSION = "conversion"
 
 
 @dataclass(frozen=True)

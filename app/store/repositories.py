@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain import Banner, Interaction, Product, Shopper
@@ -117,6 +118,29 @@ class ApiKeyInfo:
         return "active"
 
 
+def _info(record: ApiKeyRecord) -> ApiKeyInfo:
+    return ApiKeyInfo(
+        id=record.id,
+        name=record.name,
+        scopes=tuple(record.scopes.split()),
+        created_at=aware(record.created_at),
+        expires_at=None if record.expires_at is None else aware(record.expires_at),
+        last_used_at=None if record.last_used_at is None else aware(record.last_used_at),
+        revoked=record.revoked,
+    )
+
+
+class LastAdminKey(Exception):
+    """Revoking this key would leave no active admin key."""
+
+
+def key_id_of(key: str) -> str | None:
+    """The id part of ``mq_<id>_<secret>`` (public: it names the key in lists and logs)."""
+    if not key.startswith(KEY_PREFIX) or "_" not in key[len(KEY_PREFIX) :]:
+        return None
+    return key[len(KEY_PREFIX) :].split("_", 1)[0]
+
+
 def _scopes(scopes: Sequence[str]) -> str:
     unknown = set(scopes) - set(SCOPES)
     if unknown or not scopes:
@@ -205,27 +229,51 @@ class ApiKeyStore:
             records = await session.scalars(
                 select(ApiKeyRecord).order_by(ApiKeyRecord.created_at, ApiKeyRecord.id)
             )
-            return [
-                ApiKeyInfo(
-                    id=r.id,
-                    name=r.name,
-                    scopes=tuple(r.scopes.split()),
-                    created_at=aware(r.created_at),
-                    expires_at=None if r.expires_at is None else aware(r.expires_at),
-                    last_used_at=None if r.last_used_at is None else aware(r.last_used_at),
-                    revoked=r.revoked,
-                )
-                for r in records
-            ]
+            return [_info(r) for r in records]
 
-    async def revoke(self, key_id: str) -> bool:
-        """Revoke a key for good. False when no key has that id; revoking twice is fine."""
-        async with self.db.writing(f"api_key:{key_id}") as session:
+    async def get(self, key_id: str) -> ApiKeyInfo | None:
+        """The key with this id, whatever its status."""
+        async with self.db.sessions() as session:
+            record = await session.get(ApiKeyRecord, key_id)
+        return None if record is None else _info(record)
+
+    async def active(self, key_id: str) -> ApiKeyInfo | None:
+        """The key with this id if it still works (not revoked, not expired). The studio's
+        session holds a key id, not the key: each page asks here, so a revoke bites at once."""
+        found = await self.get(key_id)
+        return found if found is not None and found.status(self.clock()) == "active" else None
+
+    async def revoke(self, key_id: str, *, keep_an_admin: bool = False) -> bool:
+        """Revoke a key for good. False when no key has that id; revoking twice is fine.
+
+        ``keep_an_admin``: refuse (LastAdminKey) to revoke the last active admin key, so the
+        API can never lock every admin out. The check and the revoke share one lock: two admins
+        revoking each other at once cannot both succeed.
+        """
+        locks = [f"api_key:{key_id}", *(["api_keys:admins"] if keep_an_admin else [])]
+        async with self.db.writing(*locks) as session:
             record = await session.get(ApiKeyRecord, key_id)
             if record is None:
                 return False
+            last_admin = (
+                keep_an_admin
+                and "admin" in record.scopes.split()
+                and _info(record).status(self.clock()) == "active"
+                and await self._active_admins(session) <= 1
+            )
+            if last_admin:
+                raise LastAdminKey(f"'{record.name}' ({key_id}) is the last active admin key")
             record.revoked = True
             return True
+
+    async def _active_admins(self, session: AsyncSession) -> int:
+        now = self.clock()
+        records = await session.scalars(select(ApiKeyRecord).where(ApiKeyRecord.revoked.is_(False)))
+        return sum(
+            1
+            for r in records
+            if "admin" in r.scopes.split() and (r.expires_at is None or aware(r.expires_at) > now)
+        )
 
     async def rotate(self, key_id: str, *, expires_at: datetime | None = None) -> str:
         """A new key with the old one's name and scopes; the old one is revoked in the same
@@ -242,9 +290,14 @@ class ApiKeyStore:
     async def verify(self, key: str) -> tuple[str, frozenset[str]] | None:
         """(name, scopes) for a valid key; None otherwise (unknown, wrong secret, revoked,
         expired). Constant-time comparison."""
-        if not key.startswith(KEY_PREFIX) or "_" not in key[len(KEY_PREFIX) :]:
+        found = await self.authenticate(key)
+        return None if found is None else (found.name, frozenset(found.scopes))
+
+    async def authenticate(self, key: str) -> ApiKeyInfo | None:
+        """What ``verify`` checks, answered with the key's info (its id, for a session)."""
+        key_id = key_id_of(key)
+        if key_id is None:
             return None
-        key_id = key[len(KEY_PREFIX) :].split("_", 1)[0]
         async with self.db.sessions() as session:
             record = await session.get(ApiKeyRecord, key_id)
         expected = record.key_hash if record is not None else hash_key("absent")
@@ -255,7 +308,7 @@ class ApiKeyStore:
         if record.expires_at is not None and aware(record.expires_at) <= now:
             return None
         await self._note_use(key_id, now)
-        return record.name, frozenset(record.scopes.split())
+        return _info(record)
 
     async def _note_use(self, key_id: str, now: datetime) -> None:
         last = self._last_written.get(key_id)
@@ -337,19 +390,53 @@ class CatalogChanges:
                 record.payload = payload
                 record.updated_at = now
 
-    async def add_events(self, events: Sequence[tuple[str, Interaction]]) -> None:
+    async def add_events(
+        self,
+        events: Sequence[tuple[str, Interaction]],
+        event_ids: Sequence[str | None] | None = None,
+    ) -> list[int]:
+        """Store events, skipping those whose id is stored already; returns the positions (in
+        ``events``) of those stored now. An event without an id is always stored.
+
+        One statement, ``INSERT .. ON CONFLICT (event_id) DO NOTHING .. RETURNING``: the unique
+        index decides, not an earlier SELECT, so two identical batches racing (two requests,
+        two replicas) store each event once, and each request learns which ones were its own.
+        """
+        ids = list(event_ids) if event_ids is not None else [None] * len(events)
+        if len(ids) != len(events):
+            raise ValueError("one event id (or None) per event")
+        if not events:
+            return []
         now = datetime.now(UTC)
+        rows = [
+            {
+                "event_id": event_id,
+                "shopper_id": shopper_id,
+                "product_id": e.product_id,
+                "type": e.type.value,
+                "ts": e.ts,
+                "received_at": now,
+            }
+            for (shopper_id, e), event_id in zip(events, ids, strict=True)
+        ]
+        dialect = sqlite if self.db.engine.dialect.name == "sqlite" else postgresql
+        statement = (
+            dialect.insert(EventRecord.__table__)
+            .on_conflict_do_nothing(index_elements=["event_id"])
+            .returning(EventRecord.__table__.c.event_id)
+        )
         async with self.db.writing() as session:
-            session.add_all(
-                EventRecord(
-                    shopper_id=shopper_id,
-                    product_id=e.product_id,
-                    type=e.type.value,
-                    ts=e.ts,
-                    received_at=now,
-                )
-                for shopper_id, e in events
-            )
+            # A list of rows: executed in pages of VALUES (SQLAlchemy's "insertmanyvalues"),
+            # within the drivers' parameter limits, RETURNING gathered over all pages.
+            stored = set((await session.execute(statement, rows)).scalars())
+        new = []
+        for position, event_id in enumerate(ids):
+            if event_id is None:
+                new.append(position)
+            elif event_id in stored:  # the first of an id repeated in one batch is the one stored
+                stored.discard(event_id)
+                new.append(position)
+        return new
 
     async def load(self) -> StoredChanges:
         async with self.db.sessions() as session:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
+from litestar.openapi import ResponseSpec
+from litestar.params import Parameter
 
 from app.domain import Banner
-from app.server.auth import require_scope
+from app.server.auth import actor, require_scope
 from app.server.banners.schemas import (
     BannerCreate,
     BannerList,
@@ -18,6 +20,7 @@ from app.server.banners.schemas import (
     HomepageOut,
 )
 from app.server.banners.service import BannerService
+from app.server.errors import problems
 from app.server.params import IdPath
 
 
@@ -30,9 +33,16 @@ class BannerController(Controller):
     tags = ["banners"]
     guards = [require_scope("cms")]
 
-    @post("/", status_code=200, summary="Generate banners for a shopper and a placement")
-    async def create(self, data: BannerCreate, banners: BannerService) -> Response[BannerList]:
-        made, cached = await banners.banners(data)
+    @post(
+        "/",
+        status_code=200,
+        summary="Generate banners for a shopper and a placement",
+        opt=problems("not-found", "busy", "engine-unavailable"),
+    )
+    async def create(
+        self, data: BannerCreate, banners: BannerService, request: Request[Any, Any, Any]
+    ) -> Response[BannerList]:
+        made, cached = await banners.banners(data, api_key=actor(request))
         return Response(
             BannerList(banners=made, cached=cached),
             headers={
@@ -41,13 +51,23 @@ class BannerController(Controller):
             },
         )
 
-    @get("/{banner_id:str}", summary="A stored banner by id")
+    @get(
+        "/{banner_id:str}",
+        summary="A stored banner by id",
+        opt=problems("not-found"),
+        responses={304: ResponseSpec(None, description="Not modified (If-None-Match)")},
+    )
     async def fetch(
-        self, banner_id: IdPath, banners: BannerService, request: Request[Any, Any, Any]
+        self,
+        banner_id: IdPath,
+        banners: BannerService,
+        if_none_match: Annotated[
+            str | None, Parameter(header="If-None-Match", description="the ETag you hold")
+        ] = None,
     ) -> Response[Banner]:
         banner = await banners.banner(banner_id)
         etag = _etag([banner.id])
-        if request.headers.get("If-None-Match") == etag:
+        if if_none_match == etag:
             return Response(None, status_code=304, headers={"ETag": etag})  # type: ignore[arg-type]
         return Response(banner, headers={"ETag": etag, "Cache-Control": "private, max-age=3600"})
 
@@ -55,6 +75,7 @@ class BannerController(Controller):
         "/{banner_id:str}/feedback",
         status_code=202,
         summary="An impression, click or conversion on a served banner (idempotent by event id)",
+        opt=problems("not-found"),
     )
     async def feedback(
         self, banner_id: IdPath, data: FeedbackIn, banners: BannerService
@@ -68,6 +89,13 @@ class HomepageController(Controller):
     tags = ["homepages"]
     guards = [require_scope("cms")]
 
-    @post("/", status_code=200, summary="An ordered homepage of sections for a shopper")
-    async def create(self, data: HomepageCreate, banners: BannerService) -> HomepageOut:
-        return HomepageOut(homepage=await banners.homepage(data))
+    @post(
+        "/",
+        status_code=200,
+        summary="An ordered homepage of sections for a shopper",
+        opt=problems("not-found", "busy", "engine-unavailable"),
+    )
+    async def create(
+        self, data: HomepageCreate, banners: BannerService, request: Request[Any, Any, Any]
+    ) -> HomepageOut:
+        return HomepageOut(homepage=await banners.homepage(data, api_key=actor(request)))

@@ -4,30 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.domain import (
-    MAX_INTERESTS,
-    Banner,
-    Homepage,
-    Identifier,
-    Interaction,
-    Interest,
-    Locale,
-    Name,
-    Segment,
-)
+from app.domain import Banner, FeedbackKind, Homepage, Identifier, Locale, Name
 from app.retrieval.selector import CandidateFilters
-from app.store.feedback import FeedbackKind
-
-
-class ShopperProfile(BaseModel):
-    """An inline profile, for shoppers the service does not store."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: Identifier = "inline"
-    segment: Segment = "unknown"
-    interests: list[Interest] = Field(default_factory=list, max_length=MAX_INTERESTS)
-    history: list[Interaction] = Field(default_factory=list, max_length=500)
+from app.server.profiles import ShopperProfile
 
 
 class ShopperRequest(BaseModel):

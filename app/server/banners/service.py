@@ -11,25 +11,16 @@ from dataclasses import dataclass
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.catalog.store import shopper_version
-from app.domain import Banner, Homepage, Shopper
+from app.domain import Banner, FeedbackKind, Homepage
 from app.pipeline import BannerRequest, Pipeline
-from app.server.banners.schemas import BannerCreate, HomepageCreate, ShopperProfile
+from app.server.banners.schemas import BannerCreate, HomepageCreate
 from app.server.errors import Problem
 from app.server.limits import GenerationLimit
 from app.server.metrics import CACHE_HITS, STORE_ERRORS, observe_banners
-from app.store.feedback import FeedbackKind, FeedbackStore
+from app.store.feedback import FeedbackStore
 from app.store.repositories import BannerStore
 
 log = logging.getLogger("marquee.server")
-
-
-def shopper_from_profile(profile: ShopperProfile | None, locale: str | None) -> Shopper | None:
-    if profile is None:
-        return None
-    fields = profile.model_dump()
-    if locale:
-        fields["locale"] = locale
-    return Shopper.model_validate(fields)
 
 
 def banner_request(
@@ -40,7 +31,7 @@ def banner_request(
 ) -> BannerRequest:
     return BannerRequest(
         shopper_id=data.shopper_id or (data.profile.id if data.profile else "anonymous"),
-        shopper=shopper_from_profile(data.profile, data.locale),
+        shopper=data.profile.shopper(data.locale) if data.profile else None,
         template=template,
         placement=placement,
         count=count,
@@ -81,8 +72,11 @@ class BannerService:
         ]
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
-    async def banners(self, data: BannerCreate) -> tuple[list[Banner], bool]:
-        """The banners for a request, and whether they came from the cache (no slot taken)."""
+    async def banners(
+        self, data: BannerCreate, api_key: str = "unknown"
+    ) -> tuple[list[Banner], bool]:
+        """The banners for a request, and whether they came from the cache (no slot taken).
+        ``api_key``: the name of the key asking, whose tokens these are (metrics)."""
         request = banner_request(data, data.template, data.placement, data.count)
         try:
             template, label = self.pipeline.template(request)
@@ -96,19 +90,19 @@ class BannerService:
                 return stored, True
         async with self.limit.slot():
             banners = await self.pipeline.generate(request)
-        self._answered(banners, data.strict)
+        self._answered(banners, data.strict, api_key)
         if not _engine_down(banners):  # never cache an outage's fallbacks
             await self._keep(key, banners)
         return banners, False
 
-    async def homepage(self, data: HomepageCreate) -> Homepage:
+    async def homepage(self, data: HomepageCreate, api_key: str = "unknown") -> Homepage:
         sections = data.sections or self.homepage_sections
         unknown = [name for name in sections if name not in self.pipeline.templates.names]
         if unknown:
             raise _unknown_template(self.pipeline, f"unknown template(s): {', '.join(unknown)}")
         async with self.limit.slot():
             page = await self.pipeline.homepage(banner_request(data), sections)
-        self._answered([section.banner for section in page.sections], data.strict)
+        self._answered([section.banner for section in page.sections], data.strict, api_key)
         for section in page.sections:
             await self._keep(f"homepage:{page.id}:{section.position}", [section.banner])
         return page
@@ -124,9 +118,9 @@ class BannerService:
         return await self.feedback_store.record(event_id, await self.banner(banner_id), kind)
 
     @staticmethod
-    def _answered(banners: list[Banner], strict: bool) -> None:
+    def _answered(banners: list[Banner], strict: bool, api_key: str) -> None:
         """Count what was made; in strict mode an engine outage is a 503, not fallback copy."""
-        observe_banners(banners)
+        observe_banners(banners, api_key)
         if strict and _engine_down(banners):
             raise Problem(
                 "engine-unavailable",

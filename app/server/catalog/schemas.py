@@ -103,6 +103,12 @@ class EventIn(BaseModel):
     product_id: Identifier
     type: EventType
     ts: AwareDatetime | None = Field(default=None, description="default: when received")
+    event_id: Identifier | None = Field(
+        default=None,
+        description="the client's id for this event: an id already recorded is not recorded "
+        "again (a retry is safe). Default: `<Idempotency-Key>:<index>` when that header is "
+        "sent; with neither, the event is always recorded.",
+    )
 
     @field_validator("ts")
     @classmethod
@@ -119,5 +125,6 @@ class EventsPost(BaseModel):
 
 
 class EventsAccepted(BaseModel):
-    accepted: int
+    accepted: int = Field(description="events recorded by this request")
+    duplicates: int = Field(description="events whose id was recorded already: left as they were")
     history_sizes: dict[str, int] = Field(description="each shopper's history length after")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +24,7 @@ from app.retrieval.selector import CandidateFilters
 from app.retrieval.signals import InteractionSignals
 from app.server.catalog.schemas import (
     EventIn,
+    EventsAccepted,
     ProductPage,
     SearchHit,
     SearchResults,
@@ -75,7 +75,21 @@ class CatalogService:
             raise Problem("not-found", f"no product '{product_id}' on sale")
         return product
 
-    def search(self, query: str, limit: int, filters: CandidateFilters) -> SearchResults:
+    def search(
+        self,
+        query: str,
+        limit: int,
+        *,
+        category: str | None = None,
+        max_price: float | None = None,
+        in_stock_only: bool = True,
+    ) -> SearchResults:
+        filters = CandidateFilters(
+            in_stock_only=in_stock_only,
+            exclude_purchased=False,  # a search, not a recommendation
+            include_categories=(category,) if category else (),
+            max_price=max_price,
+        )
         hits = self.pipeline.selector.search(query, limit, filters)
         return SearchResults(
             query=query, results=[SearchHit(product=p, score=round(s, 4)) for p, s in hits]
@@ -152,12 +166,17 @@ class CatalogService:
         self._schedule_refresh()  # the segment feeds segment popularity
         return _shopper_out(shopper)
 
-    async def record_events(self, events: Sequence[EventIn]) -> dict[str, int]:
-        """Append events to shoppers' histories. Returns each shopper's history length.
+    async def record_events(
+        self, events: Sequence[EventIn], idempotency_key: str | None = None
+    ) -> EventsAccepted:
+        """Append events to shoppers' histories, each id once: an event whose id is recorded
+        already is skipped, so a retried batch changes nothing. Says how many were recorded
+        and each shopper's history length.
 
-        All or nothing: one event naming a product not in the catalog refuses the batch. The
-        shopper's vector is computed from the history, so the next request already sees them;
-        popularity and co-occurrence are recomputed shortly after (bursts coalesce).
+        All or nothing: one event naming a product not in the catalog, or an id twice, refuses
+        the batch. The shopper's vector is computed from the history, so the next request
+        already sees them; popularity and co-occurrence are recomputed shortly after (bursts
+        coalesce).
         """
         catalog = self.pipeline.catalog
         unknown = [
@@ -171,21 +190,48 @@ class CatalogService:
                 f"{len(unknown)} event(s) name products not in the catalog; nothing was recorded",
                 errors=unknown[:MAX_FIELD_ERRORS],
             )
+        ids = _event_ids(events, idempotency_key)
+        # Refused rather than half-recorded: the store would keep the first and skip the
+        # rest, and the client meant two events (or reused an id by mistake).
+        first: dict[str, int] = {}
+        repeated = []
+        for i, event_id in enumerate(ids):
+            if event_id is not None and first.setdefault(event_id, i) != i:
+                repeated.append(
+                    {
+                        "field": f"events[{i}].event_id",
+                        "message": f"'{event_id}' is also the id of events[{first[event_id]}]",
+                    }
+                )
+        if repeated:
+            raise Problem(
+                "invalid-request",
+                f"{len(repeated)} event id(s) appear twice in the batch; nothing was recorded",
+                errors=repeated[:MAX_FIELD_ERRORS],
+            )
         now = datetime.now(UTC)
         pairs = [
             (e.shopper_id, Interaction(product_id=e.product_id, type=e.type, ts=e.ts or now))
             for e in events
         ]
-        await self.changes.add_events(pairs)
-        grouped: dict[str, list[Interaction]] = defaultdict(list)
-        for shopper_id, interaction in pairs:
+        new = await self.changes.add_events(pairs, ids)  # stored first
+        # Only what was stored now reaches memory: a duplicate is there already (recorded by
+        # this process, or loaded from the database at start), and a restart rebuilds
+        # exactly what the database holds.
+        grouped: dict[str, list[Interaction]] = {shopper_id: [] for shopper_id, _ in pairs}
+        for i in new:
+            shopper_id, interaction = pairs[i]
             grouped[shopper_id].append(interaction)
-        lengths = {
-            shopper_id: len(self.pipeline.shoppers.add_events(shopper_id, group).history)
-            for shopper_id, group in grouped.items()
-        }
-        self._schedule_refresh()
-        return lengths
+        shoppers = self.pipeline.shoppers
+        lengths = {}
+        for shopper_id, group in grouped.items():
+            shopper = shoppers.add_events(shopper_id, group) if group else shoppers.get(shopper_id)
+            lengths[shopper_id] = len(shopper.history)
+        if new:
+            self._schedule_refresh()
+        return EventsAccepted(
+            accepted=len(new), duplicates=len(events) - len(new), history_sizes=lengths
+        )
 
     def _schedule_refresh(self) -> None:
         if self._refresh is None or self._refresh.done():
@@ -245,3 +291,13 @@ def _shopper_out(shopper: Shopper) -> ShopperOut:
         events=len(shopper.history),
         recent=list(reversed(shopper.history[-RECENT_EVENTS_SHOWN:])),
     )
+
+
+def _event_ids(events: Sequence[EventIn], idempotency_key: str | None) -> list[str | None]:
+    """Each event's own id; without one, ``<key>:<index>`` when the batch came with an
+    Idempotency-Key, so the same batch sent again with the same key derives the same ids.
+    Without either: None, an event that is never deduplicated."""
+    return [
+        e.event_id or (f"{idempotency_key}:{i}" if idempotency_key else None)
+        for i, e in enumerate(events)
+    ]

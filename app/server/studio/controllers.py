@@ -11,34 +11,37 @@ from typing import Annotated, Any
 from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.params import Parameter
 
-from app.pipeline import BannerRequest
-from app.prompting.templates import Split
 from app.server.auth import actor, require_scope
-from app.server.banners.service import shopper_from_profile
-from app.server.errors import invalid
-from app.server.params import LabelPath, NamePath
+from app.server.errors import problems
+from app.server.params import LabelPath, NamePath, TextBody, VersionParam
 from app.server.studio.schemas import LabelMove, PreviewCreate, PreviewOut, SplitIn, VersionCreate
 from app.server.studio.service import (
+    AuditEntry,
     Diff,
     ExperimentReport,
     LabelMoved,
+    Split,
     StudioService,
     TemplateDetail,
     TemplateSummary,
     VersionView,
 )
-from app.store.templates import AuditEntry
+
+# Its shape is checked with the other parameters (a 400 naming it); ASCII digits only, since
+# str.isdigit() also takes digits int() refuses ("²").
+IfMatch = Annotated[
+    str | None,
+    Parameter(
+        header="If-Match",
+        pattern=r'^(W/)?"?[0-9]{1,9}"?$',
+        description='the version you started from: "3" (or 3)',
+    ),
+]
 
 
-def _if_match(request: Request[Any, Any, Any]) -> int | None:
+def _if_match(raw: str | None) -> int | None:
     """``If-Match: "3"`` (or 3): the version the client holds."""
-    raw = request.headers.get("If-Match")
-    if raw is None:
-        return None
-    value = raw.strip().removeprefix("W/").strip('"')
-    if not value.isdigit():
-        raise invalid("If-Match", "not a version number", "If-Match must be a version number")
-    return int(value)
+    return None if raw is None else int(raw.removeprefix("W/").strip('"'))
 
 
 def _created(view: VersionView) -> Response[VersionView]:
@@ -54,13 +57,21 @@ class TemplateController(Controller):
     async def list_templates(self, studio: StudioService) -> list[TemplateSummary]:
         return await studio.summaries()
 
-    @get("/{name:str}", summary="A template's versions (newest first) and labels")
+    @get(
+        "/{name:str}",
+        summary="A template's versions (newest first) and labels",
+        opt=problems("not-found"),
+    )
     async def detail(self, name: NamePath, studio: StudioService) -> TemplateDetail:
         return await studio.detail(name)
 
-    @get("/{name:str}/versions/{version:int}", summary="One version, with its source")
+    @get(
+        "/{name:str}/versions/{version:int}",
+        summary="One version, with its source",
+        opt=problems("not-found"),
+    )
     async def version(
-        self, name: NamePath, version: int, studio: StudioService
+        self, name: NamePath, version: VersionParam, studio: StudioService
     ) -> Response[VersionView]:
         view = await studio.version(name, version)
         return Response(view, headers={"ETag": f'"{version}"'})
@@ -69,8 +80,11 @@ class TemplateController(Controller):
         "/{name:str}/versions/{version:int}/file",
         summary="Export a version as a template file (the prompts/ format)",
         media_type="text/plain; charset=utf-8",
+        opt=problems("not-found"),
     )
-    async def export(self, name: NamePath, version: int, studio: StudioService) -> Response[str]:
+    async def export(
+        self, name: NamePath, version: VersionParam, studio: StudioService
+    ) -> Response[str]:
         view = await studio.version(name, version)
         return Response(
             view.source,
@@ -82,6 +96,7 @@ class TemplateController(Controller):
         "/{name:str}/versions",
         summary="Save a new version (lint first; If-Match: the version you started from)",
         guards=[require_scope("marketer")],
+        opt=problems("conflict", "lint-failed"),
     )
     async def create_version(
         self,
@@ -89,6 +104,7 @@ class TemplateController(Controller):
         data: VersionCreate,
         studio: StudioService,
         request: Request[Any, Any, Any],
+        if_match: IfMatch = None,
     ) -> Response[VersionView]:
         view = await studio.save(
             name,
@@ -96,7 +112,7 @@ class TemplateController(Controller):
             author=actor(request),
             message=data.message,
             draft=data.draft,
-            expected_latest=_if_match(request) or data.base_version,
+            expected_latest=_if_match(if_match) or data.base_version,
         )
         return _created(view)
 
@@ -104,6 +120,8 @@ class TemplateController(Controller):
         "/{name:str}/import",
         summary="Import a template file as a new version (body: the file, text/plain)",
         guards=[require_scope("marketer")],
+        opt=problems("conflict", "lint-failed"),
+        operation_class=TextBody,  # the body is read below, not a ``data`` argument
     )
     async def import_file(
         self,
@@ -117,13 +135,17 @@ class TemplateController(Controller):
         )
         return _created(view)
 
-    @get("/{name:str}/diff", summary="Unified diff between two versions")
+    @get(
+        "/{name:str}/diff",
+        summary="Unified diff between two versions",
+        opt=problems("not-found"),
+    )
     async def diff(
         self,
         name: NamePath,
         studio: StudioService,
-        from_version: Annotated[int, Parameter(ge=1)],
-        to_version: Annotated[int, Parameter(ge=1)],
+        from_version: VersionParam,
+        to_version: VersionParam,
     ) -> Diff:
         return await studio.diff(name, from_version, to_version)
 
@@ -131,6 +153,7 @@ class TemplateController(Controller):
         "/{name:str}/labels/{label:str}",
         summary="Move a label (publish = production; rollback = move it back)",
         guards=[require_scope("marketer")],
+        opt=problems("not-found", "conflict", "draft-not-labelled"),
     )
     async def move_label(
         self,
@@ -139,8 +162,9 @@ class TemplateController(Controller):
         data: LabelMove,
         studio: StudioService,
         request: Request[Any, Any, Any],
+        if_match: IfMatch = None,
     ) -> LabelMoved:
-        expected = _if_match(request)
+        expected = _if_match(if_match)
         return await studio.move_label(
             name,
             label,
@@ -155,17 +179,15 @@ class TemplateController(Controller):
         status_code=200,
         summary="Render the prompt for a shopper (and optionally generate banners)",
         guards=[require_scope("marketer")],
+        opt=problems("not-found", "busy"),
     )
     async def preview(
         self, name: NamePath, data: PreviewCreate, studio: StudioService
     ) -> PreviewOut:
-        shopper_id = data.shopper_id or (data.profile.id if data.profile else "anonymous")
-        request = BannerRequest(
-            shopper_id=shopper_id, shopper=shopper_from_profile(data.profile, None)
-        )
         preview = await studio.preview(
             name,
-            request,
+            data.shopper_id or "anonymous",
+            shopper=data.profile.shopper() if data.profile else None,
             version=data.version,
             label=data.label,
             source=data.source,
@@ -202,6 +224,7 @@ class ExperimentController(Controller):
         "/{placement:str}",
         summary="Split a placement's traffic between two labels of its template",
         guards=[require_scope("marketer")],
+        opt=problems("not-found", "invalid-experiment"),
     )
     async def start(
         self,

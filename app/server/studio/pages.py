@@ -1,7 +1,9 @@
 """The studio's pages. HTML forms post here; every action goes through ``StudioService``.
 
-Sign-in takes a marketer's API key and keeps it in an HttpOnly, SameSite=Strict cookie; a guard
-checks it again on every page (a revoked key stops working at once). Forms carry a CSRF token.
+Sign-in takes a marketer's API key once and opens a session: an encrypted HttpOnly,
+SameSite=Strict cookie holding the key's id and name, never the key. A guard looks the key up
+on every page (a revoked or expired key stops working at once); a session ends after 8 hours.
+Forms carry a CSRF token.
 """
 
 from __future__ import annotations
@@ -20,16 +22,25 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.params import Body
 from litestar.response import Redirect, Template
 
-from app.pipeline import BannerRequest
-from app.prompting.lint import LintProblem
-from app.prompting.templates import PRODUCTION
-from app.server.auth import actor
+from app.server.auth import (
+    CHALLENGE,
+    SESSION_PATH,
+    actor,
+    identify,
+    open_session,
+    session_user,
+)
 from app.server.errors import Problem
-from app.server.services import services
-from app.server.studio.service import LintFailed, Preview, StudioService
+from app.server.studio.service import (
+    PRODUCTION,
+    LintFailed,
+    LintProblem,
+    Preview,
+    StudioService,
+)
 
 TEMPLATES = Path(__file__).parent / "templates"
-COOKIE = "marquee_studio_key"
+LEGACY_COOKIE = "marquee_studio_key"  # where older versions kept the key itself: cleared
 WRITE_SCOPES = frozenset({"marketer", "admin"})
 MAX_PAGE_PREVIEW_BANNERS = 2
 SHOPPERS_LISTED = 200
@@ -61,18 +72,13 @@ class LoginForm:
 Form = Body(media_type=RequestEncodingType.URL_ENCODED)
 
 
-async def _marketer(connection: ASGIConnection[Any, Any, Any, Any], key: str) -> str | None:
-    """The key's name if it is valid and may edit templates."""
-    found = await services(connection.app.state).keys.verify(key) if key else None
-    return found[0] if found is not None and found[1] & WRITE_SCOPES else None
-
-
 async def signed_in(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Guard: a signed-in marketer (their key's name becomes the actor), else the sign-in page."""
-    who = await _marketer(connection, connection.cookies.get(COOKIE, ""))
+    who = await session_user(connection, WRITE_SCOPES)
     if who is None:
+        connection.clear_session()  # a refused session is dropped with the redirect
         raise NotAuthorizedException("sign in with a marketer key")
-    connection.scope.setdefault("state", {})["api_key"] = who
+    identify(connection, who)
 
 
 def to_login(request: Request[Any, Any, Any], _: Exception) -> Response[Any]:
@@ -125,33 +131,29 @@ class StudioSignIn(Controller):
         data: Annotated[LoginForm, Form],
         next: str = "/studio",
     ) -> Response[Any]:
-        if await _marketer(request, data.key.strip()) is None:
+        opened = await open_session(request, data.key.strip(), WRITE_SCOPES)
+        if opened is None:
             return Template(
                 "login.html",
                 context={"next": next, "error": "That key is unknown or has no marketer scope."},
                 status_code=401,
+                headers={"WWW-Authenticate": CHALLENGE},  # every 401 carries a challenge
             )
+        request.set_session(opened)  # the key's id, not the key: checked on every page
         target = next if next.startswith("/studio") else "/studio"
-        return Redirect(
-            target,
-            cookies=[
-                Cookie(
-                    key=COOKIE,
-                    value=data.key.strip(),
-                    httponly=True,
-                    samesite="strict",
-                    secure=request.url.scheme == "https",
-                    path="/studio",
-                    max_age=8 * 3600,
-                )
-            ],
-        )
+        return Redirect(target, cookies=_forget_legacy_cookie(request))
 
     @post("/logout")
-    async def logout(self) -> Response[Any]:
-        return Redirect(
-            "/studio/login", cookies=[Cookie(key=COOKIE, value="", max_age=0, path="/studio")]
-        )
+    async def logout(self, request: Request[Any, Any, State]) -> Response[Any]:
+        request.clear_session()
+        return Redirect("/studio/login", cookies=_forget_legacy_cookie(request))
+
+
+def _forget_legacy_cookie(request: Request[Any, Any, State]) -> list[Cookie]:
+    """A browser signed in by an older version still holds the raw key: delete it."""
+    if LEGACY_COOKIE not in request.cookies:
+        return []
+    return [Cookie(key=LEGACY_COOKIE, value="", max_age=0, path=SESSION_PATH)]
 
 
 class StudioPages(Controller):
@@ -254,7 +256,7 @@ class StudioPages(Controller):
             try:
                 preview = await studio.preview(
                     name,
-                    BannerRequest(shopper_id=shopper),
+                    shopper,
                     source=source,
                     generate=max(0, min(data.generate, MAX_PAGE_PREVIEW_BANNERS)),
                 )

@@ -8,10 +8,10 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from app.domain import Banner, Identifier, Label, Name
+from app.domain import MAX_VERSION, Banner, Identifier, Label, Name
 from app.prompting.lint import LintProblem
 from app.prompting.templates import MAX_TEMPLATE_BYTES
-from app.server.banners.schemas import ShopperProfile
+from app.server.profiles import ShopperProfile
 from app.server.studio.service import MAX_PREVIEW_BANNERS, Preview
 
 Source = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEMPLATE_BYTES)]
@@ -24,20 +24,23 @@ class VersionCreate(BaseModel):
     message: Annotated[str, StringConstraints(max_length=300)] = ""
     draft: bool = False
     base_version: int | None = Field(
-        default=None, ge=1, description="the version this edit started from (or If-Match)"
+        default=None,
+        ge=1,
+        le=MAX_VERSION,
+        description="the version this edit started from (or If-Match)",
     )
 
 
 class LabelMove(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
 
 
 class PreviewCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, ge=1, le=MAX_VERSION)
     label: Label | None = None
     source: Source | None = Field(default=None, description="unsaved text to try")
     shopper_id: Identifier | None = None

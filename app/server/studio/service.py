@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from app.domain import LABEL_PATTERN, NAME_PATTERN, Banner, Shopper
@@ -30,6 +30,24 @@ from app.server.limits import GenerationLimit
 from app.server.studio.experiments import Rate, verdict, wilson
 from app.store.feedback import ArmCounts, FeedbackStore
 from app.store.templates import AuditEntry, Conflict, StoredVersion, TemplateStore, VersionInfo
+
+# What the slice's controllers and pages use: they import from here, never the core or stores.
+__all__ = [
+    "PRODUCTION",
+    "ArmReport",
+    "AuditEntry",
+    "Diff",
+    "ExperimentReport",
+    "LabelMoved",
+    "LintFailed",
+    "LintProblem",
+    "Preview",
+    "Split",
+    "StudioService",
+    "TemplateDetail",
+    "TemplateSummary",
+    "VersionView",
+]
 
 SAMPLE_SHOPPERS = 3  # known shoppers with histories a saved template must render for
 MAX_PREVIEW_BANNERS = 4
@@ -340,6 +358,7 @@ class StudioService:
         return LabelMoved(name, label, version, previous)
 
     async def set_split(self, placement: str, split: Split | None, *, actor: str) -> None:
+        """Start or change (``split``) or stop (None) a placement's experiment."""
         if split is not None:
             labels = await self.labels(split.template)
             missing = [label for label in (split.control, split.variant) if label not in labels]
@@ -385,15 +404,16 @@ class StudioService:
     async def preview(
         self,
         name: str,
-        request: BannerRequest,
+        shopper_id: str,
         *,
+        shopper: Shopper | None = None,
         version: int | None = None,
         label: str | None = None,
         source: str | None = None,
         generate: int = 0,
     ) -> Preview:
         """Render (and optionally generate, taking a generation slot) with a stored version, a
-        label, or unsaved text."""
+        label, or unsaved text, for a stored shopper or an inline one (``shopper`` wins)."""
         if not 0 <= generate <= MAX_PREVIEW_BANNERS:
             raise Problem(
                 "invalid-request",
@@ -412,11 +432,12 @@ class StudioService:
                 template = self.pipeline.templates.get(name, label or PRODUCTION)
             except KeyError as error:
                 raise _not_found(error) from None
-        shopper_id = request.shopper.id if request.shopper else request.shopper_id
+        request = BannerRequest(shopper_id=shopper_id, shopper=shopper, count=max(1, generate))
+        shopper_id = shopper.id if shopper else shopper_id
         if template is None or problems:
             return Preview(name, None, label, shopper_id, None, problems, [])
         try:
-            prepared = self.pipeline.prepare(replace(request, count=max(1, generate)), template)
+            prepared = self.pipeline.prepare(request, template)
         except TemplateError as error:
             problem = LintProblem(error.line, error.message)
             return Preview(name, version, label, shopper_id, None, [problem], [])
