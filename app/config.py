@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     templates_refresh_s: float = Field(default=15.0, gt=0)
     banner_cache_ttl_s: float = Field(default=300.0, ge=0)
     max_in_flight_requests: int = Field(default=32, ge=1, le=10_000)
+    # Per-key budgets (requests a minute, per process; 0 = unlimited): generations (banners,
+    # homepages, previews) cost a model's time, reads and writes the database's. Beyond a budget
+    # a 429 with Retry-After.
+    rate_limit_generations_per_minute: int = Field(default=600, ge=0, le=1_000_000)
+    rate_limit_requests_per_minute: int = Field(default=6000, ge=0, le=10_000_000)
     # How long event bursts are gathered before popularity and co-occurrence are recomputed.
     signals_refresh_delay_s: float = Field(default=5.0, ge=0.0)
     homepage_sections: list[str] = Field(

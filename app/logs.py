@@ -35,6 +35,7 @@ def _safe_fields(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
 
 structlog.configure(
     processors=[
+        structlog.stdlib.filter_by_level,  # a disabled level costs one check, no event built
         structlog.stdlib.PositionalArgumentsFormatter(),
         _safe_fields,
         structlog.stdlib.render_to_log_kwargs,
@@ -59,8 +60,8 @@ def _drop_extras(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
 
 
 def _trace_ids(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
-    """The current span's ids, so a log line leads to its trace (nothing when tracing is off:
-    the no-op span's context is invalid)."""
+    """The current span's ids, so a log line leads to its trace. With tracing off these are
+    the caller's (from its ``traceparent``), if it sent one; otherwise there are none."""
     context = trace.get_current_span().get_span_context()
     if context.is_valid:
         event["trace_id"] = format(context.trace_id, "032x")
@@ -100,4 +101,7 @@ def configure_logging(
     logging.basicConfig(level=level, handlers=[handler], force=True)
     # Python warnings (SQLAlchemy's, Pydantic's) as records, not bare text on stderr.
     logging.captureWarnings(json_lines)
+    # httpx logs every call to the model server at INFO: one line per generation, repeating
+    # what the request's line and its generation span already say.
+    logging.getLogger("httpx").setLevel(logging.WARNING if json_lines else logging.NOTSET)
     return handler

@@ -381,3 +381,42 @@ def test_bad_path_parameters_are_400_naming_the_parameter(api) -> None:
         response = client.get(path, headers=headers)
         assert response.status_code == 400, (path, response.text)
         assert response.json()["errors"][0]["field"] == field
+
+
+@pytest.fixture
+def limited(
+    tmp_path: Path, tiny_catalog: Catalog, tiny_shoppers: ShopperStore, test_settings: Settings
+) -> Iterator[tuple[TestClient, dict[str, str]]]:  # type: ignore[type-arg]
+    settings = test_settings.model_copy(
+        update={
+            "database_url": f"sqlite+aiosqlite:///{tmp_path / 'limits.db'}",
+            "rate_limit_generations_per_minute": 3,
+            "rate_limit_requests_per_minute": 5,
+            "banner_cache_ttl_s": 0,
+        }
+    )
+    keys = asyncio.run(_keys(settings.database))
+    engine = ScriptedEngine([GOOD] * 50)
+    app = create_app(settings, lambda s: make_pipeline(engine, tiny_catalog, tiny_shoppers, s))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 10
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield client, keys
+
+
+def test_each_key_has_its_own_budgets_for_generations_and_requests(limited) -> None:
+    client, keys = limited
+    made = [post(client, keys["cms"], {"shopper_id": "runner"}) for _ in range(4)]
+    assert [r.status_code for r in made] == [200, 200, 200, 429]
+    refused = made[-1]
+    assert refused.json()["type"] == "urn:marquee:problem:rate-limited"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert made[0].headers["RateLimit-Limit"] == "3"
+    # Reads have a budget of their own: the spent generation budget does not touch it.
+    reads = [client.get("/v1/products", headers={"X-API-Key": keys["cms"]}) for _ in range(6)]
+    assert [r.status_code for r in reads] == [200] * 5 + [429]
+    # Another key is not slowed by the first one's spending.
+    assert post(client, keys["admin"], {"shopper_id": "runner"}).status_code == 200
+    # Probes are never limited.
+    assert all(client.get("/healthz").status_code == 200 for _ in range(10))

@@ -273,6 +273,17 @@ def test_the_page_refuses_a_label_the_api_would_refuse(studio) -> None:
     assert labels == {"production": 1}
 
 
+def test_page_forms_with_impossible_versions_are_refused_not_a_500(studio) -> None:
+    client, keys = studio
+    token = sign_in(client, keys["marketer"])
+    huge = str(2**70)
+    label = {"version": huge, "label": "candidate", "expected": "0", "_csrf_token": token}
+    assert client.post("/studio/templates/hero_banner/label", data=label).status_code == 400
+    save = {"source": HERO, "base_version": huge, "_csrf_token": token}
+    assert client.post("/studio/templates/hero_banner", data=save).status_code == 400
+    assert client.get(f"/studio/templates/hero_banner?diff={huge}").status_code == 200  # shown
+
+
 def sign_in(client: Client, key: str) -> str:
     """Sign in to the studio's pages; the CSRF token the forms need."""
     page = client.get("/studio/login")

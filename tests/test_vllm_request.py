@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 
 from app.config import Settings
 from app.generation.engine import GenerationRequest, SamplingParams
@@ -84,7 +83,9 @@ def test_serving_beside_a_managed_server_shrinks_the_torch_pool(monkeypatch) -> 
 
     monkeypatch.setattr(app.server.app, "create_app", lambda settings: None)
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
-    monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: None)
+    # The process-wide logging and tracing `serve` sets up stay out of the test process.
+    monkeypatch.setattr("app.logs.configure_logging", lambda **kwargs: None)
+    monkeypatch.setattr("app.tracing.configure_tracing", lambda mode: False)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)

@@ -104,12 +104,16 @@ class VLLMEngine:
     def headers() -> dict[str, str]:
         """The HTTP request's id (the server logs it with its own lines: one id from the CMS to
         the model) and the current trace's ``traceparent`` (when tracing is on), read from the
-        context this generation runs in."""
+        context this generation runs in. Every variant and retry of a request sends the same
+        id: vLLM (0.32) names the request ``chatcmpl-<id>`` and adds a random suffix inside,
+        so concurrent requests sharing one id stay distinct there."""
         headers: dict[str, str] = {}
         request_id = REQUEST_ID.get()
         if request_id is not None:
             headers["X-Request-ID"] = request_id
-        propagate.inject(headers)  # nothing when no span is recording
+        # The current span's traceparent; with tracing off, a caller's passes through as it
+        # came, and with neither there is nothing to send.
+        propagate.inject(headers)
         return headers
 
     async def generate_many(self, requests: list[GenerationRequest]) -> list[GenerationResult]:

@@ -40,6 +40,7 @@ from app.server.limits import GenerationLimit
 from app.server.metrics import ENGINE_RESTARTS
 from app.server.middleware import observability
 from app.server.openapi import ProblemDocs, PydanticContract, openapi_config
+from app.server.ratelimits import rate_limits
 from app.server.services import (
     Services,
     provide_banners,
@@ -239,6 +240,7 @@ def create_app(
         middleware=[
             observability,
             session_middleware(studio_secret, secure=settings.env == "production"),
+            *rate_limits(settings),
         ],
         lifespan=[lifespan],
         state=State({"services": held}),

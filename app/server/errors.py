@@ -177,12 +177,15 @@ def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response
         return problem_response(request, "invalid-request", detail, errors=errors)
     # Litestar's own (404 route, 405, 413, 429 ...): the kind for its status, its status kept.
     kind = _BY_STATUS.get(exc.status_code, "invalid-request" if exc.status_code < 500 else "")
+    headers = dict(exc.headers or {})
+    if exc.status_code == 429 and "RateLimit-Reset" in headers:  # the budget's window ends
+        headers["Retry-After"] = str(max(1, int(headers["RateLimit-Reset"])))
     return problem_response(
         request,
         kind or "internal-error",
         exc.detail or "",
         status=exc.status_code,
-        headers=exc.headers,
+        headers=headers,
     )
 
 

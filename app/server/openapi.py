@@ -14,7 +14,8 @@ What a handler's own service refuses beyond those (a lookup's 404, 409, 422, 503
 handler names with ``opt=problems(...)`` (errors.py): only the code behind it knows.
 
 Request bodies are documented as pydantic validates them (PydanticContract): Litestar 2.25 leaves
-out what a model forbids (extra members) and the constraints inside ``X | None``.
+out what a model forbids (extra members) and the constraints inside ``X | None``. An optional
+header or query parameter is documented as one to leave out, not as nullable (ContractOperation).
 """
 
 from __future__ import annotations

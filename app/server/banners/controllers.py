@@ -24,8 +24,13 @@ from app.server.errors import problems
 from app.server.params import IdPath
 
 
-def _etag(ids: list[str]) -> str:
-    return '"' + hashlib.sha256("|".join(ids).encode()).hexdigest()[:32] + '"'
+def _etag(banners: list[Banner]) -> str:
+    """A validator for these banners' contents. A banner's id names its inputs (shopper,
+    template, products), not its copy: a generation made again keeps the id with new copy, so
+    the id alone would answer 304 to a client holding the old copy. Each generation has its
+    own ``created_at``."""
+    material = "|".join(f"{b.id}@{b.created_at.isoformat()}" for b in banners)
+    return '"' + hashlib.sha256(material.encode()).hexdigest()[:32] + '"'
 
 
 class BannerController(Controller):
@@ -46,7 +51,7 @@ class BannerController(Controller):
         return Response(
             BannerList(banners=made, cached=cached),
             headers={
-                "ETag": _etag([b.id for b in made]),
+                "ETag": _etag(made),
                 "Cache-Control": f"private, max-age={int(banners.cache_ttl_s)}",
             },
         )
@@ -66,7 +71,7 @@ class BannerController(Controller):
         ] = None,
     ) -> Response[Banner]:
         banner = await banners.banner(banner_id)
-        etag = _etag([banner.id])
+        etag = _etag([banner])
         if if_none_match == etag:
             return Response(None, status_code=304, headers={"ETag": etag})  # type: ignore[arg-type]
         return Response(banner, headers={"ETag": etag, "Cache-Control": "private, max-age=3600"})

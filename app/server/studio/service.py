@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from app.domain import LABEL_PATTERN, NAME_PATTERN, Banner, Shopper
+from app.domain import LABEL_PATTERN, MAX_VERSION, NAME_PATTERN, Banner, Shopper
 from app.pipeline import BannerRequest, Pipeline
 from app.prompting.lint import LintProblem, LintResult, lint
 from app.prompting.sandbox import TemplateError
@@ -79,6 +79,13 @@ def _checked_label(label: str) -> str:
     if not re.fullmatch(LABEL_PATTERN, label):
         raise invalid("label", "2-40 lowercase letters, digits, '_' or '-', from a letter")
     return label
+
+
+def _checked_version(version: int | None, field: str) -> int | None:
+    """Versions the store can hold (None: not given); the pages' forms arrive unchecked."""
+    if version is not None and not 1 <= version <= MAX_VERSION:
+        raise invalid(field, f"a version number, 1 to {MAX_VERSION}")
+    return version
 
 
 def _conflict(error: Conflict) -> Problem:
@@ -249,6 +256,7 @@ class StudioService:
         return Diff(name, old, new, text)
 
     async def _stored(self, name: str, version: int) -> StoredVersion:
+        _checked_version(version, "version")
         stored = await self.store.get(name, version)
         if stored is None:
             raise Problem("not-found", f"template '{name}' has no version {version}")
@@ -295,7 +303,7 @@ class StudioService:
                 author=author,
                 message=message,
                 draft=draft,
-                expected_latest=expected_latest,
+                expected_latest=_checked_version(expected_latest, "base_version"),
             )
         except Conflict as error:
             raise _conflict(error) from None
@@ -335,13 +343,14 @@ class StudioService:
         expected_current: int | None = None,
         check_expected: bool = False,
     ) -> LabelMoved:
+        _checked_version(version, "version")
         try:
             previous = await self.store.move_label(
                 name,
                 _checked_label(label),
                 version,
                 actor=actor,
-                expected_current=expected_current,
+                expected_current=_checked_version(expected_current, "expected"),
                 check_expected=check_expected,
             )
         except LookupError as error:
