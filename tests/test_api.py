@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from litestar import Litestar
@@ -420,3 +421,41 @@ def test_each_key_has_its_own_budgets_for_generations_and_requests(limited) -> N
     assert post(client, keys["admin"], {"shopper_id": "runner"}).status_code == 200
     # Probes are never limited.
     assert all(client.get("/healthz").status_code == 200 for _ in range(10))
+
+
+class SlowEngine(ScriptedEngine):
+    """Takes a while to answer, as a real model does: requests overlap."""
+
+    async def generate_many(self, requests: list[Any]) -> list[Any]:
+        await asyncio.sleep(0.3)
+        return await super().generate_many(requests)
+
+
+async def test_identical_requests_in_flight_share_one_generation(
+    tmp_path: Path, tiny_catalog: Catalog, tiny_shoppers: ShopperStore, test_settings: Settings
+) -> None:
+    from litestar.testing import AsyncTestClient
+
+    settings = test_settings.model_copy(
+        update={"database_url": f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"}
+    )
+    key = await ApiKeyStore.create_in(settings.database, "cms", ["cms"])
+    engine = SlowEngine([GOOD] * 20)
+    app = create_app(settings, lambda s: make_pipeline(engine, tiny_catalog, tiny_shoppers, s))
+    async with AsyncTestClient(app) as client:
+        for _ in range(200):
+            if (await client.get("/readyz")).status_code == 200:
+                break
+            await asyncio.sleep(0.05)
+
+        def ask(shopper: str, strict: bool = False) -> Any:
+            body = {"shopper_id": shopper, "strict": strict}
+            return client.post("/v1/banners", json=body, headers={"X-API-Key": key})
+
+        same = await asyncio.gather(*(ask("runner", strict=i % 2 == 0) for i in range(4)))
+        assert [r.status_code for r in same] == [200] * 4
+        assert len({r.json()["banners"][0]["id"] for r in same}) == 1
+        assert sorted(r.json()["cached"] for r in same) == [False, True, True, True]
+        assert len(engine.requests) == 1  # one generation for the four
+        others = await asyncio.gather(ask("camper"), ask("coffee_fan"))
+        assert [r.status_code for r in others] == [200, 200] and len(engine.requests) == 3

@@ -46,6 +46,11 @@ BANNERS = Counter("marquee_banners_total", "Banners served", ["template"], regis
 CACHE_HITS = Counter(
     "marquee_cache_hits_total", "Requests answered from stored banners", registry=REGISTRY
 )
+COALESCED = Counter(
+    "marquee_coalesced_total",
+    "Requests answered by an identical request's generation already under way",
+    registry=REGISTRY,
+)
 STORE_ERRORS = Counter(
     "marquee_store_errors_total", "Banners generated but not stored", registry=REGISTRY
 )

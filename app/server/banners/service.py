@@ -3,10 +3,11 @@ or the stores. It owns caching, strict mode and the generation limit."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -16,7 +17,7 @@ from app.pipeline import BannerRequest, Pipeline
 from app.server.banners.schemas import BannerCreate, HomepageCreate
 from app.server.errors import Problem
 from app.server.limits import GenerationLimit
-from app.server.metrics import CACHE_HITS, STORE_ERRORS, observe_banners
+from app.server.metrics import CACHE_HITS, COALESCED, STORE_ERRORS, observe_banners
 from app.store.feedback import FeedbackStore
 from app.store.repositories import BannerStore
 
@@ -43,6 +44,26 @@ def _engine_down(banners: list[Banner]) -> bool:
     return any(any(flag.startswith("engine_error") for flag in b.flags) for b in banners)
 
 
+def _refuse_outage(banners: list[Banner], strict: bool) -> None:
+    if strict and _engine_down(banners):
+        raise Problem(
+            "engine-unavailable",
+            "the language model did not answer; "
+            "retry later, or send strict=false to accept fallback copy",
+            headers={"Retry-After": "5"},
+        )
+
+
+async def _shared(answer: asyncio.Future[list[Banner]]) -> list[Banner] | None:
+    """Another request's answer; None when that request failed or went away."""
+    try:
+        return await asyncio.shield(answer)
+    except asyncio.CancelledError:
+        if answer.cancelled():  # the other request's, not ours: generate for ourselves
+            return None
+        raise
+
+
 def _unknown_template(pipeline: Pipeline, detail: str) -> Problem:
     return Problem("not-found", detail, templates=pipeline.templates.names)
 
@@ -55,6 +76,8 @@ class BannerService:
     limit: GenerationLimit
     cache_ttl_s: float
     homepage_sections: list[str]
+    # Generations under way, by request key (see _generate_once).
+    _generating: dict[str, asyncio.Future[list[Banner]]] = field(default_factory=dict)
 
     def request_key(
         self, data: BannerCreate, request: BannerRequest, template_version: int, label: str
@@ -88,12 +111,35 @@ class BannerService:
             if stored is not None:
                 CACHE_HITS.inc()
                 return stored, True
-        async with self.limit.slot():
-            banners = await self.pipeline.generate(request)
+        joined = self._generating.get(key)
+        if joined is not None:  # the same request is being generated: share its answer
+            banners = await _shared(joined)
+            if banners is not None:
+                COALESCED.inc()
+                _refuse_outage(banners, data.strict)
+                return banners, True
+        banners = await self._generate_once(key, request)
         self._answered(banners, data.strict, api_key)
         if not _engine_down(banners):  # never cache an outage's fallbacks
             await self._keep(key, banners)
         return banners, False
+
+    async def _generate_once(self, key: str, request: BannerRequest) -> list[Banner]:
+        """Generate, letting identical requests that arrive meanwhile wait for this answer
+        instead of generating it again (a popular shopper on a cold cache)."""
+        shared: asyncio.Future[list[Banner]] = asyncio.get_running_loop().create_future()
+        self._generating[key] = shared
+        try:
+            async with self.limit.slot():
+                banners = await self.pipeline.generate(request)
+            shared.set_result(banners)
+            return banners
+        except BaseException:
+            shared.cancel()  # the waiters generate for themselves
+            raise
+        finally:
+            if self._generating.get(key) is shared:
+                del self._generating[key]
 
     async def homepage(self, data: HomepageCreate, api_key: str = "unknown") -> Homepage:
         sections = data.sections or self.homepage_sections
@@ -121,13 +167,7 @@ class BannerService:
     def _answered(banners: list[Banner], strict: bool, api_key: str) -> None:
         """Count what was made; in strict mode an engine outage is a 503, not fallback copy."""
         observe_banners(banners, api_key)
-        if strict and _engine_down(banners):
-            raise Problem(
-                "engine-unavailable",
-                "the language model did not answer; "
-                "retry later, or send strict=false to accept fallback copy",
-                headers={"Retry-After": "5"},
-            )
+        _refuse_outage(banners, strict)
 
     async def _keep(self, key: str, banners: list[Banner]) -> None:
         """Store banners; a storage failure is logged and counted, the CMS still gets them."""
