@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from app.catalog.store import Catalog, ShopperStore
@@ -16,43 +14,8 @@ from app.domain import EventType, Interaction, Product, Shopper
 from app.retrieval.index import ExactIndex
 from app.retrieval.selector import CandidateSelector
 from app.retrieval.signals import InteractionSignals
+from tests.fakes import WordEmbedder
 from tests.postgres import PostgresServer, running_postgres
-
-VOCABULARY = (
-    "coffee",
-    "grinder",
-    "kettle",
-    "beans",
-    "tea",
-    "running",
-    "shoe",
-    "trail",
-    "tent",
-    "camping",
-    "headlamp",
-    "yoga",
-)
-
-
-class WordEmbedder:
-    """Each vocabulary word is one axis: texts sharing words are neighbours, by construction."""
-
-    name = "test-words"
-    dim = len(VOCABULARY)
-
-    def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
-        rows = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for i, text in enumerate(texts):
-            for word in re.findall(r"[a-z]+", text.lower()):
-                if word in VOCABULARY:
-                    rows[i, VOCABULARY.index(word)] += 1.0
-        norms = np.linalg.norm(rows, axis=1, keepdims=True)
-        unit: np.ndarray = rows / np.where(norms == 0, 1.0, norms)
-        return unit
-
-    def encode_query(self, text: str) -> np.ndarray:
-        vector: np.ndarray = self.encode([text])[0]
-        return vector
 
 
 def product(

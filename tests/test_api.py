@@ -22,7 +22,7 @@ from app.config import Settings
 from app.generation.engine import EngineError
 from app.server.app import create_app
 from app.store.repositories import ApiKeyStore
-from tests.test_pipeline import GOOD, ScriptedEngine, make_pipeline
+from tests.fakes import GOOD, ScriptedEngine, SlowEngine, make_pipeline
 
 
 async def _keys(url: str) -> dict[str, str]:
@@ -421,14 +421,6 @@ def test_each_key_has_its_own_budgets_for_generations_and_requests(limited) -> N
     assert post(client, keys["admin"], {"shopper_id": "runner"}).status_code == 200
     # Probes are never limited.
     assert all(client.get("/healthz").status_code == 200 for _ in range(10))
-
-
-class SlowEngine(ScriptedEngine):
-    """Takes a while to answer, as a real model does: requests overlap."""
-
-    async def generate_many(self, requests: list[Any]) -> list[Any]:
-        await asyncio.sleep(0.3)
-        return await super().generate_many(requests)
 
 
 async def test_identical_requests_in_flight_share_one_generation(

@@ -31,9 +31,9 @@ from app.server.catalog.schemas import EventIn
 from app.server.catalog.service import CatalogService
 from app.store.db import Database, EventRecord
 from app.store.repositories import CatalogChanges
-from tests.conftest import NOW, WordEmbedder, product
+from tests.conftest import NOW, product
+from tests.fakes import GOOD, ScriptedEngine, WordEmbedder, make_pipeline
 from tests.test_api import _keys
-from tests.test_pipeline import GOOD, ScriptedEngine, make_pipeline
 
 Client = TestClient[Litestar]
 

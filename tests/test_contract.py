@@ -51,7 +51,7 @@ from app.server.app import create_app
 from app.server.errors import PROBLEM_TYPES, TYPE_PREFIX
 from app.store.repositories import ApiKeyStore
 from tests.conftest import TINY_PRODUCTS, event
-from tests.test_pipeline import GOOD, ScriptedEngine, make_pipeline
+from tests.fakes import GOOD, ScriptedEngine, make_pipeline
 
 # Hypothesis examples per operation in the fuzzing phase; the coverage phase adds its own
 # (boundary values, missing and wrong-typed parameters). Together: well over 1,000 cases.

@@ -9,7 +9,7 @@ from app.config import PROJECT_ROOT, Settings
 from app.store.db import Database
 from app.store.templates import TemplateStore
 from eval.runner import _compare, resolve_arm
-from tests.test_pipeline import GOOD, INVENTED, ScriptedEngine, make_pipeline
+from tests.fakes import GOOD, INVENTED, ScriptedEngine, make_pipeline
 
 HERO = (PROJECT_ROOT / "prompts" / "hero_banner.j2").read_text()
 

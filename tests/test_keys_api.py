@@ -28,8 +28,8 @@ from app.server.auth import CHALLENGE
 from app.server.keys.schemas import Scope
 from app.store.db import Database
 from app.store.repositories import SCOPES, ApiKeyStore, LastAdminKey, hash_key
+from tests.fakes import GOOD, ScriptedEngine, make_pipeline
 from tests.test_api import _keys
-from tests.test_pipeline import GOOD, ScriptedEngine, make_pipeline
 
 Client = TestClient[Litestar]
 # A bootstrap key as an operator would put it in the environment.

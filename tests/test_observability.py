@@ -41,8 +41,7 @@ from app.retrieval.index import ExactIndex
 from app.server.app import create_app
 from app.store.repositories import ApiKeyStore
 from app.tracing import REQUEST_ID, trace_mode
-from tests.conftest import WordEmbedder
-from tests.test_pipeline import GOOD
+from tests.fakes import GOOD, WordEmbedder
 
 PROMPT_TOKENS = 123  # what the fake server reports per request
 COMPLETION_TOKENS = 17

@@ -6,72 +6,14 @@ is exercised on purpose.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
-
 import pytest
 
 from app.catalog.store import Catalog, ShopperStore
-from app.config import PROJECT_ROOT, Settings
-from app.generation.engine import EngineError, GenerationRequest, GenerationResult
+from app.config import Settings
+from app.generation.engine import EngineError
 from app.pipeline import BannerRequest, Pipeline
-from app.prompting.templates import TemplateRegistry
-from app.retrieval.embedder import product_text
-from app.retrieval.index import ExactIndex
 from app.retrieval.selector import CandidateFilters
-from tests.conftest import WordEmbedder
-
-GOOD = {
-    "headline": "Brew better mornings",
-    "subheadline": "A grinder and a kettle for coffee.",
-    "cta": "Shop coffee",
-    "layout": "hero",
-    "tone": "warm",
-    "products": [1, 2],
-}
-INVENTED = dict(GOOD, headline="Save 30% on coffee")
-
-
-class ScriptedEngine:
-    name = "scripted"
-    model = "scripted-model"
-
-    def __init__(self, answers: Sequence[object]) -> None:
-        self.answers = list(answers)
-        self.requests: list[GenerationRequest] = []
-
-    async def generate(self, request: GenerationRequest) -> GenerationResult:
-        return (await self.generate_many([request]))[0]
-
-    async def generate_many(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        results = []
-        for request in requests:
-            self.requests.append(request)
-            answer = self.answers.pop(0) if self.answers else GOOD
-            if isinstance(answer, Exception):
-                raise answer
-            text = answer if isinstance(answer, str) else json.dumps(answer)
-            results.append(GenerationResult(text, output_tokens=len(text) // 4, elapsed_ms=1.0))
-        return results
-
-    async def close(self) -> None:
-        pass
-
-
-def make_pipeline(
-    engine: ScriptedEngine, catalog: Catalog, shoppers: ShopperStore, settings: Settings
-) -> Pipeline:
-    embedder = WordEmbedder()
-    index = ExactIndex(embedder.encode([product_text(p) for p in catalog.products]))
-    return Pipeline.assemble(
-        settings,
-        catalog=catalog,
-        shoppers=shoppers,
-        embedder=embedder,
-        index=index,
-        engine=engine,
-        templates=TemplateRegistry.from_folder(PROJECT_ROOT / "prompts"),
-    )
+from tests.fakes import GOOD, INVENTED, ScriptedEngine, make_pipeline
 
 
 @pytest.fixture

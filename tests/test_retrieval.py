@@ -12,7 +12,8 @@ from app.retrieval.mmr import mmr
 from app.retrieval.profile import history_weights, shopper_vector
 from app.retrieval.selector import CandidateFilters, CandidateSelector
 from app.retrieval.signals import InteractionSignals
-from tests.conftest import NOW, WordEmbedder, event, product
+from tests.conftest import NOW, event, product
+from tests.fakes import WordEmbedder
 
 
 def ids(selection) -> list[str]:

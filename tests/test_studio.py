@@ -26,8 +26,8 @@ from app.server.app import create_app
 from app.store.db import Database
 from app.store.repositories import ApiKeyStore
 from app.store.templates import Conflict, TemplateStore
+from tests.fakes import GOOD, ScriptedEngine, make_pipeline
 from tests.test_api import _keys
-from tests.test_pipeline import GOOD, ScriptedEngine, make_pipeline
 
 Client = TestClient[Litestar]
 HERO = (PROJECT_ROOT / "prompts" / "hero_banner.j2").read_text()

@@ -1,0 +1,119 @@
+"""Test doubles, in one place: an embedder with known geometry and a scripted engine.
+
+Unit tests use them around the logic they test; the real models run in tests/integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from app.catalog.store import Catalog, ShopperStore
+from app.config import PROJECT_ROOT, Settings
+from app.generation.engine import GenerationRequest, GenerationResult
+from app.pipeline import Pipeline
+from app.prompting.templates import TemplateRegistry
+from app.retrieval.embedder import product_text
+from app.retrieval.index import ExactIndex
+
+VOCABULARY = (
+    "coffee",
+    "grinder",
+    "kettle",
+    "beans",
+    "tea",
+    "running",
+    "shoe",
+    "trail",
+    "tent",
+    "camping",
+    "headlamp",
+    "yoga",
+)
+
+
+class WordEmbedder:
+    """Each vocabulary word is one axis: texts sharing words are neighbours, by construction."""
+
+    name = "test-words"
+    dim = len(VOCABULARY)
+
+    def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        rows = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in re.findall(r"[a-z]+", text.lower()):
+                if word in VOCABULARY:
+                    rows[i, VOCABULARY.index(word)] += 1.0
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        unit: np.ndarray = rows / np.where(norms == 0, 1.0, norms)
+        return unit
+
+    def encode_query(self, text: str) -> np.ndarray:
+        vector: np.ndarray = self.encode([text])[0]
+        return vector
+
+
+GOOD = {
+    "headline": "Brew better mornings",
+    "subheadline": "A grinder and a kettle for coffee.",
+    "cta": "Shop coffee",
+    "layout": "hero",
+    "tone": "warm",
+    "products": [1, 2],
+}
+INVENTED = dict(GOOD, headline="Save 30% on coffee")
+
+
+class ScriptedEngine:
+    name = "scripted"
+    model = "scripted-model"
+
+    def __init__(self, answers: Sequence[object]) -> None:
+        self.answers = list(answers)
+        self.requests: list[GenerationRequest] = []
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        return (await self.generate_many([request]))[0]
+
+    async def generate_many(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        results = []
+        for request in requests:
+            self.requests.append(request)
+            answer = self.answers.pop(0) if self.answers else GOOD
+            if isinstance(answer, Exception):
+                raise answer
+            text = answer if isinstance(answer, str) else json.dumps(answer)
+            results.append(GenerationResult(text, output_tokens=len(text) // 4, elapsed_ms=1.0))
+        return results
+
+    async def close(self) -> None:
+        pass
+
+
+def make_pipeline(
+    engine: ScriptedEngine, catalog: Catalog, shoppers: ShopperStore, settings: Settings
+) -> Pipeline:
+    embedder = WordEmbedder()
+    index = ExactIndex(embedder.encode([product_text(p) for p in catalog.products]))
+    return Pipeline.assemble(
+        settings,
+        catalog=catalog,
+        shoppers=shoppers,
+        embedder=embedder,
+        index=index,
+        engine=engine,
+        templates=TemplateRegistry.from_folder(PROJECT_ROOT / "prompts"),
+    )
+
+
+class SlowEngine(ScriptedEngine):
+    """Takes a while to answer, as a real model does: requests overlap."""
+
+    async def generate_many(self, requests: list[Any]) -> list[Any]:
+        await asyncio.sleep(0.3)
+        return await super().generate_many(requests)
