@@ -15,7 +15,7 @@ import numpy as np
 
 from app.catalog.store import Catalog, ShopperStore
 from app.config import PROJECT_ROOT, Settings
-from app.generation.engine import GenerationRequest, GenerationResult
+from app.generation.engine import Engine, GenerationRequest, GenerationResult
 from app.pipeline import Pipeline
 from app.prompting.templates import TemplateRegistry
 from app.retrieval.embedder import product_text
@@ -96,8 +96,9 @@ class ScriptedEngine:
 
 
 def make_pipeline(
-    engine: ScriptedEngine, catalog: Catalog, shoppers: ShopperStore, settings: Settings
+    engine: Engine, catalog: Catalog, shoppers: ShopperStore, settings: Settings
 ) -> Pipeline:
+    """The real pipeline over the tiny catalog, the word embedder and ``engine``."""
     embedder = WordEmbedder()
     index = ExactIndex(embedder.encode([product_text(p) for p in catalog.products]))
     return Pipeline.assemble(

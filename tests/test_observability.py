@@ -29,19 +29,16 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from app.catalog.store import Catalog, ShopperStore
-from app.config import PROJECT_ROOT, Settings
+from app.config import Settings
 from app.generation.engine import GenerationRequest, SamplingParams
 from app.generation.schemas import output_model
 from app.generation.vllm_engine import VLLMEngine
 from app.logs import configure_logging, get_logger
 from app.pipeline import Pipeline
-from app.prompting.templates import TemplateRegistry
-from app.retrieval.embedder import product_text
-from app.retrieval.index import ExactIndex
 from app.server.app import create_app
 from app.store.repositories import ApiKeyStore
 from app.tracing import REQUEST_ID, trace_mode
-from tests.fakes import GOOD, WordEmbedder
+from tests.fakes import GOOD, make_pipeline
 
 PROMPT_TOKENS = 123  # what the fake server reports per request
 COMPLETION_TOKENS = 17
@@ -97,20 +94,7 @@ def vllm_engine(fake: FakeVLLM) -> VLLMEngine:
 def loader(
     engine: VLLMEngine, catalog: Catalog, shoppers: ShopperStore
 ) -> Callable[[Settings], Pipeline]:
-    def load(settings: Settings) -> Pipeline:
-        embedder = WordEmbedder()
-        index = ExactIndex(embedder.encode([product_text(p) for p in catalog.products]))
-        return Pipeline.assemble(
-            settings,
-            catalog=catalog,
-            shoppers=shoppers,
-            embedder=embedder,
-            index=index,
-            engine=engine,
-            templates=TemplateRegistry.from_folder(PROJECT_ROOT / "prompts"),
-        )
-
-    return load
+    return lambda settings: make_pipeline(engine, catalog, shoppers, settings)
 
 
 Api = tuple[TestClient[Litestar], str, FakeVLLM]
