@@ -118,3 +118,12 @@ class SlowEngine(ScriptedEngine):
     async def generate_many(self, requests: list[Any]) -> list[Any]:
         await asyncio.sleep(0.3)
         return await super().generate_many(requests)
+
+
+def wait_ready(client: Any) -> None:
+    """Until the app's background load is done (/readyz 200); fails with its answer if not."""
+    for _ in range(400):
+        if client.get("/readyz").status_code == 200:
+            return
+        asyncio.run(asyncio.sleep(0.025))
+    raise AssertionError(client.get("/readyz").text)

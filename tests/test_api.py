@@ -22,7 +22,7 @@ from app.config import Settings
 from app.generation.engine import EngineError
 from app.server.app import create_app
 from app.store.repositories import ApiKeyStore
-from tests.fakes import GOOD, ScriptedEngine, SlowEngine, make_pipeline
+from tests.fakes import GOOD, ScriptedEngine, SlowEngine, make_pipeline, wait_ready
 
 
 async def _keys(url: str) -> dict[str, str]:
@@ -50,9 +50,7 @@ def api(
     engine = ScriptedEngine([GOOD] * 50)
     app = create_app(settings, lambda s: make_pipeline(engine, tiny_catalog, tiny_shoppers, s))
     with TestClient(app) as client:
-        deadline = time.monotonic() + 10
-        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_ready(client)
         yield client, keys, engine
 
 
@@ -400,9 +398,7 @@ def limited(
     engine = ScriptedEngine([GOOD] * 50)
     app = create_app(settings, lambda s: make_pipeline(engine, tiny_catalog, tiny_shoppers, s))
     with TestClient(app) as client:
-        deadline = time.monotonic() + 10
-        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_ready(client)
         yield client, keys
 
 

@@ -32,7 +32,7 @@ from app.server.catalog.service import CatalogService
 from app.store.db import Database, EventRecord
 from app.store.repositories import CatalogChanges
 from tests.conftest import NOW, product
-from tests.fakes import GOOD, ScriptedEngine, WordEmbedder, make_pipeline
+from tests.fakes import GOOD, ScriptedEngine, WordEmbedder, make_pipeline, wait_ready
 from tests.test_api import _keys
 
 Client = TestClient[Litestar]
@@ -55,10 +55,7 @@ def app_client(
     engine = ScriptedEngine([GOOD] * 50)
     app = create_app(settings, lambda s: make_pipeline(engine, tiny_catalog, tiny_shoppers, s))
     with TestClient(app) as client:
-        for _ in range(200):
-            if client.get("/readyz").status_code == 200:
-                break
-            asyncio.run(asyncio.sleep(0.05))
+        wait_ready(client)
         yield client, keys
 
 

@@ -38,7 +38,7 @@ from app.pipeline import Pipeline
 from app.server.app import create_app
 from app.store.repositories import ApiKeyStore
 from app.tracing import REQUEST_ID, trace_mode
-from tests.fakes import GOOD, make_pipeline
+from tests.fakes import GOOD, make_pipeline, wait_ready
 
 PROMPT_TOKENS = 123  # what the fake server reports per request
 COMPLETION_TOKENS = 17
@@ -111,9 +111,7 @@ def api(
     fake = FakeVLLM()
     app = create_app(settings, loader(vllm_engine(fake), tiny_catalog, tiny_shoppers))
     with TestClient(app) as client:
-        deadline = time.monotonic() + 10
-        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_ready(client)
         yield client, key, fake
 
 

@@ -26,7 +26,7 @@ from app.server.app import create_app
 from app.store.db import Database
 from app.store.repositories import ApiKeyStore
 from app.store.templates import Conflict, TemplateStore
-from tests.fakes import GOOD, ScriptedEngine, make_pipeline
+from tests.fakes import GOOD, ScriptedEngine, make_pipeline, wait_ready
 from tests.test_api import _keys
 
 Client = TestClient[Litestar]
@@ -49,14 +49,6 @@ def start(settings: Settings, catalog: Catalog, shoppers: ShopperStore) -> Any:
     engine = ScriptedEngine([GOOD] * 200)
     app = create_app(settings, lambda s: make_pipeline(engine, catalog, shoppers, s))
     return TestClient(app)
-
-
-def wait_ready(client: Client) -> None:
-    for _ in range(400):
-        if client.get("/readyz").status_code == 200:
-            return
-        asyncio.run(asyncio.sleep(0.025))
-    raise AssertionError(client.get("/readyz").text)
 
 
 @pytest.fixture

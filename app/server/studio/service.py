@@ -317,16 +317,10 @@ class StudioService:
         try:
             source = body.decode("utf-8")
         except UnicodeDecodeError:
-            raise Problem(
-                "invalid-request",
-                "the file is not UTF-8 text",
-                errors=[{"field": "body", "message": "not UTF-8"}],
-            ) from None
+            raise invalid("body", "not UTF-8", "the file is not UTF-8 text") from None
         if not source.strip() or len(body) > MAX_TEMPLATE_BYTES:
-            raise Problem(
-                "invalid-request",
-                f"the file must be 1 to {MAX_TEMPLATE_BYTES} bytes",
-                errors=[{"field": "body", "message": "empty or too large"}],
+            raise invalid(
+                "body", "empty or too large", f"the file must be 1 to {MAX_TEMPLATE_BYTES} bytes"
             )
         latest = await self.store.latest(name)
         return await self.save(name, source, author=author, message=message, expected_latest=latest)
@@ -424,10 +418,10 @@ class StudioService:
         """Render (and optionally generate, taking a generation slot) with a stored version, a
         label, or unsaved text, for a stored shopper or an inline one (``shopper`` wins)."""
         if not 0 <= generate <= MAX_PREVIEW_BANNERS:
-            raise Problem(
-                "invalid-request",
+            raise invalid(
+                "generate",
+                f"0 to {MAX_PREVIEW_BANNERS}",
                 f"generate: 0 to {MAX_PREVIEW_BANNERS} banners",
-                errors=[{"field": "generate", "message": f"0 to {MAX_PREVIEW_BANNERS}"}],
             )
         problems: list[LintProblem] = []
         template: PromptTemplate | None
