@@ -402,6 +402,42 @@ def demo(shoppers: int, engine: str | None) -> None:
 
 
 @cli.command()
+@click.option("--placement", required=True, help="The placement to fill (home_hero, ...).")
+@click.option(
+    "--shoppers",
+    "selection",
+    default="all",
+    show_default=True,
+    help="Whom for: all, segment:NAME, or ids:FILE (one shopper id a line).",
+)
+@click.option("--stale-only", is_flag=True, help="Only what is missing or stale.")
+@engine_option
+@click.option("--json", "as_json", is_flag=True, help="Print the finished job as JSON.")
+@clear_errors
+def pregenerate(
+    placement: str, selection: str, stale_only: bool, engine: str | None, as_json: bool
+) -> None:
+    """Generate a placement's banners ahead of time, for every selected shopper, their
+    segments and everyone else, sharded over Ray workers. Run it again after an interruption:
+    it resumes, and what was finished is not made again."""
+    from app.pregeneration.jobs import run_job
+
+    job = run_job(get_settings(), placement, selection, stale_only, engine, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(job), default=str))
+    else:
+        rate = f", {job.banners_per_s:.2f} banners/s" if job.banners_per_s else ""
+        click.echo(
+            f"job {job.id} {job.state}: {job.done}/{job.total} made, {job.failures} failed, "
+            f"{job.fallbacks} fallback{rate}"
+        )
+        if job.error:
+            click.echo(f"error: {job.error}", err=True)
+    if job.state != "succeeded":
+        sys.exit(1)
+
+
+@cli.command()
 @engine_option
 @click.option("--host", default=None, help="Bind address (default: MARQUEE_HOST, 127.0.0.1).")
 @click.option("--port", default=None, type=click.IntRange(1, 65535), help="Default 8000.")

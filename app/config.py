@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.hardware import DtypeSetting
 
@@ -43,6 +45,12 @@ class Settings(BaseSettings):
     # vLLM: "managed" starts a server as a child process; "external" uses one at vllm_url.
     vllm_mode: Literal["managed", "external"] = "managed"
     vllm_url: str = "http://127.0.0.1:8001"  # external mode
+    # External mode, several replicas: requests go to the least-loaded one, and a dead one is
+    # skipped for vllm_replica_cooldown_s (doubling on repeated outages, up to six times it).
+    # When non-empty it wins over vllm_url. A JSON list or comma-separated URLs; NoDecode keeps
+    # pydantic-settings from insisting on JSON, the validator below reads both.
+    vllm_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    vllm_replica_cooldown_s: float = Field(default=10.0, gt=0)
     vllm_served_model: str | None = None  # the server's model name (default: llm_name)
     vllm_api_key: str = "none"
     vllm_port: int = Field(default=0, ge=0, le=65535)  # managed; 0 = any free port
@@ -127,6 +135,45 @@ class Settings(BaseSettings):
     )
     max_variants: int = Field(default=8, ge=1, le=32)
     generation_timeout_s: float = Field(default=120.0, gt=0)
+
+    # Pre-generation jobs (app/pregeneration): sharded over Ray workers. Empty address: a local
+    # Ray started in the process running the job; "ray://head:10001" or "auto": a cluster.
+    ray_address: str = ""
+    ray_num_cpus: int = Field(default=0, ge=0, le=100_000)  # local Ray; 0 = this machine's
+    ray_log_to_driver: bool = False  # workers' logs on this process's stderr
+    job_workers: int = Field(default=1, ge=1, le=10_000)  # Ray actors, each with a pipeline
+    job_worker_cpus: float = Field(default=1.0, gt=0, le=1024)  # Ray CPUs each one reserves
+    # Subjects per task, and tasks queued per worker: together how many generations one
+    # worker keeps in flight (the engine batches them; keep every replica saturated).
+    job_shard_size: int = Field(default=8, ge=1, le=10_000)
+    job_shards_in_flight: int = Field(default=4, ge=1, le=1024)
+    job_write_batch: int = Field(default=64, ge=1, le=100_000)  # results per transaction
+    # How long a job keeps retrying a write while the database is unavailable before it fails.
+    job_db_retry_s: float = Field(default=60.0, ge=0)
+    # A job without a heartbeat for this long is interrupted: starting it again resumes it.
+    job_heartbeat_timeout_s: float = Field(default=60.0, gt=5)
+    # A stored banner older than this is stale (0: age alone never makes it stale).
+    pregenerate_max_age_s: float = Field(default=7 * 86400.0, ge=0)
+
+    @field_validator("vllm_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        """``["http://a:8001", "http://b:8001"]`` or ``http://a:8001,http://b:8001``."""
+        if not isinstance(value, str):
+            return value  # a list given in code; the type check follows
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)  # a JSONDecodeError is a ValueError: a validation error
+        return [url.strip() for url in text.split(",") if url.strip()]
+
+    @field_validator("vllm_urls")
+    @classmethod
+    def _http_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"{url!r} is not an http(s) URL (like http://gpu-host:8001)")
+        return urls
 
     @property
     def products_file(self) -> Path:

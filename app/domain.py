@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
@@ -36,6 +37,12 @@ MAX_INTERESTS = 20
 # Template versions are stored as 32-bit integers (PostgreSQL INTEGER): a larger number in a
 # request is refused as invalid, never sent to the database (where SQLite overflows: a 500).
 MAX_VERSION = 2**31 - 1
+
+
+def to_identifier(text: str) -> str:
+    """``text`` with what an identifier may not hold replaced by ``_`` (a segment's name as
+    the id of the shopper standing in for it)."""
+    return re.sub(r"[^\w.:-]", "_", text)[:64] or "_"
 
 
 MAX_HISTORY = 10_000  # events kept per shopper: the newest win
@@ -186,3 +193,46 @@ class Homepage(BaseModel):
     shopper_id: str
     sections: list[HomepageSection]
     total_ms: float
+
+
+# --- pre-generation: who a stored banner is for, and what it was made from ------------------
+
+
+class Audience(StrEnum):
+    """Whom a pre-generated banner is for: one shopper, a segment (shown to its shoppers until
+    they have their own), or everyone else (``popular``)."""
+
+    SHOPPER = "shopper"
+    SEGMENT = "segment"
+    POPULAR = "popular"
+
+
+class Subject(BaseModel):
+    """One audience of a placement: the unit a pre-generation job makes a banner for."""
+
+    model_config = ConfigDict(frozen=True)
+
+    audience: Audience
+    key: str = ""  # the shopper id or segment name; "" for popular
+
+    @property
+    def shopper_id(self) -> str:
+        """The id the banner is generated (and its seeds drawn) for."""
+        if self.audience is Audience.SHOPPER:
+            return self.key
+        if self.audience is Audience.SEGMENT:
+            return f"segment:{self.key}"
+        return "popular"
+
+
+class BannerInputs(BaseModel):
+    """What a stored banner was made from; when any of it changes the banner is stale."""
+
+    model_config = ConfigDict(frozen=True)
+
+    shopper_version: str
+    template_version: int
+    template_label: str
+    model: str
+    # The shown products' facts when it was made: id -> (price, in stock).
+    facts: dict[str, tuple[float, bool]]

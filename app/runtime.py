@@ -165,28 +165,41 @@ def vllm_server_config(
 
 
 def make_vllm_engine(settings: Settings) -> Engine:
-    """External: a URL. Managed: start the server on the prepared model and wait for it."""
+    """External: a URL, or a pool over several (``vllm_urls``). Managed: start the server on
+    the prepared model and wait for it."""
     from app.generation.vllm_engine import VLLMEngine
     from app.generation.vllm_server import ManagedVLLM
 
     served = settings.vllm_served_model or settings.llm_name
-    server = None
-    url = settings.vllm_url
+
+    def engine(url: str, server: ManagedVLLM | None = None, max_retries: int = 2) -> VLLMEngine:
+        return VLLMEngine(
+            url,
+            settings.llm_name,
+            served_model=served,
+            api_key=settings.vllm_api_key,
+            timeout_s=settings.vllm_request_timeout_s,
+            max_in_flight=settings.vllm_max_in_flight,
+            server=server,
+            send_seed=settings.vllm_send_seed,
+            max_retries=max_retries,
+        )
+
     if settings.vllm_mode == "managed":
         server = ManagedVLLM(vllm_server_config(settings))
         server.start()
         server.wait_ready()
-        url = server.base_url
-    return VLLMEngine(
-        url,
-        settings.llm_name,
-        served_model=served,
-        api_key=settings.vllm_api_key,
-        timeout_s=settings.vllm_request_timeout_s,
-        max_in_flight=settings.vllm_max_in_flight,
-        server=server,
-        send_seed=settings.vllm_send_seed,
-    )
+        return engine(server.base_url, server)
+    if settings.vllm_urls:
+        from app.generation.replicas import ReplicaPool
+
+        # One retry still absorbs a keep-alive connection closed while idle; past it, moving
+        # on to another replica beats backing off on one that is down.
+        return ReplicaPool(
+            [engine(url, max_retries=1) for url in settings.vllm_urls],
+            cooldown_s=settings.vllm_replica_cooldown_s,
+        )
+    return engine(settings.vllm_url)
 
 
 def build_pipeline(

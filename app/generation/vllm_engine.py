@@ -35,6 +35,12 @@ def _response_format(schema: type[BannerCopy]) -> dict[str, Any]:
     }
 
 
+class ReplicaUnavailable(EngineError):
+    """The server could not be reached or failed on its side (connection refused, timeout,
+    5xx): another replica may well answer. A 4xx stays a plain EngineError, since the same
+    request would be refused everywhere."""
+
+
 class VLLMEngine:
     name = "vllm"
 
@@ -49,18 +55,27 @@ class VLLMEngine:
         max_in_flight: int = 64,
         server: ManagedVLLM | None = None,
         send_seed: bool = False,
+        max_retries: int = 2,
     ) -> None:
         self.send_seed = send_seed  # see Settings.vllm_send_seed
         self.server = server  # managed mode: this engine owns the server and stops it
         self.model = model  # the name recorded on banners
         self.served_model = served_model or model  # the name the server knows it by
         self.base_url = base_url.rstrip("/")
-        # Two retries with backoff absorb a keep-alive connection the server closed while idle;
-        # a server that is really down still fails within a few seconds.
+        # Two retries with backoff (the default) absorb a keep-alive connection the server closed
+        # while idle; a server that is really down still fails within a few seconds.
         self._client = openai.AsyncOpenAI(
-            base_url=f"{self.base_url}/v1", api_key=api_key, timeout=timeout_s, max_retries=2
+            base_url=f"{self.base_url}/v1",
+            api_key=api_key,
+            timeout=timeout_s,
+            max_retries=max_retries,
         )
         self._in_flight = asyncio.Semaphore(max_in_flight)
+
+    @property
+    def base_urls(self) -> list[str]:
+        """The servers this engine sends to (one here; several in a ReplicaPool)."""
+        return [self.base_url]
 
     @staticmethod
     def response_format(request: GenerationRequest) -> dict[str, Any]:
@@ -86,6 +101,11 @@ class VLLMEngine:
                     response_format=response_format,
                     extra_headers=headers,
                 )
+            except (openai.APIConnectionError, openai.InternalServerError) as error:
+                # APITimeoutError is an APIConnectionError: a hung server counts as down too.
+                raise ReplicaUnavailable(
+                    f"vLLM at {self.base_url}: {type(error).__name__}: {error}"[:300]
+                ) from error
             except openai.APIError as error:
                 raise EngineError(
                     f"vLLM at {self.base_url}: {type(error).__name__}: {error}"[:300]

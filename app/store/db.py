@@ -201,6 +201,66 @@ class FeedbackRecord(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class JobRecord(Base):
+    """A pre-generation job: one placement, a selection of shoppers, its progress. Jobs are
+    never deleted; a job ends succeeded, failed or cancelled, and a job whose runner stopped
+    sending heartbeats is interrupted (another start of the same job resumes it)."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    placement: Mapped[str] = mapped_column(String(64), index=True)
+    # The selection as asked: "all", "segment:<name>" or "ids" (the ids themselves below).
+    shoppers: Mapped[str] = mapped_column(String(120))
+    shopper_ids: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    stale_only: Mapped[bool] = mapped_column(Boolean, default=False)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    # The placement while the job is queued or running, else NULL: a unique column, so two
+    # processes can never both start a job for one placement (NULLs never conflict).
+    active_placement: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    fallbacks: Mapped[int] = mapped_column(Integer, default=0)
+    # Done when the current run started: its rate counts only what this run made.
+    done_before_run: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    runner: Mapped[str | None] = mapped_column(String(120), nullable=True)  # host:pid
+    created_by: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class PlacementBannerRecord(Base):
+    """The pre-generated banner a placement shows one audience: a shopper, a segment (served
+    to shoppers without their own) or ``popular`` (everyone else). One row per (placement,
+    audience, subject), replaced by each regeneration."""
+
+    __tablename__ = "placement_banners"
+
+    placement: Mapped[str] = mapped_column(String(64), primary_key=True)
+    audience: Mapped[str] = mapped_column(String(16), primary_key=True)  # shopper|segment|popular
+    subject: Mapped[str] = mapped_column(String(64), primary_key=True)  # "" for popular
+    banner_id: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    fallback: Mapped[bool] = mapped_column(Boolean, default=False)
+    # What it was made from (app/pregeneration/freshness.py compares these with now).
+    shopper_version: Mapped[str] = mapped_column(String(64))
+    template: Mapped[str] = mapped_column(String(64))
+    template_version: Mapped[int] = mapped_column(Integer)
+    template_label: Mapped[str] = mapped_column(String(40))
+    model: Mapped[str] = mapped_column(String(120))
+    facts: Mapped[dict[str, Any]] = mapped_column(JSON)  # shown product id -> [price, in stock]
+    # Why it must be made again (NULL: fresh as far as is known): set by the read path or by
+    # an invalidation, cleared by the next generation.
+    stale_reason: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    job_id: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
+    generated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
 # A PostgreSQL lock held until the transaction ends, named by a string (see Database.writing).
 PG_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(:lock))")
 

@@ -1,0 +1,56 @@
+"""Ray: started in this process with no cluster by default, or a cluster at
+``MARQUEE_RAY_ADDRESS``. The one place that calls ``ray.init``."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from app.config import Settings
+from app.logs import get_logger
+
+log = get_logger(__name__)
+
+_lock = threading.Lock()
+
+# What every worker process needs whatever machine it lands on: no model hub is reachable,
+# and tokenizers must not fork thread pools inside Ray's worker processes.
+WORKER_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "TORCHDYNAMO_DISABLE": "1",
+}
+
+
+def connect(settings: Settings) -> None:
+    """Join the cluster at ``settings.ray_address``, or start a local Ray in this process
+    (once; later calls return at once). Blocking: seconds for a local start."""
+    import ray
+
+    with _lock:
+        if ray.is_initialized():
+            return
+        env = {**WORKER_ENV, **{k: v for k, v in os.environ.items() if k.startswith("MARQUEE_")}}
+        options: dict[str, Any] = {
+            "runtime_env": {"env_vars": env},
+            "include_dashboard": False,
+            "log_to_driver": settings.ray_log_to_driver,
+            "logging_level": "WARNING",
+        }
+        if settings.ray_address:
+            log.info("ray_connect", address=settings.ray_address)
+            ray.init(address=settings.ray_address, **options)
+        else:
+            cpus = settings.ray_num_cpus or os.cpu_count() or 1
+            log.info("ray_local_start", cpus=cpus)
+            ray.init(num_cpus=cpus, **options)
+
+
+def shutdown() -> None:
+    import ray
+
+    with _lock:
+        if ray.is_initialized():
+            ray.shutdown()

@@ -1,0 +1,114 @@
+"""Starting a job from a command line: the selection as typed, the engine the workers use,
+a progress bar. (The service starts jobs through its jobs slice, with the same runner.)"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+from pathlib import Path
+
+from app.config import Settings
+from app.generation.engine import Engine
+from app.pregeneration.plan import SelectionError, read_ids, subjects
+from app.pregeneration.runner import JobRunner, Progress
+from app.store.db import Database
+from app.store.pregenerated import Job, JobConflict, JobSpec, JobStore, PlacementBannerStore
+
+
+def spec_from_text(placement: str, selection: str, stale_only: bool) -> JobSpec:
+    """``all``, ``segment:NAME`` or ``ids:FILE`` as a job's spec."""
+    if selection.startswith("ids:"):
+        path = Path(selection.removeprefix("ids:"))
+        ids = read_ids(path)
+        if not ids:
+            raise SelectionError(f"{path}: no shopper id in it")
+        return JobSpec(placement, "ids", ids, stale_only)
+    if selection == "ids":
+        raise SelectionError("ids needs a file: --shoppers ids:FILE")
+    return JobSpec(placement, selection, None, stale_only)
+
+
+def engine_urls(engine: Engine | None) -> list[str]:
+    """The vLLM server(s) behind ``engine``, for workers to send generation to; empty for an
+    in-process engine (each worker then loads its own)."""
+    urls = getattr(engine, "base_urls", None)
+    return list(urls) if urls else []
+
+
+def validate(settings: Settings, spec: JobSpec) -> None:
+    """Refuse an unknown placement or a selection of no known shopper before anything runs."""
+    from app.runtime import load_data, load_templates
+
+    templates = load_templates(settings)
+    try:
+        templates.default_for(spec.placement)
+    except KeyError:
+        placements = sorted({templates.get(n).header.placement for n in templates.names})
+        raise SelectionError(
+            f"unknown placement '{spec.placement}' (placements: {', '.join(placements)})"
+        ) from None
+    _, shoppers = load_data(settings)
+    subjects(shoppers, spec.shoppers, spec.shopper_ids)
+
+
+def run_job(
+    settings: Settings,
+    placement: str,
+    selection: str,
+    stale_only: bool,
+    engine_name: str | None,
+    *,
+    progress: bool = True,
+) -> Job:
+    """Start (or resume) a job and run it here to its end."""
+    from app.runtime import make_engine
+
+    spec = spec_from_text(placement, selection, stale_only)
+    validate(settings, spec)
+    engine_settings = settings.model_copy(update={"engine": engine_name or settings.engine})
+    # A vLLM engine here is a server (managed: started now) the workers share; the
+    # transformers engine is loaded by each worker instead.
+    engine = make_engine(engine_settings) if engine_settings.engine == "vllm" else None
+    try:
+        return asyncio.run(_run(engine_settings, spec, engine, progress))
+    finally:
+        if engine is not None:
+            asyncio.run(engine.close())
+
+
+async def _run(settings: Settings, spec: JobSpec, engine: Engine | None, progress: bool) -> Job:
+    from tqdm import tqdm
+
+    async with Database.upgraded(settings.database) as db:
+        jobs = JobStore(db, settings.job_heartbeat_timeout_s)
+        try:
+            job, resumed = await jobs.start(spec, f"cli:{getpass.getuser()}")
+        except JobConflict as conflict:
+            active = conflict.active
+            raise SelectionError(
+                f"job {active.id} is {active.state} for placement '{spec.placement}' "
+                f"({active.done}/{active.total} made); wait for it, or cancel it with "
+                f"DELETE /v1/jobs/{active.id}"
+            ) from None
+        bar = tqdm(total=0, unit="banner", desc=job.id, disable=not progress)
+        if resumed:
+            bar.write(f"resuming {job.id}: {job.done} made before")
+
+        def show(p: Progress) -> None:
+            bar.total = p.total
+            bar.n = p.done
+            bar.set_postfix(failed=p.failures, fallback=p.fallbacks, refresh=False)
+            bar.refresh()
+
+        runner = JobRunner(
+            settings,
+            jobs,
+            PlacementBannerStore(db),
+            engine_urls(engine),
+            model=engine.model if engine is not None else settings.llm_name,
+            on_progress=show,
+        )
+        try:
+            return await runner.run(job)
+        finally:
+            bar.close()

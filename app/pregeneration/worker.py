@@ -1,0 +1,108 @@
+"""Making the banners of a job's subjects: retrieval, render and guards here, generation in the
+engine (vLLM replicas). ``SubjectMaker`` is plain code; ``Worker`` runs it as a Ray actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from app.catalog.store import shopper_version
+from app.config import Settings
+from app.domain import Subject
+from app.logs import get_logger
+from app.pipeline import BannerRequest, Pipeline
+from app.pregeneration.freshness import inputs_of
+from app.pregeneration.plan import shopper_for
+from app.store.pregenerated import Generated
+
+log = get_logger(__name__)
+
+ENGINE_DOWN = "the model did not answer"
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A subject nothing could be made for (a defect, not the model: the pipeline answers a
+    model's failure with fallback copy)."""
+
+    subject: Subject
+    error: str
+
+
+Outcome = Generated | Failed
+
+
+def model_failed(generated: Generated) -> bool:
+    """Whether the engine never answered: the banner is fallback copy, stored but stale."""
+    return generated.stale_reason == ENGINE_DOWN
+
+
+class SubjectMaker:
+    """Makes one placement's banner for subjects, concurrently: the engine batches them."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    async def make(self, placement: str, subjects: list[Subject]) -> list[Outcome]:
+        return list(await asyncio.gather(*(self._one(placement, s) for s in subjects)))
+
+    async def _one(self, placement: str, subject: Subject) -> Outcome:
+        pipeline = self.pipeline
+        try:
+            shopper = shopper_for(subject, pipeline.shoppers)
+            request = BannerRequest(shopper_id=shopper.id, shopper=shopper, placement=placement)
+            banner = (await pipeline.generate(request))[0]
+        except Exception as error:  # one subject's defect never stops the others
+            log.exception("subject_failed", subject=subject.shopper_id, placement=placement)
+            return Failed(subject, f"{type(error).__name__}: {error}"[:300])
+        down = any(flag.startswith("engine_error") for flag in banner.flags)
+        return Generated(
+            subject=subject,
+            banner=banner,
+            inputs=inputs_of(banner, shopper_version(shopper), pipeline.catalog),
+            stale_reason=ENGINE_DOWN if down else None,
+        )
+
+
+def worker_settings(settings: Settings, engine_urls: list[str]) -> Settings:
+    """A worker's settings: the job's engine is the vLLM server(s) at ``engine_urls`` (the
+    managed server of the process that started the job, or the configured replicas); none:
+    the worker loads the configured engine itself."""
+    if not engine_urls:
+        return settings
+    return settings.model_copy(
+        update={"engine": "vllm", "vllm_mode": "external", "vllm_urls": list(engine_urls)}
+    )
+
+
+class Worker:
+    """A Ray actor (see ``cluster.worker_class``) holding one pipeline. Its methods are
+    coroutines, so Ray runs several ``make`` calls at once on the actor's event loop."""
+
+    def __init__(self, settings: Settings, engine_urls: list[str]) -> None:
+        self.settings = worker_settings(settings, engine_urls)
+        self.maker: SubjectMaker | None = None
+
+    async def ready(self) -> int:
+        """Load the pipeline (off the event loop: loading runs its own), then report the
+        process id."""
+        import os
+
+        from app.runtime import build_pipeline, share_cores_with_model_server
+
+        if self.maker is None:
+            share_cores_with_model_server(self.settings.torch_threads_beside_vllm)
+            pipeline = await asyncio.to_thread(build_pipeline, self.settings)
+            self.maker = SubjectMaker(pipeline)
+        return os.getpid()
+
+    async def make(self, placement: str, subjects: list[Subject]) -> list[Outcome]:
+        if self.maker is None:
+            await self.ready()
+        assert self.maker is not None
+        return await self.maker.make(placement, subjects)
+
+    async def close(self) -> None:
+        if self.maker is not None:
+            await self.maker.pipeline.close()

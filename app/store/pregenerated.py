@@ -1,0 +1,441 @@
+"""Pre-generation's tables: jobs (state, progress, who runs them) and the banner each
+placement keeps per shopper, segment and for everyone else.
+
+A job's results and its counters are written in one transaction (``JobStore.record``): a job
+killed at any moment has counted exactly what it stored, and a resumed job skips exactly that.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.domain import Audience, Banner, BannerInputs, Subject
+from app.store.db import Database, JobRecord, PlacementBannerRecord, aware
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
+# Queued, running and interrupted jobs hold their placement: an interrupted job (stopped, or
+# its runner gone without a word) waits to be resumed by the next start of the same job.
+HOLDING = ("queued", "running", "interrupted")
+FINISHED = ("succeeded", "failed", "cancelled")
+MAX_JOB_SHOPPER_IDS = 1_000_000  # an explicit id list travels in the job row (JSON)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a job makes: one placement, for a selection of shoppers."""
+
+    placement: str
+    shoppers: str = "all"  # "all", "segment:<name>" or "ids"
+    shopper_ids: tuple[str, ...] | None = None  # for "ids"
+    stale_only: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    spec: JobSpec
+    state: JobState
+    total: int
+    done: int
+    failures: int
+    fallbacks: int
+    banners_per_s: float | None
+    eta_s: float | None
+    cancel_requested: bool
+    error: str | None
+    runner: str | None
+    created_by: str
+    created_at: datetime
+    started_at: datetime | None
+    heartbeat_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+
+@dataclass(frozen=True)
+class JobConflict(Exception):
+    """Another job is making this placement now."""
+
+    active: Job
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One subject's new banner and what it was made from. ``stale_reason``: stored, but to be
+    made again (an engine outage's fallback copy)."""
+
+    subject: Subject
+    banner: Banner
+    inputs: BannerInputs
+    stale_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredBanner:
+    placement: str
+    subject: Subject
+    banner: Banner
+    inputs: BannerInputs
+    stale_reason: str | None
+    job_id: str | None
+    generated_at: datetime
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _job(record: JobRecord, dead_after_s: float, now: datetime | None = None) -> Job:
+    now = now or _now()
+    state: JobState = record.state  # type: ignore[assignment]
+    last_sign = record.heartbeat_at or record.created_at
+    alive = ("queued", "running")
+    if state in alive and now - aware(last_sign) > timedelta(seconds=dead_after_s):
+        state = "interrupted"  # its runner stopped without saying so (killed, machine lost)
+    rate = eta = None
+    if record.started_at is not None and record.heartbeat_at is not None:
+        elapsed = (aware(record.heartbeat_at) - aware(record.started_at)).total_seconds()
+        made = record.done - record.done_before_run
+        if elapsed > 0 and made > 0:
+            rate = made / elapsed
+            eta = max(record.total - record.done, 0) / rate if state in alive else None
+    return Job(
+        id=record.id,
+        spec=JobSpec(
+            placement=record.placement,
+            shoppers=record.shoppers,
+            shopper_ids=tuple(record.shopper_ids) if record.shopper_ids is not None else None,
+            stale_only=record.stale_only,
+        ),
+        state=state,
+        total=record.total,
+        done=record.done,
+        failures=record.failures,
+        fallbacks=record.fallbacks,
+        banners_per_s=rate,
+        eta_s=eta,
+        cancel_requested=record.cancel_requested,
+        error=record.error,
+        runner=record.runner,
+        created_by=record.created_by,
+        created_at=aware(record.created_at),
+        started_at=aware(record.started_at) if record.started_at else None,
+        heartbeat_at=aware(record.heartbeat_at) if record.heartbeat_at else None,
+        finished_at=aware(record.finished_at) if record.finished_at else None,
+    )
+
+
+def _same_spec(record: JobRecord, spec: JobSpec) -> bool:
+    ids = tuple(record.shopper_ids) if record.shopper_ids is not None else None
+    return (record.placement, record.shoppers, ids, record.stale_only) == (
+        spec.placement,
+        spec.shoppers,
+        spec.shopper_ids,
+        spec.stale_only,
+    )
+
+
+class JobStore:
+    """Jobs and the results they record. ``dead_after_s``: a queued or running job without a
+    heartbeat for that long is interrupted (its runner is gone)."""
+
+    def __init__(self, db: Database, dead_after_s: float = 60.0) -> None:
+        self.db = db
+        self.dead_after_s = dead_after_s
+
+    async def start(self, spec: JobSpec, created_by: str) -> tuple[Job, bool]:
+        """A queued job for ``spec``, and whether it is an interrupted one resumed.
+
+        Raises JobConflict while a live job makes the same placement. An interrupted job with
+        the same spec is resumed (what it finished stays finished); one with another spec is
+        cancelled and a new job starts.
+        """
+        async with self.db.writing(f"jobs:{spec.placement}") as session:
+            active = await session.scalar(
+                select(JobRecord).where(JobRecord.active_placement == spec.placement)
+            )
+            if active is not None:
+                view = _job(active, self.dead_after_s)
+                if view.state != "interrupted":
+                    raise JobConflict(view)
+                if _same_spec(active, spec):
+                    active.state = "queued"
+                    active.heartbeat_at = _now()
+                    active.cancel_requested = False
+                    active.error = None
+                    return _job(active, self.dead_after_s), True
+                active.state = "cancelled"
+                active.error = "superseded by a job with another selection"
+                active.active_placement = None
+                active.finished_at = _now()
+                await session.flush()
+            now = _now()
+            record = JobRecord(
+                id="job_" + secrets.token_hex(8),
+                placement=spec.placement,
+                shoppers=spec.shoppers,
+                shopper_ids=list(spec.shopper_ids) if spec.shopper_ids is not None else None,
+                stale_only=spec.stale_only,
+                state="queued",
+                active_placement=spec.placement,
+                total=0,
+                done=0,
+                failures=0,
+                fallbacks=0,
+                done_before_run=0,
+                cancel_requested=False,
+                created_by=created_by,
+                created_at=now,
+                heartbeat_at=now,
+            )
+            session.add(record)
+            try:
+                await session.flush()
+            except IntegrityError:  # another process started one in between (PostgreSQL)
+                raise JobConflict(await self._active(spec.placement)) from None
+            return _job(record, self.dead_after_s), False
+
+    async def _active(self, placement: str) -> Job:
+        async with self.db.sessions() as session:
+            record = await session.scalar(
+                select(JobRecord).where(JobRecord.active_placement == placement)
+            )
+        assert record is not None
+        return _job(record, self.dead_after_s)
+
+    async def run(self, job_id: str, runner: str, total: int, done: int) -> Job:
+        """Mark a job running in ``runner`` (host:pid), with its planned size: ``done`` pairs
+        already made by earlier runs of it, ``total`` in all."""
+        async with self.db.writing(f"job:{job_id}") as session:
+            record = await session.get(JobRecord, job_id)
+            if record is None:
+                raise KeyError(job_id)
+            now = _now()
+            record.state = "running"
+            record.runner = runner
+            record.total = total
+            record.done = done
+            record.done_before_run = done
+            record.started_at = now
+            record.heartbeat_at = now
+            return _job(record, self.dead_after_s)
+
+    async def record(
+        self,
+        job_id: str,
+        placement: str,
+        results: Sequence[Generated],
+        failed: int = 0,
+        failures: int = 0,
+    ) -> bool:
+        """Store finished banners and count them, in one transaction, with the heartbeat.
+        ``failed``: subjects handled but nothing stored; ``failures``: those plus the stored
+        banners the model never answered for. Returns whether the job was asked to stop."""
+        now = _now()
+        rows = [_row(placement, result, job_id, now) for result in results]
+        async with self.db.writing(f"job:{job_id}") as session:
+            await _upsert(session, rows)
+            await session.execute(
+                update(JobRecord)
+                .where(JobRecord.id == job_id)
+                .values(
+                    done=JobRecord.done + len(results) + failed,
+                    failures=JobRecord.failures + failures,
+                    fallbacks=JobRecord.fallbacks + sum(r.banner.fallback for r in results),
+                    heartbeat_at=now,
+                )
+            )
+            cancel = await session.scalar(
+                select(JobRecord.cancel_requested).where(JobRecord.id == job_id)
+            )
+        return bool(cancel)
+
+    async def finish(self, job_id: str, state: JobState, error: str | None = None) -> Job:
+        async with self.db.writing(f"job:{job_id}") as session:
+            record = await session.get(JobRecord, job_id)
+            if record is None:
+                raise KeyError(job_id)
+            now = _now()
+            record.state = state
+            record.error = error[:500] if error else None
+            record.active_placement = None  # the placement is free for the next job
+            record.finished_at = now
+            record.heartbeat_at = now
+            return _job(record, self.dead_after_s)
+
+    async def interrupt(self, job_id: str) -> None:
+        """The runner stops before the end (its process is shutting down): the job keeps its
+        placement, and the next start of the same job resumes it."""
+        async with self.db.writing(f"job:{job_id}") as session:
+            record = await session.get(JobRecord, job_id)
+            if record is not None and record.state not in FINISHED:
+                record.state = "interrupted"
+                record.heartbeat_at = _now()
+
+    async def cancel(self, job_id: str) -> Job | None:
+        """Ask a job to stop. A live job stops at its next write; one whose runner is gone
+        ends here. A finished job stays as it is. None: no such job."""
+        async with self.db.writing(f"job:{job_id}") as session:
+            record = await session.get(JobRecord, job_id)
+            if record is None:
+                return None
+            if record.state in FINISHED:
+                return _job(record, self.dead_after_s)
+            record.cancel_requested = True
+            if _job(record, self.dead_after_s).state == "interrupted":  # nobody left to stop it
+                record.state = "cancelled"
+                record.active_placement = None
+                record.finished_at = _now()
+            return _job(record, self.dead_after_s)
+
+    async def get(self, job_id: str) -> Job | None:
+        async with self.db.sessions() as session:
+            record = await session.get(JobRecord, job_id)
+        return None if record is None else _job(record, self.dead_after_s)
+
+    async def list(self, limit: int = 50) -> list[Job]:
+        async with self.db.sessions() as session:
+            records = await session.scalars(
+                select(JobRecord).order_by(JobRecord.created_at.desc()).limit(limit)
+            )
+            return [_job(r, self.dead_after_s) for r in records]
+
+    async def finished_by(
+        self, job_id: str, placement: str, subjects: Iterable[Subject]
+    ) -> set[Subject]:
+        """Which of ``subjects`` this job has already made (a resumed job skips them)."""
+        keys = [(s.audience.value, s.key) for s in subjects]
+        if not keys:
+            return set()
+        async with self.db.sessions() as session:
+            rows = await session.execute(
+                select(PlacementBannerRecord.audience, PlacementBannerRecord.subject).where(
+                    PlacementBannerRecord.placement == placement,
+                    PlacementBannerRecord.job_id == job_id,
+                    tuple_(PlacementBannerRecord.audience, PlacementBannerRecord.subject).in_(keys),
+                )
+            )
+            return {Subject(audience=Audience(a), key=k) for a, k in rows}
+
+
+KEY_COLUMNS = ("placement", "audience", "subject")
+
+
+async def _upsert(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Insert placement banners, replacing the stored one of the same (placement, audience,
+    subject): one statement, so a row is either the old banner or the new one."""
+    if not rows:
+        return
+    dialect = sqlite if session.get_bind().dialect.name == "sqlite" else postgresql
+    insert = dialect.insert(PlacementBannerRecord.__table__)
+    statement = insert.on_conflict_do_update(
+        index_elements=list(KEY_COLUMNS),
+        set_={c: insert.excluded[c] for c in rows[0] if c not in KEY_COLUMNS},
+    )
+    await session.execute(statement, rows)
+
+
+def _row(placement: str, result: Generated, job_id: str | None, now: datetime) -> dict[str, Any]:
+    inputs = result.inputs
+    return {
+        "placement": placement,
+        "audience": result.subject.audience.value,
+        "subject": result.subject.key,
+        "banner_id": result.banner.id,
+        "payload": result.banner.model_dump(mode="json"),
+        "fallback": result.banner.fallback,
+        "shopper_version": inputs.shopper_version,
+        "template": result.banner.template,
+        "template_version": inputs.template_version,
+        "template_label": inputs.template_label,
+        "model": inputs.model,
+        "facts": {pid: list(fact) for pid, fact in inputs.facts.items()},
+        "stale_reason": result.stale_reason,
+        "job_id": job_id,
+        "generated_at": now,
+    }
+
+
+def _stored(record: PlacementBannerRecord) -> StoredBanner:
+    return StoredBanner(
+        placement=record.placement,
+        subject=Subject(audience=Audience(record.audience), key=record.subject),
+        banner=Banner.model_validate(record.payload),
+        inputs=BannerInputs(
+            shopper_version=record.shopper_version,
+            template_version=record.template_version,
+            template_label=record.template_label,
+            model=record.model,
+            facts={pid: (float(f[0]), bool(f[1])) for pid, f in record.facts.items()},
+        ),
+        stale_reason=record.stale_reason,
+        job_id=record.job_id,
+        generated_at=aware(record.generated_at),
+    )
+
+
+class PlacementBannerStore:
+    """The stored banners the read path serves and the planner checks for staleness."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def get(self, placement: str, subject: Subject) -> StoredBanner | None:
+        async with self.db.sessions() as session:
+            record = await session.get(
+                PlacementBannerRecord, (placement, subject.audience.value, subject.key)
+            )
+        return None if record is None else _stored(record)
+
+    async def many(
+        self, placement: str, subjects: Sequence[Subject]
+    ) -> dict[Subject, StoredBanner]:
+        """The stored banners of ``subjects`` (absent ones left out), in one query."""
+        keys = [(s.audience.value, s.key) for s in subjects]
+        if not keys:
+            return {}
+        async with self.db.sessions() as session:
+            records = await session.scalars(
+                select(PlacementBannerRecord).where(
+                    PlacementBannerRecord.placement == placement,
+                    tuple_(PlacementBannerRecord.audience, PlacementBannerRecord.subject).in_(keys),
+                )
+            )
+            stored = [_stored(r) for r in records]
+        return {s.subject: s for s in stored}
+
+    async def save(self, placement: str, results: Sequence[Generated]) -> None:
+        """Store banners made outside a job (a live generation kept for the next read)."""
+        if not results:
+            return
+        rows = [_row(placement, result, None, _now()) for result in results]
+        async with self.db.writing() as session:
+            await _upsert(session, rows)
+
+    async def mark_stale(
+        self, placement: str, subject: Subject, reason: str, banner_id: str
+    ) -> None:
+        """Mark one stored banner stale, unless it was replaced meanwhile (``banner_id``)."""
+        async with self.db.writing() as session:
+            await session.execute(
+                update(PlacementBannerRecord)
+                .where(
+                    PlacementBannerRecord.placement == placement,
+                    PlacementBannerRecord.audience == subject.audience.value,
+                    PlacementBannerRecord.subject == subject.key,
+                    PlacementBannerRecord.banner_id == banner_id,
+                )
+                .values(stale_reason=reason[:300])
+            )
