@@ -13,7 +13,10 @@ ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1
 
 # The constrained strings every layer shares, declared once: the core validates with them and
 # the HTTP side builds its wire types and path parameters from them.
-IDENTIFIER_PATTERN = r"^[\w.:-]{1,64}$"  # products, shoppers, events, banners
+# ASCII only, as documented: ``\w`` means different things to Python's ``re`` (path
+# parameters) and pydantic's Rust engine (bodies), so "²" passed one and failed the other.
+IDENTIFIER_CHARS = "A-Za-z0-9_.:-"
+IDENTIFIER_PATTERN = rf"^[{IDENTIFIER_CHARS}]{{1,64}}$"  # products, shoppers, events, banners
 NAME_PATTERN = r"^[a-z][a-z0-9_]{1,48}$"  # templates and placements
 LABEL_PATTERN = r"^[a-z][a-z0-9_-]{1,39}$"  # template labels: production, candidate, ...
 LOCALE_PATTERN = r"^[a-z]{2}(-[A-Z]{2})?$"  # en, en-US
@@ -24,7 +27,9 @@ KEY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,79}$"
 
 Identifier = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[\w.:-]+$"),
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=64, pattern=rf"^[{IDENTIFIER_CHARS}]+$"
+    ),
 ]
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Label = Annotated[str, StringConstraints(pattern=LABEL_PATTERN)]
@@ -42,7 +47,7 @@ MAX_VERSION = 2**31 - 1
 def to_identifier(text: str) -> str:
     """``text`` with what an identifier may not hold replaced by ``_`` (a segment's name as
     the id of the shopper standing in for it)."""
-    return re.sub(r"[^\w.:-]", "_", text)[:64] or "_"
+    return re.sub(rf"[^{IDENTIFIER_CHARS}]", "_", text)[:64] or "_"
 
 
 MAX_HISTORY = 10_000  # events kept per shopper: the newest win

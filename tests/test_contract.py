@@ -171,7 +171,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
     history = (event("C1", EventType.VIEW, 2), event("C3", EventType.PURCHASE, 1))
     shoppers = ShopperStore([Shopper(id="coffee_fan", segment="regular", history=history)])
     app = create_app(
-        settings_, lambda s: make_pipeline(engine, Catalog(TINY_PRODUCTS), shoppers, s)
+        settings_,
+        lambda s: make_pipeline(engine, Catalog(TINY_PRODUCTS), shoppers, s),
+        jobs_in_process=True,  # the fuzzed jobs are made by this pipeline, not Ray workers
     )
     with serving(app) as base:
         assert httpx.get(f"{base}/docs/openapi.json").json() == DOCUMENT

@@ -11,6 +11,7 @@ from app.config import Settings
 from app.generation.engine import Engine
 from app.pregeneration.plan import SelectionError, read_ids, subjects
 from app.pregeneration.runner import JobRunner, Progress
+from app.pregeneration.worker import engine_urls
 from app.store.db import Database
 from app.store.pregenerated import Job, JobConflict, JobSpec, JobStore, PlacementBannerStore
 
@@ -26,13 +27,6 @@ def spec_from_text(placement: str, selection: str, stale_only: bool) -> JobSpec:
     if selection == "ids":
         raise SelectionError("ids needs a file: --shoppers ids:FILE")
     return JobSpec(placement, selection, None, stale_only)
-
-
-def engine_urls(engine: Engine | None) -> list[str]:
-    """The vLLM server(s) behind ``engine``, for workers to send generation to; empty for an
-    in-process engine (each worker then loads its own)."""
-    urls = getattr(engine, "base_urls", None)
-    return list(urls) if urls else []
 
 
 def validate(settings: Settings, spec: JobSpec) -> None:

@@ -13,7 +13,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +27,7 @@ from app.logs import get_logger
 from app.pregeneration import cluster
 from app.pregeneration.freshness import stale_reasons
 from app.pregeneration.plan import current, in_prompt_order, subjects
-from app.pregeneration.worker import Failed, Outcome, Worker, model_failed
+from app.pregeneration.worker import Failed, Outcome, SubjectMaker, Worker, model_failed
 from app.prompting.templates import TemplateRegistry
 from app.store.pregenerated import Generated, Job, JobState, JobStore, PlacementBannerStore
 
@@ -79,7 +79,8 @@ def runner_name() -> str:
 
 class JobRunner:
     """Runs jobs with the pipeline parts of ``settings``. ``engine_urls``: the vLLM server(s)
-    the workers generate with (empty: each worker loads the configured engine itself)."""
+    the workers generate with (empty: each worker loads the configured engine itself).
+    ``in_process``: make every shard here with this maker instead of on Ray workers."""
 
     def __init__(
         self,
@@ -89,6 +90,7 @@ class JobRunner:
         engine_urls: list[str],
         model: str,
         on_progress: Callable[[Progress], None] | None = None,
+        in_process: SubjectMaker | None = None,
     ) -> None:
         self.settings = settings
         self.jobs = jobs
@@ -96,6 +98,7 @@ class JobRunner:
         self.engine_urls = engine_urls
         self.model = model
         self.on_progress = on_progress
+        self.in_process = in_process
 
     async def run(self, job: Job) -> Job:
         """Run ``job`` to its end (succeeded, cancelled or failed) and return it. Never raises
@@ -179,14 +182,54 @@ class JobRunner:
     # --- running ----------------------------------------------------------------------------
 
     async def _dispatch(self, job: Job, planned: list[Subject]) -> JobState:
-        """Shard ``planned`` over the workers, keeping each one's queue full, and store results
-        as they come. Returns how the job ended."""
+        """Make ``planned`` shard by shard and store results as they come. Returns how the
+        job ended."""
+        size = self.settings.job_shard_size
+        shards = deque(_Shard(planned[i : i + size]) for i in range(0, len(planned), size))
+        made = self._in_process(job, shards) if self.in_process else self._on_ray(job, shards)
+        pending = _Pending()
+        counts = _Counts(job.done, job.failures, job.fallbacks)
+        stop = asyncio.Event()  # set when the job is asked to stop between two writes
+        heartbeat = asyncio.create_task(self._heartbeat(job, stop))
+        try:
+            async for outcomes in made:  # an empty list now and then: time to look up
+                for outcome in outcomes:
+                    if isinstance(outcome, Failed):
+                        pending.failed += 1
+                    else:
+                        pending.generated.append(outcome)
+                if pending and (
+                    len(pending) >= self.settings.job_write_batch
+                    or time.monotonic() - pending.since > 2.0
+                ):
+                    if await self._write(job, pending, counts):
+                        return "cancelled"
+                    pending = _Pending()
+                if stop.is_set():
+                    return "cancelled"
+            if pending and await self._write(job, pending, counts):
+                return "cancelled"
+            return "succeeded"
+        finally:
+            heartbeat.cancel()
+            await made.aclose()  # stops the workers
+
+    async def _in_process(
+        self, job: Job, shards: deque[_Shard]
+    ) -> AsyncGenerator[list[Outcome], None]:
+        """Shards made one after the other by this process's pipeline (tests, and a service
+        told not to use Ray)."""
+        assert self.in_process is not None
+        while shards:
+            yield await self.in_process.make(job.spec.placement, shards.popleft().subjects)
+
+    async def _on_ray(self, job: Job, shards: deque[_Shard]) -> AsyncGenerator[list[Outcome], None]:
+        """Shards spread over Ray workers, each kept ``job_shards_in_flight`` deep so the
+        engine always has work; a worker that dies is replaced and its shard sent again."""
         import ray
         from ray.exceptions import RayActorError
 
         await asyncio.to_thread(cluster.connect, self.settings)
-        size = self.settings.job_shard_size
-        shards = deque(_Shard(planned[i : i + size]) for i in range(0, len(planned), size))
         depth = self.settings.job_shards_in_flight
         # Coroutine methods make it an async actor: ``depth`` make() calls run at once.
         actor_class: Any = ray.remote(Worker).options(
@@ -197,15 +240,9 @@ class JobRunner:
             for _ in range(max(1, min(self.settings.job_workers, len(shards))))
         ]
         in_flight: dict[asyncio.Future[list[Outcome]], tuple[int, _Shard]] = {}
-        pending = _Pending()
-        counts = _Counts(job.done, job.failures, job.fallbacks)
-        stop = asyncio.Event()  # set when the job is asked to stop between two writes
-        heartbeat = asyncio.create_task(self._heartbeat(job, stop))
         try:
             await asyncio.gather(*(w.ready.remote() for w in workers))
             while shards or in_flight:
-                if stop.is_set():
-                    return "cancelled"
                 for index, worker in enumerate(workers):
                     load = sum(1 for i, _ in in_flight.values() if i == index)
                     while shards and load < depth:
@@ -217,31 +254,18 @@ class JobRunner:
                 finished, _ = await asyncio.wait(
                     in_flight, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED
                 )
+                if not finished:
+                    yield []
                 for future in finished:
                     index, shard = in_flight.pop(future)
                     try:
-                        outcomes = future.result()
+                        yield future.result()
                     except RayActorError as error:  # the worker process died
                         log.warning("worker_died", job=job.id, error=str(error)[:200])
                         workers[index] = actor_class.remote(self.settings, self.engine_urls)
                         await workers[index].ready.remote()
-                        outcomes = self._retry_or_fail(shard, shards, str(error))
-                    for outcome in outcomes:
-                        if isinstance(outcome, Failed):
-                            pending.failed += 1
-                        else:
-                            pending.generated.append(outcome)
-                if pending and (
-                    len(pending) >= self.settings.job_write_batch
-                    or time.monotonic() - pending.since > 2.0
-                    or not (shards or in_flight)
-                ):
-                    if await self._write(job, pending, counts):
-                        return "cancelled"
-                    pending = _Pending()
-            return "succeeded"
+                        yield self._retry_or_fail(shard, shards, str(error))
         finally:
-            heartbeat.cancel()
             for worker in workers:
                 ray.kill(worker)
 

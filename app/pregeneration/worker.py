@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from app.catalog.store import shopper_version
 from app.config import Settings
 from app.domain import Subject
+from app.generation.engine import Engine
 from app.logs import get_logger
 from app.pipeline import BannerRequest, Pipeline
 from app.pregeneration.freshness import inputs_of
@@ -63,6 +64,13 @@ class SubjectMaker:
             inputs=inputs_of(banner, shopper_version(shopper), pipeline.catalog),
             stale_reason=ENGINE_DOWN if down else None,
         )
+
+
+def engine_urls(engine: Engine | None) -> list[str]:
+    """The vLLM server(s) behind ``engine``, for workers to send generation to; empty for an
+    in-process engine (each worker then loads its own)."""
+    urls = getattr(engine, "base_urls", None)
+    return list(urls) if urls else []
 
 
 def worker_settings(settings: Settings, engine_urls: list[str]) -> Settings:

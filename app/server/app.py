@@ -27,6 +27,8 @@ from app.generation.vllm_server import ManagedVLLM, ServerWatch, stop_all
 from app.hardware import describe, detect
 from app.logs import get_logger
 from app.pipeline import Pipeline
+from app.pregeneration.runner import JobRunner
+from app.pregeneration.worker import SubjectMaker, engine_urls
 from app.server.auth import session_middleware
 from app.server.banners.controllers import BannerController, HomepageController
 from app.server.banners.service import BannerService
@@ -34,18 +36,24 @@ from app.server.catalog.controllers import EventController, ProductController, S
 from app.server.catalog.service import CatalogService
 from app.server.errors import handle_bad_encoding, handle_http, handle_storage, handle_unexpected
 from app.server.health import HealthController
+from app.server.jobs.controllers import JobController
+from app.server.jobs.service import JobService
 from app.server.keys.controllers import KeyController
 from app.server.keys.service import KeyService
 from app.server.limits import GenerationLimit
 from app.server.metrics import ENGINE_RESTARTS
 from app.server.middleware import observability
 from app.server.openapi import ProblemDocs, PydanticContract, openapi_config
+from app.server.placements.controllers import PlacementController
+from app.server.placements.service import PlacementService
 from app.server.ratelimits import rate_limits
 from app.server.services import (
     Services,
     provide_banners,
     provide_catalog,
+    provide_jobs,
     provide_keys,
+    provide_placements,
     provide_studio,
 )
 from app.server.studio import pages
@@ -57,6 +65,7 @@ from app.server.studio.controllers import (
 from app.server.studio.service import StudioService
 from app.store.db import Database
 from app.store.feedback import FeedbackStore
+from app.store.pregenerated import JobStore, PlacementBannerStore
 from app.store.repositories import ApiKeyStore, BannerStore, CatalogChanges
 from app.store.templates import TemplateStore
 
@@ -77,6 +86,9 @@ SLICES = [
     ExperimentController,
     pages.StudioSignIn,
     pages.StudioPages,
+    # pre-generation and the read path
+    JobController,
+    PlacementController,
     # keys
     KeyController,
     # operations
@@ -85,9 +97,13 @@ SLICES = [
 
 
 async def load_services(
-    held: Services, loader: Callable[[Settings], Pipeline], background: list[asyncio.Task[None]]
+    held: Services,
+    loader: Callable[[Settings], Pipeline],
+    background: list[asyncio.Task[None]],
+    jobs_in_process: bool = False,
 ) -> None:
-    """Build the pipeline (slow: models, index, engine), then the slices' services over it."""
+    """Build the pipeline (slow: models, index, engine), then the slices' services over it.
+    ``jobs_in_process``: pre-generation jobs use the service's own pipeline, not Ray workers."""
     settings, db = held.settings, held.db
     try:
         pipeline = await asyncio.to_thread(loader, settings)
@@ -115,6 +131,18 @@ async def load_services(
         settings.banner_cache_ttl_s,
         settings.homepage_sections,
     )
+    jobs = JobStore(db, settings.job_heartbeat_timeout_s)
+    placement_banners = PlacementBannerStore(db)
+    runner = JobRunner(
+        settings,
+        jobs,
+        placement_banners,
+        engine_urls(pipeline.engine),
+        pipeline.model_name,
+        in_process=SubjectMaker(pipeline) if jobs_in_process else None,
+    )
+    held.jobs = JobService(jobs, pipeline, runner.run)
+    held.placements = PlacementService(placement_banners, pipeline, settings.pregenerate_max_age_s)
     server = getattr(pipeline.engine, "server", None)
     if isinstance(server, ManagedVLLM):
         held.engine_watch = ServerWatch(
@@ -176,9 +204,14 @@ async def first_key(held: Services) -> None:
 
 
 def create_app(
-    settings: Settings, load_pipeline: Callable[[Settings], Pipeline] | None = None
+    settings: Settings,
+    load_pipeline: Callable[[Settings], Pipeline] | None = None,
+    *,
+    jobs_in_process: bool = False,
 ) -> Litestar:
-    """``load_pipeline`` builds the pipeline (default: from settings, with its engine)."""
+    """``load_pipeline`` builds the pipeline (default: from settings, with its engine).
+    ``jobs_in_process``: jobs are made by that pipeline, in this process, not on Ray workers
+    (which build their own from settings): for tests whose pipeline is made by hand."""
     from app.runtime import build_pipeline, hardware_choices
 
     loader = load_pipeline or build_pipeline
@@ -204,7 +237,7 @@ def create_app(
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         await db.upgrade()
         await first_key(held)
-        loading = asyncio.create_task(load_services(held, loader, background))
+        loading = asyncio.create_task(load_services(held, loader, background, jobs_in_process))
         background.append(asyncio.create_task(follow_templates(held)))
         try:
             yield
@@ -216,6 +249,10 @@ def create_app(
             await asyncio.to_thread(stop_all)
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await loading
+            if held.jobs is not None:  # its jobs stop as interrupted, resumable
+                await held.jobs.close()
+            if held.placements is not None:
+                await held.placements.close()
             if held.catalog is not None:
                 await held.catalog.close()
             if held.banners is not None:
@@ -228,6 +265,8 @@ def create_app(
             "banners": Provide(provide_banners, sync_to_thread=False),
             "catalog": Provide(provide_catalog, sync_to_thread=False),
             "studio": Provide(provide_studio, sync_to_thread=False),
+            "jobs": Provide(provide_jobs, sync_to_thread=False),
+            "placements": Provide(provide_placements, sync_to_thread=False),
             "keys": Provide(provide_keys, sync_to_thread=False),
         },
         exception_handlers={

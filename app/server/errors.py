@@ -86,6 +86,7 @@ class ProblemDetails(BaseModel):
     templates: list[str] | None = Field(
         default=None, description="not-found of a template: the templates there are"
     )
+    job: str | None = Field(default=None, description="conflict of a job: the job running now")
 
 
 class Problem(HTTPException):

@@ -13,6 +13,7 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Requ
 from litestar.params import Parameter
 
 from app.domain import (
+    IDENTIFIER_CHARS,
     IDENTIFIER_PATTERN,
     KEY_ID_PATTERN,
     LABEL_PATTERN,
@@ -22,7 +23,7 @@ from app.domain import (
 from app.prompting.templates import MAX_TEMPLATE_BYTES
 
 IdPath = Annotated[
-    str, Parameter(pattern=IDENTIFIER_PATTERN, description="1-64 of [A-Za-z0-9_.:-]")
+    str, Parameter(pattern=IDENTIFIER_PATTERN, description=f"1-64 of [{IDENTIFIER_CHARS}]")
 ]
 NamePath = Annotated[
     str, Parameter(pattern=NAME_PATTERN, description="2-49 of [a-z0-9_], from a letter")

@@ -17,8 +17,10 @@ from app.hardware import Choice, Component
 from app.server.banners.service import BannerService
 from app.server.catalog.service import CatalogService
 from app.server.errors import Problem
+from app.server.jobs.service import JobService
 from app.server.keys.service import KeyService
 from app.server.limits import GenerationLimit
+from app.server.placements.service import PlacementService
 from app.server.studio.service import StudioService
 from app.store.db import Database
 from app.store.feedback import FeedbackStore
@@ -38,6 +40,8 @@ class Services:
     banners: BannerService | None = None
     catalog: CatalogService | None = None
     studio: StudioService | None = None
+    jobs: JobService | None = None
+    placements: PlacementService | None = None
     engine_watch: ServerWatch | None = None
     load_error: str | None = None
 
@@ -72,8 +76,8 @@ def services(state: State) -> Services:
     return held
 
 
-# Litestar providers: a handler asks for ``banners``, ``catalog``, ``studio`` or ``keys`` by
-# name.
+# Litestar providers: a handler asks for ``banners``, ``catalog``, ``studio``, ``jobs``,
+# ``placements`` or ``keys`` by name.
 
 
 def provide_banners(state: State) -> BannerService:
@@ -95,6 +99,20 @@ def provide_studio(state: State) -> StudioService:
     if held.studio is None:
         raise held.not_ready()
     return held.studio
+
+
+def provide_jobs(state: State) -> JobService:
+    held = services(state)
+    if held.jobs is None:
+        raise held.not_ready()
+    return held.jobs
+
+
+def provide_placements(state: State) -> PlacementService:
+    held = services(state)
+    if held.placements is None:
+        raise held.not_ready()
+    return held.placements
 
 
 def provide_keys(state: State) -> KeyService:

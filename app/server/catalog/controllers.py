@@ -8,7 +8,7 @@ from typing import Annotated
 from litestar import Controller, delete, get, post, put
 from litestar.params import Parameter
 
-from app.domain import IDENTIFIER_PATTERN, Product
+from app.domain import IDENTIFIER_CHARS, IDENTIFIER_PATTERN, Product
 from app.server.auth import require_scope
 from app.server.catalog.schemas import (
     EventsAccepted,
@@ -122,7 +122,7 @@ class EventController(Controller):
             str | None,
             Parameter(
                 header=IDEMPOTENCY_KEY,
-                description="1-64 of [A-Za-z0-9_.:-]: events without an `event_id` get "
+                description=f"1-64 of [{IDENTIFIER_CHARS}]: events without an `event_id` get "
                 "`<key>:<index>`, so the same batch sent again with the same key is recorded "
                 "once",
                 # Documented here, checked below: Litestar's own check would name the

@@ -1,0 +1,116 @@
+"""The read path: a placement's pre-generated banner for a shopper, never generating.
+
+Every answer is checked against the live catalog first: a banner showing a product that was
+withdrawn, sold out or re-priced is never served with its old facts. It is marked stale (the
+next ``--stale-only`` job makes it again) and the segment's or everyone's banner is served
+instead, flagged as such.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.domain import Audience, Subject
+from app.logs import get_logger
+from app.pipeline import Pipeline
+from app.pregeneration.freshness import product_problems, stale_reasons
+from app.pregeneration.plan import POPULAR, current
+from app.server.errors import Problem
+from app.server.placements.schemas import ServedBanner
+from app.store.pregenerated import PlacementBannerStore, StoredBanner
+
+log = get_logger(__name__)
+
+
+@dataclass
+class PlacementService:
+    store: PlacementBannerStore
+    pipeline: Pipeline
+    max_age_s: float
+    # Stale marks being written (a read never waits for them).
+    _marking: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def _template_name(self, placement: str) -> str:
+        templates = self.pipeline.templates
+        try:
+            return templates.default_for(placement).name
+        except KeyError:
+            placements = sorted({templates.get(n).header.placement for n in templates.names})
+            raise Problem(
+                "not-found",
+                f"unknown placement '{placement}' (placements: {', '.join(placements)})",
+            ) from None
+
+    async def read(self, placement: str, shopper_id: str, fallback: bool = True) -> ServedBanner:
+        name = self._template_name(placement)
+        own = Subject(audience=Audience.SHOPPER, key=shopper_id)
+        order = [own]
+        if fallback:
+            shoppers = self.pipeline.shoppers
+            if shoppers.known(shopper_id):
+                order.append(
+                    Subject(audience=Audience.SEGMENT, key=shoppers.get(shopper_id).segment)
+                )
+            order.append(POPULAR)
+        stored = await self.store.many(placement, order)
+        for subject in order:
+            kept = stored.get(subject)
+            if kept is not None and self._servable(kept):
+                return self._served(kept, name)
+        if not fallback:
+            raise Problem(
+                "not-found",
+                f"no servable banner for shopper '{shopper_id}' in placement '{placement}' "
+                "(not pre-generated yet, or its products changed); leave out fallback=false "
+                "for the segment's or everyone's",
+            )
+        raise Problem(
+            "not-found",
+            f"no servable banner in placement '{placement}': pre-generate it (POST /v1/jobs)",
+        )
+
+    def _servable(self, kept: StoredBanner) -> bool:
+        """Whether its products are still as it shows them; if not, it is marked stale."""
+        problems = product_problems(kept.inputs.facts, self.pipeline.catalog)
+        if not problems:
+            return True
+        if kept.stale_reason is None:
+            self._mark(kept, "; ".join(problems))
+        return False
+
+    def _served(self, kept: StoredBanner, name: str) -> ServedBanner:
+        pipeline = self.pipeline
+        now = current(
+            kept.subject, pipeline.shoppers, pipeline.templates, name, pipeline.model_name
+        )
+        reasons = stale_reasons(
+            kept.inputs, kept.generated_at, now, pipeline.catalog, datetime.now(UTC), self.max_age_s
+        )
+        if kept.stale_reason is not None:
+            reasons.insert(0, kept.stale_reason)
+        return ServedBanner(
+            banner=kept.banner,
+            source=kept.subject.audience,
+            stale=bool(reasons),
+            stale_reasons=reasons,
+            generated_at=kept.generated_at,
+            job_id=kept.job_id,
+        )
+
+    def _mark(self, kept: StoredBanner, reason: str) -> None:
+        async def write() -> None:
+            try:
+                await self.store.mark_stale(kept.placement, kept.subject, reason, kept.banner.id)
+            except SQLAlchemyError:  # the next read notices again
+                log.warning("stale_mark_failed", placement=kept.placement)
+
+        task = asyncio.create_task(write())
+        self._marking.add(task)
+        task.add_done_callback(self._marking.discard)
+
+    async def close(self) -> None:
+        await asyncio.gather(*self._marking, return_exceptions=True)
