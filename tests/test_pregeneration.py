@@ -188,21 +188,12 @@ async def test_start_queues_a_job_that_holds_its_placement(jobs: JobStore, db: D
     assert await holder(db, HERO) == job.id
     assert await jobs.get("job_nope") is None
 
-    with pytest.raises(Exception):  # noqa: B017 - the type is checked in the next test
+    with pytest.raises(JobConflict):
         await jobs.start(REGULARS, "someone-else")
     assert [j.id for j in await jobs.list()] == [job.id]  # refused: no second job
     assert await holder(db, HERO) == job.id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "JobConflict is a frozen dataclass; raised inside `async with db.writing(...)` "
-        "(a contextlib.asynccontextmanager), contextlib's __aexit__ assigns "
-        "exc.__traceback__ and the frozen __setattr__ turns it into FrozenInstanceError"
-    ),
-)
 async def test_second_start_while_alive_raises_job_conflict_with_the_active_job(
     jobs: JobStore,
 ) -> None:

@@ -29,7 +29,14 @@ from app.pregeneration.freshness import stale_reasons
 from app.pregeneration.plan import current, in_prompt_order, subjects
 from app.pregeneration.worker import Failed, Outcome, SubjectMaker, Worker, model_failed
 from app.prompting.templates import TemplateRegistry
-from app.store.pregenerated import Generated, Job, JobState, JobStore, PlacementBannerStore
+from app.store.pregenerated import (
+    Generated,
+    Job,
+    JobState,
+    JobStore,
+    PlacementBannerStore,
+    PlacementSettingsStore,
+)
 
 log = get_logger(__name__)
 
@@ -92,6 +99,8 @@ class JobRunner:
         on_progress: Callable[[Progress], None] | None = None,
         in_process: SubjectMaker | None = None,
     ) -> None:
+        self.placement_settings = PlacementSettingsStore(jobs.db)
+        self._review = False
         self.settings = settings
         self.jobs = jobs
         self.banners = banners
@@ -104,6 +113,9 @@ class JobRunner:
         """Run ``job`` to its end (succeeded, cancelled or failed) and return it. Never raises
         for what a subject or a worker does; a failure of the job itself is recorded."""
         try:
+            # Decided once per run: a placement switched to review mid-job reviews from its
+            # next job on.
+            self._review = await self.placement_settings.review_required(job.spec.placement)
             planned, done = await self._plan(job)
             job = await self.jobs.run(job.id, runner_name(), done + len(planned), done)
             self._report(job)
@@ -285,7 +297,12 @@ class JobRunner:
         while True:
             try:
                 cancel = await self.jobs.record(
-                    job.id, job.spec.placement, pending.generated, pending.failed, failures
+                    job.id,
+                    job.spec.placement,
+                    pending.generated,
+                    pending.failed,
+                    failures,
+                    review="pending" if self._review else "none",
                 )
                 break
             except SQLAlchemyError as error:

@@ -259,6 +259,24 @@ class PlacementBannerRecord(Base):
     stale_reason: Mapped[str | None] = mapped_column(String(300), nullable=True)
     job_id: Mapped[str | None] = mapped_column(String(32), index=True, nullable=True)
     generated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    # Human review, where the placement asks for it: "none" (not asked: served as made),
+    # "pending", "approved" or "rejected". Only "none" and "approved" are ever served.
+    review: Mapped[str] = mapped_column(String(16), default="none", index=True)
+    review_reason: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    reviewed_by: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class PlacementSettingsRecord(Base):
+    """How a placement is run: whether its pre-generated banners wait for a marketer's
+    approval before they are served."""
+
+    __tablename__ = "placement_settings"
+
+    placement: Mapped[str] = mapped_column(String(64), primary_key=True)
+    review_required: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_by: Mapped[str] = mapped_column(String(80))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 # A PostgreSQL lock held until the transaction ends, named by a string (see Database.writing).

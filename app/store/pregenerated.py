@@ -19,7 +19,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain import Audience, Banner, BannerInputs, Subject
-from app.store.db import Database, JobRecord, PlacementBannerRecord, aware
+from app.store.db import (
+    Database,
+    JobRecord,
+    PlacementBannerRecord,
+    PlacementSettingsRecord,
+    aware,
+)
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
 # Queued, running and interrupted jobs hold their placement: an interrupted job (stopped, or
@@ -64,11 +70,13 @@ class Job:
         return self.state in FINISHED
 
 
-@dataclass(frozen=True)
 class JobConflict(Exception):
-    """Another job is making this placement now."""
+    """Another job is making this placement now. (A plain class: an exception that is a
+    frozen dataclass cannot pass through a context manager, which sets its traceback.)"""
 
-    active: Job
+    def __init__(self, active: Job) -> None:
+        super().__init__(f"job {active.id} is {active.state} for placement {active.spec.placement}")
+        self.active = active
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,13 @@ class StoredBanner:
     stale_reason: str | None
     job_id: str | None
     generated_at: datetime
+    review: str = "none"  # none | pending | approved | rejected
+    review_reason: str | None = None
+
+    @property
+    def servable(self) -> bool:
+        """Review allows it: not asked for, or approved."""
+        return self.review in ("none", "approved")
 
 
 def _now() -> datetime:
@@ -239,12 +254,14 @@ class JobStore:
         results: Sequence[Generated],
         failed: int = 0,
         failures: int = 0,
+        review: str = "none",
     ) -> bool:
         """Store finished banners and count them, in one transaction, with the heartbeat.
         ``failed``: subjects handled but nothing stored; ``failures``: those plus the stored
-        banners the model never answered for. Returns whether the job was asked to stop."""
+        banners the model never answered for. ``review``: "pending" where the placement wants
+        its banners approved first. Returns whether the job was asked to stop."""
         now = _now()
-        rows = [_row(placement, result, job_id, now) for result in results]
+        rows = [_row(placement, result, job_id, now, review) for result in results]
         async with self.db.writing(f"job:{job_id}") as session:
             await _upsert(session, rows)
             await session.execute(
@@ -347,7 +364,9 @@ async def _upsert(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     await session.execute(statement, rows)
 
 
-def _row(placement: str, result: Generated, job_id: str | None, now: datetime) -> dict[str, Any]:
+def _row(
+    placement: str, result: Generated, job_id: str | None, now: datetime, review: str
+) -> dict[str, Any]:
     inputs = result.inputs
     return {
         "placement": placement,
@@ -365,6 +384,11 @@ def _row(placement: str, result: Generated, job_id: str | None, now: datetime) -
         "stale_reason": result.stale_reason,
         "job_id": job_id,
         "generated_at": now,
+        # A new banner is reviewed afresh: an approval was for the copy it replaces.
+        "review": review,
+        "review_reason": None,
+        "reviewed_by": None,
+        "reviewed_at": None,
     }
 
 
@@ -383,6 +407,8 @@ def _stored(record: PlacementBannerRecord) -> StoredBanner:
         stale_reason=record.stale_reason,
         job_id=record.job_id,
         generated_at=aware(record.generated_at),
+        review=record.review,
+        review_reason=record.review_reason,
     )
 
 
@@ -416,11 +442,13 @@ class PlacementBannerStore:
             stored = [_stored(r) for r in records]
         return {s.subject: s for s in stored}
 
-    async def save(self, placement: str, results: Sequence[Generated]) -> None:
+    async def save(
+        self, placement: str, results: Sequence[Generated], review: str = "none"
+    ) -> None:
         """Store banners made outside a job (a live generation kept for the next read)."""
         if not results:
             return
-        rows = [_row(placement, result, None, _now()) for result in results]
+        rows = [_row(placement, result, None, _now(), review) for result in results]
         async with self.db.writing() as session:
             await _upsert(session, rows)
 
@@ -439,3 +467,25 @@ class PlacementBannerStore:
                 )
                 .values(stale_reason=reason[:300])
             )
+
+
+class PlacementSettingsStore:
+    """Per-placement settings: whether its pre-generated banners wait for approval."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def review_required(self, placement: str) -> bool:
+        async with self.db.sessions() as session:
+            record = await session.get(PlacementSettingsRecord, placement)
+        return record is not None and record.review_required
+
+    async def require_review(self, placement: str, required: bool, actor: str) -> None:
+        async with self.db.writing(f"placement:{placement}") as session:
+            record = await session.get(PlacementSettingsRecord, placement)
+            if record is None:
+                record = PlacementSettingsRecord(placement=placement)
+                session.add(record)
+            record.review_required = required
+            record.updated_by = actor
+            record.updated_at = _now()

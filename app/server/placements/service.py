@@ -74,7 +74,10 @@ class PlacementService:
         )
 
     def _servable(self, kept: StoredBanner) -> bool:
-        """Whether its products are still as it shows them; if not, it is marked stale."""
+        """Whether review allows it and its products are still as it shows them; a banner
+        whose products changed is marked stale."""
+        if not kept.servable:
+            return False
         problems = product_problems(kept.inputs.facts, self.pipeline.catalog)
         if not problems:
             return True

@@ -1,5 +1,6 @@
-"""Pre-generation: jobs (their selection, state and progress) and the banner each placement
-keeps per shopper, segment and for everyone else, with the inputs it was made from.
+"""Pre-generation: jobs (their selection, state and progress), the banner each placement
+keeps per shopper, segment and for everyone else (with the inputs it was made from and its
+review), and each placement's settings (whether its banners wait for approval).
 
 Revision ID: 0005
 Revises: 0004
@@ -63,11 +64,24 @@ def upgrade() -> None:
         sa.Column("stale_reason", sa.String(length=300), nullable=True),
         sa.Column("job_id", sa.String(length=32), nullable=True),
         sa.Column("generated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("review", sa.String(length=16), nullable=False),
+        sa.Column("review_reason", sa.String(length=300), nullable=True),
+        sa.Column("reviewed_by", sa.String(length=80), nullable=True),
+        sa.Column("reviewed_at", sa.DateTime(timezone=True), nullable=True),
     )
     op.create_index("ix_placement_banners_job_id", "placement_banners", ["job_id"])
     op.create_index("ix_placement_banners_generated_at", "placement_banners", ["generated_at"])
+    op.create_index("ix_placement_banners_review", "placement_banners", ["review"])
+    op.create_table(
+        "placement_settings",
+        sa.Column("placement", sa.String(length=64), primary_key=True),
+        sa.Column("review_required", sa.Boolean(), nullable=False),
+        sa.Column("updated_by", sa.String(length=80), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("placement_settings")
     op.drop_table("placement_banners")
     op.drop_table("jobs")
