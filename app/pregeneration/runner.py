@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.catalog.store import ShopperStore
 from app.config import Settings
 from app.domain import Subject
+from app.events import Events, NoEvents
 from app.logs import get_logger
 from app.pregeneration import cluster
 from app.pregeneration.freshness import stale_reasons
@@ -98,7 +99,9 @@ class JobRunner:
         model: str,
         on_progress: Callable[[Progress], None] | None = None,
         in_process: SubjectMaker | None = None,
+        events: Events | None = None,
     ) -> None:
+        self.events: Events = events or NoEvents()
         self.placement_settings = PlacementSettingsStore(jobs.db)
         self._review = False
         self.settings = settings
@@ -125,6 +128,7 @@ class JobRunner:
                 state = await self._dispatch(job, planned)
             finished = await self.jobs.finish(job.id, state)
             log.info("job_finished", job=job.id, state=state, done=finished.done)
+            await self._finished(finished)
             return finished
         except asyncio.CancelledError:  # the process is stopping (Ctrl-C, shutdown)
             log.warning("job_interrupted", job=job.id)
@@ -134,7 +138,9 @@ class JobRunner:
             log.exception("job_failed", job=job.id)
             reason = f"{type(error).__name__}: {error}"
             try:
-                return await self.jobs.finish(job.id, "failed", reason)
+                failed = await self.jobs.finish(job.id, "failed", reason)
+                await self._finished(failed)
+                return failed
             except SQLAlchemyError:  # the database is gone too: the job shows interrupted
                 log.exception("job_not_recorded", job=job.id)
                 raise error from None
@@ -311,6 +317,24 @@ class JobRunner:
                 log.warning("job_write_retry", job=job.id, error=str(error)[:200], wait_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+        if pending.generated:
+            await self.events.emit(
+                "banner.ready",
+                {
+                    "job": job.id,
+                    "placement": job.spec.placement,
+                    "review": "pending" if self._review else "none",
+                    "banners": [
+                        {
+                            "audience": g.subject.audience.value,
+                            "subject": g.subject.key,
+                            "banner_id": g.banner.id,
+                            "fallback": g.banner.fallback,
+                        }
+                        for g in pending.generated
+                    ],
+                },
+            )
         counts.done += len(pending)
         counts.failures += failures
         counts.fallbacks += sum(g.banner.fallback for g in pending.generated)
@@ -328,6 +352,21 @@ class JobRunner:
                     stop.set()
             except SQLAlchemyError:
                 log.warning("job_heartbeat_failed", job=job.id)
+
+    async def _finished(self, job: Job) -> None:
+        await self.events.emit(
+            "job.finished",
+            {
+                "job": job.id,
+                "placement": job.spec.placement,
+                "state": job.state,
+                "total": job.total,
+                "done": job.done,
+                "failures": job.failures,
+                "fallbacks": job.fallbacks,
+                "error": job.error,
+            },
+        )
 
     def _report(self, job: Job) -> None:
         if self.on_progress is not None:
