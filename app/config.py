@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     # OpenTelemetry traces (app/tracing.py): off, console (spans on stderr) or otlp (to the
     # collector OTEL_EXPORTER_OTLP_ENDPOINT names). Unset: otlp when that variable is set.
     traces: Literal["off", "console", "otlp"] | None = None
+    # Webhooks (app/webhooks.py): how long one delivery attempt may take, and how many are
+    # sent at once.
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    webhook_workers: int = Field(default=8, ge=1, le=1000)
 
     # Retrieval.
     search_k: int = Field(default=120, ge=1, le=5000)  # pool size taken from the vector index
@@ -154,6 +158,9 @@ class Settings(BaseSettings):
     job_heartbeat_timeout_s: float = Field(default=60.0, gt=5)
     # A stored banner older than this is stale (0: age alone never makes it stale).
     pregenerate_max_age_s: float = Field(default=7 * 86400.0, ge=0)
+    # The service's scheduler: every this many seconds, a job per placement making only what
+    # is missing or stale (0: off; start jobs with `marquee pregenerate` or POST /v1/jobs).
+    pregenerate_every_s: float = Field(default=0.0, ge=0)
 
     @field_validator("vllm_urls", mode="before")
     @classmethod

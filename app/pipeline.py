@@ -316,6 +316,16 @@ class Pipeline:
             for variant in variants
         ]
 
+    def fallback(self, prepared: PreparedRequest, reason: str) -> list[Banner]:
+        """Fallback copy from catalog facts for a prepared request, without the engine: for a
+        caller that cannot wait for the model. Flagged ``fallback`` with ``reason``."""
+        variants = [_Variant(number, flags=[reason]) for number in range(prepared.request.count)]
+        total_ms = (time.perf_counter() - prepared.started) * 1000
+        timings = StageTimings(
+            retrieval_ms=prepared.retrieval_ms, render_ms=prepared.render_ms, total_ms=total_ms
+        )
+        return [self._banner(variant, prepared, timings) for variant in variants]
+
     async def generate(self, request: BannerRequest) -> list[Banner]:
         """``request.count`` banners. Raises only for caller errors (unknown template, a count
         out of range), never for what the model does."""

@@ -662,7 +662,9 @@ def price_rank(products: list[dict[str, object]]) -> dict[str, float]:
     return rank
 
 
-def make_shoppers(rng: random.Random, products: list[dict[str, object]]) -> list[dict[str, object]]:
+def make_shoppers(
+    rng: random.Random, products: list[dict[str, object]], count: int = 72
+) -> list[dict[str, object]]:
     rank = price_rank(products)
     by_category: dict[str, list[dict[str, object]]] = {}
     by_kind: dict[str, list[dict[str, object]]] = {}
@@ -671,7 +673,7 @@ def make_shoppers(rng: random.Random, products: list[dict[str, object]]) -> list
         by_kind.setdefault(str(product["kind"]), []).append(product)
 
     shoppers: list[dict[str, object]] = []
-    for number in range(1, 73):
+    for number in range(1, count + 1):  # a larger count keeps the first 72 as they are
         segment = rng.choice(list(SEGMENTS))
         favourites = rng.sample(CATEGORIES, k=rng.choice((1, 2, 2, 3)))
         band = SEGMENTS[segment]
@@ -750,10 +752,13 @@ def write_jsonl(path: Path, rows: list[dict[str, object]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "data")
+    parser.add_argument(
+        "--shoppers", type=int, default=72, help="how many (synthetic shoppers for load and scale)"
+    )
     args = parser.parse_args()
     rng = random.Random(SEED)
     products = make_products(rng)
-    shoppers = make_shoppers(rng, products)
+    shoppers = make_shoppers(rng, products, args.shoppers)
     for product in products:
         del product["kind"]
     write_jsonl(args.out / "products.jsonl", products)

@@ -128,6 +128,28 @@ async def test_revoke(keys: ApiKeyStore) -> None:
     assert await keys.revoke("nosuchid") is False
 
 
+async def test_a_key_revoked_elsewhere_stops_working_here_within_the_trust_window(
+    keys: ApiKeyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A verified key is trusted for VERIFIED_FOR_S without a database read; a revocation by
+    another process (another store on the same database) is seen once that window ends."""
+    key = await keys.create("cms-prod", ["cms"])
+    assert await keys.verify(key) is not None  # read once, trusted for a few seconds
+    elsewhere = ApiKeyStore(keys.db)
+    assert await elsewhere.revoke(key_id(key)) is True
+    assert await keys.verify(key) is not None  # within the window: not read again
+    later = repositories._monotonic() + repositories.VERIFIED_FOR_S + 1
+    monkeypatch.setattr(repositories, "_monotonic", lambda: later)
+    assert await keys.verify(key) is None
+
+
+async def test_a_wrong_secret_is_never_trusted_from_the_cache(keys: ApiKeyStore) -> None:
+    key = await keys.create("cms-prod", ["cms"])
+    assert await keys.verify(key) is not None
+    forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+    assert await keys.verify(forged) is None
+
+
 async def test_rotate_gives_a_new_key_and_revokes_the_old(keys: ApiKeyStore) -> None:
     old = await keys.create("cms-prod", ["cms", "marketer"])
     new = await keys.rotate(key_id(old), expires_at=START + timedelta(days=7))

@@ -9,11 +9,14 @@ from pathlib import Path
 
 from app.config import Settings
 from app.generation.engine import Engine
+from app.pregeneration import cluster
 from app.pregeneration.plan import SelectionError, read_ids, subjects
 from app.pregeneration.runner import JobRunner, Progress
 from app.pregeneration.worker import engine_urls
 from app.store.db import Database
 from app.store.pregenerated import Job, JobConflict, JobSpec, JobStore, PlacementBannerStore
+from app.store.webhooks import WebhookStore
+from app.webhooks import WebhookEvents
 
 
 def spec_from_text(placement: str, selection: str, stale_only: bool) -> JobSpec:
@@ -37,9 +40,8 @@ def validate(settings: Settings, spec: JobSpec) -> None:
     try:
         templates.default_for(spec.placement)
     except KeyError:
-        placements = sorted({templates.get(n).header.placement for n in templates.names})
         raise SelectionError(
-            f"unknown placement '{spec.placement}' (placements: {', '.join(placements)})"
+            f"unknown placement '{spec.placement}' (placements: {', '.join(templates.placements)})"
         ) from None
     _, shoppers = load_data(settings)
     subjects(shoppers, spec.shoppers, spec.shopper_ids)
@@ -66,6 +68,7 @@ def run_job(
     try:
         return asyncio.run(_run(engine_settings, spec, engine, progress))
     finally:
+        cluster.shutdown()  # a local Ray's processes go with this command
         if engine is not None:
             asyncio.run(engine.close())
 
@@ -101,6 +104,8 @@ async def _run(settings: Settings, spec: JobSpec, engine: Engine | None, progres
             engine_urls(engine),
             model=engine.model if engine is not None else settings.llm_name,
             on_progress=show,
+            # Into the webhooks' outbox: a running service's dispatcher sends them.
+            events=WebhookEvents(WebhookStore(db)),
         )
         try:
             return await runner.run(job)

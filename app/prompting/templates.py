@@ -290,6 +290,11 @@ class TemplateRegistry:
                 label = split.label_for(self.get(name).header.placement, shopper_id)
         return self.get(name, label), label
 
+    @property
+    def placements(self) -> list[str]:
+        """Every placement some template fills, sorted."""
+        return sorted({template.header.placement for template in self._by_name.values()})
+
     def default_for(self, placement: str) -> PromptTemplate:
         for template in self._by_name.values():
             if template.header.placement == placement:

@@ -27,6 +27,7 @@ from app.generation.vllm_server import ManagedVLLM, ServerWatch, stop_all
 from app.hardware import describe, detect
 from app.logs import get_logger
 from app.pipeline import Pipeline
+from app.pregeneration import cluster
 from app.pregeneration.runner import JobRunner
 from app.pregeneration.worker import SubjectMaker, engine_urls
 from app.server.auth import session_middleware
@@ -47,6 +48,9 @@ from app.server.openapi import ProblemDocs, PydanticContract, openapi_config
 from app.server.placements.controllers import PlacementController
 from app.server.placements.service import PlacementService
 from app.server.ratelimits import rate_limits
+from app.server.review import pages as review_pages
+from app.server.review.controllers import PlacementReviewController, ReviewController
+from app.server.review.service import ReviewService
 from app.server.services import (
     Services,
     provide_banners,
@@ -54,7 +58,9 @@ from app.server.services import (
     provide_jobs,
     provide_keys,
     provide_placements,
+    provide_review,
     provide_studio,
+    provide_webhooks,
 )
 from app.server.studio import pages
 from app.server.studio.controllers import (
@@ -63,11 +69,20 @@ from app.server.studio.controllers import (
     TemplateController,
 )
 from app.server.studio.service import StudioService
+from app.server.webhooks.controllers import WebhookController
+from app.server.webhooks.service import WebhookService
 from app.store.db import Database
 from app.store.feedback import FeedbackStore
-from app.store.pregenerated import JobStore, PlacementBannerStore
+from app.store.pregenerated import (
+    JobStore,
+    PlacementBannerStore,
+    PlacementSettingsStore,
+    ReviewStore,
+)
 from app.store.repositories import ApiKeyStore, BannerStore, CatalogChanges
 from app.store.templates import TemplateStore
+from app.store.webhooks import WebhookStore
+from app.webhooks import WebhookDispatcher, WebhookEvents
 
 log = get_logger("marquee.server")
 MAX_BODY_BYTES = 64 * 1024
@@ -89,8 +104,14 @@ SLICES = [
     # pre-generation and the read path
     JobController,
     PlacementController,
+    # review of pre-generated banners
+    ReviewController,
+    PlacementReviewController,
+    review_pages.ReviewPages,
     # keys
     KeyController,
+    # webhooks
+    WebhookController,
     # operations
     HealthController,
 ]
@@ -110,7 +131,7 @@ async def load_services(
         # Templates come from the database (seeded from the prompts folder on first start).
         templates = TemplateStore(db)
         await templates.seed(settings.prompts_dir)
-        studio = StudioService(templates, held.feedback, pipeline, held.limit)
+        studio = StudioService(templates, held.feedback, pipeline, held.limit, held.events)
         await studio.reload()
     except Exception as error:  # reported on /readyz, and in the log
         held.load_error = f"{type(error).__name__}: {error}"[:500]
@@ -123,6 +144,13 @@ async def load_services(
         index_dir=settings.index_dir,
         signals_refresh_delay_s=settings.signals_refresh_delay_s,
     )
+    placement_banners = PlacementBannerStore(db)
+    held.placements = PlacementService(
+        placement_banners,
+        PlacementSettingsStore(db),
+        pipeline,
+        settings.pregenerate_max_age_s,
+    )
     held.banners = BannerService(
         pipeline,
         BannerStore(db),
@@ -130,9 +158,9 @@ async def load_services(
         held.limit,
         settings.banner_cache_ttl_s,
         settings.homepage_sections,
+        held.placements,
     )
     jobs = JobStore(db, settings.job_heartbeat_timeout_s)
-    placement_banners = PlacementBannerStore(db)
     runner = JobRunner(
         settings,
         jobs,
@@ -140,9 +168,10 @@ async def load_services(
         engine_urls(pipeline.engine),
         pipeline.model_name,
         in_process=SubjectMaker(pipeline) if jobs_in_process else None,
+        events=held.events,
     )
     held.jobs = JobService(jobs, pipeline, runner.run)
-    held.placements = PlacementService(placement_banners, pipeline, settings.pregenerate_max_age_s)
+    held.review = ReviewService(ReviewStore(db), pipeline, events=held.events)
     server = getattr(pipeline.engine, "server", None)
     if isinstance(server, ManagedVLLM):
         held.engine_watch = ServerWatch(
@@ -220,11 +249,18 @@ def create_app(
     hardware = hardware_choices(settings)  # decided once; the loaders follow the same choices
     log.info("hardware", **describe(hardware, detect()))
     keys = ApiKeyStore(db)
+    # Events go into the webhooks' outbox; the dispatcher sends them (and wakes when told).
+    webhook_store = WebhookStore(db)
+    dispatcher = WebhookDispatcher(
+        webhook_store, timeout_s=settings.webhook_timeout_s, workers=settings.webhook_workers
+    )
     held = Services(
         settings=settings,
         db=db,
         keys=keys,
         key_service=KeyService(keys),
+        webhooks=WebhookService(webhook_store, dispatcher.notify),
+        events=WebhookEvents(webhook_store, dispatcher.notify),
         feedback=FeedbackStore(db),
         limit=GenerationLimit(settings.max_in_flight_requests),
         hardware=hardware,
@@ -239,6 +275,7 @@ def create_app(
         await first_key(held)
         loading = asyncio.create_task(load_services(held, loader, background, jobs_in_process))
         background.append(asyncio.create_task(follow_templates(held)))
+        background.append(asyncio.create_task(dispatcher.run()))
         try:
             yield
         finally:
@@ -251,6 +288,7 @@ def create_app(
                 await loading
             if held.jobs is not None:  # its jobs stop as interrupted, resumable
                 await held.jobs.close()
+            await asyncio.to_thread(cluster.shutdown)  # a local Ray goes with the service
             if held.placements is not None:
                 await held.placements.close()
             if held.catalog is not None:
@@ -267,7 +305,9 @@ def create_app(
             "studio": Provide(provide_studio, sync_to_thread=False),
             "jobs": Provide(provide_jobs, sync_to_thread=False),
             "placements": Provide(provide_placements, sync_to_thread=False),
+            "review": Provide(provide_review, sync_to_thread=False),
             "keys": Provide(provide_keys, sync_to_thread=False),
+            "webhooks": Provide(provide_webhooks, sync_to_thread=False),
         },
         exception_handlers={
             HTTPException: handle_http,
@@ -287,7 +327,9 @@ def create_app(
         openapi_config=openapi_config(),
         # The schema: each operation's problems and API key; bodies as pydantic checks them.
         plugins=[ProblemDocs(), PydanticContract()],
-        template_config=TemplateConfig(directory=pages.TEMPLATES, engine=JinjaTemplateEngine),
+        template_config=TemplateConfig(
+            directory=[pages.TEMPLATES, review_pages.TEMPLATES], engine=JinjaTemplateEngine
+        ),
         # The studio's forms are cookie-authenticated, so they need CSRF tokens; the API is
         # authenticated by a header a browser never adds on its own, so /v1 is left out.
         csrf_config=CSRFConfig(

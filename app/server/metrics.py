@@ -46,6 +46,12 @@ BANNERS = Counter("marquee_banners_total", "Banners served", ["template"], regis
 CACHE_HITS = Counter(
     "marquee_cache_hits_total", "Requests answered from stored banners", registry=REGISTRY
 )
+ANSWERS = Counter(
+    "marquee_banner_answers_total",
+    "POST /v1/banners answers by source: live, cache, pregenerated, fallback (max_wait_ms)",
+    ["source"],
+    registry=REGISTRY,
+)
 COALESCED = Counter(
     "marquee_coalesced_total",
     "Requests answered by an identical request's generation already under way",

@@ -52,11 +52,25 @@ from app.server.errors import (
     ProblemDetails,
 )
 from app.server.params import TextBody
-from app.server.services import provide_banners, provide_catalog, provide_studio
+from app.server.services import (
+    provide_banners,
+    provide_catalog,
+    provide_jobs,
+    provide_placements,
+    provide_review,
+    provide_studio,
+)
 
 SCHEME = "apiKey"
 # Providers that answer 503 not-ready until the pipeline has loaded (app/server/services.py).
-_LOADED_LATER = {provide_banners, provide_catalog, provide_studio}
+_LOADED_LATER = {
+    provide_banners,
+    provide_catalog,
+    provide_studio,
+    provide_jobs,
+    provide_placements,
+    provide_review,
+}
 
 
 def openapi_config() -> OpenAPIConfig:

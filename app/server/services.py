@@ -6,12 +6,13 @@ pipeline has loaded (in the background). Until then their providers answer 503 n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from litestar.datastructures import State
 
 from app.config import Settings
+from app.events import Events, NoEvents
 from app.generation.vllm_server import ServerWatch
 from app.hardware import Choice, Component
 from app.server.banners.service import BannerService
@@ -21,7 +22,9 @@ from app.server.jobs.service import JobService
 from app.server.keys.service import KeyService
 from app.server.limits import GenerationLimit
 from app.server.placements.service import PlacementService
+from app.server.review.service import ReviewService
 from app.server.studio.service import StudioService
+from app.server.webhooks.service import WebhookService
 from app.store.db import Database
 from app.store.feedback import FeedbackStore
 from app.store.repositories import ApiKeyStore
@@ -36,14 +39,18 @@ class Services:
     limit: GenerationLimit
     hardware: dict[Component, Choice]
     key_service: KeyService  # needs only the database: there from start-up
+    webhooks: WebhookService  # the same
     # Set once the pipeline has loaded:
     banners: BannerService | None = None
     catalog: CatalogService | None = None
     studio: StudioService | None = None
     jobs: JobService | None = None
     placements: PlacementService | None = None
+    review: ReviewService | None = None
     engine_watch: ServerWatch | None = None
     load_error: str | None = None
+    # Where the services and jobs emit events (the webhooks' outbox; app/events.py).
+    events: Events = field(default_factory=NoEvents)
 
     def readiness(self) -> dict[str, Any]:
         pipeline = self.banners.pipeline if self.banners else None
@@ -115,5 +122,16 @@ def provide_placements(state: State) -> PlacementService:
     return held.placements
 
 
+def provide_review(state: State) -> ReviewService:
+    held = services(state)
+    if held.review is None:
+        raise held.not_ready()
+    return held.review
+
+
 def provide_keys(state: State) -> KeyService:
     return services(state).key_service  # never 503: it does not wait for the pipeline
+
+
+def provide_webhooks(state: State) -> WebhookService:
+    return services(state).webhooks  # never 503: it needs only the database

@@ -279,6 +279,47 @@ class PlacementSettingsRecord(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class WebhookEndpointRecord(Base):
+    """A URL that receives the events it subscribed to (Standard Webhooks). Never deleted:
+    a disabled endpoint stays listed, with its delivery log."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # whk_<hex>
+    url: Mapped[str] = mapped_column(String(2000))
+    events: Mapped[list[str]] = mapped_column(JSON)  # the event types it receives
+    # The signing secret (whsec_<base64>), stored as it is, unlike an API key's hash: signing
+    # each delivery needs the secret itself. Never shown again after the answer that made it.
+    secret: Mapped[str] = mapped_column(String(120))
+    description: Mapped[str] = mapped_column(String(300))
+    created_by: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class WebhookDeliveryRecord(Base):
+    """One event for one endpoint: the outbox row written in the transaction that recorded the
+    event, then sent (and retried) by a dispatcher. Its id is the ``webhook-id`` header."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # msg_<hex>
+    endpoint_id: Mapped[str] = mapped_column(String(32), index=True)
+    event_type: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)  # the event's data
+    state: Mapped[str] = mapped_column(String(16))  # pending, succeeded or failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # When a dispatcher may send it (next); a claimed one is pushed a lease ahead. NULL once it
+    # succeeded or failed, so the index holds only what is still to send.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), index=True, nullable=True
+    )
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 # A PostgreSQL lock held until the transaction ends, named by a string (see Database.writing).
 PG_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(:lock))")
 

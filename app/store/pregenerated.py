@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import case, func, null, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.domain import Audience, Banner, BannerInputs, Subject
 from app.store.db import (
+    AuditRecord,
     Database,
     JobRecord,
     PlacementBannerRecord,
@@ -489,3 +490,255 @@ class PlacementSettingsStore:
             record.review_required = required
             record.updated_by = actor
             record.updated_at = _now()
+
+
+# --- human review of pre-generated banners ---------------------------------------------------
+
+ReviewState = Literal["none", "pending", "approved", "rejected"]
+Decision = Literal["approved", "rejected"]
+REJECTED_PREFIX = "rejected: "  # a rejected banner's stale_reason: the next stale-only job
+MAX_QUEUE_PAGE = 500
+
+
+@dataclass(frozen=True)
+class ReviewedBanner(StoredBanner):
+    """A stored banner with who decided on it and when (None: nobody yet)."""
+
+    reviewed_by: str | None = None
+    reviewed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ReviewDecision:
+    """One marketer's decision on the banner ``banner_id`` of (placement, subject): applied only
+    while that row still holds that banner (a regenerated one is reviewed afresh).
+    ``generated_at``: when the banner the marketer saw was made. Banner ids are derived from
+    what a banner is made of (shopper, template version, products, model), not from its copy,
+    so a regeneration can keep the id (an engine outage's fallback copy made again by the
+    model); with ``generated_at`` such a banner is not decided on by a stale click either."""
+
+    placement: str
+    subject: Subject
+    banner_id: str
+    decision: Decision
+    reason: str | None = None
+    generated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ReviewSetting:
+    placement: str
+    required: bool
+    updated_by: str | None
+    updated_at: datetime | None
+
+
+def _reviewed(record: PlacementBannerRecord) -> ReviewedBanner:
+    stored = _stored(record)
+    return ReviewedBanner(
+        **{name: getattr(stored, name) for name in StoredBanner.__dataclass_fields__},
+        reviewed_by=record.reviewed_by,
+        reviewed_at=aware(record.reviewed_at) if record.reviewed_at else None,
+    )
+
+
+class ReviewStore:
+    """The review queue and the decisions on it. A decision names the banner it was made on:
+    a stale click (the row regenerated since) changes nothing. Every decision is written to
+    the audit log (``review.approve`` / ``review.reject``, under the banner's template) in the
+    same transaction. A rejection sets ``stale_reason`` to ``rejected: <reason>``, so the next
+    ``--stale-only`` job makes the banner again; an approval clears such a mark."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def queue(
+        self,
+        placement: str | None = None,
+        review: ReviewState | None = "pending",
+        template: str | None = None,
+        audience: Audience | None = None,
+        subject: str | None = None,
+        fallback: bool | None = None,
+        stale: bool | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[ReviewedBanner], int]:
+        """Stored banners matching every filter given (None: any), oldest first, and how many
+        match in all. ``review`` None: every state."""
+        table = PlacementBannerRecord
+        where: list[Any] = []
+        if placement is not None:
+            where.append(table.placement == placement)
+        if review is not None:
+            where.append(table.review == review)
+        if template is not None:
+            where.append(table.template == template)
+        if audience is not None:
+            where.append(table.audience == audience.value)
+        if subject is not None:
+            where.append(table.subject == subject)
+        if fallback is not None:
+            where.append(table.fallback == fallback)
+        if stale is not None:
+            where.append(table.stale_reason.is_not(None) if stale else table.stale_reason.is_(None))
+        order = (table.generated_at, table.placement, table.audience, table.subject)
+        limit = max(0, min(limit, MAX_QUEUE_PAGE))
+        async with self.db.sessions() as session:
+            total = await session.scalar(select(func.count()).select_from(table).where(*where))
+            records = await session.scalars(
+                select(table).where(*where).order_by(*order).limit(limit).offset(max(offset, 0))
+            )
+            return [_reviewed(r) for r in records], int(total or 0)
+
+    async def pending_counts(self) -> dict[str, int]:
+        """{placement: banners waiting for a decision}."""
+        table = PlacementBannerRecord
+        async with self.db.sessions() as session:
+            rows = await session.execute(
+                select(table.placement, func.count())
+                .where(table.review == "pending")
+                .group_by(table.placement)
+            )
+            return {placement: int(count) for placement, count in rows.tuples()}
+
+    async def segments(self) -> list[str]:
+        """The segments that have a stored banner in some placement."""
+        table = PlacementBannerRecord
+        async with self.db.sessions() as session:
+            rows = await session.scalars(
+                select(table.subject).where(table.audience == Audience.SEGMENT.value).distinct()
+            )
+            return sorted(rows.all())
+
+    async def decide_many(
+        self, decisions: Sequence[ReviewDecision], actor: str
+    ) -> list[ReviewedBanner | None]:
+        """Apply ``decisions`` in order, in one transaction; for each, the banner as decided,
+        or None where the row is gone or holds another banner now (nothing changed there)."""
+        if not decisions:
+            return []
+        now = _now()
+        table = PlacementBannerRecord
+        outcome: list[ReviewedBanner | None] = []
+        locks = sorted({f"review:{d.placement}" for d in decisions})
+        async with self.db.writing(*locks) as session:
+            for decision in decisions:
+                reason = (decision.reason or "").strip()[:300] or None
+                if decision.decision == "rejected":
+                    stale: Any = (REJECTED_PREFIX + (reason or "no reason given"))[:300]
+                else:  # an approval lifts an earlier rejection's mark, and only that
+                    stale = case(
+                        (table.stale_reason.like(REJECTED_PREFIX.rstrip() + "%"), null()),
+                        else_=table.stale_reason,
+                    )
+                # One conditional statement: a job replacing the row meanwhile either comes
+                # first (no match: stale) or after (its new banner is pending again).
+                same = [
+                    table.placement == decision.placement,
+                    table.audience == decision.subject.audience.value,
+                    table.subject == decision.subject.key,
+                    table.banner_id == decision.banner_id,
+                ]
+                if decision.generated_at is not None:
+                    same.append(table.generated_at == decision.generated_at.astimezone(UTC))
+                statement = (
+                    update(table)
+                    .where(*same)
+                    .values(
+                        review=decision.decision,
+                        review_reason=reason,
+                        reviewed_by=actor[:80],
+                        reviewed_at=now,
+                        stale_reason=stale,
+                    )
+                    .returning(table)
+                    .execution_options(synchronize_session=False, populate_existing=True)
+                )
+                record = (await session.scalars(statement)).one_or_none()
+                if record is None:
+                    outcome.append(None)
+                    continue
+                session.add(
+                    AuditRecord(
+                        at=now,
+                        actor=actor[:80],
+                        action="review.approve"
+                        if decision.decision == "approved"
+                        else "review.reject",
+                        template=record.template,
+                        detail={
+                            "placement": decision.placement,
+                            "audience": decision.subject.audience.value,
+                            "subject": decision.subject.key,
+                            "banner_id": decision.banner_id,
+                            "template_version": record.template_version,
+                            "reason": reason,
+                        },
+                    )
+                )
+                outcome.append(_reviewed(record))
+        return outcome
+
+    async def decide(
+        self,
+        placement: str,
+        subject: Subject,
+        banner_id: str,
+        decision: Decision,
+        reason: str | None,
+        actor: str,
+    ) -> ReviewedBanner | None:
+        """One decision (see ``decide_many``); None: stale, nothing changed."""
+        found = await self.decide_many(
+            [ReviewDecision(placement, subject, banner_id, decision, reason)], actor
+        )
+        return found[0]
+
+    async def approve_many(self, banners: Sequence[tuple[str, Subject, str]], actor: str) -> int:
+        """Approve (placement, subject, banner_id) each; how many were still those banners."""
+        decided = await self.decide_many(
+            [ReviewDecision(p, s, b, "approved") for p, s, b in banners], actor
+        )
+        return sum(d is not None for d in decided)
+
+    async def setting(self, placement: str) -> ReviewSetting:
+        async with self.db.sessions() as session:
+            record = await session.get(PlacementSettingsRecord, placement)
+        if record is None:
+            return ReviewSetting(placement, False, None, None)
+        return ReviewSetting(
+            placement, record.review_required, record.updated_by, aware(record.updated_at)
+        )
+
+    async def settings(self) -> dict[str, bool]:
+        """{placement: review required} for every placement with a setting stored."""
+        async with self.db.sessions() as session:
+            records = await session.scalars(select(PlacementSettingsRecord))
+            return {r.placement: r.review_required for r in records}
+
+    async def require(
+        self, placement: str, required: bool, actor: str, template: str = ""
+    ) -> ReviewSetting:
+        """Switch review on or off for a placement (its next job's banners follow), audited
+        under ``template`` (the placement's default template)."""
+        now = _now()
+        async with self.db.writing(f"placement:{placement}") as session:
+            record = await session.get(PlacementSettingsRecord, placement)
+            before = record is not None and record.review_required
+            if record is None:
+                record = PlacementSettingsRecord(placement=placement)
+                session.add(record)
+            record.review_required = required
+            record.updated_by = actor[:80]
+            record.updated_at = now
+            session.add(
+                AuditRecord(
+                    at=now,
+                    actor=actor[:80],
+                    action="review.require" if required else "review.not_required",
+                    template=template,
+                    detail={"placement": placement, "from": before, "to": required},
+                )
+            )
+        return ReviewSetting(placement, required, actor[:80], now)

@@ -8,6 +8,7 @@ import hmac
 import logging
 import re
 import secrets
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -89,6 +90,9 @@ KEY_SHAPE = re.compile(rf"{KEY_PREFIX}(?P<id>[A-Za-z0-9]{{1,32}})_(?P<secret>[A-
 # A busy key would otherwise cost a database write per request; a minute is precise enough
 # for "when was this key last used".
 LAST_USED_EVERY = timedelta(minutes=1)
+VERIFIED_FOR_S = 5.0  # how long a verified key is trusted without reading it again
+MAX_VERIFIED = 10_000
+_monotonic = time.monotonic  # the trust window's clock (tests move it)
 
 T = TypeVar("T")
 
@@ -159,6 +163,8 @@ class ApiKeyStore:
         self.clock = clock
         # key id -> when this process last wrote its last_used_at (see verify).
         self._last_written: dict[str, datetime] = {}
+        # hash of a key -> (until when, its info): see authenticate.
+        self._verified: dict[str, tuple[float, ApiKeyInfo]] = {}
 
     def _new_record(
         self, name: str, scopes: str, expires_at: datetime | None
@@ -264,7 +270,8 @@ class ApiKeyStore:
             if last_admin:
                 raise LastAdminKey(f"'{record.name}' ({key_id}) is the last active admin key")
             record.revoked = True
-            return True
+        self._verified.clear()  # committed: no request here trusts it any more
+        return True
 
     async def _active_admins(self, session: AsyncSession) -> int:
         now = self.clock()
@@ -285,6 +292,7 @@ class ApiKeyStore:
             record, key = self._new_record(old.name, old.scopes, expires_at)
             old.revoked = True
             session.add(record)
+        self._verified.clear()
         return key
 
     async def verify(self, key: str) -> tuple[str, frozenset[str]] | None:
@@ -298,17 +306,31 @@ class ApiKeyStore:
         key_id = key_id_of(key)
         if key_id is None:
             return None
-        async with self.db.sessions() as session:
-            record = await session.get(ApiKeyRecord, key_id)
-        expected = record.key_hash if record is not None else hash_key("absent")
-        matches = hmac.compare_digest(expected, hash_key(key))
-        if record is None or record.revoked or not matches:
-            return None
+        digest = hash_key(key)
         now = self.clock()
-        if record.expires_at is not None and aware(record.expires_at) <= now:
+        # A key verified in the last VERIFIED_FOR_S is not read again: reads in the hundreds a
+        # second need no database round trip each for the same few keys. A revocation made
+        # here takes effect at once (it clears this); made by another process, within
+        # VERIFIED_FOR_S. Expiry is checked on every use.
+        cached = self._verified.get(digest)
+        if cached is not None and cached[0] > _monotonic():
+            info = cached[1]
+        else:
+            async with self.db.sessions() as session:
+                record = await session.get(ApiKeyRecord, key_id)
+            expected = record.key_hash if record is not None else hash_key("absent")
+            matches = hmac.compare_digest(expected, digest)
+            if record is None or record.revoked or not matches:
+                self._verified.pop(digest, None)
+                return None
+            info = _info(record)
+            if len(self._verified) >= MAX_VERIFIED:  # many keys: start over, never grow
+                self._verified.clear()
+            self._verified[digest] = (_monotonic() + VERIFIED_FOR_S, info)
+        if info.expires_at is not None and info.expires_at <= now:
             return None
         await self._note_use(key_id, now)
-        return _info(record)
+        return info
 
     async def _note_use(self, key_id: str, now: datetime) -> None:
         last = self._last_written.get(key_id)

@@ -47,14 +47,14 @@ class BannerController(Controller):
     async def create(
         self, data: BannerCreate, banners: BannerService, request: Request[Any, Any, Any]
     ) -> Response[BannerList]:
-        made, cached = await banners.banners(data, api_key=actor(request))
-        return Response(
-            BannerList(banners=made, cached=cached),
-            headers={
-                "ETag": _etag(made),
-                "Cache-Control": f"private, max-age={int(banners.cache_ttl_s)}",
-            },
+        answer = await banners.banners(data, api_key=actor(request))
+        # A fallback stands in for a banner still being made: never kept by a client.
+        caching = (
+            "no-store"
+            if answer.source == "fallback"
+            else f"private, max-age={int(banners.cache_ttl_s)}"
         )
+        return Response(answer, headers={"ETag": _etag(answer.banners), "Cache-Control": caching})
 
     @get(
         "/{banner_id:str}",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.domain import Banner, FeedbackKind, Homepage, Identifier, Locale, Name
@@ -29,15 +31,38 @@ class ShopperRequest(BaseModel):
         return self
 
 
+MAX_WAIT_MS = 120_000
+
+
 class BannerCreate(ShopperRequest):
     placement: Name = "home_hero"
     template: Name | None = Field(default=None, description="default: the placement's template")
     count: int = Field(default=1, ge=1, le=8)
+    max_wait_ms: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_WAIT_MS,
+        description="answer within this time: the shopper's fresh pre-generated banner at "
+        "once, else a live one if it is made in time, else the fallback banner while the live "
+        "one is finished and stored for the next read (none: wait for the live one)",
+    )
+
+
+Source = Literal["live", "cache", "pregenerated", "fallback"]
 
 
 class BannerList(BaseModel):
     banners: list[Banner]
-    cached: bool
+    cached: bool = Field(description="made earlier (cache or pre-generated), not for this call")
+    source: Source = Field(
+        default="live",
+        description="live: made for this call; cache: an identical earlier call's; "
+        "pregenerated: the shopper's stored banner; fallback: max_wait_ms ran out",
+    )
+    generating: bool = Field(
+        default=False,
+        description="the live banner is still being made; it is stored for the next read",
+    )
 
 
 class HomepageCreate(ShopperRequest):

@@ -14,10 +14,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.catalog.store import shopper_version
 from app.domain import Banner, FeedbackKind, Homepage
 from app.pipeline import BannerRequest, Pipeline
-from app.server.banners.schemas import BannerCreate, HomepageCreate
+from app.retrieval.selector import CandidateFilters
+from app.server.banners.schemas import BannerCreate, BannerList, HomepageCreate
 from app.server.errors import Problem
 from app.server.limits import GenerationLimit
-from app.server.metrics import CACHE_HITS, COALESCED, STORE_ERRORS, observe_banners
+from app.server.metrics import ANSWERS, CACHE_HITS, COALESCED, STORE_ERRORS, observe_banners
+from app.server.placements.service import PlacementService
 from app.store.feedback import FeedbackStore
 from app.store.repositories import BannerStore
 
@@ -54,16 +56,6 @@ def _refuse_outage(banners: list[Banner], strict: bool) -> None:
         )
 
 
-async def _shared(answer: asyncio.Future[list[Banner]]) -> list[Banner] | None:
-    """Another request's answer; None when that request failed or went away."""
-    try:
-        return await asyncio.shield(answer)
-    except asyncio.CancelledError:
-        if answer.cancelled():  # the other request's, not ours: generate for ourselves
-            return None
-        raise
-
-
 def _unknown_template(pipeline: Pipeline, detail: str) -> Problem:
     return Problem("not-found", detail, templates=pipeline.templates.names)
 
@@ -76,8 +68,9 @@ class BannerService:
     limit: GenerationLimit
     cache_ttl_s: float
     homepage_sections: list[str]
-    # Generations under way, by request key (see _generate_once).
-    _generating: dict[str, asyncio.Future[list[Banner]]] = field(default_factory=dict)
+    placements: PlacementService
+    # Generations under way, by request key (see _start).
+    _generating: dict[str, asyncio.Task[list[Banner]]] = field(default_factory=dict)
 
     def request_key(
         self, data: BannerCreate, request: BannerRequest, template_version: int, label: str
@@ -95,51 +88,118 @@ class BannerService:
         ]
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
-    async def banners(
-        self, data: BannerCreate, api_key: str = "unknown"
-    ) -> tuple[list[Banner], bool]:
-        """The banners for a request, and whether they came from the cache (no slot taken).
-        ``api_key``: the name of the key asking, whose tokens these are (metrics)."""
+    def _plain(self, data: BannerCreate, request: BannerRequest, template_name: str) -> bool:
+        """Whether this request asks for exactly what pre-generation stores: a known shopper's
+        one banner of the placement's own template, unfiltered."""
+        return (
+            data.profile is None
+            and data.shopper_id is not None
+            and self.pipeline.shoppers.known(data.shopper_id)
+            and data.count == 1
+            and data.filters == CandidateFilters()
+            and template_name == self._placement_template(data.placement)
+        )
+
+    def _placement_template(self, placement: str) -> str | None:
+        try:
+            return self.pipeline.templates.default_for(placement).name
+        except KeyError:
+            return None
+
+    async def banners(self, data: BannerCreate, api_key: str = "unknown") -> BannerList:
+        """The banners for a request. ``api_key``: the name of the key asking, whose tokens
+        these are (metrics). With ``max_wait_ms`` the answer never waits longer than that: a
+        fresh pre-generated banner at once, or fallback copy while the live one is finished."""
         request = banner_request(data, data.template, data.placement, data.count)
         try:
             template, label = self.pipeline.template(request)
         except KeyError as error:
             raise _unknown_template(self.pipeline, str(error.args[0])) from None
+        plain = self._plain(data, request, template.name)
+        if data.max_wait_ms is not None and plain and data.shopper_id is not None:
+            stored = await self.placements.fresh_own(data.placement, data.shopper_id)
+            if stored is not None:
+                ANSWERS.labels("pregenerated").inc()
+                return BannerList(banners=[stored.banner], cached=True, source="pregenerated")
         key = self.request_key(data, request, template.version, label)
         if self.cache_ttl_s > 0:
-            stored = await self.banners_store.fresh(key, self.cache_ttl_s)
-            if stored is not None:
+            kept = await self.banners_store.fresh(key, self.cache_ttl_s)
+            if kept is not None:
                 CACHE_HITS.inc()
-                return stored, True
-        joined = self._generating.get(key)
-        if joined is not None:  # the same request is being generated: share its answer
-            banners = await _shared(joined)
-            if banners is not None:
-                COALESCED.inc()
-                _refuse_outage(banners, data.strict)
-                return banners, True
-        banners = await self._generate_once(key, request)
-        self._answered(banners, data.strict, api_key)
-        if not _engine_down(banners):  # never cache an outage's fallbacks
-            await self._keep(key, banners)
-        return banners, False
-
-    async def _generate_once(self, key: str, request: BannerRequest) -> list[Banner]:
-        """Generate, letting identical requests that arrive meanwhile wait for this answer
-        instead of generating it again (a popular shopper on a cold cache)."""
-        shared: asyncio.Future[list[Banner]] = asyncio.get_running_loop().create_future()
-        self._generating[key] = shared
+                ANSWERS.labels("cache").inc()
+                return BannerList(banners=kept, cached=True, source="cache")
+        making = self._generating.get(key)
+        coalesced = making is not None
+        if making is None:  # else the same request is being made: share its answer
+            making = self._start(key, request, data.placement if plain else None)
         try:
-            async with self.limit.slot():
-                banners = await self.pipeline.generate(request)
-            shared.set_result(banners)
-            return banners
-        except BaseException:
-            shared.cancel()  # the waiters generate for themselves
-            raise
-        finally:
-            if self._generating.get(key) is shared:
-                del self._generating[key]
+            banners = await asyncio.wait_for(
+                asyncio.shield(making),
+                None if data.max_wait_ms is None else data.max_wait_ms / 1000,
+            )
+        except TimeoutError:
+            return await self._deadline_fallback(data, request)
+        if coalesced:
+            COALESCED.inc()
+            _refuse_outage(banners, data.strict)
+        else:
+            self._answered(banners, data.strict, api_key)
+        ANSWERS.labels("live").inc()
+        return BannerList(banners=banners, cached=coalesced, source="live")
+
+    def _start(
+        self, key: str, request: BannerRequest, placement: str | None
+    ) -> asyncio.Task[list[Banner]]:
+        """Generate in a task of its own: identical requests arriving meanwhile share it (a
+        popular shopper on a cold cache), and it is finished and stored even when the request
+        that started it stopped waiting (``max_wait_ms``, a client gone). ``placement``: also
+        store it as the shopper's banner there, for the next read."""
+
+        async def make() -> list[Banner]:
+            try:
+                async with self.limit.slot():
+                    banners = await self.pipeline.generate(request)
+                if not _engine_down(banners):  # never keep an outage's fallbacks
+                    await self._keep(key, banners)
+                    if placement is not None:
+                        await self._keep_for_reads(placement, request.shopper_id, banners[0])
+                return banners
+            finally:
+                if self._generating.get(key) is task:
+                    del self._generating[key]
+
+        task = asyncio.create_task(make())
+        self._generating[key] = task
+        return task
+
+    async def _deadline_fallback(self, data: BannerCreate, request: BannerRequest) -> BannerList:
+        """``max_wait_ms`` ran out: the segment's or everyone's stored banner, else fallback
+        copy from catalog facts; the live banner goes on and is stored for the next read."""
+        waited = f"no banner within max_wait_ms={data.max_wait_ms}"
+        if data.strict:
+            raise Problem(
+                "engine-unavailable",
+                f"{waited}; it is still being made and will be stored: retry shortly, or send "
+                "strict=false to accept fallback copy",
+                headers={"Retry-After": "2"},
+            )
+        stand_in = None
+        if data.count == 1 and data.shopper_id is not None:
+            stand_in = await self.placements.stand_in(data.placement, data.shopper_id)
+        banners = (
+            [stand_in.banner]
+            if stand_in is not None
+            else self.pipeline.fallback(self.pipeline.prepare(request), f"deadline: {waited}")
+        )
+        ANSWERS.labels("fallback").inc()
+        return BannerList(banners=banners, cached=False, source="fallback", generating=True)
+
+    async def _keep_for_reads(self, placement: str, shopper_id: str, banner: Banner) -> None:
+        try:
+            await self.placements.keep_live(placement, shopper_id, banner)
+        except SQLAlchemyError:
+            STORE_ERRORS.inc()
+            log.exception("could not store banner %s for reads", banner.id)
 
     async def homepage(self, data: HomepageCreate, api_key: str = "unknown") -> Homepage:
         sections = data.sections or self.homepage_sections

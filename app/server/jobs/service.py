@@ -91,9 +91,8 @@ class JobService:
         try:
             templates.default_for(data.placement)
         except KeyError:
-            placements = sorted({templates.get(n).header.placement for n in templates.names})
             raise invalid(
-                "placement", f"unknown placement (placements: {', '.join(placements)})"
+                "placement", f"unknown placement (placements: {', '.join(templates.placements)})"
             ) from None
         ids = tuple(dict.fromkeys(data.shopper_ids)) if data.shopper_ids is not None else None
         try:
@@ -116,11 +115,38 @@ class JobService:
                 f"({active.done}/{active.total} made); wait for it or cancel it",
                 job=active.id,
             ) from None
+        self._launch(job)
+        log.info("job_queued", job=job.id, placement=spec.placement, resumed=resumed)
+        return JobView.of(job, resumed)
+
+    def _launch(self, job: Job) -> asyncio.Task[Job]:
         task = asyncio.create_task(self.run(job))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
-        log.info("job_queued", job=job.id, placement=spec.placement, resumed=resumed)
-        return JobView.of(job, resumed)
+        return task
+
+    async def refresh_stale(self) -> list[JobView]:
+        """One pass of the scheduler: for every placement, one after the other, a job making
+        only what is missing or stale. A placement whose job is running (here or on another
+        replica) is left to it."""
+        made = []
+        for placement in self.pipeline.templates.placements:
+            try:
+                job, _ = await self.jobs.start(JobSpec(placement, "all", None, True), "scheduler")
+            except JobConflict:
+                continue
+            made.append(JobView.of(await self._launch(job)))
+        return made
+
+    async def schedule(self, every_s: float) -> None:
+        """Refresh what went stale every ``every_s`` seconds, for as long as the service runs."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                for view in await self.refresh_stale():
+                    log.info("scheduled_job_done", job=view.id, state=view.state, made=view.total)
+            except Exception:  # a database hiccup: the next pass tries again
+                log.exception("scheduled_refresh_failed")
 
     async def get(self, job_id: str) -> JobView:
         job = await self.jobs.get(job_id)

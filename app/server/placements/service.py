@@ -14,14 +14,20 @@ from datetime import UTC, datetime
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.domain import Audience, Subject
+from app.catalog.store import shopper_version
+from app.domain import Audience, Banner, Subject
 from app.logs import get_logger
 from app.pipeline import Pipeline
-from app.pregeneration.freshness import product_problems, stale_reasons
+from app.pregeneration.freshness import inputs_of, product_problems, stale_reasons
 from app.pregeneration.plan import POPULAR, current
 from app.server.errors import Problem
 from app.server.placements.schemas import ServedBanner
-from app.store.pregenerated import PlacementBannerStore, StoredBanner
+from app.store.pregenerated import (
+    Generated,
+    PlacementBannerStore,
+    PlacementSettingsStore,
+    StoredBanner,
+)
 
 log = get_logger(__name__)
 
@@ -29,6 +35,7 @@ log = get_logger(__name__)
 @dataclass
 class PlacementService:
     store: PlacementBannerStore
+    settings: PlacementSettingsStore
     pipeline: Pipeline
     max_age_s: float
     # Stale marks being written (a read never waits for them).
@@ -39,28 +46,19 @@ class PlacementService:
         try:
             return templates.default_for(placement).name
         except KeyError:
-            placements = sorted({templates.get(n).header.placement for n in templates.names})
             raise Problem(
                 "not-found",
-                f"unknown placement '{placement}' (placements: {', '.join(placements)})",
+                f"unknown placement '{placement}' (placements: {', '.join(templates.placements)})",
             ) from None
 
     async def read(self, placement: str, shopper_id: str, fallback: bool = True) -> ServedBanner:
         name = self._template_name(placement)
         own = Subject(audience=Audience.SHOPPER, key=shopper_id)
-        order = [own]
-        if fallback:
-            shoppers = self.pipeline.shoppers
-            if shoppers.known(shopper_id):
-                order.append(
-                    Subject(audience=Audience.SEGMENT, key=shoppers.get(shopper_id).segment)
-                )
-            order.append(POPULAR)
-        stored = await self.store.many(placement, order)
-        for subject in order:
-            kept = stored.get(subject)
-            if kept is not None and self._servable(kept):
-                return self._served(kept, name)
+        served = await self._first_servable(
+            placement, name, [own, *self._stand_ins(shopper_id)] if fallback else [own]
+        )
+        if served is not None:
+            return served
         if not fallback:
             raise Problem(
                 "not-found",
@@ -72,6 +70,50 @@ class PlacementService:
             "not-found",
             f"no servable banner in placement '{placement}': pre-generate it (POST /v1/jobs)",
         )
+
+    async def fresh_own(self, placement: str, shopper_id: str) -> ServedBanner | None:
+        """The shopper's own stored banner if it is servable and nothing it was made from
+        changed (a live request that may take it instead of generating)."""
+        name = self._template_name(placement)
+        own = Subject(audience=Audience.SHOPPER, key=shopper_id)
+        served = await self._first_servable(placement, name, [own])
+        return served if served is not None and not served.stale else None
+
+    async def stand_in(self, placement: str, shopper_id: str) -> ServedBanner | None:
+        """The segment's or everyone's stored banner for this shopper, if one is servable."""
+        name = self._template_name(placement)
+        return await self._first_servable(placement, name, self._stand_ins(shopper_id))
+
+    async def keep_live(self, placement: str, shopper_id: str, banner: Banner) -> None:
+        """Store a banner generated live as the shopper's, for the next read (pending review
+        where the placement asks for it)."""
+        shopper = self.pipeline.shoppers.get(shopper_id)
+        generated = Generated(
+            subject=Subject(audience=Audience.SHOPPER, key=shopper_id),
+            banner=banner,
+            inputs=inputs_of(banner, shopper_version(shopper), self.pipeline.catalog),
+        )
+        review = "pending" if await self.settings.review_required(placement) else "none"
+        await self.store.save(placement, [generated], review)
+
+    def _stand_ins(self, shopper_id: str) -> list[Subject]:
+        shoppers = self.pipeline.shoppers
+        segment = (
+            [Subject(audience=Audience.SEGMENT, key=shoppers.get(shopper_id).segment)]
+            if shoppers.known(shopper_id)
+            else []
+        )
+        return [*segment, POPULAR]
+
+    async def _first_servable(
+        self, placement: str, name: str, order: list[Subject]
+    ) -> ServedBanner | None:
+        stored = await self.store.many(placement, order)
+        for subject in order:
+            kept = stored.get(subject)
+            if kept is not None and self._servable(kept):
+                return self._served(kept, name)
+        return None
 
     def _servable(self, kept: StoredBanner) -> bool:
         """Whether review allows it and its products are still as it shows them; a banner

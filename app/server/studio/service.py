@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.domain import LABEL_PATTERN, MAX_VERSION, NAME_PATTERN, Banner, Shopper
+from app.events import Events, NoEvents
 from app.pipeline import BannerRequest, Pipeline
 from app.prompting.lint import LintProblem, LintResult, lint
 from app.prompting.sandbox import TemplateError
@@ -171,11 +172,13 @@ class StudioService:
         feedback: FeedbackStore,
         pipeline: Pipeline,
         limit: GenerationLimit,
+        events: Events | None = None,
     ) -> None:
         self.store = store
         self.feedback = feedback
         self.pipeline = pipeline
         self.limit = limit
+        self.events: Events = events or NoEvents()  # template.published
         self._revision = -1
 
     async def reload(self) -> None:
@@ -358,6 +361,11 @@ class StudioService:
                 errors=[{"field": "version", "message": str(error)}],
             ) from None
         await self.reload()
+        if label == PRODUCTION and previous != version:
+            await self.events.emit(
+                "template.published",
+                {"template": name, "version": version, "label": label, "actor": actor},
+            )
         return LabelMoved(name, label, version, previous)
 
     async def set_split(self, placement: str, split: Split | None, *, actor: str) -> None:
