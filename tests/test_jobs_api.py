@@ -708,3 +708,32 @@ def test_a_stale_only_job_makes_only_what_changed(
     assert {s: r.job_id for s, r in rows.items()} == {
         s: (one["id"] if s == shopper("coffee_fan") else full["id"]) for s in ALL_SUBJECTS
     }
+
+
+# --- the scheduler ------------------------------------------------------------------------------
+
+
+def test_the_scheduler_fills_every_placement_then_makes_only_what_went_stale(
+    settings: Settings, keys: dict[str, str]
+) -> None:
+    engine = ScriptedEngine([])
+    scheduled = settings.model_copy(update={"pregenerate_every_s": 0.2})
+    with serving(scheduled, engine) as client:
+
+        def passes() -> list[dict[str, Any]]:
+            listed = call(client, "GET", "/v1/jobs?limit=500", keys["admin"]).json()
+            return [job for job in listed if job["created_by"] == "scheduler"]
+
+        deadline = time.monotonic() + DEADLINE_S
+        while len([j for j in passes() if j["state"] == "succeeded"]) < 6:
+            assert time.monotonic() < deadline, passes()
+            time.sleep(0.05)
+        jobs = sorted(passes(), key=lambda job: job["created_at"])
+        first = jobs[:3]  # the first pass: one stale-only job per placement, one at a time
+        assert sorted(job["placement"] for job in first) == PLACEMENTS.split(", ")
+        assert all(job["stale_only"] and job["shoppers"] == "all" for job in first)
+        assert all(job["total"] == TOTAL_ALL for job in first)  # nothing was stored yet
+        later = [job for job in jobs[3:] if job["state"] == "succeeded"]
+        assert later and all(job["total"] == 0 for job in later)  # nothing went stale since
+        for placement in PLACEMENTS.split(", "):
+            assert len(stored_rows(settings.database, placement)) == TOTAL_ALL

@@ -171,6 +171,8 @@ async def load_services(
         events=held.events,
     )
     held.jobs = JobService(jobs, pipeline, runner.run)
+    if settings.pregenerate_every_s > 0:
+        background.append(asyncio.create_task(held.jobs.schedule(settings.pregenerate_every_s)))
     held.review = ReviewService(ReviewStore(db), pipeline, events=held.events)
     server = getattr(pipeline.engine, "server", None)
     if isinstance(server, ManagedVLLM):
