@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import sys
 from pathlib import Path
 
 from app.config import Settings
@@ -89,7 +90,7 @@ async def _run(settings: Settings, spec: JobSpec, engine: Engine | None, progres
             ) from None
         bar = tqdm(total=0, unit="banner", desc=job.id, disable=not progress)
         if resumed:
-            bar.write(f"resuming {job.id}: {job.done} made before")
+            bar.write(f"resuming {job.id}: {job.done} made before", file=sys.stderr)
 
         def show(p: Progress) -> None:
             bar.total = p.total

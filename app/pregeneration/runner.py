@@ -113,8 +113,9 @@ class JobRunner:
         self.in_process = in_process
 
     async def run(self, job: Job) -> Job:
-        """Run ``job`` to its end (succeeded, cancelled or failed) and return it. Never raises
-        for what a subject or a worker does; a failure of the job itself is recorded."""
+        """Run ``job`` to its end (succeeded, cancelled or failed; interrupted when the database
+        stays away) and return it. Never raises for what a subject or a worker does; a failure
+        of the job itself is recorded."""
         try:
             # Decided once per run: a placement switched to review mid-job reviews from its
             # next job on.
@@ -134,6 +135,18 @@ class JobRunner:
             log.warning("job_interrupted", job=job.id)
             await asyncio.shield(self.jobs.interrupt(job.id))
             raise
+        except SQLAlchemyError as error:
+            # The database stayed away longer than job_db_retry_s: nothing is wrong with the
+            # job itself, so it is interrupted, not failed; started again, it resumes.
+            log.exception("job_interrupted_by_the_database", job=job.id)
+            reason = f"database unavailable: {type(error).__name__}: {error}"
+            try:
+                await self.jobs.interrupt(job.id, reason)
+                interrupted = await self.jobs.get(job.id)
+            except SQLAlchemyError:  # still away: the missing heartbeat says interrupted
+                raise error from None
+            assert interrupted is not None
+            return interrupted
         except Exception as error:  # the job fails; the service and the CLI go on
             log.exception("job_failed", job=job.id)
             reason = f"{type(error).__name__}: {error}"

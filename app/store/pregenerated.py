@@ -293,14 +293,15 @@ class JobStore:
             record.heartbeat_at = now
             return _job(record, self.dead_after_s)
 
-    async def interrupt(self, job_id: str) -> None:
-        """The runner stops before the end (its process is shutting down): the job keeps its
-        placement, and the next start of the same job resumes it."""
+    async def interrupt(self, job_id: str, error: str | None = None) -> None:
+        """The runner stops before the end (its process is shutting down, the database went
+        away): the job keeps its placement, and the next start of the same job resumes it."""
         async with self.db.writing(f"job:{job_id}") as session:
             record = await session.get(JobRecord, job_id)
             if record is not None and record.state not in FINISHED:
                 record.state = "interrupted"
                 record.heartbeat_at = _now()
+                record.error = error[:500] if error else None
 
     async def cancel(self, job_id: str) -> Job | None:
         """Ask a job to stop. A live job stops at its next write; one whose runner is gone

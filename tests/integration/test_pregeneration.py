@@ -177,6 +177,14 @@ def test_pregenerate_killed_half_way_resumes_without_making_anything_twice(
     finished = asyncio.run(job())
     assert finished.state == "succeeded" and finished.done == finished.total == len(after)
 
+    # Nothing changed since: a stale-only run makes nothing, and says so as JSON.
+    stale_only = marquee(*command, "--stale-only", "--json", **env)
+    out, err = stale_only.communicate(timeout=600)
+    assert stale_only.returncode == 0, err[-3000:]
+    report = json.loads(out)
+    assert report["state"] == "succeeded" and report["total"] == 0 and report["id"] != job_id
+    assert rows(database) == after
+
 
 def rows_or_empty(database: str) -> dict[tuple[str, str], tuple[str, str]]:
     try:
