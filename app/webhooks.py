@@ -192,6 +192,7 @@ class WebhookDispatcher:
         finally:
             for task in sending:
                 task.cancel()  # its claim runs out, and it is sent again
+            await asyncio.gather(*sending, return_exceptions=True)
             await self.close()
 
     async def _send(self, out: Outgoing, at: datetime) -> tuple[int | None, str | None]:

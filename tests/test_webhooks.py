@@ -265,12 +265,14 @@ async def test_an_endpoint_nobody_listens_on_fails_after_the_schedule(database_u
 @pytest.mark.parametrize(
     "url",
     [
-        "sqlite+aiosqlite:////nonexistent/folder/marquee.db",
-        "postgresql+asyncpg://marquee@127.0.0.1:{port}/marquee",
+        "sqlite+aiosqlite:///{folder}/never-migrated.db",  # no tables: every write fails
+        "postgresql+asyncpg://marquee@127.0.0.1:{port}/marquee",  # nobody listens
     ],
 )
-async def test_emitting_while_the_database_is_down_does_not_raise(url: str, caplog) -> None:
-    db = Database(url.format(port=free_port()))
+async def test_emitting_while_the_database_is_down_does_not_raise(
+    url: str, tmp_path: Path, caplog
+) -> None:
+    db = Database(url.format(folder=tmp_path, port=free_port()))
     try:
         await WebhookEvents(WebhookStore(db)).emit("job.finished", {"job": "j"})
     finally:

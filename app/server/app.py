@@ -277,7 +277,8 @@ def create_app(
         await first_key(held)
         loading = asyncio.create_task(load_services(held, loader, background, jobs_in_process))
         background.append(asyncio.create_task(follow_templates(held)))
-        background.append(asyncio.create_task(dispatcher.run()))
+        dispatching = asyncio.create_task(dispatcher.run())
+        background.append(dispatching)
         try:
             yield
         finally:
@@ -288,6 +289,8 @@ def create_app(
             await asyncio.to_thread(stop_all)
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await loading
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await dispatching  # its sends stop before the database goes
             if held.jobs is not None:  # its jobs stop as interrupted, resumable
                 await held.jobs.close()
             await asyncio.to_thread(cluster.shutdown)  # a local Ray goes with the service
