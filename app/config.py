@@ -149,8 +149,10 @@ class Settings(BaseSettings):
     job_worker_cpus: float = Field(default=1.0, gt=0, le=1024)  # Ray CPUs each one reserves
     # Subjects per task, and tasks queued per worker: together how many generations one
     # worker keeps in flight (the engine batches them; keep every replica saturated).
+    # Measured (bench/results/pregeneration.md): 32 in flight left vLLM idle while retried
+    # subjects held their shards; 64 matched raw vLLM's generations/s.
     job_shard_size: int = Field(default=8, ge=1, le=10_000)
-    job_shards_in_flight: int = Field(default=4, ge=1, le=1024)
+    job_shards_in_flight: int = Field(default=8, ge=1, le=1024)
     job_write_batch: int = Field(default=64, ge=1, le=100_000)  # results per transaction
     # How long a job keeps retrying a write while the database is unavailable before it fails.
     job_db_retry_s: float = Field(default=60.0, ge=0)

@@ -10,8 +10,9 @@ Starts a managed vLLM server (or uses --vllm-url), then:
 vLLM's prefix cache is emptied before each phase, so neither inherits the other's cache (the
 server runs with VLLM_SERVER_DEV_MODE=1 for /reset_prefix_cache). For each phase: banners/s,
 generation requests/s (a job retries what the guards refuse), the prefix-cache hit rate and
-vLLM's prefill/decode time split, read from its /metrics. The job's rate is its steady state:
-from its first stored batch to its last (worker start-up is reported apart).
+vLLM's prefill/decode time split, read from its /metrics. Each phase is timed while vLLM is
+busy with it (from its first request arriving to its last finishing), so the job's start-up
+(Ray, the worker loading the pipeline) is reported apart, not counted against its throughput.
 Writes bench/results/pregeneration.md and .json.
 """
 
@@ -22,6 +23,7 @@ import asyncio
 import os
 import re
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -58,6 +60,46 @@ def vllm_metrics(base: str) -> dict[str, float]:
         match = re.search(pattern, text, re.MULTILINE)
         found[name] = float(match.group(1)) if match else 0.0
     return found
+
+
+class Busy:
+    """When vLLM was busy: polls its running and waiting request gauges in a thread, so a
+    phase is timed from its first request reaching the server, not from its own start-up."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.first: float | None = None
+        self.last: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> Busy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _poll(self) -> None:
+        with httpx.Client(timeout=5) as client:
+            while not self._stop.is_set():
+                text = client.get(f"{self.base}/metrics").text
+                load = sum(
+                    float(m.group(1))
+                    for m in re.finditer(
+                        r"^vllm:num_requests_(?:running|waiting)\{[^}]*\} (\S+)", text, re.M
+                    )
+                )
+                now = time.perf_counter()
+                if load > 0:
+                    self.first = self.first or now
+                    self.last = now
+                self._stop.wait(0.1)
+
+    @property
+    def seconds(self) -> float:
+        return (self.last - self.first) if self.first and self.last else float("nan")
 
 
 def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
@@ -100,11 +142,12 @@ async def raw(base: str, served: str, requests: list[GenerationRequest], concurr
 
 
 async def job(settings: Settings, base: str, ids: list[str]) -> dict[str, float]:
-    """Run a real job; the steady-state rate from its first stored batch to its last."""
-    marks: list[tuple[float, int]] = []
+    """Run a real job; its wall time and when it stored its first batch."""
+    first_write: list[float] = []
 
     def progress(p: Progress) -> None:
-        marks.append((time.perf_counter(), p.done))
+        if p.done > 0 and not first_write:
+            first_write.append(time.perf_counter())
 
     async with Database.upgraded(settings.database) as db:
         jobs = JobStore(db)
@@ -121,14 +164,11 @@ async def job(settings: Settings, base: str, ids: list[str]) -> dict[str, float]
         finished = await runner.run(made)
         wall = time.perf_counter() - start
     assert finished.state == "succeeded", finished
-    written = [(t, done) for t, done in marks if done > 0]
-    (t0, d0), (t1, d1) = written[0], written[-1]
     return {
         "banners": float(finished.done),
         "fallbacks": float(finished.fallbacks),
         "wall_s": wall,
-        "first_write_s": t0 - start,
-        "steady_banners_per_s": (d1 - d0) / (t1 - t0) if t1 > t0 else float("nan"),
+        "first_write_s": first_write[0] - start,
     }
 
 
@@ -182,12 +222,14 @@ def main() -> None:
 
         reset_prefix_cache(base)
         before = vllm_metrics(base)
-        raw_s = asyncio.run(raw(base, served, requests, args.concurrency))
+        with Busy(base) as raw_busy:
+            asyncio.run(raw(base, served, requests, args.concurrency))
         raw_used = delta(vllm_metrics(base), before)
 
         reset_prefix_cache(base)
         before = vllm_metrics(base)
-        made = asyncio.run(job(settings, base, ids))
+        with Busy(base) as job_busy:
+            made = asyncio.run(job(settings, base, ids))
         job_used = delta(vllm_metrics(base), before)
     finally:
         if engine is not None:
@@ -196,8 +238,11 @@ def main() -> None:
 
         cluster.shutdown()
 
-    raw_rate = len(requests) / raw_s
-    steady = made["steady_banners_per_s"]
+    raw_rate = len(requests) / raw_busy.seconds
+    job_rate = made["banners"] / job_busy.seconds
+    raw_gen = raw_used["requests"] / raw_busy.seconds
+    job_gen = job_used["requests"] / job_busy.seconds
+    retries = job_used["requests"] - made["banners"]
     header = [
         "phase",
         "banners",
@@ -210,15 +255,19 @@ def main() -> None:
         "output tokens/gen",
     ]
     rows = [
-        row("raw vLLM (same prompts)", len(requests), raw_s, raw_used),
-        row("job, whole run", made["banners"], made["wall_s"], job_used),
-        ["job, steady state", int(made["banners"]), "", steady, "", "", "", "", ""],
+        row("raw vLLM (same prompts)", len(requests), raw_busy.seconds, raw_used),
+        row("job", made["banners"], job_busy.seconds, job_used),
     ]
     segments = sum(
         1 for s in subjects(pipeline.shoppers, "ids", ids) if s.audience is Audience.SEGMENT
     )
     notes = [
-        f"**job steady state / raw: {steady / raw_rate:.2f}** (target at least 0.90)",
+        f"**job / raw, banners/s: {job_rate / raw_rate:.2f}** (target at least 0.90); "
+        f"generations/s: {job_gen / raw_gen:.2f} (the job's machinery alone: the guards' "
+        f"retries are generations raw vLLM never makes; {retries:.0f} retries for "
+        f"{made['banners']:.0f} banners)",
+        "seconds: from the first request reaching vLLM to the last finishing (its running and "
+        f"waiting gauges polled every 0.1 s); the job's whole run took {made['wall_s']:.1f} s",
         f"{len(ids)} shoppers + {segments} segments + everyone else = {len(requests)} subjects; "
         f"{args.concurrency} generations in flight in both phases; placement {PLACEMENT}",
         f"job: first batch stored after {made['first_write_s']:.1f} s (Ray start, worker "
@@ -230,7 +279,7 @@ def main() -> None:
     write_results(
         "pregeneration", "Pre-generation job vs raw vLLM, same prompts", header, rows, notes
     )
-    print(f"raw {raw_rate:.2f} banners/s; job steady {steady:.2f}; ratio {steady / raw_rate:.2f}")
+    print(f"raw {raw_rate:.2f} banners/s; job {job_rate:.2f}; ratio {job_rate / raw_rate:.2f}")
 
 
 if __name__ == "__main__":
