@@ -391,6 +391,7 @@ def limited(
             "database_url": f"sqlite+aiosqlite:///{tmp_path / 'limits.db'}",
             "rate_limit_generations_per_minute": 3,
             "rate_limit_requests_per_minute": 5,
+            "rate_limit_reads_per_minute": 2,
             "banner_cache_ttl_s": 0,
         }
     )
@@ -413,6 +414,13 @@ def test_each_key_has_its_own_budgets_for_generations_and_requests(limited) -> N
     # Reads have a budget of their own: the spent generation budget does not touch it.
     reads = [client.get("/v1/products", headers={"X-API-Key": keys["cms"]}) for _ in range(6)]
     assert [r.status_code for r in reads] == [200] * 5 + [429]
+    # The read path has a third: spent requests do not touch it (the banners made above were
+    # kept as the shopper's, for reads).
+    served = [
+        client.get("/v1/placements/home_hero/banners/runner", headers={"X-API-Key": keys["cms"]})
+        for _ in range(3)
+    ]
+    assert [r.status_code for r in served] == [200, 200, 429]
     # Another key is not slowed by the first one's spending.
     assert post(client, keys["admin"], {"shopper_id": "runner"}).status_code == 200
     # Probes are never limited.

@@ -15,6 +15,7 @@ SHARED = {
     "app.server.errors",
     "app.server.openapi",
     "app.server.params",
+    "app.server.ratelimits",  # a handler names the budget it spends (READ_PATH_OPT)
 }
 SHARED_TYPES = {"app.server.profiles"}  # wire types more than one slice speaks
 

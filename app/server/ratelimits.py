@@ -1,6 +1,7 @@
 """Per-key rate limits on Litestar's rate-limit middleware: one budget for generations, one for
-everything else on /v1. Keyed by the API key the request presents (a hash of it, so a wrong
-secret for someone's key id spends its own budget, not theirs), else the client's address.
+the read path (what a CMS asks on every page view), one for everything else on /v1. Keyed by
+the API key the request presents (a hash of it, so a wrong secret for someone's key id spends
+its own budget, not theirs), else the client's address.
 
 The budgets live in the app's memory store: per process. Behind several replicas each has its
 own; point ``stores`` at a shared store (Redis) to make them global.
@@ -29,16 +30,22 @@ def _caller(request: Request[Any, Any, Any]) -> str:
     return "addr:" + get_remote_address(request)
 
 
-def generates(request: Request[Any, Any, Any]) -> bool:
-    """A handler that may answer ``busy`` takes a generation slot: it spends the generation
-    budget (the same declaration documents the 503 in OpenAPI)."""
-    handler = request.scope.get("route_handler")
-    return "busy" in (getattr(handler, "opt", {}) or {}).get(PROBLEMS_OPT, ())
+READ_PATH_OPT = "read_path"  # a handler's ``opt``: it is the read path (see budget())
 
 
-def _budget(name: str, per_minute: int, applies: bool) -> Middleware:
+def budget(request: Request[Any, Any, Any]) -> str:
+    """Which budget a request spends. A handler that may answer ``busy`` takes a generation
+    slot (the same declaration documents the 503 in OpenAPI); the read path is marked in its
+    ``opt``; everything else spends ``requests``."""
+    opt = getattr(request.scope.get("route_handler"), "opt", {}) or {}
+    if "busy" in opt.get(PROBLEMS_OPT, ()):
+        return "generations"
+    return "reads" if opt.get(READ_PATH_OPT) else "requests"
+
+
+def _budget(name: str, per_minute: int) -> Middleware:
     async def check(request: Request[Any, Any, Any]) -> bool:
-        return request.url.path.startswith(API_PREFIX) and generates(request) is applies
+        return request.url.path.startswith(API_PREFIX) and budget(request) == name
 
     return RateLimitConfig(
         rate_limit=("minute", per_minute),
@@ -50,7 +57,8 @@ def _budget(name: str, per_minute: int, applies: bool) -> Middleware:
 
 def rate_limits(settings: Settings) -> list[Middleware]:
     budgets = [
-        ("generations", settings.rate_limit_generations_per_minute, True),
-        ("requests", settings.rate_limit_requests_per_minute, False),
+        ("generations", settings.rate_limit_generations_per_minute),
+        ("reads", settings.rate_limit_reads_per_minute),
+        ("requests", settings.rate_limit_requests_per_minute),
     ]
-    return [_budget(name, limit, applies) for name, limit, applies in budgets if limit > 0]
+    return [_budget(name, limit) for name, limit in budgets if limit > 0]

@@ -11,9 +11,10 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any, Literal
 
-from sqlalchemy import case, func, null, select, tuple_, update
+from sqlalchemy import Row, bindparam, case, func, null, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -95,7 +96,7 @@ class Generated:
 class StoredBanner:
     placement: str
     subject: Subject
-    banner: Banner
+    payload: dict[str, Any]  # the banner as stored: validated when it is first read (banner)
     inputs: BannerInputs
     stale_reason: str | None
     job_id: str | None
@@ -107,6 +108,11 @@ class StoredBanner:
     def servable(self) -> bool:
         """Review allows it: not asked for, or approved."""
         return self.review in ("none", "approved")
+
+    @cached_property
+    def banner(self) -> Banner:
+        # The read path looks at several stored rows and serves one: only that one is parsed.
+        return Banner.model_validate(self.payload)
 
 
 def _now() -> datetime:
@@ -394,11 +400,12 @@ def _row(
     }
 
 
-def _stored(record: PlacementBannerRecord) -> StoredBanner:
+def _stored(record: PlacementBannerRecord | Row[Any]) -> StoredBanner:
+    """A stored banner from its ORM record or a row of its table (the same attributes)."""
     return StoredBanner(
         placement=record.placement,
         subject=Subject(audience=Audience(record.audience), key=record.subject),
-        banner=Banner.model_validate(record.payload),
+        payload=record.payload,
         inputs=BannerInputs(
             shopper_version=record.shopper_version,
             template_version=record.template_version,
@@ -412,6 +419,13 @@ def _stored(record: PlacementBannerRecord) -> StoredBanner:
         review=record.review,
         review_reason=record.review_reason,
     )
+
+
+_TABLE = PlacementBannerRecord.__table__
+_BY_SUBJECTS = select(_TABLE).where(
+    _TABLE.c.placement == bindparam("placement"),
+    _TABLE.c.subject.in_(bindparam("subjects", expanding=True)),
+)
 
 
 class PlacementBannerStore:
@@ -431,17 +445,18 @@ class PlacementBannerStore:
         self, placement: str, subjects: Sequence[Subject]
     ) -> dict[Subject, StoredBanner]:
         """The stored banners of ``subjects`` (absent ones left out), in one query."""
-        keys = [(s.audience.value, s.key) for s in subjects]
-        if not keys:
+        wanted = {(s.audience.value, s.key) for s in subjects}
+        if not wanted:
             return {}
-        async with self.db.sessions() as session:
-            records = await session.scalars(
-                select(PlacementBannerRecord).where(
-                    PlacementBannerRecord.placement == placement,
-                    tuple_(PlacementBannerRecord.audience, PlacementBannerRecord.subject).in_(keys),
-                )
+        # The read path's query, on every page view: a prepared statement on a plain
+        # connection (no ORM session, no statement built per call); the few rows of the same
+        # subject keys under other audiences are dropped here.
+        async with self.db.engine.connect() as connection:
+            rows = await connection.execute(
+                _BY_SUBJECTS,
+                {"placement": placement, "subjects": sorted({key for _, key in wanted})},
             )
-            stored = [_stored(r) for r in records]
+            stored = [_stored(row) for row in rows if (row.audience, row.subject) in wanted]
         return {s.subject: s for s in stored}
 
     async def save(

@@ -14,6 +14,7 @@ from app.server.errors import problems
 from app.server.params import IdPath, NamePath
 from app.server.placements.schemas import ServedBanner
 from app.server.placements.service import PlacementService
+from app.server.ratelimits import READ_PATH_OPT
 
 
 def _etag(served: ServedBanner) -> str:
@@ -30,7 +31,7 @@ class PlacementController(Controller):
         "/{placement:str}/banners/{shopper_id:str}",
         summary="The pre-generated banner for a shopper (theirs, else their segment's or "
         "everyone's); never generates",
-        opt=problems("not-found"),
+        opt={**problems("not-found"), READ_PATH_OPT: True},
         responses={304: ResponseSpec(None, description="Not modified (If-None-Match)")},
     )
     async def read(
