@@ -154,3 +154,28 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite+aiosqlite:///{tmp_path / 'marquee.db'}"
     server: PostgresServer = request.getfixturevalue("postgres")
     return server.new_database()
+
+
+@pytest.fixture
+def data_files_settings(
+    tmp_path: Path,
+    database_url: str,
+    tiny_catalog: Catalog,
+    tiny_shoppers: ShopperStore,
+    test_settings: Settings,
+) -> Settings:
+    """Settings whose data files hold the tiny catalog and shoppers, on the test's database:
+    what a pre-generation job plans from (tests/fakes.py ``file_loader`` builds the app's
+    pipeline from the same files)."""
+    products = tmp_path / "products.jsonl"
+    products.write_text("".join(p.model_dump_json() + "\n" for p in tiny_catalog.products))
+    people = tmp_path / "shoppers.jsonl"
+    people.write_text("".join(s.model_dump_json() + "\n" for s in tiny_shoppers.all()))
+    return test_settings.model_copy(
+        update={
+            "database_url": database_url,
+            "products_path": products,
+            "shoppers_path": people,
+            "signals_refresh_delay_s": 0.0,
+        }
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -127,3 +127,16 @@ def wait_ready(client: Any) -> None:
             return
         asyncio.run(asyncio.sleep(0.025))
     raise AssertionError(client.get("/readyz").text)
+
+
+def file_loader(engine: Engine) -> Callable[[Settings], Pipeline]:
+    """The app's pipeline loader over the settings' data files (with the API's writes), as the
+    service loads it, around ``engine``."""
+
+    def load(settings: Settings) -> Pipeline:
+        from app.runtime import load_data
+
+        catalog, shoppers = load_data(settings)
+        return make_pipeline(engine, catalog, shoppers, settings)
+
+    return load

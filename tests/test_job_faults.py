@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
 
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from app.catalog.store import Catalog, ShopperStore
+from app.catalog.store import ShopperStore
 from app.config import Settings
 from app.generation.replicas import ReplicaPool
 from app.generation.vllm_engine import VLLMEngine
@@ -33,22 +32,9 @@ PLACEMENT = "home_hero"
 
 
 @pytest.fixture
-def settings(
-    tmp_path: Path,
-    database_url: str,
-    tiny_catalog: Catalog,
-    tiny_shoppers: ShopperStore,
-    test_settings: Settings,
-) -> Settings:
-    products = tmp_path / "products.jsonl"
-    products.write_text("".join(p.model_dump_json() + "\n" for p in tiny_catalog.products))
-    people = tmp_path / "shoppers.jsonl"
-    people.write_text("".join(s.model_dump_json() + "\n" for s in tiny_shoppers.all()))
-    return test_settings.model_copy(
+def settings(data_files_settings: Settings) -> Settings:
+    return data_files_settings.model_copy(
         update={
-            "database_url": database_url,
-            "products_path": products,
-            "shoppers_path": people,
             "job_shard_size": 1,  # one subject a shard, written one by one
             "job_write_batch": 1,
             "job_db_retry_s": 2.0,

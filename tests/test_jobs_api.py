@@ -20,24 +20,20 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
-from app.catalog.store import Catalog, ShopperStore
 from app.config import Settings
 from app.domain import Audience, Subject
 from app.generation.engine import GenerationRequest, GenerationResult
-from app.pipeline import Pipeline
 from app.pregeneration.plan import POPULAR
-from app.runtime import load_data
 from app.server.app import create_app
 from app.store.db import Database
 from app.store.pregenerated import PlacementBannerStore, StoredBanner
-from tests.fakes import ScriptedEngine, make_pipeline, wait_ready
+from tests.fakes import ScriptedEngine, file_loader, wait_ready
 from tests.test_api import _keys
 
 Client = TestClient[Litestar]
@@ -94,27 +90,13 @@ class GateEngine(ScriptedEngine):
 
 
 @pytest.fixture
-def settings(
-    tmp_path: Path,
-    database_url: str,
-    tiny_catalog: Catalog,
-    tiny_shoppers: ShopperStore,
-    test_settings: Settings,
-) -> Settings:
+def settings(data_files_settings: Settings) -> Settings:
     """Settings whose data files hold the tiny catalog and shoppers; shards of two subjects,
     each written as soon as it is made (a job's progress moves shard by shard)."""
-    products = tmp_path / "products.jsonl"
-    products.write_text("".join(p.model_dump_json() + "\n" for p in tiny_catalog.products))
-    people = tmp_path / "shoppers.jsonl"
-    people.write_text("".join(s.model_dump_json() + "\n" for s in tiny_shoppers.all()))
-    return test_settings.model_copy(
+    return data_files_settings.model_copy(
         update={
-            "database_url": database_url,
-            "products_path": products,
-            "shoppers_path": people,
             "job_shard_size": 2,
             "job_write_batch": 1,
-            "signals_refresh_delay_s": 0.0,
         }
     )
 
@@ -124,20 +106,9 @@ def keys(settings: Settings) -> dict[str, str]:
     return asyncio.run(_keys(settings.database))
 
 
-def loader(engine: ScriptedEngine) -> Callable[[Settings], Pipeline]:
-    """The pipeline over the settings' data files (with the API's writes), as the service
-    loads it, around ``engine``."""
-
-    def load(s: Settings) -> Pipeline:
-        catalog, shoppers = load_data(s)
-        return make_pipeline(engine, catalog, shoppers, s)
-
-    return load
-
-
 @contextmanager
 def serving(settings: Settings, engine: ScriptedEngine) -> Iterator[Client]:
-    app = create_app(settings, loader(engine), jobs_in_process=True)
+    app = create_app(settings, file_loader(engine), jobs_in_process=True)
     with TestClient(app) as client:
         wait_ready(client)
         yield client

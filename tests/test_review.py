@@ -12,24 +12,20 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import unescape
-from pathlib import Path
 from typing import Any
 
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
-from app.catalog.store import Catalog, ShopperStore
 from app.config import Settings
 from app.domain import Audience, Subject
 from app.events import EventType
-from app.pipeline import Pipeline
 from app.pregeneration.plan import POPULAR
-from app.runtime import load_data
 from app.server.app import create_app
 from app.store.db import Database
 from app.store.pregenerated import (
@@ -40,7 +36,7 @@ from app.store.pregenerated import (
     ReviewStore,
 )
 from app.store.templates import TemplateStore
-from tests.fakes import GOOD, ScriptedEngine, make_pipeline, wait_ready
+from tests.fakes import GOOD, ScriptedEngine, file_loader, wait_ready
 from tests.test_api import _keys
 from tests.test_pregeneration import banner, inputs, made
 from tests.test_studio import sign_in
@@ -274,49 +270,27 @@ class Review:
         """The queue's entry for ``subject`` in the hero placement."""
         for found in self.queue(f"placement={HERO}&{query}")["items"]:
             if (found["audience"], found["subject"]) == (subject.audience.value, subject.key):
-                return found
+                entry: dict[str, Any] = found
+                return entry
         raise AssertionError(f"{subject} is not in the queue")
 
 
-def decision(item: dict[str, Any], verdict: str = "approved", reason: str | None = None) -> dict:
+def decision(
+    item: dict[str, Any], verdict: str = "approved", reason: str | None = None
+) -> dict[str, Any]:
     body = {k: item[k] for k in ("placement", "audience", "subject", "banner_id")}
     return {**body, "decision": verdict, **({"reason": reason} if reason is not None else {})}
 
 
 @pytest.fixture
-def settings(
-    tmp_path: Path,
-    database_url: str,
-    tiny_catalog: Catalog,
-    tiny_shoppers: ShopperStore,
-    test_settings: Settings,
-) -> Settings:
-    products = tmp_path / "products.jsonl"
-    products.write_text("".join(p.model_dump_json() + "\n" for p in tiny_catalog.products))
-    people = tmp_path / "shoppers.jsonl"
-    people.write_text("".join(s.model_dump_json() + "\n" for s in tiny_shoppers.all()))
-    return test_settings.model_copy(
-        update={
-            "database_url": database_url,
-            "products_path": products,
-            "shoppers_path": people,
-            "signals_refresh_delay_s": 0.0,
-        }
-    )
-
-
-def loader(engine: ScriptedEngine) -> Callable[[Settings], Pipeline]:
-    def load(s: Settings) -> Pipeline:
-        catalog, shoppers = load_data(s)
-        return make_pipeline(engine, catalog, shoppers, s)
-
-    return load
+def settings(data_files_settings: Settings) -> Settings:
+    return data_files_settings
 
 
 @pytest.fixture
 def review(settings: Settings) -> Iterator[Review]:
     keys = asyncio.run(_keys(settings.database))
-    app = create_app(settings, loader(ScriptedEngine([GOOD] * 200)), jobs_in_process=True)
+    app = create_app(settings, file_loader(ScriptedEngine([GOOD] * 200)), jobs_in_process=True)
     with TestClient(app) as client:
         wait_ready(client)
         recorded = Recorded()

@@ -28,16 +28,13 @@ from litestar import Litestar
 from litestar.testing import TestClient
 from standardwebhooks import Webhook
 
-from app.catalog.store import Catalog, ShopperStore
 from app.config import Settings
 from app.generation.vllm_server import free_port
-from app.pipeline import Pipeline
-from app.runtime import load_data
 from app.server.app import create_app
 from app.store.db import Database
 from app.store.webhooks import Delivery, WebhookStore
 from app.webhooks import RETRY_SCHEDULE, WebhookDispatcher, WebhookEvents
-from tests.fakes import GOOD, ScriptedEngine, make_pipeline, wait_ready
+from tests.fakes import GOOD, ScriptedEngine, file_loader, wait_ready
 from tests.test_api import _keys
 
 Client = TestClient[Litestar]
@@ -347,40 +344,15 @@ async def test_the_running_dispatcher_wakes_when_an_event_is_queued(
 
 
 @pytest.fixture
-def settings(
-    tmp_path: Path,
-    database_url: str,
-    tiny_catalog: Catalog,
-    tiny_shoppers: ShopperStore,
-    test_settings: Settings,
-) -> Settings:
+def settings(data_files_settings: Settings) -> Settings:
     """Settings whose data files hold the tiny catalog and shoppers (a job plans from them)."""
-    products = tmp_path / "products.jsonl"
-    products.write_text("".join(p.model_dump_json() + "\n" for p in tiny_catalog.products))
-    people = tmp_path / "shoppers.jsonl"
-    people.write_text("".join(s.model_dump_json() + "\n" for s in tiny_shoppers.all()))
-    return test_settings.model_copy(
-        update={
-            "database_url": database_url,
-            "products_path": products,
-            "shoppers_path": people,
-            "signals_refresh_delay_s": 0.0,
-        }
-    )
-
-
-def loader(engine: ScriptedEngine) -> Callable[[Settings], Pipeline]:
-    def load(s: Settings) -> Pipeline:
-        catalog, shoppers = load_data(s)
-        return make_pipeline(engine, catalog, shoppers, s)
-
-    return load
+    return data_files_settings
 
 
 @pytest.fixture
 def api(settings: Settings) -> Iterator[tuple[Client, dict[str, str]]]:
     keys = asyncio.run(_keys(settings.database))
-    app = create_app(settings, loader(ScriptedEngine([GOOD] * 200)), jobs_in_process=True)
+    app = create_app(settings, file_loader(ScriptedEngine([GOOD] * 200)), jobs_in_process=True)
     with TestClient(app) as client:
         wait_ready(client)
         yield client, keys
