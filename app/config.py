@@ -163,6 +163,10 @@ class Settings(BaseSettings):
     job_db_retry_s: float = Field(default=60.0, ge=0)
     # A job without a heartbeat for this long is interrupted: starting it again resumes it.
     job_heartbeat_timeout_s: float = Field(default=60.0, gt=5)
+    # The read path keeps the stored rows it read for this long (0: always read them): a
+    # banner stored by another process is served within this time, and what it shows is
+    # checked against the live catalog on every read all the same.
+    read_cache_s: float = Field(default=2.0, ge=0, le=3600)
     # A stored banner older than this is stale (0: age alone never makes it stale).
     pregenerate_max_age_s: float = Field(default=7 * 86400.0, ge=0)
     # The service's scheduler: every this many seconds, a job per placement making only what

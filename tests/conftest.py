@@ -119,6 +119,9 @@ def test_settings(tmp_path: Path) -> Settings:
         semantic_weight=0.6,
         collaborative_weight=0.3,
         popularity_weight=0.1,
+        # Every read sees the database as it is: the read path's short memory of stored rows
+        # is tested on its own (tests/test_jobs_api.py).
+        read_cache_s=0.0,
     )
 
 

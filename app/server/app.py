@@ -150,6 +150,7 @@ async def load_services(
         PlacementSettingsStore(db),
         pipeline,
         settings.pregenerate_max_age_s,
+        settings.read_cache_s,
     )
     held.banners = BannerService(
         pipeline,

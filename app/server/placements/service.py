@@ -9,6 +9,7 @@ instead, flagged as such.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -31,6 +32,8 @@ from app.store.pregenerated import (
 
 log = get_logger(__name__)
 
+MAX_ROWS = 100_000
+
 
 @dataclass
 class PlacementService:
@@ -38,8 +41,16 @@ class PlacementService:
     settings: PlacementSettingsStore
     pipeline: Pipeline
     max_age_s: float
+    rows_for_s: float = 2.0  # Settings.read_cache_s
     # Stale marks being written (a read never waits for them).
     _marking: set[asyncio.Task[None]] = field(default_factory=set)
+    # Stored rows read in the last ``rows_for_s`` (None: none stored), by (placement,
+    # subject): everyone's and a segment's banner are read for many shoppers, and a shopper's
+    # own for each page of a visit. A banner stored by another process (or a job) is seen
+    # within that time; what it shows is checked against the live catalog on every read.
+    _rows: dict[tuple[str, Subject], tuple[float, StoredBanner | None]] = field(
+        default_factory=dict
+    )
 
     def _template_name(self, placement: str) -> str:
         templates = self.pipeline.templates
@@ -95,6 +106,7 @@ class PlacementService:
         )
         review = "pending" if await self.settings.review_required(placement) else "none"
         await self.store.save(placement, [generated], review)
+        self._forget(placement, generated.subject)
 
     def _stand_ins(self, shopper_id: str) -> list[Subject]:
         shoppers = self.pipeline.shoppers
@@ -108,12 +120,38 @@ class PlacementService:
     async def _first_servable(
         self, placement: str, name: str, order: list[Subject]
     ) -> ServedBanner | None:
-        stored = await self.store.many(placement, order)
+        stored = await self._stored(placement, order)
         for subject in order:
             kept = stored.get(subject)
             if kept is not None and self._servable(kept):
                 return self._served(kept, name)
         return None
+
+    async def _stored(
+        self, placement: str, subjects: list[Subject]
+    ) -> dict[Subject, StoredBanner | None]:
+        """The stored rows of ``subjects``: recent reads from memory, the rest in one query."""
+        now = time.monotonic()
+        found: dict[Subject, StoredBanner | None] = {}
+        missing = []
+        for subject in subjects:
+            held = self._rows.get((placement, subject))
+            if held is not None and held[0] > now:
+                found[subject] = held[1]
+            else:
+                missing.append(subject)
+        if missing:
+            read = await self.store.many(placement, missing)
+            if len(self._rows) >= MAX_ROWS:  # never grows without bound: start over
+                self._rows.clear()
+            for subject in missing:
+                found[subject] = read.get(subject)
+                if self.rows_for_s > 0:
+                    self._rows[(placement, subject)] = (now + self.rows_for_s, found[subject])
+        return found
+
+    def _forget(self, placement: str, subject: Subject) -> None:
+        self._rows.pop((placement, subject), None)
 
     def _servable(self, kept: StoredBanner) -> bool:
         """Whether review allows it and its products are still as it shows them; a banner
@@ -147,6 +185,8 @@ class PlacementService:
         )
 
     def _mark(self, kept: StoredBanner, reason: str) -> None:
+        self._forget(kept.placement, kept.subject)
+
         async def write() -> None:
             try:
                 await self.store.mark_stale(kept.placement, kept.subject, reason, kept.banner.id)
