@@ -1,12 +1,14 @@
-"""Run every benchmark; each writes bench/results/<name>.md and .json."""
+"""Run every benchmark; each writes bench/results/<name>.md and .json. The long runs (the load
+test bench/load.py, the read path bench/reads.py, a big job bench/pregeneration_scale.py) run
+on their own."""
 
 from __future__ import annotations
 
-from bench import banner, dtypes, embedding, retrieval, service
+from bench import banner, dtypes, embedding, pregeneration, retrieval, service
 
 
 def main() -> None:
-    for module in (dtypes, embedding, retrieval, banner, service):
+    for module in (dtypes, embedding, retrieval, banner, service, pregeneration):
         print(f"\n=== {module.__name__} ===", flush=True)
         module.main()
 

