@@ -32,6 +32,14 @@ def connect(settings: Settings) -> None:
     with _lock:
         if ray.is_initialized():
             return
+        # Ray's core worker would install a handler for fatal signals in this process that
+        # also takes SIGTERM: it dumps a stack and kills the process in the middle of the
+        # service's own graceful shutdown. The service and the command handle their signals.
+        # (Ray reads the variable when it is first imported: the constant is set as well.)
+        os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+        from ray._private import ray_constants
+
+        ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
         env = {**WORKER_ENV, **{k: v for k, v in os.environ.items() if k.startswith("MARQUEE_")}}
         options: dict[str, Any] = {
             "runtime_env": {"env_vars": env},
