@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.catalog.store import ShopperStore
+from app.catalog.store import Catalog, ShopperStore
 from app.config import Settings
 from app.domain import Subject
 from app.events import Events, NoEvents
@@ -188,7 +188,7 @@ class JobRunner:
         shoppers: ShopperStore,
         templates: TemplateRegistry,
         name: str,
-        catalog: Any,
+        catalog: Catalog,
     ) -> list[Subject]:
         stored = await self.banners.many(placement, chunk)
         now = datetime.now(UTC)
