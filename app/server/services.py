@@ -6,8 +6,9 @@ pipeline has loaded (in the background). Until then their providers answer 503 n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from litestar.datastructures import State
 
@@ -84,49 +85,42 @@ def services(state: State) -> Services:
 
 
 # Litestar providers: a handler asks for ``banners``, ``catalog``, ``studio``, ``jobs``,
-# ``placements`` or ``keys`` by name.
+# ``placements``, ``review``, ``keys`` or ``webhooks`` by name.
+
+T = TypeVar("T")
+
+
+def _loaded(state: State, pick: Callable[[Services], T | None]) -> T:
+    """A service that exists once the pipeline has loaded: until then, 503 not-ready."""
+    held = services(state)
+    service = pick(held)
+    if service is None:
+        raise held.not_ready()
+    return service
 
 
 def provide_banners(state: State) -> BannerService:
-    held = services(state)
-    if held.banners is None:
-        raise held.not_ready()
-    return held.banners
+    return _loaded(state, lambda held: held.banners)
 
 
 def provide_catalog(state: State) -> CatalogService:
-    held = services(state)
-    if held.catalog is None:
-        raise held.not_ready()
-    return held.catalog
+    return _loaded(state, lambda held: held.catalog)
 
 
 def provide_studio(state: State) -> StudioService:
-    held = services(state)
-    if held.studio is None:
-        raise held.not_ready()
-    return held.studio
+    return _loaded(state, lambda held: held.studio)
 
 
 def provide_jobs(state: State) -> JobService:
-    held = services(state)
-    if held.jobs is None:
-        raise held.not_ready()
-    return held.jobs
+    return _loaded(state, lambda held: held.jobs)
 
 
 def provide_placements(state: State) -> PlacementService:
-    held = services(state)
-    if held.placements is None:
-        raise held.not_ready()
-    return held.placements
+    return _loaded(state, lambda held: held.placements)
 
 
 def provide_review(state: State) -> ReviewService:
-    held = services(state)
-    if held.review is None:
-        raise held.not_ready()
-    return held.review
+    return _loaded(state, lambda held: held.review)
 
 
 def provide_keys(state: State) -> KeyService:
