@@ -56,6 +56,14 @@ class BannerRequest:
 
 
 MAX_SECTIONS = 8
+# The flag of a banner the engine never answered for (its copy is the fallback).
+ENGINE_ERROR = "engine_error"
+
+
+def engine_failed(banner: Banner) -> bool:
+    """Whether the engine never answered for ``banner``: fallback copy because of an outage,
+    not because the guards refused what the model wrote."""
+    return any(flag.startswith(ENGINE_ERROR) for flag in banner.flags)
 
 
 @dataclass(frozen=True)
@@ -419,7 +427,7 @@ class Pipeline:
                         "engine_failed", shopper=shopper.id, template=template.name, reason=reason
                     )
                     for variant in pending:
-                        variant.flags.append(f"engine_error: {reason}"[:200])
+                        variant.flags.append(f"{ENGINE_ERROR}: {reason}"[:200])
                     return  # an engine that is down will not be better on the next seed
                 if span.is_recording():
                     span.set_attributes(

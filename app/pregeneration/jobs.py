@@ -11,7 +11,7 @@ from pathlib import Path
 from app.config import Settings
 from app.generation.engine import Engine
 from app.pregeneration import cluster
-from app.pregeneration.plan import SelectionError, read_ids, subjects
+from app.pregeneration.plan import SelectionError, check, read_ids
 from app.pregeneration.runner import JobRunner, Progress
 from app.pregeneration.worker import engine_urls
 from app.store.db import Database
@@ -37,15 +37,8 @@ def validate(settings: Settings, spec: JobSpec) -> None:
     """Refuse an unknown placement or a selection of no known shopper before anything runs."""
     from app.runtime import load_data, load_templates
 
-    templates = load_templates(settings)
-    try:
-        templates.default_for(spec.placement)
-    except KeyError:
-        raise SelectionError(
-            f"unknown placement '{spec.placement}' (placements: {', '.join(templates.placements)})"
-        ) from None
     _, shoppers = load_data(settings)
-    subjects(shoppers, spec.shoppers, spec.shopper_ids)
+    check(load_templates(settings), shoppers, spec.placement, spec.shoppers, spec.shopper_ids)
 
 
 def run_job(

@@ -16,7 +16,28 @@ MAX_IDS_FILE_BYTES = 64 * 1024 * 1024
 
 
 class SelectionError(ValueError):
-    """A selection that names nothing, or names what does not exist."""
+    """A job that names nothing, or names what does not exist. ``field``: what it got wrong
+    (``placement``, ``shoppers`` or ``shopper_ids``, as a job's request names them)."""
+
+    def __init__(self, message: str, field: str = "shoppers") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def check(
+    templates: TemplateRegistry,
+    shoppers: ShopperStore,
+    placement: str,
+    selection: str,
+    ids: Iterable[str] | None = None,
+) -> None:
+    """Refuse a job for an unknown placement, or for a selection of no known shopper, before
+    it exists (the command and the API both ask)."""
+    try:
+        templates.default_for(placement)
+    except KeyError as unknown:
+        raise SelectionError(unknown.args[0], "placement") from None
+    subjects(shoppers, selection, ids)
 
 
 def read_ids(path: Path) -> tuple[str, ...]:
@@ -52,12 +73,13 @@ def subjects(
         unknown = [i for i in wanted if not shoppers.known(i)]
         if unknown:
             shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
-            raise SelectionError(f"{len(unknown)} unknown shopper id(s): {shown}")
+            raise SelectionError(f"{len(unknown)} unknown shopper id(s): {shown}", "shopper_ids")
         chosen = [shoppers.get(i) for i in wanted]
     else:
         raise SelectionError(f"unknown selection '{selection}' (all, segment:<name> or ids)")
     if not chosen:
-        raise SelectionError("the selection names no shopper")
+        field = "shopper_ids" if selection == "ids" else "shoppers"
+        raise SelectionError("the selection names no shopper", field)
     segments = sorted({s.segment for s in chosen})
     return [
         *(Subject(audience=Audience.SHOPPER, key=s.id) for s in chosen),

@@ -103,7 +103,6 @@ class JobRunner:
     ) -> None:
         self.events: Events = events or NoEvents()
         self.placement_settings = PlacementSettingsStore(jobs.db)
-        self._review = False
         self.settings = settings
         self.jobs = jobs
         self.banners = banners
@@ -118,15 +117,15 @@ class JobRunner:
         of the job itself is recorded."""
         try:
             # Decided once per run: a placement switched to review mid-job reviews from its
-            # next job on.
-            self._review = await self.placement_settings.review_required(job.spec.placement)
+            # next job on. Held by this run, not the runner, which runs jobs side by side.
+            review = await self.placement_settings.new_banner_review(job.spec.placement)
             planned, done = await self._plan(job)
             job = await self.jobs.run(job.id, runner_name(), done + len(planned), done)
             self._report(job)
             log.info("job_started", job=job.id, to_make=len(planned), done_before=done)
             state: JobState = "cancelled" if job.cancel_requested else "succeeded"
             if planned and state == "succeeded":
-                state = await self._dispatch(job, planned)
+                state = await self._dispatch(job, planned, review)
             finished = await self.jobs.finish(job.id, state)
             log.info("job_finished", job=job.id, state=state, done=finished.done)
             await self._finished(finished)
@@ -212,7 +211,7 @@ class JobRunner:
 
     # --- running ----------------------------------------------------------------------------
 
-    async def _dispatch(self, job: Job, planned: list[Subject]) -> JobState:
+    async def _dispatch(self, job: Job, planned: list[Subject], review: str) -> JobState:
         """Make ``planned`` shard by shard and store results as they come. Returns how the
         job ended."""
         size = self.settings.job_shard_size
@@ -233,12 +232,12 @@ class JobRunner:
                     len(pending) >= self.settings.job_write_batch
                     or time.monotonic() - pending.since > 2.0
                 ):
-                    if await self._write(job, pending, counts):
+                    if await self._write(job, pending, counts, review):
                         return "cancelled"
                     pending = _Pending()
                 if stop.is_set():
                     return "cancelled"
-            if pending and await self._write(job, pending, counts):
+            if pending and await self._write(job, pending, counts, review):
                 return "cancelled"
             return "succeeded"
         finally:
@@ -307,7 +306,7 @@ class JobRunner:
             return []
         return [Failed(subject, f"worker died: {error}"[:300]) for subject in shard.subjects]
 
-    async def _write(self, job: Job, pending: _Pending, counts: _Counts) -> bool:
+    async def _write(self, job: Job, pending: _Pending, counts: _Counts, review: str) -> bool:
         """Store a batch with its counts, retrying while the database is unavailable (up to
         ``job_db_retry_s``). Returns whether the job was asked to stop."""
         failures = pending.failed + sum(model_failed(g) for g in pending.generated)
@@ -321,7 +320,7 @@ class JobRunner:
                     pending.generated,
                     pending.failed,
                     failures,
-                    review="pending" if self._review else "none",
+                    review=review,
                 )
                 break
             except SQLAlchemyError as error:
@@ -336,7 +335,7 @@ class JobRunner:
                 {
                     "job": job.id,
                     "placement": job.spec.placement,
-                    "review": "pending" if self._review else "none",
+                    "review": review,
                     "banners": [
                         {
                             "audience": g.subject.audience.value,

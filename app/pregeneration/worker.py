@@ -12,7 +12,7 @@ from app.config import Settings
 from app.domain import Subject
 from app.generation.engine import Engine
 from app.logs import get_logger
-from app.pipeline import BannerRequest, Pipeline
+from app.pipeline import BannerRequest, Pipeline, engine_failed
 from app.pregeneration.freshness import inputs_of
 from app.pregeneration.plan import shopper_for
 from app.store.pregenerated import Generated
@@ -57,12 +57,11 @@ class SubjectMaker:
         except Exception as error:  # one subject's defect never stops the others
             log.exception("subject_failed", subject=subject.shopper_id, placement=placement)
             return Failed(subject, f"{type(error).__name__}: {error}"[:300])
-        down = any(flag.startswith("engine_error") for flag in banner.flags)
         return Generated(
             subject=subject,
             banner=banner,
             inputs=inputs_of(banner, shopper_version(shopper), pipeline.catalog),
-            stale_reason=ENGINE_DOWN if down else None,
+            stale_reason=ENGINE_DOWN if engine_failed(banner) else None,
         )
 
 
@@ -85,8 +84,9 @@ def worker_settings(settings: Settings, engine_urls: list[str]) -> Settings:
 
 
 class Worker:
-    """A Ray actor (see ``cluster.worker_class``) holding one pipeline. Its methods are
-    coroutines, so Ray runs several ``make`` calls at once on the actor's event loop."""
+    """A Ray actor (made in ``JobRunner._on_ray``) holding one pipeline. Its methods are
+    coroutines, so Ray runs several ``make`` calls at once on the actor's event loop. Its
+    process ends with the job (``ray.kill``), and the pipeline with it."""
 
     def __init__(self, settings: Settings, engine_urls: list[str]) -> None:
         self.settings = worker_settings(settings, engine_urls)
@@ -110,7 +110,3 @@ class Worker:
             await self.ready()
         assert self.maker is not None
         return await self.maker.make(placement, subjects)
-
-    async def close(self) -> None:
-        if self.maker is not None:
-            await self.maker.pipeline.close()

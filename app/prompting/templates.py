@@ -299,7 +299,9 @@ class TemplateRegistry:
         for template in self._by_name.values():
             if template.header.placement == placement:
                 return template
-        raise KeyError(f"no template for placement '{placement}'")
+        raise KeyError(
+            f"unknown placement '{placement}' (placements: {', '.join(self.placements)})"
+        )
 
 
 def load_brand(folder: Path) -> dict[str, Any]:

@@ -497,6 +497,10 @@ class PlacementSettingsStore:
             record = await session.get(PlacementSettingsRecord, placement)
         return record is not None and record.review_required
 
+    async def new_banner_review(self, placement: str) -> str:
+        """The review state a banner newly stored for ``placement`` starts in."""
+        return "pending" if await self.review_required(placement) else "none"
+
     async def require_review(self, placement: str, required: bool, actor: str) -> None:
         async with self.db.writing(f"placement:{placement}") as session:
             record = await session.get(PlacementSettingsRecord, placement)

@@ -13,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.catalog.store import shopper_version
 from app.domain import Banner, FeedbackKind, Homepage
-from app.pipeline import BannerRequest, Pipeline
+from app.pipeline import BannerRequest, Pipeline, engine_failed
 from app.retrieval.selector import CandidateFilters
 from app.server.banners.schemas import BannerCreate, BannerList, HomepageCreate
 from app.server.errors import Problem
@@ -43,7 +43,7 @@ def banner_request(
 
 
 def _engine_down(banners: list[Banner]) -> bool:
-    return any(any(flag.startswith("engine_error") for flag in b.flags) for b in banners)
+    return any(engine_failed(b) for b in banners)
 
 
 def _refuse_outage(banners: list[Banner], strict: bool) -> None:
@@ -88,7 +88,7 @@ class BannerService:
         ]
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
-    def _plain(self, data: BannerCreate, request: BannerRequest, template_name: str) -> bool:
+    def _plain(self, data: BannerCreate, template_name: str) -> bool:
         """Whether this request asks for exactly what pre-generation stores: a known shopper's
         one banner of the placement's own template, unfiltered."""
         return (
@@ -115,7 +115,7 @@ class BannerService:
             template, label = self.pipeline.template(request)
         except KeyError as error:
             raise _unknown_template(self.pipeline, str(error.args[0])) from None
-        plain = self._plain(data, request, template.name)
+        plain = self._plain(data, template.name)
         if data.max_wait_ms is not None and plain and data.shopper_id is not None:
             stored = await self.placements.fresh_own(data.placement, data.shopper_id)
             if stored is not None:

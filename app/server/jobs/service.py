@@ -14,7 +14,7 @@ from typing import Any
 
 from app.logs import get_logger
 from app.pipeline import Pipeline
-from app.pregeneration.plan import SelectionError, subjects
+from app.pregeneration.plan import SelectionError, check
 from app.server.errors import Problem, invalid
 from app.server.jobs.schemas import JobCreate
 from app.store.pregenerated import Job, JobConflict, JobSpec, JobStore
@@ -87,19 +87,12 @@ class JobService:
 
     def _spec(self, data: JobCreate) -> JobSpec:
         """The job asked for, refused before it exists if it names what is not there."""
-        templates = self.pipeline.templates
-        try:
-            templates.default_for(data.placement)
-        except KeyError:
-            raise invalid(
-                "placement", f"unknown placement (placements: {', '.join(templates.placements)})"
-            ) from None
         ids = tuple(dict.fromkeys(data.shopper_ids)) if data.shopper_ids is not None else None
+        pipeline = self.pipeline
         try:
-            subjects(self.pipeline.shoppers, data.shoppers, ids)
+            check(pipeline.templates, pipeline.shoppers, data.placement, data.shoppers, ids)
         except SelectionError as error:
-            field = "shopper_ids" if data.shoppers == "ids" else "shoppers"
-            raise invalid(field, str(error)) from None
+            raise invalid(error.field, str(error)) from None
         return JobSpec(data.placement, data.shoppers, ids, data.stale_only)
 
     async def start(self, data: JobCreate, actor: str) -> JobView:

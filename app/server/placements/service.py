@@ -53,14 +53,10 @@ class PlacementService:
     )
 
     def _template_name(self, placement: str) -> str:
-        templates = self.pipeline.templates
         try:
-            return templates.default_for(placement).name
-        except KeyError:
-            raise Problem(
-                "not-found",
-                f"unknown placement '{placement}' (placements: {', '.join(templates.placements)})",
-            ) from None
+            return self.pipeline.templates.default_for(placement).name
+        except KeyError as unknown:
+            raise Problem("not-found", unknown.args[0]) from None
 
     async def read(self, placement: str, shopper_id: str, fallback: bool = True) -> ServedBanner:
         name = self._template_name(placement)
@@ -104,7 +100,7 @@ class PlacementService:
             banner=banner,
             inputs=inputs_of(banner, shopper_version(shopper), self.pipeline.catalog),
         )
-        review = "pending" if await self.settings.review_required(placement) else "none"
+        review = await self.settings.new_banner_review(placement)
         await self.store.save(placement, [generated], review)
         self._forget(placement, generated.subject)
 

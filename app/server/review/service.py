@@ -131,22 +131,14 @@ class ReviewService:
     def placements(self) -> dict[str, str]:
         """{placement: its default template}, from the templates served now."""
         templates = self.pipeline.templates
-        found: dict[str, str] = {}
-        for name in templates.names:
-            placement = templates.get(name).header.placement
-            if placement:
-                found.setdefault(placement, templates.default_for(placement).name)
-        return dict(sorted(found.items()))
+        return {p: templates.default_for(p).name for p in templates.placements}
 
     def _template_of(self, placement: str) -> str:
         """The placement's default template; 404 for a placement no template serves."""
         try:
             return self.pipeline.templates.default_for(placement).name
-        except KeyError:
-            known = ", ".join(self.placements())
-            raise Problem(
-                "not-found", f"unknown placement '{placement}' (placements: {known})"
-            ) from None
+        except KeyError as unknown:
+            raise Problem("not-found", unknown.args[0]) from None
 
     async def setting(self, placement: str) -> ReviewSetting:
         self._template_of(placement)
