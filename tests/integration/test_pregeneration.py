@@ -142,7 +142,12 @@ def test_pregenerate_killed_half_way_resumes_without_making_anything_twice(
         "MARQUEE_VLLM_MODE": "external",
         "MARQUEE_VLLM_URL": service.vllm_url,  # the service's vLLM: no second model server
         "MARQUEE_JOB_HEARTBEAT_TIMEOUT_S": "6",  # a killed job reads as interrupted soon
-        "MARQUEE_JOB_WRITE_BATCH": "4",
+        # One subject at a time, each stored as it is made: the rows grow one by one, so the
+        # kill lands half-way (with the defaults, all 14 are generated together and stored in
+        # the same instant).
+        "MARQUEE_JOB_SHARD_SIZE": "1",
+        "MARQUEE_JOB_SHARDS_IN_FLIGHT": "1",
+        "MARQUEE_JOB_WRITE_BATCH": "1",
     }
     command = ("pregenerate", "--placement", "home_grid", "--shoppers", f"ids:{ids}")
     first = marquee(*command, **env)
