@@ -441,8 +441,15 @@ def pregenerate(
 @engine_option
 @click.option("--host", default=None, help="Bind address (default: MARQUEE_HOST, 127.0.0.1).")
 @click.option("--port", default=None, type=click.IntRange(1, 65535), help="Default 8000.")
+@click.option(
+    "--workers",
+    default=None,
+    type=click.IntRange(1, 64),
+    help="Processes serving the API on the port, each a whole replica "
+    "(default: MARQUEE_WORKERS, 1).",
+)
 @clear_errors
-def serve(engine: str | None, host: str | None, port: int | None) -> None:
+def serve(engine: str | None, host: str | None, port: int | None, workers: int | None) -> None:
     """Run the HTTP API (and, with --engine vllm in managed mode, the vLLM server)."""
     import uvicorn
 
@@ -456,6 +463,8 @@ def serve(engine: str | None, host: str | None, port: int | None) -> None:
         updates["host"] = host
     if port:
         updates["port"] = port
+    if workers:
+        updates["workers"] = workers
     settings = get_settings().model_copy(update=updates)
     if settings.engine == "vllm" and settings.vllm_mode == "managed":
         share_cores_with_model_server(settings.torch_threads_beside_vllm)
@@ -475,6 +484,11 @@ def serve(engine: str | None, host: str | None, port: int | None) -> None:
         "-H 'Content-Type: application/json' -d '{\"shopper_id\": \"u004\"}'",
         err=True,
     )
+    if settings.workers > 1:
+        from app.server.workers import serve_workers
+
+        serve_workers(settings)
+        return
     uvicorn.run(
         create_app(settings),
         host=settings.host,

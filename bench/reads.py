@@ -1,6 +1,6 @@
 """The read path under load: what a CMS does on every page view, against the real service.
 
-    .venv/bin/python -m bench.reads [--minutes 10] [--users 32]
+    .venv/bin/python -m bench.reads [--minutes 10] [--users 32] [--workers 1,2]
 
 Starts `python -m app serve --engine vllm` (managed vLLM) on a temporary SQLite database,
 fills the `home_hero` placement with a real pre-generation job (every demo shopper, their
@@ -28,6 +28,7 @@ import locust  # noqa: F401  (patches the standard library for gevent: before an
 # isort: on
 import argparse
 import json
+import os
 import random
 import signal
 import statistics
@@ -125,9 +126,10 @@ def run(
     Reader.wait_time = constant(0) if rate is None else constant_throughput(rate / users)
     env = Environment(user_classes=[Reader], host=service.base, stop_timeout=0)
     runner = env.create_local_runner()
-    process = psutil.Process(service.process.pid)
+    processes = service.processes()
     generator = psutil.Process()
-    process.cpu_percent(), generator.cpu_percent()  # start both CPU counters
+    for process in [*processes, generator]:
+        process.cpu_percent()  # start the CPU counters
     times: list[float] = []
     env.events.request.add_listener(  # type: ignore[no-untyped-call]
         lambda response_time, **_: times.append(response_time)
@@ -146,8 +148,8 @@ def run(
                     "rps": len(window) / (now - last),
                     "p50_ms": pct(window, 50),
                     "p99_ms": pct(window, 99),
-                    "service_rss_mb": process.memory_info().rss / 2**20,
-                    "service_cpu_pct": process.cpu_percent(),
+                    "service_rss_mb": sum(p.memory_info().rss for p in processes) / 2**20,
+                    "service_cpu_pct": sum(p.cpu_percent() for p in processes),
                     "generator_cpu_pct": generator.cpu_percent(),
                     "failures": env.stats.total.num_failures,
                 }
@@ -208,23 +210,45 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=32)
     # A little above the target: what is served must reach it, whatever the pacing's jitter.
     parser.add_argument("--rate", type=float, default=1.05 * TARGET_RPS, help="reads/s offered")
+    parser.add_argument(
+        "--workers",
+        default="1,2",
+        help="`serve --workers` counts to compare at capacity, comma-separated; the paced "
+        "phase runs with the last",
+    )
     args = parser.parse_args()
+    counts = [int(n) for n in args.workers.split(",")]
     # SIGTERM ends the run through the finally below: the service is stopped, not orphaned.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     folder = Path(tempfile.mkdtemp(prefix="bench-reads-"))
-    service = Service(folder)
-    try:
-        cms, admin = service.start()
-        service.wait_ready()
-        job = fill(service, admin)
-        print(f"filled {PLACEMENT}: {job['done']} banners in {job['id']}", flush=True)
-        print(f"capacity: {args.users} readers without pause for 60 s", flush=True)
-        capacity_env, _ = run(service, cms, args.users, 60, None)
-        print(f"paced: {args.users} readers, {args.rate:g} reads/s together", flush=True)
-        env, samples = run(service, cms, args.users, args.minutes * 60, args.rate)
-    finally:
-        service.stop()
-    capacity = capacity_env.stats.total
+    job: dict[str, Any] | None = None
+    scaling: list[tuple[int, Any, float, float]] = []  # workers, stats, CPU service, locust
+    stopped = True
+    for workers in counts:
+        service = Service(folder, workers)  # the same database: filled once
+        try:
+            cms, admin = service.start()
+            service.wait_ready()
+            if job is None:
+                job = fill(service, admin)
+                print(f"filled {PLACEMENT}: {job['done']} banners in {job['id']}", flush=True)
+            print(f"capacity, {workers} worker(s): {args.users} readers without pause for 60 s")
+            capacity_env, capacity_samples = run(service, cms, args.users, 60, None)
+            scaling.append(
+                (
+                    workers,
+                    capacity_env.stats.total,
+                    statistics.mean(s["service_cpu_pct"] for s in capacity_samples),
+                    statistics.mean(s["generator_cpu_pct"] for s in capacity_samples),
+                )
+            )
+            if workers == counts[-1]:
+                print(f"paced: {args.users} readers, {args.rate:g} reads/s together", flush=True)
+                env, samples = run(service, cms, args.users, args.minutes * 60, args.rate)
+        finally:
+            service.stop()
+        stopped = stopped and clean_stop(service)
+    assert job is not None
     warmup_s = min(120.0, args.minutes * 60 / 5)
     stats = env.stats.total
     after = [s for s in samples if s["t"] >= warmup_s]
@@ -234,7 +258,6 @@ def main() -> None:
     first, last, growth = memory_growth([s["service_rss_mb"] for s in after])
     speed_ok = rps >= TARGET_RPS and p50 <= TARGET_P50_MS and p99 <= TARGET_P99_MS
     memory_ok = growth == growth and growth <= GROWTH_LIMIT_PCT
-    stopped = clean_stop(service)
     ok = stats.num_failures == 0 and speed_ok and memory_ok and stopped
     rows: list[list[object]] = [
         [
@@ -250,14 +273,21 @@ def main() -> None:
     ]
     cpu_service = statistics.mean(s["service_cpu_pct"] for s in after) if after else float("nan")
     cpu_locust = statistics.mean(s["generator_cpu_pct"] for s in after) if after else float("nan")
+    one = scaling[0][1].total_rps
     notes = [
-        f"capacity (60 s, {args.users} clients without pause): {capacity.total_rps:,.0f} reads/s, "
-        f"p50 {capacity.get_response_time_percentile(0.5):.1f} ms, p99 "
-        f"{capacity.get_response_time_percentile(0.99):.1f} ms, {capacity.num_failures} errors",
+        *(
+            f"capacity with {workers} worker(s) (60 s, {args.users} clients without pause): "
+            f"{capacity.total_rps:,.0f} reads/s (x{capacity.total_rps / one:.2f}), p50 "
+            f"{capacity.get_response_time_percentile(0.5):.1f} ms, p99 "
+            f"{capacity.get_response_time_percentile(0.99):.1f} ms, "
+            f"{capacity.num_failures} errors; CPU service {cpu_service:.0f} %, locust "
+            f"{cpu_locust:.0f} %"
+            for workers, capacity, cpu_service, cpu_locust in scaling
+        ),
         f"paced: {args.users} clients sending {args.rate:g} reads/s together for "
-        f"{args.minutes:g} min; locust (one process, FastHttpUser) on the same 2 cores as the "
-        "service; the service with its defaults, the managed vLLM idle (reads never generate), "
-        "SQLite",
+        f"{args.minutes:g} min to `serve --workers {counts[-1]}`; locust (one process, "
+        f"FastHttpUser) on the same {os.cpu_count()} cores as the service; the service with its "
+        "defaults otherwise, the managed vLLM idle (reads never generate), SQLite",
         f"CHECK no errors: {'PASS' if stats.num_failures == 0 else 'FAIL'}: "
         f"{stats.num_failures} of {stats.num_requests}",
         f"CHECK speed (after {warmup_s:.0f} s warm-up): {'PASS' if speed_ok else 'FAIL'}: "

@@ -143,3 +143,6 @@ def test_beside_a_managed_vllm_torch_keeps_to_its_threads() -> None:
     assert beside["embedder"].threads == 1 and beside["llm"].threads == 1
     external = hardware_choices(Settings(engine="vllm", vllm_mode="external"), profile)
     assert external["embedder"].threads == 8
+    # The workers of `serve --workers` share the host's cores with each other.
+    workers = hardware_choices(Settings(engine="vllm", vllm_mode="external", workers=2), profile)
+    assert workers["embedder"].threads == 1

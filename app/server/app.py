@@ -204,20 +204,19 @@ async def follow_templates(held: Services) -> None:
             log.exception("could not reload templates")
 
 
-async def first_key(held: Services) -> None:
+async def first_key(settings: Settings, keys: ApiKeyStore) -> None:
     """The first admin key. One given in MARQUEE_BOOTSTRAP_ADMIN_KEY is taken in by its hash.
     Otherwise, in dev, a fresh database gets a key printed once, so a newcomer can call the API;
     never in production, whose logs are read by more people than its keys are meant for: there
     the log says how to make one."""
-    settings = held.settings
     given = settings.bootstrap_admin_key.get_secret_value()
     if given:
         try:
-            await held.keys.adopt("bootstrap", ["admin"], given)
+            await keys.adopt("bootstrap", ["admin"], given)
         except ValueError as error:  # the message names the rule, never the key
             raise ValueError(f"MARQUEE_BOOTSTRAP_ADMIN_KEY: {error}") from None
         return
-    if await held.keys.count() > 0:
+    if await keys.count() > 0:
         return
     if settings.env == "production":
         log.warning(
@@ -226,7 +225,7 @@ async def first_key(held: Services) -> None:
             "set MARQUEE_BOOTSTRAP_ADMIN_KEY and restart"
         )
         return
-    key = await held.keys.create("dev", ["admin"])
+    key = await keys.create("dev", ["admin"])
     base = f"http://{settings.host}:{settings.port}"
     # For the person at the terminal, on stderr: stdout is the JSON log stream, which is
     # collected and kept, and a key has no place there. The log records that one was made.
@@ -238,6 +237,23 @@ async def first_key(held: Services) -> None:
         file=sys.stderr,
         flush=True,
     )
+
+
+def app_from_environment() -> Litestar:
+    """The app of one of `marquee serve --workers N`'s processes, from the settings the parent
+    put in the environment (app/server/workers.py)."""
+    from app.config import get_settings
+    from app.logs import configure_logging
+    from app.runtime import share_cores_with_model_server
+    from app.tracing import configure_tracing, trace_mode
+
+    settings = get_settings()
+    # Workers share the host's cores (and a managed vLLM's): each keeps a small torch pool,
+    # as hardware_choices reports.
+    share_cores_with_model_server(settings.torch_threads_beside_vllm)
+    configure_logging(json_lines=True)
+    configure_tracing(trace_mode(settings.traces))
+    return create_app(settings)
 
 
 def create_app(
@@ -280,7 +296,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         await db.upgrade()
-        await first_key(held)
+        await first_key(settings, keys)
         loading = asyncio.create_task(load_services(held, loader, background, jobs_in_process))
         background.append(asyncio.create_task(follow_templates(held)))
         dispatching = asyncio.create_task(dispatcher.run())

@@ -7,9 +7,9 @@ from typing import Any
 from litestar import Controller, Response, get
 from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from app.server.metrics import REGISTRY
+from app.server.metrics import exposition
 from app.server.services import services
 
 
@@ -35,4 +35,4 @@ class HealthController(Controller):
 
     @get("/metrics", summary="Prometheus metrics", include_in_schema=False)
     async def metrics(self) -> Response[bytes]:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        return Response(exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.domain import Banner
 
@@ -93,3 +96,14 @@ def observe_banners(banners: list[Banner], api_key: str) -> None:
         RETRIES.inc(banner.retries)
         FALLBACKS.inc(int(banner.fallback))
         BANNERS.labels(banner.template).inc()
+
+
+def exposition() -> bytes:
+    """The metrics as Prometheus reads them: this process's, or with `serve --workers N`
+    (PROMETHEUS_MULTIPROC_DIR set) every worker's, summed from the files they write there."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        return generate_latest(REGISTRY)
+    merged = CollectorRegistry()
+    MultiProcessCollector(merged, path=folder)  # type: ignore[no-untyped-call]
+    return generate_latest(merged)
