@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     # sent at once.
     webhook_timeout_s: float = Field(default=10.0, gt=0, le=300)
     webhook_workers: int = Field(default=8, ge=1, le=1000)
+    # Webhook URLs must lead to public addresses: a loopback, private or link-local one (cloud
+    # metadata) is refused at registration and at each delivery (app/egress.py). True where
+    # the receivers are meant to be on this network (development, an internal deployment).
+    webhook_allow_private: bool = False
 
     # Retrieval.
     search_k: int = Field(default=120, ge=1, le=5000)  # pool size taken from the vector index

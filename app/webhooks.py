@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 from standardwebhooks import Webhook
 
+from app.egress import ForbiddenTarget, pin_public
 from app.events import EventType
 from app.logs import get_logger
 from app.store.webhooks import SECRET_PREFIX, Outgoing, WebhookStore
@@ -123,8 +124,11 @@ class WebhookDispatcher:
         schedule: Sequence[timedelta] = RETRY_SCHEDULE,
         idle_s: float = 1.0,
         clock: Callable[[], datetime] = _now,
+        allow_private: bool = False,
     ) -> None:
         self.store = store
+        # False: every delivery goes to a public address only (app/egress.py).
+        self.allow_private = allow_private
         self.timeout_s = timeout_s
         self.workers = workers
         self.schedule = tuple(schedule)
@@ -202,10 +206,18 @@ class WebhookDispatcher:
         try:
             headers = signed_headers(out.secret, delivery.id, at, body)
             async with asyncio.timeout(self.timeout_s):
+                url: httpx.URL | str = out.url
+                extensions: dict[str, Any] = {}
+                if not self.allow_private:
+                    pinned = await pin_public(out.url)
+                    url, extensions = pinned.url, dict(pinned.extensions)
+                    headers |= pinned.headers
                 async with self._http().stream(
-                    "POST", out.url, content=body.encode(), headers=headers
+                    "POST", url, content=body.encode(), headers=headers, extensions=extensions
                 ) as response:
                     status = response.status_code  # the body is never read
+        except ForbiddenTarget as refused:
+            return None, f"refused: {refused} (MARQUEE_WEBHOOK_ALLOW_PRIVATE)"
         except (TimeoutError, httpx.TimeoutException):
             return None, f"no answer within {self.timeout_s:g} s"
         except httpx.HTTPError as error:

@@ -162,7 +162,7 @@ async def test_a_delivery_is_signed_and_verifies(database_url: str, receiver: Re
     async with store_at(database_url) as store:
         endpoint = await store.create(receiver.url(), ["job.finished"], created_by="test")
         await WebhookEvents(store).emit("job.finished", {"job": "job_1", "state": "succeeded"})
-        dispatcher = WebhookDispatcher(store)
+        dispatcher = WebhookDispatcher(store, allow_private=True)
         try:
             assert await dispatcher.deliver_due() == 1
         finally:
@@ -195,7 +195,7 @@ async def test_one_delivery_per_subscribed_endpoint(database_url: str, receiver:
         await store.disable(gone.id)
         assert await store.enqueue("job.finished", {"job": "j"}) == 2
         assert await store.enqueue("template.published", {"template": "t"}) == 0
-        dispatcher = WebhookDispatcher(store)
+        dispatcher = WebhookDispatcher(store, allow_private=True)
         try:
             assert await dispatcher.deliver_due() == 2
             assert await dispatcher.deliver_due() == 0
@@ -213,7 +213,7 @@ async def test_a_500_is_retried_and_the_second_attempt_delivers(
     async with store_at(database_url) as store:
         endpoint = await store.create(receiver.url(), ["banner.ready"], created_by="t")
         await store.enqueue("banner.ready", {"banners": []})
-        dispatcher = WebhookDispatcher(store, schedule=QUICK)
+        dispatcher = WebhookDispatcher(store, allow_private=True, schedule=QUICK)
         try:
             first = await only_delivery(store, endpoint.id)
             delivery = await settle(dispatcher, store, first.id)
@@ -234,7 +234,7 @@ async def test_a_receiver_that_times_out_is_retried_then_the_delivery_fails(
     async with store_at(database_url) as store:
         endpoint = await store.create(receiver.url(), ["job.finished"], created_by="t")
         await store.enqueue("job.finished", {"job": "j"})
-        dispatcher = WebhookDispatcher(store, schedule=QUICK, timeout_s=0.2)
+        dispatcher = WebhookDispatcher(store, allow_private=True, schedule=QUICK, timeout_s=0.2)
         try:
             delivery = await settle(dispatcher, store, (await only_delivery(store, endpoint.id)).id)
         finally:
@@ -250,13 +250,30 @@ async def test_an_endpoint_nobody_listens_on_fails_after_the_schedule(database_u
         url = f"http://127.0.0.1:{free_port()}/hook"
         endpoint = await store.create(url, ["job.finished"], created_by="t")
         await store.enqueue("job.finished", {"job": "j"})
-        dispatcher = WebhookDispatcher(store, schedule=QUICK[:1])
+        dispatcher = WebhookDispatcher(store, allow_private=True, schedule=QUICK[:1])
         try:
             delivery = await settle(dispatcher, store, (await only_delivery(store, endpoint.id)).id)
         finally:
             await dispatcher.close()
     assert (delivery.state, delivery.attempts) == ("failed", 2)
     assert delivery.last_error is not None and "ConnectError" in delivery.last_error
+
+
+async def test_a_private_address_is_never_sent_to_unless_allowed(
+    database_url: str, receiver: Receiver
+) -> None:
+    async with store_at(database_url) as store:
+        endpoint = await store.create(receiver.url(), ["job.finished"], created_by="t")
+        await store.enqueue("job.finished", {"job": "j"})
+        dispatcher = WebhookDispatcher(store, schedule=QUICK[:1])  # the default: public only
+        try:
+            delivery = await settle(dispatcher, store, (await only_delivery(store, endpoint.id)).id)
+        finally:
+            await dispatcher.close()
+    assert (delivery.state, delivery.attempts, delivery.last_status) == ("failed", 2, None)
+    assert delivery.last_error is not None
+    assert "refused: 127.0.0.1 is a loopback address" in delivery.last_error
+    assert receiver.got() == []  # not one request reached it
 
 
 @pytest.mark.parametrize(
@@ -302,8 +319,8 @@ async def test_two_dispatchers_never_send_the_same_delivery_twice(
         endpoint = await one.create(receiver.url(), ["banner.ready"], created_by="t")
         for n in range(24):
             await one.enqueue("banner.ready", {"n": n})
-        first = WebhookDispatcher(one, workers=3)
-        second = WebhookDispatcher(two, workers=3)
+        first = WebhookDispatcher(one, workers=3, allow_private=True)
+        second = WebhookDispatcher(two, workers=3, allow_private=True)
         deadline = time.monotonic() + DEADLINE_S
         try:
             while any(d.state == "pending" for d in await one.deliveries(endpoint.id, 100)):
@@ -324,7 +341,8 @@ async def test_the_running_dispatcher_wakes_when_an_event_is_queued(
 ) -> None:
     async with store_at(database_url) as store:
         await store.create(receiver.url(), ["job.finished"], created_by="t")
-        dispatcher = WebhookDispatcher(store, idle_s=30.0)  # it would not look again for 30 s
+        # It would not look again for 30 s.
+        dispatcher = WebhookDispatcher(store, allow_private=True, idle_s=30.0)
         running = asyncio.create_task(dispatcher.run())
         try:
             await asyncio.sleep(0.05)  # idle now
@@ -345,8 +363,9 @@ async def test_the_running_dispatcher_wakes_when_an_event_is_queued(
 
 @pytest.fixture
 def settings(data_files_settings: Settings) -> Settings:
-    """Settings whose data files hold the tiny catalog and shoppers (a job plans from them)."""
-    return data_files_settings
+    """Settings whose data files hold the tiny catalog and shoppers (a job plans from them);
+    the receivers here listen on 127.0.0.1, so private addresses are allowed."""
+    return data_files_settings.model_copy(update={"webhook_allow_private": True})
 
 
 @pytest.fixture
@@ -412,6 +431,32 @@ def test_register_shows_the_secret_once(api) -> None:
         assert made["secret"] not in answer.text and "secret" not in answer.text
     assert [row["id"] for row in listed.json()] == [made["id"]]
     assert fetched.json() == {k: v for k, v in made.items() if k != "secret"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9000/hook",
+        "http://localhost/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.8/hook",
+        "http://[::1]/hook",
+        "http://[::ffff:192.168.1.1]/hook",
+    ],
+)
+def test_a_private_address_is_refused_at_registration(
+    data_files_settings: Settings, url: str
+) -> None:
+    keys = asyncio.run(_keys(data_files_settings.database))
+    app = create_app(data_files_settings, file_loader(ScriptedEngine([])), jobs_in_process=True)
+    with TestClient(app) as client:
+        response = call(
+            client, "POST", "/v1/webhooks", keys["admin"], {"url": url, "events": ["job.finished"]}
+        )
+        assert response.status_code == 400, response.text
+        assert response.json()["errors"][0]["field"] == "url"
+        assert "MARQUEE_WEBHOOK_ALLOW_PRIVATE" in response.json()["detail"]
+        assert call(client, "GET", "/v1/webhooks", keys["admin"]).json() == []
 
 
 def test_a_secret_of_ones_own_is_kept(api) -> None:

@@ -276,14 +276,19 @@ def create_app(
     # Events go into the webhooks' outbox; the dispatcher sends them (and wakes when told).
     webhook_store = WebhookStore(db)
     dispatcher = WebhookDispatcher(
-        webhook_store, timeout_s=settings.webhook_timeout_s, workers=settings.webhook_workers
+        webhook_store,
+        timeout_s=settings.webhook_timeout_s,
+        workers=settings.webhook_workers,
+        allow_private=settings.webhook_allow_private,
     )
     held = Services(
         settings=settings,
         db=db,
         keys=keys,
         key_service=KeyService(keys),
-        webhooks=WebhookService(webhook_store, dispatcher.notify),
+        webhooks=WebhookService(
+            webhook_store, dispatcher.notify, allow_private=settings.webhook_allow_private
+        ),
         events=WebhookEvents(webhook_store, dispatcher.notify),
         feedback=FeedbackStore(db),
         limit=GenerationLimit(settings.max_in_flight_requests),

@@ -11,7 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from app.server.errors import Problem
+import httpx
+
+from app.egress import literal_problem
+from app.server.errors import Problem, invalid
 from app.server.webhooks.schemas import WebhookCreate
 from app.store.webhooks import Delivery, Endpoint, WebhookStore
 from app.webhooks import TEST_EVENT
@@ -85,11 +88,26 @@ def _not_found(webhook_id: str) -> Problem:
 class WebhookService:
     """``notify``: told when a delivery was queued here (the dispatcher sends it at once)."""
 
-    def __init__(self, store: WebhookStore, notify: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: WebhookStore,
+        notify: Callable[[], None] | None = None,
+        *,
+        allow_private: bool = False,
+    ) -> None:
         self.store = store
         self.notify = notify
+        self.allow_private = allow_private
 
     async def create(self, data: WebhookCreate, actor: str) -> NewWebhook:
+        # A host seen to be private is refused now; a name is checked at each delivery.
+        problem = None if self.allow_private else literal_problem(httpx.URL(data.url).host)
+        if problem:
+            raise invalid(
+                "url",
+                f"{problem}: webhooks go to public addresses "
+                "(MARQUEE_WEBHOOK_ALLOW_PRIVATE=true allows this network)",
+            )
         endpoint = await self.store.create(
             data.url,
             data.events,
