@@ -53,6 +53,9 @@ class BannerRequest:
     filters: CandidateFilters = field(default_factory=CandidateFilters)
     # A template label; default: the shopper's experiment arm, or production.
     label: str | None = None
+    # Mixed into the sampling seeds. A pre-generation job passes its id, so a banner made
+    # again from the same inputs (rejected in review, past its age) is not the same text.
+    variation: str = ""
 
 
 MAX_SECTIONS = 8
@@ -306,7 +309,14 @@ class Pipeline:
             for variant in variants:
                 variant.flags.append(f"too_few_candidates: {len(candidates)}")
         else:
-            await self._attempt_all(variants, shopper, template, prepared.prompt, candidates)
+            await self._attempt_all(
+                variants,
+                shopper,
+                template,
+                prepared.prompt,
+                candidates,
+                prepared.request.variation,
+            )
 
         total_ms = (time.perf_counter() - prepared.started) * 1000
         return [
@@ -389,6 +399,7 @@ class Pipeline:
         template: PromptTemplate,
         prompt: RenderedPrompt,
         candidates: list[Candidate],
+        variation: str = "",
     ) -> None:
         schema = template.output_model
         for attempt in range(self.settings.max_retries + 1):
@@ -407,6 +418,8 @@ class Pipeline:
                         template.version,
                         v.number,
                         attempt,
+                        # Absent when empty: the seeds of every other request stay as they were.
+                        *([variation] if variation else []),
                     ),
                 )
                 for v in pending
@@ -520,6 +533,9 @@ class Pipeline:
                         [c.product.id for c in candidates],
                         self.model_name,
                         variant.number,
+                        # Made again by another job: another text, so another id (a review
+                        # decision names the banner it was about).
+                        *([prepared.request.variation] if prepared.request.variation else []),
                     ]
                 ).encode()
             ).hexdigest()[:24]

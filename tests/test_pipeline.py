@@ -90,6 +90,26 @@ async def test_variants_ids_and_determinism(build) -> None:
     assert [r.seed for r in engine.requests[:2]] == [r.seed for r in again.engine.requests[:2]]
 
 
+async def test_a_variation_changes_the_seeds_and_the_id_and_nothing_else(build) -> None:
+    """A job passes its id: a banner made again by the next job (after a rejection, or past
+    its age) is sampled afresh, while one job made twice (resumed) makes the same."""
+    pipeline, engine = build([GOOD] * 4)
+    plain = BannerRequest(shopper_id="coffee_fan")
+    (first,) = await pipeline.generate(BannerRequest(shopper_id="coffee_fan", variation="job_a"))
+    (again,) = await pipeline.generate(BannerRequest(shopper_id="coffee_fan", variation="job_a"))
+    (other,) = await pipeline.generate(BannerRequest(shopper_id="coffee_fan", variation="job_b"))
+    (unvaried,) = await pipeline.generate(plain)
+    seeds = [r.seed for r in engine.requests]
+    assert seeds[0] == seeds[1] and first.id == again.id
+    assert len({seeds[0], seeds[2], seeds[3]}) == 3
+    assert len({first.id, other.id, unvaried.id}) == 3
+    # Without one, seeds and ids are what they always were (pure functions of the inputs).
+    fresh, fresh_engine = build([GOOD])
+    (same,) = await fresh.generate(plain)
+    assert same.id == unvaried.id and fresh_engine.requests[0].seed == seeds[3]
+    assert [first.products, other.products] == [unvaried.products] * 2
+
+
 async def test_variant_count_is_bounded(build) -> None:
     pipeline, engine = build([])
     for count in (0, pipeline.settings.max_variants + 1):

@@ -381,6 +381,9 @@ def test_a_rejection_is_kept_off_marked_stale_audited_and_emitted(pending: Revie
     assert job["total"] == 1, job  # the rejected one only
     again = pending.item(FAN)
     assert again["review"] == "pending" and again["stale_reason"] is None
+    # Sampled afresh by the new job (its id is in the seeds), so a new banner: the rejection
+    # still names the old one, and cannot be applied to what replaced it.
+    assert again["banner_id"] != fan["banner_id"]
 
 
 def test_a_decision_on_a_banner_made_again_is_stale(pending: Review) -> None:
@@ -411,7 +414,18 @@ def test_the_same_id_made_again_is_stale_for_a_decision_that_says_when_it_was_ma
     pending: Review,
 ) -> None:
     fan = pending.item(FAN)
-    pending.run_job()  # the same inputs: the same ids, made again, pending again
+    # A banner made live and kept for reads has no job id in its seeds: the same inputs make
+    # the same id again, later (a job's own banners differ by job).
+    remade = Generated(subject=FAN, banner=banner(fan["banner_id"]), inputs=inputs())
+
+    async def save_again() -> None:
+        db = Database(pending.url)
+        try:
+            await PlacementBannerStore(db).save(HERO, [remade], review="pending")
+        finally:
+            await db.dispose()
+
+    asyncio.run(save_again())
     again = pending.item(FAN)
     assert again["banner_id"] == fan["banner_id"] and again["generated_at"] != fan["generated_at"]
     answer = pending.decide({**decision(fan), "generated_at": fan["generated_at"]})

@@ -251,7 +251,7 @@ class JobRunner:
         told not to use Ray)."""
         assert self.in_process is not None
         while shards:
-            yield await self.in_process.make(job.spec.placement, shards.popleft().subjects)
+            yield await self.in_process.make(job.spec.placement, shards.popleft().subjects, job.id)
 
     async def _on_ray(self, job: Job, shards: deque[_Shard]) -> AsyncGenerator[list[Outcome], None]:
         """Shards spread over Ray workers, each kept ``job_shards_in_flight`` deep so the
@@ -278,7 +278,7 @@ class JobRunner:
                     while shards and load < depth:
                         shard = shards.popleft()
                         shard.attempts += 1
-                        ref = worker.make.remote(job.spec.placement, shard.subjects)
+                        ref = worker.make.remote(job.spec.placement, shard.subjects, job.id)
                         in_flight[asyncio.wrap_future(ref.future())] = (index, shard)
                         load += 1
                 finished, _ = await asyncio.wait(

@@ -45,14 +45,19 @@ class SubjectMaker:
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
 
-    async def make(self, placement: str, subjects: list[Subject]) -> list[Outcome]:
-        return list(await asyncio.gather(*(self._one(placement, s) for s in subjects)))
+    async def make(
+        self, placement: str, subjects: list[Subject], variation: str = ""
+    ) -> list[Outcome]:
+        """``variation``: the job's id, mixed into the seeds (see BannerRequest)."""
+        return list(await asyncio.gather(*(self._one(placement, s, variation) for s in subjects)))
 
-    async def _one(self, placement: str, subject: Subject) -> Outcome:
+    async def _one(self, placement: str, subject: Subject, variation: str) -> Outcome:
         pipeline = self.pipeline
         try:
             shopper = shopper_for(subject, pipeline.shoppers)
-            request = BannerRequest(shopper_id=shopper.id, shopper=shopper, placement=placement)
+            request = BannerRequest(
+                shopper_id=shopper.id, shopper=shopper, placement=placement, variation=variation
+            )
             banner = (await pipeline.generate(request))[0]
         except Exception as error:  # one subject's defect never stops the others
             log.exception("subject_failed", subject=subject.shopper_id, placement=placement)
@@ -105,8 +110,10 @@ class Worker:
             self.maker = SubjectMaker(pipeline)
         return os.getpid()
 
-    async def make(self, placement: str, subjects: list[Subject]) -> list[Outcome]:
+    async def make(
+        self, placement: str, subjects: list[Subject], variation: str = ""
+    ) -> list[Outcome]:
         if self.maker is None:
             await self.ready()
         assert self.maker is not None
-        return await self.maker.make(placement, subjects)
+        return await self.maker.make(placement, subjects, variation)
