@@ -22,8 +22,9 @@ from structlog.types import EventDict, Processor, WrappedLogger
 # Attributes every LogRecord has: an event field with one of these names would make
 # ``Logger.makeRecord`` raise (KeyError) inside whatever code logged it.
 _RECORD_KEYS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
-# Extras libraries attach for their own formatters (uvicorn: the same text with ANSI colours).
-_DROPPED_EXTRAS = ("color_message",)
+# Extras libraries attach for their own formatters (uvicorn: the same text with ANSI colours;
+# Ray, once started in the process, stamps every record for its log forwarding).
+_DROPPED_EXTRAS = ("color_message", "_ray_timestamp_ns")
 
 
 def _safe_fields(_: WrappedLogger, __: str, event: EventDict) -> EventDict:

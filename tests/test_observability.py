@@ -179,7 +179,10 @@ def test_library_records_warnings_and_odd_fields_are_json_too(
     # uvicorn with its default config earlier in this process cut "uvicorn" off the root.
     monkeypatch.setattr(logging.getLogger("uvicorn"), "propagate", True)
     logging.getLogger("uvicorn.error").warning(
-        "Invalid HTTP request received from %s", "peer", extra={"color_message": "\x1b[33m%s"}
+        "Invalid HTTP request received from %s",
+        "peer",
+        # uvicorn's coloured copy of the message; Ray's stamp once it runs in the process.
+        extra={"color_message": "\x1b[33m%s", "_ray_timestamp_ns": 1},
     )
     with warnings.catch_warnings():
         warnings.simplefilter("always")
@@ -195,7 +198,7 @@ def test_library_records_warnings_and_odd_fields_are_json_too(
     by_event = {e["event"]: e for e in entries}
     uvicorn_line = by_event["Invalid HTTP request received from peer"]
     assert uvicorn_line["logger"] == "uvicorn.error" and uvicorn_line["level"] == "warning"
-    assert "color_message" not in uvicorn_line
+    assert "color_message" not in uvicorn_line and "_ray_timestamp_ns" not in uvicorn_line
     assert any("a SQLAlchemy-like warning" in e["event"] for e in entries)
     assert (by_event["odd"]["name_"], by_event["odd"]["module_"]) == ("n", "m")
     assert "RuntimeError: boom" in by_event["failed"]["exception"]
