@@ -292,13 +292,14 @@ class Service:
         self.vllm_groups.discard(self.process.pid)
 
     def stop(self) -> None:
-        """SIGTERM to the service's group (it stops vLLM itself); SIGKILL to whatever is left."""
+        """SIGTERM to the service's process, as Docker and Kubernetes stop a container (it stops
+        vLLM, its workers and its local Ray itself); SIGKILL to whatever is left after."""
         if self.process is None:
             return
         self.note_vllm()
         group = self.process.pid
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(group, signal.SIGTERM)
+            os.kill(group, signal.SIGTERM)
         try:
             # uvicorn gives requests 30 s, then the service gives vLLM 20 s + 10 s.
             self.exit_code = self.process.wait(timeout=120)
@@ -572,7 +573,7 @@ def report(env: Environment, service: Service, args: argparse.Namespace, warmup_
         else "no samples",
         f"CHECK ran the full {args.minutes:g} min with the service alive: "
         f"{'PASS' if completed else 'FAIL'}",
-        f"CHECK stopped cleanly (SIGTERM to its process group; graceful shutdown, vLLM gone): "
+        f"CHECK stopped cleanly (SIGTERM to its process; graceful shutdown, vLLM gone): "
         f"{'PASS' if stopped_cleanly else 'FAIL'}: exit code {service.exit_code} (uvicorn "
         "raises SIGTERM again once shut down)"
         + (f"; {'; '.join(service.leftovers)}" if service.leftovers else "; nothing left behind"),
