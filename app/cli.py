@@ -451,11 +451,9 @@ def pregenerate(
 @clear_errors
 def serve(engine: str | None, host: str | None, port: int | None, workers: int | None) -> None:
     """Run the HTTP API (and, with --engine vllm in managed mode, the vLLM server)."""
-    import uvicorn
-
     from app.logs import configure_logging
     from app.runtime import share_cores_with_model_server
-    from app.server.app import create_app
+    from app.server.workers import serve as run_service
     from app.tracing import configure_tracing, trace_mode
 
     updates: dict[str, Any] = {"engine": engine} if engine else {}
@@ -484,19 +482,7 @@ def serve(engine: str | None, host: str | None, port: int | None, workers: int |
         "-H 'Content-Type: application/json' -d '{\"shopper_id\": \"u004\"}'",
         err=True,
     )
-    if settings.workers > 1:
-        from app.server.workers import serve_workers
-
-        serve_workers(settings)
-        return
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=30,
-    )
+    run_service(settings)
 
 
 @cli.group()

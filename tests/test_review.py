@@ -386,19 +386,24 @@ def test_a_rejection_is_kept_off_marked_stale_audited_and_emitted(pending: Revie
     assert again["banner_id"] != fan["banner_id"]
 
 
+def store_pending(review: Review, made: Generated) -> None:
+    """Store a banner in the hero placement's row as a job would, pending review."""
+
+    async def save() -> None:
+        db = Database(review.url)
+        try:
+            await PlacementBannerStore(db).save(HERO, [made], review="pending")
+        finally:
+            await db.dispose()
+
+    asyncio.run(save())
+
+
 def test_a_decision_on_a_banner_made_again_is_stale(pending: Review) -> None:
     fan = pending.item(FAN)
     # Another banner took the row (a new template version, other products ...).
     replacement = Generated(subject=FAN, banner=banner("bnr_replacement"), inputs=inputs())
-
-    async def replace() -> None:
-        db = Database(pending.url)
-        try:
-            await PlacementBannerStore(db).save(HERO, [replacement], review="pending")
-        finally:
-            await db.dispose()
-
-    asyncio.run(replace())
+    store_pending(pending, replacement)
     answer = pending.decide(decision(fan), decision(pending.item(POPULAR)))
     assert answer.status_code == 200, answer.text
     assert [d["subject"] for d in answer.json()["stale"]] == ["coffee_fan"]
@@ -416,16 +421,7 @@ def test_the_same_id_made_again_is_stale_for_a_decision_that_says_when_it_was_ma
     fan = pending.item(FAN)
     # A banner made live and kept for reads has no job id in its seeds: the same inputs make
     # the same id again, later (a job's own banners differ by job).
-    remade = Generated(subject=FAN, banner=banner(fan["banner_id"]), inputs=inputs())
-
-    async def save_again() -> None:
-        db = Database(pending.url)
-        try:
-            await PlacementBannerStore(db).save(HERO, [remade], review="pending")
-        finally:
-            await db.dispose()
-
-    asyncio.run(save_again())
+    store_pending(pending, Generated(subject=FAN, banner=banner(fan["banner_id"]), inputs=inputs()))
     again = pending.item(FAN)
     assert again["banner_id"] == fan["banner_id"] and again["generated_at"] != fan["generated_at"]
     answer = pending.decide({**decision(fan), "generated_at": fan["generated_at"]})

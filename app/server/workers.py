@@ -1,4 +1,4 @@
-"""`marquee serve --workers N`: several processes serving the API on one port.
+"""`marquee serve`, and with ``--workers N`` several processes serving the API on one port.
 
 One Python process serves the read path at about 1,200 reads/s on one core (bench/reads.py);
 more cores need more processes. Each worker is a whole replica of the service, as if started
@@ -24,6 +24,7 @@ import shutil
 import tempfile
 import threading
 from contextlib import ExitStack
+from typing import Any
 
 from app.config import Settings
 from app.logs import get_logger
@@ -32,6 +33,12 @@ log = get_logger("marquee.server")
 
 # What the workers read their settings from (pydantic-settings: MARQUEE_ + the field name).
 PREFIX = "MARQUEE_"
+# The logging is the process's own (JSON lines); requests get 30 s to finish at shutdown.
+UVICORN_OPTIONS: dict[str, Any] = {
+    "log_config": None,
+    "access_log": False,
+    "timeout_graceful_shutdown": 30,
+}
 
 
 def worker_environment(
@@ -121,7 +128,17 @@ def serve_workers(settings: Settings) -> None:
             workers=settings.workers,
             host=settings.host,
             port=settings.port,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=30,
+            **UVICORN_OPTIONS,
         )
+
+
+def serve(settings: Settings) -> None:
+    """`marquee serve`: the service in this process, or ``settings.workers`` processes."""
+    if settings.workers > 1:
+        serve_workers(settings)
+        return
+    import uvicorn
+
+    from app.server.app import create_app
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, **UVICORN_OPTIONS)

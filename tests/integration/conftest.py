@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -63,6 +64,23 @@ class RunningService:
         if key:
             headers["X-API-Key"] = self.keys[key]
         return httpx.get(f"{self.base_url}{path}", headers=headers, timeout=60)
+
+
+def wait_until_ready(
+    base_url: str, process: subprocess.Popen[str], log: Path, timeout_s: float
+) -> None:
+    """Until /readyz answers 200; the test fails with the log's tail if the service exits or
+    is not ready in time."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"service exited: {log.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                return
+        time.sleep(1)
+    process.kill()
+    pytest.fail(f"service not ready: {log.read_text()[-3000:]}")
 
 
 def _port_open(port: int) -> bool:
@@ -116,17 +134,7 @@ def service(
     running = RunningService(
         f"http://127.0.0.1:{port}", f"http://127.0.0.1:{vllm_port}", keys, process
     )
-    deadline = time.monotonic() + 420
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"service exited: {(folder / 'service.log').read_text()[-3000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{running.base_url}/readyz", timeout=2).status_code == 200:
-                break
-        time.sleep(1)
-    else:
-        process.kill()
-        pytest.fail(f"service not ready: {(folder / 'service.log').read_text()[-3000:]}")
+    wait_until_ready(running.base_url, process, folder / "service.log", 420)
     yield running
     process.send_signal(signal.SIGTERM)
     code = process.wait(timeout=90)

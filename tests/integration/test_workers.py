@@ -7,7 +7,6 @@ stored, read the studio session the other signed, and count into the same /metri
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
@@ -22,7 +21,7 @@ import psutil
 import pytest
 
 from app.config import PROJECT_ROOT
-from tests.integration.conftest import RunningService
+from tests.integration.conftest import RunningService, wait_until_ready
 
 pytestmark = pytest.mark.integration
 
@@ -54,16 +53,7 @@ def two_workers(service: RunningService, tmp_path: Path) -> Iterator[tuple[str, 
             text=True,
         )
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            assert process.poll() is None, (tmp_path / "err.log").read_text()[-3000:]
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            time.sleep(1)
-        else:
-            process.kill()
-            pytest.fail(f"not ready: {(tmp_path / 'err.log').read_text()[-3000:]}")
+        wait_until_ready(base, process, tmp_path / "err.log", 300)
         try:
             yield base, tmp_path, process.pid
         finally:
