@@ -178,12 +178,23 @@ def test_library_records_warnings_and_odd_fields_are_json_too(
     # As under `marquee serve` (uvicorn without a log config of its own); a test that ran
     # uvicorn with its default config earlier in this process cut "uvicorn" off the root.
     monkeypatch.setattr(logging.getLogger("uvicorn"), "propagate", True)
-    logging.getLogger("uvicorn.error").warning(
-        "Invalid HTTP request received from %s",
-        "peer",
-        # uvicorn's coloured copy of the message; Ray's stamp once it runs in the process.
-        extra={"color_message": "\x1b[33m%s", "_ray_timestamp_ns": 1},
-    )
+    # Ray, once started in a process, stamps every record through the record factory.
+    made_by = logging.getLogRecordFactory()
+
+    def stamped(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = made_by(*args, **kwargs)
+        record._ray_timestamp_ns = 1
+        return record
+
+    logging.setLogRecordFactory(stamped)
+    try:
+        logging.getLogger("uvicorn.error").warning(
+            "Invalid HTTP request received from %s",
+            "peer",
+            extra={"color_message": "\x1b[33m%s"},  # uvicorn's coloured copy of the message
+        )
+    finally:
+        logging.setLogRecordFactory(made_by)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         logging.captureWarnings(True)  # pytest swaps showwarning per test: route it again
