@@ -47,16 +47,22 @@ def address_problem(address: Address) -> str | None:
     return None
 
 
+def _literal_address(host: str) -> Address | None:
+    """The address a URL's host is written as (None: it is a name)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
 def literal_problem(host: str) -> str | None:
     """What is wrong with a URL's host seen without resolving it: a literal address that is
     not public, or ``localhost`` (None: nothing seen; a name is checked when resolved)."""
-    name = host.strip("[]").rstrip(".").lower()
+    name = host.rstrip(".").lower()
     if name == "localhost" or name.endswith(".localhost"):
         return f"{host} is this host"
-    try:
-        return address_problem(ipaddress.ip_address(name))
-    except ValueError:
-        return None  # a name
+    address = _literal_address(name)
+    return None if address is None else address_problem(address)
 
 
 @dataclass(frozen=True)
@@ -95,17 +101,9 @@ async def pin_public(
             raise ForbiddenTarget(f"{host} resolves to {problem}")
     if not addresses:
         raise ForbiddenTarget(f"cannot resolve {host}")
-    named = not _is_address(host)
+    named = _literal_address(host) is None
     return Pinned(
         url=parsed.copy_with(host=str(addresses[0])),
         headers={"host": parsed.netloc.decode("ascii")},
         extensions={"sni_hostname": host} if named and parsed.scheme == "https" else {},
     )
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True

@@ -24,10 +24,13 @@ import shutil
 import tempfile
 import threading
 from contextlib import ExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.config import Settings
 from app.logs import get_logger
+
+if TYPE_CHECKING:
+    from app.generation.vllm_server import ManagedVLLM
 
 log = get_logger("marquee.server")
 
@@ -75,18 +78,17 @@ async def prepare_database(settings: Settings) -> None:
         await db.dispose()
 
 
-def _watch(settings: Settings, server: object, stop: threading.Event) -> None:
-    """Restart the managed vLLM when it dies or stops answering, as a single service does."""
-    from app.generation.vllm_server import ManagedVLLM, ServerWatch
+def _watch(settings: Settings, server: ManagedVLLM, stop: threading.Event) -> None:
+    """Restart the managed vLLM when it dies or stops answering, as a single service does,
+    until ``stop`` is set."""
+    from app.generation.vllm_server import ServerWatch
 
-    assert isinstance(server, ManagedVLLM)
     watch = ServerWatch(server, settings.vllm_health_interval_s, settings.vllm_unhealthy_restart_s)
 
     async def run() -> None:
-        task = asyncio.create_task(watch.run())
-        while not stop.is_set():
-            await asyncio.sleep(0.5)
-        task.cancel()
+        watching = asyncio.create_task(watch.run())
+        await asyncio.to_thread(stop.wait)
+        watching.cancel()
 
     asyncio.run(run())
 
