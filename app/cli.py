@@ -21,6 +21,7 @@ from app.domain import Banner
 from app.generation.engine import EngineError
 from app.models import ModelError
 from app.prompting.sandbox import TemplateError
+from app.store.sealing import SecretUnavailable
 
 if TYPE_CHECKING:
     from app.hardware import Choice, Component
@@ -35,6 +36,7 @@ EXPECTED_ERRORS = (
     KeyError,
     ValueError,
     OSError,
+    SecretUnavailable,
 )
 
 
@@ -705,6 +707,35 @@ def db_revision(message: str) -> None:
             )
 
     asyncio.run(write())
+
+
+@cli.group("webhooks")
+def webhooks() -> None:
+    """Webhook endpoints' signing secrets, sealed in the database (MARQUEE_WEBHOOK_SECRET_KEYS)."""
+
+
+@webhooks.command("new-key")
+def webhooks_new_key() -> None:
+    """Print a new key for MARQUEE_WEBHOOK_SECRET_KEYS (put it first to rotate)."""
+    from app.store.sealing import new_key
+
+    click.echo(new_key())
+
+
+@webhooks.command("seal-secrets")
+@clear_errors
+def webhooks_seal_secrets() -> None:
+    """Seal every stored secret under the first key: plain ones (stored before a key was set)
+    and ones sealed under an older key. All or nothing; run it again after a key rotation."""
+    from app.store.db import Database
+    from app.store.webhooks import WebhookStore
+
+    async def seal() -> tuple[int, int]:
+        async with Database.upgraded(_database_url()) as db:
+            return await WebhookStore(db, get_settings().webhook_sealer()).seal_secrets()
+
+    count, plain = asyncio.run(seal())
+    click.echo(f"{count} webhook secrets sealed under the first key ({plain} were plain)")
 
 
 @cli.command("eval")

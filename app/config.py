@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.hardware import DtypeSetting
+from app.store.sealing import Sealer, parse_keys
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,6 +127,10 @@ class Settings(BaseSettings):
     # metadata) is refused at registration and at each delivery (app/egress.py). True where
     # the receivers are meant to be on this network (development, an internal deployment).
     webhook_allow_private: bool = False
+    # Seal webhook signing secrets in the database (Fernet keys, comma-separated: the first
+    # seals, all open; rotate by putting a new one first and running `marquee webhooks
+    # seal-secrets`). Unset: stored as they are. app/store/sealing.py.
+    webhook_secret_keys: SecretStr = SecretStr("")
 
     # Retrieval.
     search_k: int = Field(default=120, ge=1, le=5000)  # pool size taken from the vector index
@@ -180,6 +185,15 @@ class Settings(BaseSettings):
     # The service's scheduler: every this many seconds, a job per placement making only what
     # is missing or stale (0: off; start jobs with `marquee pregenerate` or POST /v1/jobs).
     pregenerate_every_s: float = Field(default=0.0, ge=0)
+
+    @field_validator("webhook_secret_keys")
+    @classmethod
+    def _fernet_keys(cls, keys: SecretStr) -> SecretStr:
+        parse_keys(keys.get_secret_value())  # a ValueError naming the key at fault
+        return keys
+
+    def webhook_sealer(self) -> Sealer:
+        return Sealer(parse_keys(self.webhook_secret_keys.get_secret_value()))
 
     @field_validator("vllm_urls", mode="before")
     @classmethod

@@ -77,6 +77,18 @@ def test_compose_services_are_wired_with_health_checks() -> None:
     )
     assert made is not None
     assert KEY_SHAPE.fullmatch(f"mq_{made[1]}_{'0f' * int(made[2])}")
+    # The webhook key the header comment makes is one the service takes in.
+    for api in ("api", "api-cpu"):
+        keys = services[api]["environment"]["MARQUEE_WEBHOOK_SECRET_KEYS"]
+        assert keys == "${MARQUEE_WEBHOOK_SECRET_KEYS:-}"
+    key_command = re.search(
+        r'MARQUEE_WEBHOOK_SECRET_KEYS="\$\((.+)\)"', (DOCKER / "compose.yaml").read_text()
+    )
+    assert key_command is not None
+    key = subprocess.run(
+        ["sh", "-c", key_command[1]], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert Settings(webhook_secret_keys=key).webhook_sealer().sealing
     assert services["vllm-cpu"]["networks"]["default"]["aliases"] == ["vllm"]
     assert set(compose["volumes"]) == {"pgdata", "models"}
 

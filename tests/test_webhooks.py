@@ -31,7 +31,8 @@ from standardwebhooks import Webhook
 from app.config import Settings
 from app.generation.vllm_server import free_port
 from app.server.app import create_app
-from app.store.db import Database
+from app.store.db import Database, WebhookEndpointRecord
+from app.store.sealing import Sealer, SecretUnavailable, new_key
 from app.store.webhooks import Delivery, WebhookStore
 from app.webhooks import RETRY_SCHEDULE, WebhookDispatcher, WebhookEvents
 from tests.fakes import GOOD, ScriptedEngine, file_loader, wait_ready
@@ -123,9 +124,28 @@ def receiver() -> Iterator[Receiver]:
 
 
 @asynccontextmanager
-async def store_at(url: str) -> AsyncIterator[WebhookStore]:
+async def store_at(url: str, *keys: str) -> AsyncIterator[WebhookStore]:
+    """The webhooks' store on ``url``, sealing secrets with ``keys`` (none: plain)."""
     async with Database.upgraded(url) as db:
-        yield WebhookStore(db)
+        yield WebhookStore(db, Sealer(keys))
+
+
+async def stored_secret(store: WebhookStore, endpoint_id: str) -> str:
+    """The secret column as the database holds it."""
+    async with store.db.sessions() as session:
+        record = await session.get(WebhookEndpointRecord, endpoint_id)
+        assert record is not None
+        return record.secret
+
+
+async def deliver_one(store: WebhookStore, endpoint_id: str) -> Delivery:
+    """Queue a ping for one endpoint and run dispatcher passes until it settled (one attempt)."""
+    queued = await store.enqueue_for(endpoint_id, "webhook.test", {"ping": True})
+    dispatcher = WebhookDispatcher(store, allow_private=True, schedule=())
+    try:
+        return await settle(dispatcher, store, queued.id)
+    finally:
+        await dispatcher.close()
 
 
 async def settle(dispatcher: WebhookDispatcher, store: WebhookStore, delivery_id: str) -> Delivery:
@@ -274,6 +294,87 @@ async def test_a_private_address_is_never_sent_to_unless_allowed(
     assert delivery.last_error is not None
     assert "refused: 127.0.0.1 is a loopback address" in delivery.last_error
     assert receiver.got() == []  # not one request reached it
+
+
+# --- secrets sealed at rest --------------------------------------------------------------------
+
+
+async def test_a_sealed_secret_is_not_in_the_database_and_still_signs(
+    database_url: str, receiver: Receiver
+) -> None:
+    async with store_at(database_url, new_key()) as store:
+        endpoint = await store.create(receiver.url(), ["job.finished"], created_by="t")
+        stored = await stored_secret(store, endpoint.id)
+        assert stored.startswith("fernet:")
+        assert endpoint.secret not in stored
+        assert endpoint.secret.removeprefix("whsec_") not in stored
+        assert not hasattr(await store.get(endpoint.id), "secret")  # read back: never
+        delivery = await deliver_one(store, endpoint.id)
+    assert (delivery.state, delivery.last_status) == ("succeeded", 200)
+    assert receiver.got()[0].verified(endpoint.secret)["type"] == "webhook.test"
+
+
+async def test_a_secret_no_key_opens_fails_its_own_deliveries_only(
+    database_url: str, receiver: Receiver
+) -> None:
+    async with store_at(database_url) as plain_store:
+        plain = await plain_store.create(receiver.url("/plain"), ["job.finished"], created_by="t")
+    async with store_at(database_url, new_key()) as first_store:
+        sealed = await first_store.create(receiver.url("/sealed"), ["job.finished"], created_by="t")
+    async with store_at(database_url, new_key()) as store:  # the first key is lost
+        refused = await deliver_one(store, sealed.id)
+        delivered = await deliver_one(store, plain.id)  # stored before keys: read as it is
+    assert (refused.state, refused.last_status) == ("failed", None)
+    assert refused.last_error == (
+        "SecretUnavailable: sealed with a key MARQUEE_WEBHOOK_SECRET_KEYS does not hold"
+    )
+    assert delivered.state == "succeeded"
+    [request] = receiver.got()
+    assert request.path == "/plain"
+    assert request.verified(plain.secret)["type"] == "webhook.test"
+
+
+async def test_seal_secrets_seals_plain_ones_and_rotates_to_the_first_key(
+    database_url: str, receiver: Receiver
+) -> None:
+    old, new = new_key(), new_key()
+    async with store_at(database_url) as store:
+        plain = await store.create(receiver.url("/plain"), ["job.finished"], created_by="t")
+    async with store_at(database_url, old) as store:
+        sealed = await store.create(receiver.url("/sealed"), ["job.finished"], created_by="t")
+    async with store_at(database_url, new, old) as store:
+        assert await store.seal_secrets() == (2, 1)
+    async with store_at(database_url, new) as store:  # the old key dropped: both still sign
+        for endpoint in (plain, sealed):
+            assert (await stored_secret(store, endpoint.id)).startswith("fernet:")
+            assert (await deliver_one(store, endpoint.id)).state == "succeeded"
+    by_path = {request.path: request for request in receiver.got()}
+    assert by_path["/plain"].verified(plain.secret)["data"] == {"ping": True}
+    assert by_path["/sealed"].verified(sealed.secret)["data"] == {"ping": True}
+
+
+async def test_seal_secrets_changes_nothing_when_a_secret_cannot_be_opened(
+    database_url: str,
+) -> None:
+    async with store_at(database_url) as store:
+        plain = await store.create("http://x.example/a", ["job.finished"], created_by="t")
+        with pytest.raises(SecretUnavailable, match="no key to seal with"):
+            await store.seal_secrets()
+    async with store_at(database_url, new_key()) as store:
+        sealed = await store.create("http://x.example/b", ["job.finished"], created_by="t")
+        before = [await stored_secret(store, e.id) for e in (plain, sealed)]
+    async with store_at(database_url, new_key()) as store:
+        with pytest.raises(SecretUnavailable, match="does not hold"):
+            await store.seal_secrets()
+        assert [await stored_secret(store, e.id) for e in (plain, sealed)] == before
+
+
+def test_a_key_setting_that_is_not_a_fernet_key_names_it() -> None:
+    with pytest.raises(ValueError, match="key 2 is not a Fernet key"):
+        Settings(webhook_secret_keys=f"{new_key()}, not-a-key")
+    two = Settings(webhook_secret_keys=f" {new_key()} ,{new_key()}")
+    assert two.webhook_sealer().sealing
+    assert not Settings().webhook_sealer().sealing
 
 
 @pytest.mark.parametrize(

@@ -274,7 +274,13 @@ def create_app(
     log.info("hardware", **describe(hardware, detect()))
     keys = ApiKeyStore(db)
     # Events go into the webhooks' outbox; the dispatcher sends them (and wakes when told).
-    webhook_store = WebhookStore(db)
+    webhook_store = WebhookStore(db, settings.webhook_sealer())
+    if settings.env == "production" and not webhook_store.sealer.sealing:
+        log.warning(
+            "webhook_secrets_plain",
+            detail="webhook signing secrets are stored unencrypted: set "
+            "MARQUEE_WEBHOOK_SECRET_KEYS (make a key with `marquee webhooks new-key`)",
+        )
     dispatcher = WebhookDispatcher(
         webhook_store,
         timeout_s=settings.webhook_timeout_s,

@@ -288,9 +288,10 @@ class WebhookEndpointRecord(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # whk_<hex>
     url: Mapped[str] = mapped_column(String(2000))
     events: Mapped[list[str]] = mapped_column(JSON)  # the event types it receives
-    # The signing secret (whsec_<base64>), stored as it is, unlike an API key's hash: signing
-    # each delivery needs the secret itself. Never shown again after the answer that made it.
-    secret: Mapped[str] = mapped_column(String(120))
+    # The signing secret (whsec_<base64>). Unlike an API key it cannot be a hash: signing each
+    # delivery needs the secret itself. Sealed under MARQUEE_WEBHOOK_SECRET_KEYS when set
+    # (app/store/sealing.py); never shown again after the answer that made it.
+    secret: Mapped[str] = mapped_column(String(400))
     description: Mapped[str] = mapped_column(String(300))
     created_by: Mapped[str] = mapped_column(String(80))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

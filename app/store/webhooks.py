@@ -20,6 +20,7 @@ from typing import Any, Literal
 from sqlalchemy import select, update
 
 from app.store.db import Database, WebhookDeliveryRecord, WebhookEndpointRecord, aware
+from app.store.sealing import Sealer, SecretUnavailable, is_sealed
 
 DeliveryState = Literal["pending", "succeeded", "failed"]
 SECRET_PREFIX = "whsec_"
@@ -44,11 +45,18 @@ class Endpoint:
     created_by: str
     created_at: datetime
     disabled_at: datetime | None
-    secret: str = field(repr=False)  # for signing; shown to a client only when made
 
     @property
     def active(self) -> bool:
         return self.disabled_at is None
+
+
+@dataclass(frozen=True)
+class NewEndpoint(Endpoint):
+    """An endpoint as ``create`` returns it: with its signing secret, shown to a client once
+    (what is stored may be sealed, app/store/sealing.py)."""
+
+    secret: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,14 @@ class Outgoing:
 
     delivery: Delivery
     url: str
-    secret: str = field(repr=False)
+    stored_secret: str = field(repr=False)
+    sealer: Sealer = field(repr=False)
+
+    @property
+    def secret(self) -> str:
+        """The signing secret; SecretUnavailable when no configured key opens it (opened at
+        sending, so that one endpoint's failure is its deliveries' alone)."""
+        return self.sealer.open(self.stored_secret)
 
 
 def _endpoint(record: WebhookEndpointRecord) -> Endpoint:
@@ -84,7 +99,6 @@ def _endpoint(record: WebhookEndpointRecord) -> Endpoint:
         created_by=record.created_by,
         created_at=aware(record.created_at),
         disabled_at=aware(record.disabled_at) if record.disabled_at else None,
-        secret=record.secret,
     )
 
 
@@ -121,8 +135,9 @@ def _new_delivery(
 
 
 class WebhookStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, sealer: Sealer | None = None) -> None:
         self.db = db
+        self.sealer = sealer or Sealer()
 
     # --- endpoints -------------------------------------------------------------------------------
 
@@ -134,13 +149,14 @@ class WebhookStore:
         created_by: str,
         secret: str | None = None,
         description: str = "",
-    ) -> Endpoint:
+    ) -> NewEndpoint:
         """A new endpoint, with ``secret`` (whsec_<base64>) or a generated one."""
+        secret = secret or new_secret()
         record = WebhookEndpointRecord(
             id="whk_" + secrets.token_hex(8),
             url=url,
             events=list(dict.fromkeys(events)),
-            secret=secret or new_secret(),
+            secret=self.sealer.seal(secret),
             description=description,
             created_by=created_by,
             created_at=_now(),
@@ -148,7 +164,20 @@ class WebhookStore:
         )
         async with self.db.writing() as session:
             session.add(record)
-        return _endpoint(record)
+        return NewEndpoint(**vars(_endpoint(record)), secret=secret)
+
+    async def seal_secrets(self) -> tuple[int, int]:
+        """Every endpoint's secret sealed under the sealer's first key, in one transaction:
+        (how many, how many of them were plain). SecretUnavailable when a stored secret opens
+        with none of the keys: nothing is written then."""
+        if not self.sealer.sealing:
+            raise SecretUnavailable("no key to seal with: set MARQUEE_WEBHOOK_SECRET_KEYS")
+        async with self.db.writing() as session:
+            records = (await session.scalars(select(WebhookEndpointRecord))).all()
+            plain = sum(not is_sealed(record.secret) for record in records)
+            for record in records:
+                record.secret = self.sealer.reseal(record.secret)
+        return len(records), plain
 
     async def get(self, endpoint_id: str) -> Endpoint | None:
         async with self.db.sessions() as session:
@@ -251,7 +280,10 @@ class WebhookStore:
                 .where(WebhookDeliveryRecord.id.in_(claimed))
                 .order_by(WebhookDeliveryRecord.created_at)
             )
-            return [Outgoing(_delivery(record), url, secret) for record, url, secret in rows]
+            return [
+                Outgoing(_delivery(record), url, secret, self.sealer)
+                for record, url, secret in rows
+            ]
 
     async def succeeded(self, delivery_id: str, attempts: int, status: int) -> None:
         now = _now()

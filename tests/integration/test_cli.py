@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from app.config import PROJECT_ROOT
 
@@ -322,3 +323,50 @@ def test_keys_errors_are_one_line_and_exit_2(tmp_path: Path, args: tuple[str, ..
     assert line.startswith("error: ")
     # Nothing was made or changed by the failed command.
     assert [(row["id"], row["status"]) for row in keys_json(database)] == [(gone, "revoked")]
+
+
+def test_webhooks_new_key_and_seal_secrets(tmp_path: Path) -> None:
+    import asyncio
+
+    from app.store.db import Database, WebhookEndpointRecord
+    from app.store.sealing import Sealer
+    from app.store.webhooks import WebhookStore
+
+    database = f"sqlite+aiosqlite:///{tmp_path / 'hooks.db'}"
+
+    async def stored() -> dict[str, str]:
+        async with Database.upgraded(database) as db, db.sessions() as session:
+            rows = await session.scalars(select(WebhookEndpointRecord))
+            return {row.url: row.secret for row in rows}
+
+    async def create(url: str) -> str:
+        async with Database.upgraded(database) as db:
+            endpoint = await WebhookStore(db).create(url, ["job.finished"], created_by="t")
+            return endpoint.secret
+
+    secret = asyncio.run(create("https://hooks.example/a"))
+    made = marquee("webhooks", "new-key")
+    assert made.returncode == 0, made.stderr[-3000:]
+    key = made.stdout.strip()
+    assert Sealer([key]).sealing and marquee("webhooks", "new-key").stdout.strip() != key
+
+    unkeyed = marquee("webhooks", "seal-secrets", MARQUEE_DATABASE_URL=database)
+    assert unkeyed.returncode == 1 and "Traceback" not in unkeyed.stderr
+    assert unkeyed.stderr.strip() == ("error: no key to seal with: set MARQUEE_WEBHOOK_SECRET_KEYS")
+    assert asyncio.run(stored()) == {"https://hooks.example/a": secret}  # untouched
+
+    bad = marquee(
+        "webhooks", "seal-secrets", MARQUEE_DATABASE_URL=database,
+        MARQUEE_WEBHOOK_SECRET_KEYS="too-short",
+    )  # fmt: skip
+    assert bad.returncode == 2 and "key 1 is not a Fernet key" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+    sealed = marquee(
+        "webhooks", "seal-secrets", MARQUEE_DATABASE_URL=database, MARQUEE_WEBHOOK_SECRET_KEYS=key
+    )
+    assert sealed.returncode == 0, sealed.stderr[-3000:]
+    assert sealed.stdout.strip() == "1 webhook secrets sealed under the first key (1 were plain)"
+    [now] = asyncio.run(stored()).values()
+    assert now.startswith("fernet:") and secret not in now
+    assert Sealer([key]).open(now) == secret
