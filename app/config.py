@@ -140,6 +140,12 @@ class Settings(BaseSettings):
     collaborative_weight: float = Field(default=0.3, ge=0.0)
     popularity_weight: float = Field(default=0.1, ge=0.0)
     mmr_lambda: float = Field(default=0.7, ge=0.0, le=1.0)  # 1 = relevance only
+    # The collaborative signal (app/retrieval/collaborative.py): EASE, a learned item-item
+    # model, or item co-occurrence; auto: EASE up to ease_max_items products (it holds an n x n
+    # float32 matrix: 20,000 items is 1.6 GB), co-occurrence beyond.
+    collaborative_model: Literal["auto", "ease", "cooccurrence"] = "cooccurrence"
+    ease_l2: float = Field(default=200.0, gt=0.0)  # EASE's L2 penalty (lambda)
+    ease_max_items: int = Field(default=20_000, ge=1)
 
     # Generation and guards.
     max_retries: int = Field(default=2, ge=0, le=10)

@@ -143,7 +143,7 @@ class Pipeline:
         engine: Engine | None,
         templates: TemplateRegistry | None = None,
     ) -> Pipeline:
-        signals = InteractionSignals(catalog, shoppers)
+        signals = InteractionSignals.from_settings(catalog, shoppers, settings)
         selector = CandidateSelector(catalog, index, embedder, signals, settings)
         return cls(
             settings=settings,

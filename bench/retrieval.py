@@ -96,7 +96,11 @@ def main() -> None:
         embedder = RandomEmbedder(np.random.default_rng(1))
         settings = Settings(search_k=120, mmr_lambda=0.7)
         selector = CandidateSelector(
-            catalog, index, embedder, InteractionSignals(catalog, shoppers), settings
+            catalog,
+            index,
+            embedder,
+            InteractionSignals.from_settings(catalog, shoppers, settings),
+            settings,
         )
         queries = embedder.encode(["q"] * QUERIES)
         search_ms = []

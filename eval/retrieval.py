@@ -1,7 +1,8 @@
 """Retrieval quality: do the candidates contain what shoppers went on to pick?
 
 Marquee's selector (in several settings) against baselines that anyone would try first: random,
-global popularity, the shopper's segment popularity, and plain item co-occurrence. Every
+global popularity, the shopper's segment popularity, plain item co-occurrence, and EASE (a
+closed-form linear item-item model, the strongest simple collaborative baseline). Every
 recommender leaves out what the shopper already interacted with, the same way (the usual
 offline protocol: re-showing a viewed item is not a discovery, and it would crowd the list).
 """
@@ -18,6 +19,7 @@ from tqdm import tqdm
 from app.catalog.store import Catalog
 from app.config import Settings
 from app.domain import Shopper
+from app.retrieval.collaborative import chosen
 from app.retrieval.embedder import Embedder
 from app.retrieval.index import ExactIndex, build_or_load_index, top_k
 from app.retrieval.profile import history_weights
@@ -40,8 +42,9 @@ def seen(shopper: Shopper) -> list[str]:
 
 
 # Marquee settings compared in the full suite: name -> settings overrides.
-VARIANTS: dict[str, dict[str, float]] = {
+VARIANTS: dict[str, dict[str, Any]] = {
     "marquee": {},
+    "marquee EASE": {"collaborative_model": "ease"},
     "marquee λ=1.0 (no MMR)": {"mmr_lambda": 1.0},
     "marquee λ=0.5": {"mmr_lambda": 0.5},
     "marquee no collaborative": {"collaborative_weight": 0.0},
@@ -95,14 +98,19 @@ def rankers(
     index: ExactIndex,
     embedder: Embedder,
     settings: Settings,
-    variants: dict[str, dict[str, float]],
+    variants: dict[str, dict[str, Any]],
 ) -> dict[str, Ranker]:
     catalog = dataset.catalog
-    signals = InteractionSignals(catalog, dataset.train)
+    signals = InteractionSignals(catalog, dataset.train)  # co-occurrence
     found: dict[str, Ranker] = {}
     for name, overrides in variants.items():
+        variant = settings.model_copy(update=overrides)
         selector = CandidateSelector(
-            catalog, index, embedder, signals, settings.model_copy(update=overrides)
+            catalog,
+            index,
+            embedder,
+            InteractionSignals.from_settings(catalog, dataset.train, variant),
+            variant,
         )
 
         def marquee(shopper: Shopper, k: int, selector: CandidateSelector = selector) -> list[str]:
@@ -125,17 +133,26 @@ def rankers(
     def segment(shopper: Shopper, k: int) -> list[str]:
         return _excluding(signals.prior(shopper.segment), catalog, shopper, k)
 
-    def cooccurrence(shopper: Shopper, k: int) -> list[str]:
-        history = history_weights(shopper, catalog, settings.half_life_days)
-        scores = signals.collaborative(history.rows, history.weights)
-        return _excluding(scores + tie_break, catalog, shopper, k)
+    def collaborative(model: InteractionSignals) -> Ranker:
+        def rank(shopper: Shopper, k: int) -> list[str]:
+            history = history_weights(shopper, catalog, settings.half_life_days)
+            scores = model.collaborative(history.rows, history.weights)
+            return _excluding(scores + tie_break, catalog, shopper, k)
+
+        return rank
+
+    # EASE with the service's L2, on a catalog of any size here (a baseline, not a choice).
+    ease = InteractionSignals(
+        catalog, dataset.train, chosen("ease", settings.ease_l2, settings.ease_max_items)
+    )
 
     found.update(
         {
             "random": random,
             "popularity": popularity,
             "segment popularity": segment,
-            "co-occurrence": cooccurrence,
+            "co-occurrence": collaborative(signals),
+            "EASE": collaborative(ease),
         }
     )
     return found
@@ -145,7 +162,7 @@ def evaluate(
     dataset: EvalDataset,
     embedder: Embedder,
     settings: Settings,
-    variants: dict[str, dict[str, float]],
+    variants: dict[str, dict[str, Any]],
 ) -> list[RetrievalRow]:
     index = dataset_index(dataset, embedder, settings)
     rows = []

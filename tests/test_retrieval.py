@@ -7,6 +7,7 @@ import pytest
 
 from app.catalog.store import Catalog, ShopperStore
 from app.domain import EventType, Shopper
+from app.retrieval.collaborative import CoOccurrence
 from app.retrieval.index import ExactIndex, build_or_load_index
 from app.retrieval.mmr import mmr
 from app.retrieval.profile import history_weights, shopper_vector
@@ -162,8 +163,9 @@ def test_collaborative_signal_brings_in_co_viewed_items(selector: CandidateSelec
 def test_cooccurrence_is_symmetric_and_ignores_self(
     tiny_catalog: Catalog, tiny_shoppers: ShopperStore
 ) -> None:
-    signals = InteractionSignals(tiny_catalog, tiny_shoppers)
-    co = signals.cooccurrence.toarray()
+    model = InteractionSignals(tiny_catalog, tiny_shoppers).model
+    assert isinstance(model, CoOccurrence)  # the default
+    co = model.matrix.toarray()
     assert np.allclose(co, co.T)
     assert np.all(np.diag(co) == 0)
     k2, c1, y1 = (tiny_catalog.row(p) for p in ("K2", "C1", "Y1"))

@@ -1,4 +1,4 @@
-"""Behavioural signals mined from shoppers' histories: popularity and item co-occurrence.
+"""Behavioural signals mined from shoppers' histories: popularity and a collaborative model.
 
 Text embeddings alone retrieve badly on real behaviour; what shoppers view and buy together is
 the stronger signal for anyone with a history, and popularity is the prior for cold start.
@@ -13,7 +13,9 @@ import numpy as np
 from scipy import sparse
 
 from app.catalog.store import Catalog
+from app.config import Settings
 from app.domain import EventType, Shopper
+from app.retrieval.collaborative import CoOccurrence, Fit, chosen
 
 # How much each event says about a shopper's taste.
 EVENT_WEIGHT: dict[EventType, float] = {
@@ -31,7 +33,12 @@ def _scaled(counts: np.ndarray) -> np.ndarray:
 
 
 class InteractionSignals:
-    def __init__(self, catalog: Catalog, shoppers: Iterable[Shopper]) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        shoppers: Iterable[Shopper],
+        fit: Fit = CoOccurrence,
+    ) -> None:
         n = len(catalog)
         counts = np.zeros(n, dtype=np.float64)
         by_segment: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(n, dtype=np.float64))
@@ -48,32 +55,32 @@ class InteractionSignals:
                 rows.append(user)
                 cols.append(row)
         users = (max(rows) + 1) if rows else 0
-        # Shopper x item incidence (1 if they touched it at all); co-occurrence is its Gram.
+        # Shopper x item incidence: 1 if they touched it at all.
         incidence = sparse.csr_matrix(
             (np.ones(len(rows)), (rows, cols)), shape=(users, n), dtype=np.float64
         )
-        incidence.data[:] = 1.0
         incidence.sum_duplicates()
         incidence.data[:] = 1.0
-        co = (incidence.T @ incidence).tocsr()
-        co.setdiag(0)
-        co.eliminate_zeros()
-        # Cosine normalisation: c_ij / sqrt(n_i n_j), so popular items do not co-occur with all.
-        item_counts = np.asarray(incidence.sum(axis=0)).ravel()
-        norm = np.sqrt(np.maximum(item_counts, 1.0))
-        inv = sparse.diags(1.0 / norm)
-        self.cooccurrence: sparse.csr_matrix = (inv @ co @ inv).tocsr()
+        self.model = fit(incidence)
         self.popularity = _scaled(counts)
         self.segment_popularity = {segment: _scaled(c) for segment, c in by_segment.items()}
 
+    @classmethod
+    def from_settings(
+        cls, catalog: Catalog, shoppers: Iterable[Shopper], settings: Settings
+    ) -> InteractionSignals:
+        fit = chosen(settings.collaborative_model, settings.ease_l2, settings.ease_max_items)
+        return cls(catalog, shoppers, fit)
+
     def collaborative(self, history_rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """Score of every item as co-viewed/co-bought with the history, scaled to [0, 1]."""
-        n = self.cooccurrence.shape[0]
+        """Score of every item from the collaborative model, scaled to [0, 1] (0: no
+        evidence for it, or evidence against it)."""
+        n = len(self.popularity)
         if history_rows.size == 0:
             return np.zeros(n)
         profile = np.zeros(n)
         np.add.at(profile, history_rows, weights)
-        scores = np.asarray(self.cooccurrence.T @ profile).ravel()
+        scores = np.clip(self.model.scores(profile).astype(np.float64), 0.0, None)
         top = scores.max()
         return scores / top if top > 0 else scores
 

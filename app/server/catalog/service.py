@@ -245,8 +245,14 @@ class CatalogService:
             self.pipeline.use_catalog(catalog, self.pipeline.index, signals)
 
     async def _signals(self, catalog: Catalog) -> InteractionSignals:
-        """Popularity and co-occurrence from the shoppers' current histories, off the loop."""
-        return await asyncio.to_thread(InteractionSignals, catalog, self.pipeline.shoppers)
+        """Popularity and the collaborative model from the shoppers' current histories, off
+        the loop (requests meanwhile use the previous ones)."""
+        return await asyncio.to_thread(
+            InteractionSignals.from_settings,
+            catalog,
+            self.pipeline.shoppers,
+            self.pipeline.settings,
+        )
 
     async def settled(self) -> None:
         """Wait for a scheduled signals refresh to finish."""
