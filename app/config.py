@@ -136,6 +136,10 @@ class Settings(BaseSettings):
     search_k: int = Field(default=120, ge=1, le=5000)  # pool size taken from the vector index
     history_weight: float = Field(default=0.7, ge=0.0, le=1.0)  # history vs stated interests
     half_life_days: float = Field(default=30.0, gt=0.0)
+    # The shopper's latest session (events no more than session_gap_min apart) carries this
+    # share of their history's weight, the rest of the history the remainder (0: off).
+    session_gap_min: float = Field(default=30.0, gt=0.0)
+    session_share: float = Field(default=0.0, ge=0.0, lt=1.0)
     semantic_weight: float = Field(default=0.6, ge=0.0)
     collaborative_weight: float = Field(default=0.3, ge=0.0)
     popularity_weight: float = Field(default=0.1, ge=0.0)

@@ -45,6 +45,7 @@ def seen(shopper: Shopper) -> list[str]:
 VARIANTS: dict[str, dict[str, Any]] = {
     "marquee": {},
     "marquee EASE": {"collaborative_model": "ease"},
+    "marquee EASE session 0.3": {"collaborative_model": "ease", "session_share": 0.3},
     "marquee λ=1.0 (no MMR)": {"mmr_lambda": 1.0},
     "marquee λ=0.5": {"mmr_lambda": 0.5},
     "marquee no collaborative": {"collaborative_weight": 0.0},

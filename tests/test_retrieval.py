@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from app.catalog.store import Catalog, ShopperStore
+from app.config import Settings
 from app.domain import EventType, Shopper
 from app.retrieval.collaborative import CoOccurrence
 from app.retrieval.index import ExactIndex, build_or_load_index
 from app.retrieval.mmr import mmr
-from app.retrieval.profile import history_weights, shopper_vector
+from app.retrieval.profile import HistoryWeights, history_weights, shopper_vector
 from app.retrieval.selector import CandidateFilters, CandidateSelector
 from app.retrieval.signals import InteractionSignals
 from tests.conftest import NOW, event, product
@@ -78,10 +79,70 @@ def test_purchases_weigh_more_and_recent_events_more(tiny_catalog: Catalog) -> N
     assert weights[c3] == pytest.approx(weights[c1] / 4)  # two half-lives old
 
 
+def long_coffee_history_then_a_camping_session() -> Shopper:
+    """Weeks of coffee, then, just now, three camping views in ten minutes."""
+    coffee = [event(pid, EventType.VIEW, days) for days in range(2, 30, 3) for pid in ("C1", "C2")]
+    minutes = 1 / (24 * 60)
+    camping = [
+        event("K1", EventType.VIEW, 10 * minutes),
+        event("K2", EventType.VIEW, 5 * minutes),
+        event("K1", EventType.VIEW, 0),
+    ]
+    return Shopper(id="switcher", history=(*coffee, *camping))
+
+
+def weights_by_id(catalog: Catalog, history: HistoryWeights) -> dict[str, float]:
+    return {
+        catalog.products[int(row)].id: float(weight)
+        for row, weight in zip(history.rows, history.weights, strict=True)
+    }
+
+
+def test_the_latest_session_carries_its_share_of_the_history(tiny_catalog: Catalog) -> None:
+    shopper = long_coffee_history_then_a_camping_session()
+    plain = weights_by_id(tiny_catalog, history_weights(shopper, tiny_catalog, 30))
+    shared = weights_by_id(
+        tiny_catalog, history_weights(shopper, tiny_catalog, 30, session_share=0.6)
+    )
+    session = shared["K1"] + shared["K2"]
+    assert session == pytest.approx(0.6 * sum(shared.values()))
+    assert plain["K1"] + plain["K2"] < 0.3 * sum(plain.values())  # without it, coffee wins
+    # Within each part, the recency x event-type proportions stay as they were.
+    assert shared["K1"] / shared["K2"] == pytest.approx(plain["K1"] / plain["K2"])
+    assert shared["C1"] / shared["C2"] == pytest.approx(plain["C1"] / plain["C2"])
+    # A gap longer than the session's ends it: with a 1-minute gap only the last view is in it.
+    short = weights_by_id(
+        tiny_catalog,
+        history_weights(shopper, tiny_catalog, 30, session_gap_min=1, session_share=0.6),
+    )
+    assert short["K1"] > short["K2"]
+    assert short["K1"] == pytest.approx(0.6 * sum(short.values()), rel=0.05)
+
+
+def test_a_history_that_is_one_session_is_weighted_as_it_is(tiny_catalog: Catalog) -> None:
+    minutes = 1 / (24 * 60)
+    shopper = Shopper(
+        id="x",
+        history=(event("C1", EventType.VIEW, 2 * minutes), event("C2", EventType.PURCHASE, 0)),
+    )
+    assert weights_by_id(
+        tiny_catalog, history_weights(shopper, tiny_catalog, 30, session_share=0.6)
+    ) == weights_by_id(tiny_catalog, history_weights(shopper, tiny_catalog, 30))
+
+
+def test_after_a_long_history_the_current_session_leads_the_candidates(
+    selector: CandidateSelector, test_settings: Settings
+) -> None:
+    shopper = long_coffee_history_then_a_camping_session()
+    before = selector.select(shopper, 3).candidates
+    assert before[0].product.category == "Coffee"  # the share off: the long history wins
+    selector.settings = test_settings.model_copy(update={"session_share": 0.6})
+    after = selector.select(shopper, 3).candidates
+    assert after[0].product.category == "Camping"
+
+
 def test_shopper_vector_blends_history_and_interests() -> None:
     items = np.eye(3, dtype=np.float32)
-    from app.retrieval.profile import HistoryWeights
-
     history = HistoryWeights(np.array([0]), np.array([1.0]))
     interests = np.array([0, 1, 0], dtype=np.float32)
     vector = shopper_vector(history, items, interests, history_weight=0.75)

@@ -131,7 +131,13 @@ class CandidateSelector:
         settings = self.settings
         allowed, removed = self._allowed(shopper, filters)
 
-        history = history_weights(shopper, self.catalog, settings.half_life_days)
+        history = history_weights(
+            shopper,
+            self.catalog,
+            settings.half_life_days,
+            settings.session_gap_min,
+            settings.session_share,
+        )
         interests = interests_text(shopper)
         query = shopper_vector(
             history,
