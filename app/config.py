@@ -145,11 +145,12 @@ class Settings(BaseSettings):
     popularity_weight: float = Field(default=0.1, ge=0.0)
     mmr_lambda: float = Field(default=0.7, ge=0.0, le=1.0)  # 1 = relevance only
     # The collaborative signal (app/retrieval/collaborative.py): EASE, a learned item-item
-    # model, or item co-occurrence; auto: EASE up to ease_max_items products (it holds an n x n
-    # float32 matrix: 20,000 items is 1.6 GB), co-occurrence beyond.
+    # model, or item co-occurrence; auto: EASE up to ease_max_items products, co-occurrence
+    # beyond. EASE's fit grows with n² in memory and n³ in time (bench/collaborative.py, 2
+    # cores: 10,000 items peak at 2.7 GB and take about 2 min; 20,000 would need 11 GB).
     collaborative_model: Literal["auto", "ease", "cooccurrence"] = "cooccurrence"
     ease_l2: float = Field(default=200.0, gt=0.0)  # EASE's L2 penalty (lambda)
-    ease_max_items: int = Field(default=20_000, ge=1)
+    ease_max_items: int = Field(default=10_000, ge=1)
 
     # Generation and guards.
     max_retries: int = Field(default=2, ge=0, le=10)

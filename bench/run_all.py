@@ -4,11 +4,11 @@ on their own."""
 
 from __future__ import annotations
 
-from bench import banner, dtypes, embedding, pregeneration, retrieval, service
+from bench import banner, collaborative, dtypes, embedding, pregeneration, retrieval, service
 
 
 def main() -> None:
-    for module in (dtypes, embedding, retrieval, banner, service, pregeneration):
+    for module in (dtypes, embedding, retrieval, collaborative, banner, service, pregeneration):
         print(f"\n=== {module.__name__} ===", flush=True)
         module.main()
 

@@ -6,7 +6,7 @@ Two models behind one interface, both scoring every item from a shopper's weight
   closed-form item-item linear model, ``B = I - P / diag(P)`` with ``P = (XᵀX + λI)⁻¹``. It
   learns which items predict which, discounting what is merely popular, and on MovieLens it
   beats co-occurrence clearly (eval/). Its cost is a dense n×n inverse: n² floats of memory
-  and n³ work, so it is used up to ``ease_max_items``.
+  and n³ work (bench/collaborative.py), so ``auto`` uses it up to ``ease_max_items``.
 - ``CoOccurrence``: cosine-normalised item co-occurrence, sparse, for any catalog size.
 """
 
@@ -58,7 +58,9 @@ class EASE:
         self.weights: np.ndarray = weights.astype(np.float32)
 
     def scores(self, profile: np.ndarray) -> np.ndarray:
-        scored: np.ndarray = profile.astype(np.float32) @ self.weights
+        # A history touches a few items: only their rows of B count (k x n, not n x n work).
+        touched = np.flatnonzero(profile)
+        scored: np.ndarray = profile[touched].astype(np.float32) @ self.weights[touched]
         return scored
 
 
