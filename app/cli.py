@@ -738,7 +738,7 @@ def webhooks_seal_secrets() -> None:
     click.echo(f"{count} webhook secrets sealed under the first key ({plain} were plain)")
 
 
-@cli.command("eval")
+@cli.group("eval", invoke_without_command=True)
 @click.option(
     "--suite",
     type=click.Choice(["smoke", "full"]),
@@ -761,14 +761,22 @@ def webhooks_seal_secrets() -> None:
     default=None,
     help="Where summary.json and report.html go (default .cache/eval/<suite>).",
 )
+@click.pass_context
 @clear_errors
 def evaluate(
-    suite: str, engine: str | None, compare: tuple[str, str] | None, out_dir: Path | None
+    context: click.Context,
+    suite: str,
+    engine: str | None,
+    compare: tuple[str, str] | None,
+    out_dir: Path | None,
 ) -> None:
     """Measure retrieval and copy quality; write a JSON summary and an HTML report.
 
-    Exits 1 when a threshold in eval/thresholds.yaml is not met.
+    Exits 1 when a threshold in eval/thresholds.yaml is not met. `marquee eval tune` chooses
+    the retrieval settings instead.
     """
+    if context.invoked_subcommand is not None:
+        return
     from eval.runner import run
 
     outcome = run(get_settings(), suite, engine=engine, compare=compare, out_dir=out_dir)
@@ -782,6 +790,60 @@ def evaluate(
     click.echo(f"report: {folder / 'report.html'}")
     if not outcome.passed:
         sys.exit(1)
+
+
+@evaluate.command("tune")
+@click.option(
+    "--dataset",
+    type=click.Choice(["movielens", "demo"]),
+    default="movielens",
+    show_default=True,
+    help="Where to tune: MovieLens-100k, or the configured catalog and shoppers (demo).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where tuned.env and tune.json go (default .cache/eval/tune/<dataset>).",
+)
+@clear_errors
+def evaluate_tune(dataset: str, out_dir: Path | None) -> None:
+    """Choose the retrieval blend (weights, collaborative model, session share, MMR) on a
+    validation split, never the test split; report it on the test split beside the defaults;
+    write it as a settings file the service reads with MARQUEE_SETTINGS_FILE."""
+    from tqdm import tqdm
+
+    from app.runtime import load_embedder
+    from eval import datasets, tuning
+
+    settings = get_settings()
+    loaded = datasets.movielens(settings) if dataset == "movielens" else datasets.demo(settings)
+    embedder = load_embedder(settings)
+    points = len(tuning.grid_points(tuning.GRID))
+    with tqdm(total=points, unit="setting", desc="validation", file=sys.stderr) as bar:
+
+        def advance(done: int, total: int, ndcg: float) -> None:
+            bar.update(1)
+            bar.set_postfix(ndcg10=f"{ndcg:.4f}", refresh=False)
+
+        tuned = tuning.tune(loaded, embedder, settings, on_point=advance)
+    settings_file, report = tuning.write(
+        tuned, out_dir or settings.cache_dir / "eval" / "tune" / dataset
+    )
+    click.echo(f"validation NDCG@10, best {min(5, len(tuned.validation))} of {points}:")
+    for point, ndcg in tuned.validation[:5]:
+        shown = ", ".join(f"{name}={value}" for name, value in point.items())
+        click.echo(f"  {ndcg:.4f}  {shown}")
+    click.echo("test split:")
+    for name, row in tuned.test.items():
+        click.echo(
+            f"  {name:8} NDCG@10 {row['ndcg@10']:.4f} "
+            f"[{row['ndcg@10_ci'][0]:.4f}, {row['ndcg@10_ci'][1]:.4f}]  "
+            f"Recall@10 {row['recall@10']:.4f}"
+        )
+    click.echo(f"settings: {settings_file}  (MARQUEE_SETTINGS_FILE={settings_file})")
+    click.echo(f"report: {report}")
 
 
 def main() -> None:

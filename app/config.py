@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -253,4 +254,11 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    """The environment, over the file MARQUEE_SETTINGS_FILE names (``MARQUEE_*=value`` lines,
+    such as the ones `marquee eval tune` writes), over ``.env``."""
+    named = os.environ.get("MARQUEE_SETTINGS_FILE", "")
+    if not named:
+        return Settings()
+    if not Path(named).is_file():
+        raise ValueError(f"MARQUEE_SETTINGS_FILE: no such file: {named}")
+    return Settings(_env_file=(".env", named))  # the later file wins

@@ -94,15 +94,15 @@ def _excluding(scores: np.ndarray, catalog: Catalog, shopper: Shopper, k: int) -
     return [catalog.products[int(row)].id for row in top_k(masked, k)]
 
 
-def rankers(
+def marquee_rankers(
     dataset: EvalDataset,
     index: ExactIndex,
     embedder: Embedder,
     settings: Settings,
     variants: dict[str, dict[str, Any]],
 ) -> dict[str, Ranker]:
+    """Marquee's selector, once per variant (settings overrides)."""
     catalog = dataset.catalog
-    signals = InteractionSignals(catalog, dataset.train)  # co-occurrence
     found: dict[str, Ranker] = {}
     for name, overrides in variants.items():
         variant = settings.model_copy(update=overrides)
@@ -121,6 +121,12 @@ def rankers(
             return [c.product.id for c in selector.select(shopper, k, filters).candidates]
 
         found[name] = marquee
+    return found
+
+
+def baseline_rankers(dataset: EvalDataset, settings: Settings) -> dict[str, Ranker]:
+    catalog = dataset.catalog
+    signals = InteractionSignals(catalog, dataset.train)  # co-occurrence
     rng = np.random.default_rng(7)
     # A tiny popularity tie-break keeps zero-scored items in a sensible order.
     tie_break = signals.popularity * 1e-6
@@ -147,16 +153,13 @@ def rankers(
         catalog, dataset.train, chosen("ease", settings.ease_l2, settings.ease_max_items)
     )
 
-    found.update(
-        {
-            "random": random,
-            "popularity": popularity,
-            "segment popularity": segment,
-            "co-occurrence": collaborative(signals),
-            "EASE": collaborative(ease),
-        }
-    )
-    return found
+    return {
+        "random": random,
+        "popularity": popularity,
+        "segment popularity": segment,
+        "co-occurrence": collaborative(signals),
+        "EASE": collaborative(ease),
+    }
 
 
 def evaluate(
@@ -164,12 +167,18 @@ def evaluate(
     embedder: Embedder,
     settings: Settings,
     variants: dict[str, dict[str, Any]],
+    *,
+    baselines: bool = True,
 ) -> list[RetrievalRow]:
+    """A row per Marquee variant, then (``baselines``) per baseline recommender."""
     index = dataset_index(dataset, embedder, settings)
     rows = []
     shoppers = dataset.shoppers
     k_max = max(KS)
-    for name, rank in rankers(dataset, index, embedder, settings, variants).items():
+    ranking = marquee_rankers(dataset, index, embedder, settings, variants)
+    if baselines:
+        ranking |= baseline_rankers(dataset, settings)
+    for name, rank in ranking.items():
         ranked_lists = [
             rank(s, k_max) for s in tqdm(shoppers, desc=f"{dataset.name}: {name}", leave=False)
         ]

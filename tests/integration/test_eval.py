@@ -32,3 +32,43 @@ def test_smoke_suite_meets_its_thresholds_and_writes_a_report(tmp_path: Path) ->
     report = (tmp_path / "report.html").read_text()
     assert report.count("data:image/png;base64,") >= 2  # retrieval curves, copy bars
     assert "all checks passed" in report
+
+
+def test_tune_on_the_demo_writes_settings_the_service_reads(tmp_path: Path) -> None:
+    """`marquee eval tune --dataset demo` as the README runs it; then `marquee candidates`
+    with MARQUEE_SETTINGS_FILE pointing at what it wrote runs on the tuned blend."""
+    import os
+
+    out = tmp_path / "tune"
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "eval", "tune", "--dataset", "demo", "--out", str(out)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((out / "tune.json").read_text())
+    validation = [point["ndcg@10"] for point in report["validation"]]
+    assert len(validation) == 32 and validation == sorted(validation, reverse=True)
+    assert set(report["test"]) == {"default", "tuned"}
+    lines = (out / "tuned.env").read_text().splitlines()
+    written = dict(line.split("=", 1) for line in lines if not line.startswith("#"))
+    assert written["MARQUEE_SEMANTIC_WEIGHT"] == str(report["best"]["semantic_weight"])
+    assert "test split:" in result.stdout and "tuned" in result.stdout
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "app", "candidates", "--user", "u004", "--json"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "MARQUEE_SETTINGS_FILE": str(out / "tuned.env")},
+    )
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    used = json.loads(shown.stdout)["signals"]
+    best = report["best"]
+    total = best["semantic_weight"] + best["collaborative_weight"] + best["popularity_weight"]
+    assert used["collaborative"] == pytest.approx(best["collaborative_weight"] / total)
