@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,15 +15,20 @@ from app.config import PROJECT_ROOT
 pytestmark = pytest.mark.integration
 
 
-def test_smoke_suite_meets_its_thresholds_and_writes_a_report(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "app", "eval", "--suite", "smoke", "--out", str(tmp_path)],
+def marquee(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
         timeout=900,
         check=False,
+        env={**os.environ, **env},
     )
+
+
+def test_smoke_suite_meets_its_thresholds_and_writes_a_report(tmp_path: Path) -> None:
+    result = marquee("eval", "--suite", "smoke", "--out", str(tmp_path))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["passed"] is True
@@ -37,17 +43,8 @@ def test_smoke_suite_meets_its_thresholds_and_writes_a_report(tmp_path: Path) ->
 def test_tune_on_the_demo_writes_settings_the_service_reads(tmp_path: Path) -> None:
     """`marquee eval tune --dataset demo` as the README runs it; then `marquee candidates`
     with MARQUEE_SETTINGS_FILE pointing at what it wrote runs on the tuned blend."""
-    import os
-
     out = tmp_path / "tune"
-    result = subprocess.run(
-        [sys.executable, "-m", "app", "eval", "tune", "--dataset", "demo", "--out", str(out)],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    result = marquee("eval", "tune", "--dataset", "demo", "--out", str(out))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "tune.json").read_text())
     validation = [point["ndcg@10"] for point in report["validation"]]
@@ -58,14 +55,8 @@ def test_tune_on_the_demo_writes_settings_the_service_reads(tmp_path: Path) -> N
     assert written["MARQUEE_SEMANTIC_WEIGHT"] == str(report["best"]["semantic_weight"])
     assert "test split:" in result.stdout and "tuned" in result.stdout
 
-    shown = subprocess.run(
-        [sys.executable, "-m", "app", "candidates", "--user", "u004", "--json"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, "MARQUEE_SETTINGS_FILE": str(out / "tuned.env")},
+    shown = marquee(
+        "candidates", "--user", "u004", "--json", MARQUEE_SETTINGS_FILE=str(out / "tuned.env")
     )
     assert shown.returncode == 0, shown.stderr[-3000:]
     used = json.loads(shown.stdout)["signals"]
