@@ -148,7 +148,7 @@ class Settings(BaseSettings):
     # The collaborative signal (app/retrieval/collaborative.py): EASE, a learned item-item
     # model, or item co-occurrence; auto: EASE up to ease_max_items products, co-occurrence
     # beyond. EASE's fit grows with n² in memory and n³ in time (bench/collaborative.py, 2
-    # cores: 10,000 items peak at 2.7 GB and take about 2 min; 20,000 would need 11 GB).
+    # cores: 10,000 items peak at 1.5 GB and take 27 s; 20,000 would need about 6 GB).
     collaborative_model: Literal["auto", "ease", "cooccurrence"] = "cooccurrence"
     ease_l2: float = Field(default=200.0, gt=0.0)  # EASE's L2 penalty (lambda)
     ease_max_items: int = Field(default=10_000, ge=1)

@@ -50,10 +50,12 @@ class EASE:
     name = "ease"
 
     def __init__(self, incidence: sparse.csr_matrix, l2: float) -> None:
-        gram = (incidence.T @ incidence).toarray().astype(np.float64)
+        # n x n matrices dominate the memory: one Gram, its inverse, then B in place of it.
+        gram = (incidence.T @ incidence).toarray()  # float64, as the incidence is
         gram[np.diag_indices_from(gram)] += l2
-        precision = np.linalg.inv(gram)
-        weights = precision / -np.diag(precision)  # column j divided by -P_jj
+        weights = np.linalg.inv(gram)
+        del gram
+        weights /= -np.diag(weights)  # column j divided by -P_jj
         weights[np.diag_indices_from(weights)] = 0.0  # an item does not predict itself
         self.weights: np.ndarray = weights.astype(np.float32)
 
