@@ -820,10 +820,10 @@ def evaluate_tune(dataset: str, out_dir: Path | None) -> None:
     settings = get_settings()
     loaded = datasets.movielens(settings) if dataset == "movielens" else datasets.demo(settings)
     embedder = load_embedder(settings)
-    points = len(tuning.grid_points(tuning.GRID))
-    with tqdm(total=points, unit="setting", desc="validation", file=sys.stderr) as bar:
+    with tqdm(unit="setting", desc="validation", file=sys.stderr) as bar:
 
         def advance(done: int, total: int, ndcg: float) -> None:
+            bar.total = total
             bar.update(1)
             bar.set_postfix(ndcg10=f"{ndcg:.4f}", refresh=False)
 
@@ -831,7 +831,8 @@ def evaluate_tune(dataset: str, out_dir: Path | None) -> None:
     settings_file, report = tuning.write(
         tuned, out_dir or settings.cache_dir / "eval" / "tune" / dataset
     )
-    click.echo(f"validation NDCG@10, best {min(5, len(tuned.validation))} of {points}:")
+    points = len(tuned.validation)
+    click.echo(f"validation NDCG@10, best {min(5, points)} of {points}:")
     for point, ndcg in tuned.validation[:5]:
         shown = ", ".join(f"{name}={value}" for name, value in point.items())
         click.echo(f"  {ndcg:.4f}  {shown}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from tqdm import tqdm
 from app.catalog.store import Catalog
 from app.config import Settings
 from app.domain import Shopper
-from app.retrieval.collaborative import chosen
+from app.retrieval.collaborative import EASE
 from app.retrieval.embedder import Embedder
 from app.retrieval.index import ExactIndex, build_or_load_index, top_k
 from app.retrieval.profile import history_weights
@@ -149,9 +150,7 @@ def baseline_rankers(dataset: EvalDataset, settings: Settings) -> dict[str, Rank
         return rank
 
     # EASE with the service's L2, on a catalog of any size here (a baseline, not a choice).
-    ease = InteractionSignals(
-        catalog, dataset.train, chosen("ease", settings.ease_l2, settings.ease_max_items)
-    )
+    ease = InteractionSignals(catalog, dataset.train, partial(EASE, l2=settings.ease_l2))
 
     return {
         "random": random,

@@ -34,6 +34,15 @@ def clustered_dataset(shoppers: int) -> EvalDataset:
     return EvalDataset("clusters", "clustered shoppers", Catalog(TINY_PRODUCTS), train, held_out)
 
 
+def settings_read_afresh() -> Settings:
+    """What the service and the commands read now (``get_settings`` caches it)."""
+    get_settings.cache_clear()
+    try:
+        return get_settings()
+    finally:
+        get_settings.cache_clear()
+
+
 def test_the_grid_lists_todays_defaults_first() -> None:
     points = tuning.grid_points(tuning.GRID)
     assert len(points) == 2 * len(tuning.BLENDS) * 2 * 2
@@ -87,11 +96,7 @@ def test_tune_picks_the_best_validation_point_and_writes_settings_the_service_re
     assert report.is_file()
     monkeypatch.setenv("MARQUEE_SETTINGS_FILE", str(settings_file))
     monkeypatch.setenv("MARQUEE_SEMANTIC_WEIGHT", "0.55")  # the environment wins over the file
-    get_settings.cache_clear()
-    try:
-        read = get_settings()
-    finally:
-        get_settings.cache_clear()
+    read = settings_read_afresh()
     assert read.collaborative_model == tuned.best["collaborative_model"]
     assert read.mmr_lambda == tuned.best["mmr_lambda"] == 1.0
     assert read.collaborative_weight == tuned.best["collaborative_weight"]
@@ -102,12 +107,8 @@ def test_a_settings_file_that_is_not_there_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MARQUEE_SETTINGS_FILE", str(tmp_path / "nope.env"))
-    get_settings.cache_clear()
-    try:
-        with pytest.raises(ValueError, match="MARQUEE_SETTINGS_FILE: no such file"):
-            get_settings()
-    finally:
-        get_settings.cache_clear()
+    with pytest.raises(ValueError, match="MARQUEE_SETTINGS_FILE: no such file"):
+        settings_read_afresh()
 
 
 def test_a_bad_value_in_the_settings_file_is_refused_naming_it(
@@ -116,9 +117,5 @@ def test_a_bad_value_in_the_settings_file_is_refused_naming_it(
     bad = tmp_path / "bad.env"
     bad.write_text("MARQUEE_MMR_LAMBDA=2.5\n")
     monkeypatch.setenv("MARQUEE_SETTINGS_FILE", str(bad))
-    get_settings.cache_clear()
-    try:
-        with pytest.raises(ValueError, match="mmr_lambda"):
-            get_settings()
-    finally:
-        get_settings.cache_clear()
+    with pytest.raises(ValueError, match="mmr_lambda"):
+        settings_read_afresh()

@@ -43,26 +43,27 @@ def history_weights(
     # clock: the same history always gives the same profile (cached and pre-generated banners
     # are keyed by the history, not by the time they were asked for).
     latest = events[-1].ts
-    start = len(events) - 1
+    ages_days = [(latest - e.ts).total_seconds() / SECONDS_PER_DAY for e in events]
+    weights = [
+        EVENT_WEIGHT[e.type] * 0.5 ** (age / half_life_days)
+        for e, age in zip(events, ages_days, strict=True)
+    ]
+    start = len(events) - 1  # where the latest session starts
     gap = timedelta(minutes=session_gap_min)
     while start > 0 and events[start].ts - events[start - 1].ts <= gap:
         start -= 1
-    parts = [events] if session_share <= 0 or start == 0 else [events[:start], events[start:]]
-    shares = [1.0] if len(parts) == 1 else [1.0 - session_share, session_share]
+    if session_share > 0 and start > 0:
+        older, session = sum(weights[:start]), sum(weights[start:])
+        weights = [w * (1.0 - session_share) / older for w in weights[:start]] + [
+            w * session_share / session for w in weights[start:]
+        ]
     totals: dict[int, float] = {}
-    for part, share in zip(parts, shares, strict=True):
-        weights: dict[int, float] = {}
-        for event in part:
-            age_days = (latest - event.ts).total_seconds() / SECONDS_PER_DAY
-            weight = EVENT_WEIGHT[event.type] * 0.5 ** (age_days / half_life_days)
-            row = catalog.row(event.product_id)
-            weights[row] = weights.get(row, 0.0) + weight
-        scale = share / sum(weights.values()) if len(parts) > 1 else 1.0
-        for row, weight in weights.items():
-            totals[row] = totals.get(row, 0.0) + weight * scale
-    rows = np.fromiter(totals.keys(), dtype=np.int64)
-    weights_array = np.fromiter(totals.values(), dtype=np.float64)
-    return HistoryWeights(rows, weights_array)
+    for event, weight in zip(events, weights, strict=True):
+        row = catalog.row(event.product_id)
+        totals[row] = totals.get(row, 0.0) + weight
+    return HistoryWeights(
+        np.fromiter(totals.keys(), dtype=np.int64), np.fromiter(totals.values(), dtype=np.float64)
+    )
 
 
 def _unit(vector: np.ndarray) -> np.ndarray | None:
