@@ -168,7 +168,10 @@ class Settings(BaseSettings):
         ]
     )
     max_variants: int = Field(default=8, ge=1, le=32)
-    generation_timeout_s: float = Field(default=120.0, gt=0)
+    # A banner's whole generation, queueing for the engine included (0: no deadline; a job's
+    # workers run so, since their subjects queue behind each other on purpose: the engine's
+    # own request timeout still catches a hung server).
+    generation_timeout_s: float = Field(default=120.0, ge=0)
 
     # Pre-generation jobs (app/pregeneration): sharded over Ray workers. Empty address: a local
     # Ray started in the process running the job; "ray://head:10001" or "auto": a cluster.

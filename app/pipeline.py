@@ -431,7 +431,7 @@ class Pipeline:
                         raise EngineError("no engine configured")
                     results = await asyncio.wait_for(
                         self.engine.generate_many(requests),
-                        timeout=self.settings.generation_timeout_s,
+                        timeout=self.settings.generation_timeout_s or None,
                     )
                 except (EngineError, TimeoutError) as error:
                     reason = "timed out" if isinstance(error, TimeoutError) else str(error)

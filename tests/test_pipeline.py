@@ -180,3 +180,34 @@ async def test_homepage_section_count_is_bounded(build) -> None:
     pipeline, _ = build([])
     with pytest.raises(ValueError, match="1 to 8 sections"):
         await pipeline.homepage(BannerRequest(shopper_id="x"), [])
+
+
+async def test_a_generation_timeout_ends_in_the_fallback_and_zero_means_no_deadline(
+    tiny_catalog: Catalog, tiny_shoppers: ShopperStore, test_settings: Settings
+) -> None:
+    from tests.fakes import SlowEngine  # answers after 0.3 s
+
+    def pipeline(timeout_s: float) -> Pipeline:
+        settings = test_settings.model_copy(update={"generation_timeout_s": timeout_s})
+        return make_pipeline(SlowEngine([GOOD]), tiny_catalog, tiny_shoppers, settings)
+
+    (late,) = await pipeline(0.05).generate(BannerRequest(shopper_id="coffee_fan"))
+    assert late.fallback and any("timed out" in flag for flag in late.flags)
+    # 0 (a job's workers): the request waits as long as the engine takes.
+    (waited,) = await pipeline(0.0).generate(BannerRequest(shopper_id="coffee_fan"))
+    assert not waited.fallback and waited.flags == []
+
+
+def test_a_job_worker_generates_without_a_deadline_of_its_own(test_settings: Settings) -> None:
+    from app.pregeneration.worker import worker_settings
+
+    assert test_settings.generation_timeout_s > 0
+    local = worker_settings(test_settings, [])
+    assert local.generation_timeout_s == 0 and local.engine == test_settings.engine
+    remote = worker_settings(test_settings, ["http://gpu-a:8001"])
+    assert remote.generation_timeout_s == 0
+    assert (remote.engine, remote.vllm_mode, remote.vllm_urls) == (
+        "vllm",
+        "external",
+        ["http://gpu-a:8001"],
+    )

@@ -356,7 +356,9 @@ async def test_external_mode_with_several_urls_builds_a_pool() -> None:
     assert pool.cooldown_s == 3.0
     engines = [r.engine for r in pool._replicas]
     assert {e.served_model for e in engines} == {"served"}
-    assert {e._in_flight._value for e in engines} == {5}  # max_in_flight is per replica
+    assert {e.concurrency.maximum for e in engines} == {5}  # max_in_flight is per replica
+    # Half the request timeout: answers later than that lower the number in flight.
+    assert {e.concurrency.target_s for e in engines} == {settings.vllm_request_timeout_s / 2}
     await pool.close()
     single = make_vllm_engine(settings.model_copy(update={"vllm_urls": []}))
     assert isinstance(single, VLLMEngine) and single.base_urls == [settings.vllm_url]
@@ -380,3 +382,43 @@ async def test_requests_in_flight_when_a_replica_fails_count_as_one_outage(fake:
     clock.now += 10.1  # the first cool-down, not a doubled one
     assert state(pool, failing).healthy
     await pool.close()
+
+
+# --- one engine: what it sends again, and how many at once -----------------------------------
+
+
+async def test_a_timed_out_request_is_never_sent_again_and_halves_the_depth(fake: Make) -> None:
+    """A server too slow to answer in time would only get the same work queued again."""
+    slow = await fake()
+    slow.hold.clear()
+    engine = VLLMEngine(slow.url, "fake-model", timeout_s=0.3, max_retries=2, max_in_flight=8)
+    with pytest.raises(ReplicaUnavailable, match="APITimeoutError"):
+        await engine.generate(REQUEST)
+    assert slow.received == 1
+    assert engine.concurrency.limit == 4
+    await engine.close()
+
+
+async def test_a_failed_connection_or_a_500_is_sent_again(fake: Make) -> None:
+    broken = await fake()
+    broken.status = 500
+    engine = VLLMEngine(broken.url, "fake-model", timeout_s=5.0, max_retries=2)
+    with pytest.raises(ReplicaUnavailable, match="InternalServerError"):
+        await engine.generate(REQUEST)
+    assert broken.received == 3  # the first try and two more
+    assert engine.concurrency.limit == 64  # an error is no news of load
+    await engine.close()
+
+
+async def test_requests_beyond_the_depth_wait_in_the_engine_not_at_the_server(fake: Make) -> None:
+    busy = await fake()
+    busy.hold.clear()
+    engine = VLLMEngine(busy.url, "fake-model", timeout_s=5.0, max_retries=0, max_in_flight=3)
+    batch = asyncio.create_task(engine.generate_many([REQUEST] * 7))
+    await until(lambda: busy.waiting == 3)
+    await asyncio.sleep(0.05)
+    assert (busy.received, engine.concurrency.waiting) == (3, 4)
+    busy.hold.set()
+    assert len(await batch) == 7
+    assert busy.received == 7
+    await engine.close()

@@ -3,7 +3,8 @@
 The schema travels as ``response_format={"type": "json_schema", ...}``, which this vLLM
 enforces with its grammar backend. (``guided_json`` would be silently ignored by it, and the
 output would then be unconstrained: never use it.) Requests are sent concurrently so the server
-batches them; a semaphore bounds how many are in flight from this process.
+batches them; an adaptive limit (app/generation/concurrency.py) bounds how many are in flight
+from this process, lowering it when the server answers late.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import openai
 from opentelemetry import propagate
 
+from app.generation.concurrency import AdaptiveLimit
 from app.generation.engine import EngineError, GenerationRequest, GenerationResult
 from app.generation.schemas import BannerCopy
 from app.generation.vllm_server import ManagedVLLM
@@ -56,6 +58,7 @@ class VLLMEngine:
         server: ManagedVLLM | None = None,
         send_seed: bool = False,
         max_retries: int = 2,
+        latency_target_s: float | None = None,
     ) -> None:
         self.send_seed = send_seed  # see Settings.vllm_send_seed
         self.server = server  # managed mode: this engine owns the server and stops it
@@ -63,14 +66,20 @@ class VLLMEngine:
         self.served_model = served_model or model  # the name the server knows it by
         self.base_url = base_url.rstrip("/")
         # Two retries with backoff (the default) absorb a keep-alive connection the server closed
-        # while idle; a server that is really down still fails within a few seconds.
+        # while idle; a server that is really down still fails within a few seconds. They are
+        # ours, not the client's: it would also resend a request that timed out, queueing the
+        # same work again behind a server already too slow to answer it in time.
+        self.max_retries = max_retries
         self._client = openai.AsyncOpenAI(
-            base_url=f"{self.base_url}/v1",
-            api_key=api_key,
-            timeout=timeout_s,
-            max_retries=max_retries,
+            base_url=f"{self.base_url}/v1", api_key=api_key, timeout=timeout_s, max_retries=0
         )
-        self._in_flight = asyncio.Semaphore(max_in_flight)
+        # Answers later than half the timeout mean the server holds more than it can finish
+        # in time: fewer in flight then keeps the rest inside the timeout.
+        self.concurrency = AdaptiveLimit(
+            max_in_flight,
+            target_s=latency_target_s if latency_target_s is not None else timeout_s / 2,
+            name=self.base_url,
+        )
 
     @property
     def base_urls(self) -> list[str]:
@@ -87,11 +96,11 @@ class VLLMEngine:
             {"role": role, "content": content} for role, content in request.messages
         ]
         response_format: Any = self.response_format(request)
-        async with self._in_flight:
+        async with self.concurrency.slot() as slot:
             headers = self.headers()
             start = time.perf_counter()
             try:
-                response = await self._client.chat.completions.create(
+                response = await self._create(
                     model=self.served_model,
                     messages=messages,
                     temperature=sampling.temperature,
@@ -103,6 +112,7 @@ class VLLMEngine:
                 )
             except (openai.APIConnectionError, openai.InternalServerError) as error:
                 # APITimeoutError is an APIConnectionError: a hung server counts as down too.
+                slot.timed_out = isinstance(error, openai.APITimeoutError)
                 raise ReplicaUnavailable(
                     f"vLLM at {self.base_url}: {type(error).__name__}: {error}"[:300]
                 ) from error
@@ -111,6 +121,7 @@ class VLLMEngine:
                     f"vLLM at {self.base_url}: {type(error).__name__}: {error}"[:300]
                 ) from error
             elapsed = (time.perf_counter() - start) * 1000.0
+            slot.latency_s = elapsed / 1000.0
         text = response.choices[0].message.content or ""
         usage = response.usage
         return GenerationResult(
@@ -119,6 +130,20 @@ class VLLMEngine:
             elapsed,
             prompt_tokens=usage.prompt_tokens if usage else 0,
         )
+
+    async def _create(self, **arguments: Any) -> Any:
+        """One chat completion, sent again (after 0.5 s, then 1 s, ...) when the connection
+        failed or the server failed on its side; never after a timeout (see __init__)."""
+        for attempt in range(self.max_retries + 1):
+            try:
+                return await self._client.chat.completions.create(**arguments)
+            except openai.APITimeoutError:
+                raise
+            except (openai.APIConnectionError, openai.InternalServerError):
+                if attempt == self.max_retries:
+                    raise
+                await asyncio.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     @staticmethod
     def headers() -> dict[str, str]:

@@ -80,12 +80,16 @@ def engine_urls(engine: Engine | None) -> list[str]:
 def worker_settings(settings: Settings, engine_urls: list[str]) -> Settings:
     """A worker's settings: the job's engine is the vLLM server(s) at ``engine_urls`` (the
     managed server of the process that started the job, or the configured replicas); none:
-    the worker loads the configured engine itself."""
-    if not engine_urls:
-        return settings
-    return settings.model_copy(
-        update={"engine": "vllm", "vllm_mode": "external", "vllm_urls": list(engine_urls)}
-    )
+    the worker loads the configured engine itself.
+
+    A worker's generations have no deadline of their own: it holds a whole window of subjects
+    at once, more than the engine lets through when the server slows, so the rest queue for
+    a while by design. A deadline over that queue would fail them for waiting; each request
+    sent still has the engine's timeout."""
+    update: dict[str, object] = {"generation_timeout_s": 0.0}
+    if engine_urls:
+        update |= {"engine": "vllm", "vllm_mode": "external", "vllm_urls": list(engine_urls)}
+    return settings.model_copy(update=update)
 
 
 class Worker:
