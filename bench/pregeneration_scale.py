@@ -16,6 +16,10 @@ as a subprocess against it, on a temporary SQLite database:
 4. checks memory flat over the second run (the median of its last third within 5 % of its
    first third, after a warm-up), for the command and for the workers.
 
+``--resume FOLDER`` takes the work folder of an earlier run that did not finish (its path is
+printed at the start) and runs only step 3 on it, with the same checks: a 10,000-shopper job
+takes hours of a 2-core machine, and it can be finished in parts.
+
 Writes bench/results/pregeneration_scale.md, .json and .png; exits 1 if a check failed.
 """
 
@@ -25,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import sqlite3
 import statistics
@@ -65,11 +70,24 @@ def make_shoppers(folder: Path, count: int) -> Path:
 
 def progress(database: Path) -> tuple[int, int]:
     """(done, total) of the newest job, from the database (0, 0 before there is one)."""
+    done, total, _, _ = counts(database)
+    return done, total
+
+
+def counts(database: Path) -> tuple[int, int, int, int]:
+    """(done, total, failures, fallbacks) of the newest job; the last two count every run of it."""
     with contextlib.suppress(sqlite3.Error), sqlite3.connect(database, timeout=5) as db:
-        row = db.execute("SELECT done, total FROM jobs ORDER BY created_at DESC LIMIT 1").fetchone()
+        row = db.execute(
+            "SELECT done, total, failures, fallbacks FROM jobs ORDER BY created_at DESC LIMIT 1"
+        ).fetchone()
         if row:
-            return int(row[0]), int(row[1])
-    return 0, 0
+            return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+    return 0, 0, 0, 0
+
+
+def limit_changes(log: str) -> list[int]:
+    """The engine's in-flight limits, each time a late or timed-out answer lowered it."""
+    return [int(m) for m in re.findall(r"concurrency_lowered.*?\blimit\W+(\d+)", log)]
 
 
 def stored(database: Path) -> dict[tuple[str, str], str]:
@@ -182,9 +200,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shoppers", type=int, default=10_000)
     parser.add_argument("--kill-at", type=float, default=0.4)
+    parser.add_argument("--resume", type=Path, help="an unfinished run's work folder")
     args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    data = make_shoppers(folder / "data", args.shoppers)
+    if args.resume:
+        folder, data = args.resume, args.resume / "data"
+        args.shoppers = sum(1 for _ in (data / "shoppers.jsonl").open())
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+        make_shoppers(folder / "data", args.shoppers)
+        data = folder / "data"
+    print(f"work folder: {folder}", flush=True)
     database = folder / "jobs.db"
     settings = get_settings()
     engine = make_vllm_engine(settings.model_copy(update={"vllm_mode": "managed"}))
@@ -197,13 +222,17 @@ def main() -> None:
         "MARQUEE_VLLM_MODE": "external",
         "MARQUEE_VLLM_URL": base,
         "MARQUEE_JOB_HEARTBEAT_TIMEOUT_S": "10",
+        # the workers' log lines in the command's log (the engine's limit changes are read there)
+        "MARQUEE_RAY_LOG_TO_DRIVER": "true",
         # the demo catalog is the committed one: its index is reused, not embedded again
         "MARQUEE_INDEX_PATH": str(settings.index_dir),
     }
     samples: list[dict[str, Any]] = []
     try:
-        run(env, database, samples, "first run (killed)", args.kill_at)
+        if not args.resume:
+            run(env, database, samples, "first run (killed)", args.kill_at)
         before = stored(database)
+        _, _, failures_before, fallbacks_before = counts(database)
         time.sleep(12)  # past the heartbeat timeout: the job reads as interrupted
         code, second_log = run(env, database, samples, "second run (resumed)", None)
         after = stored(database)
@@ -215,7 +244,8 @@ def main() -> None:
     warm = second[len(second) // 5 :]  # warm-up: Ray's start, the workers loading
     c_first, c_last, c_growth = growth([s["command_rss_mb"] for s in warm])
     w_first, w_last, w_growth = growth([s["workers_rss_mb"] for s in warm])
-    done, total = progress(database)
+    done, total, failures, fallbacks = counts(database)
+    limits = limit_changes(second_log)
     checks = {
         "finished": code == 0 and done == total and len(after) == total,
         "resumed": bool(resumed_line) and kept == len(before),
@@ -231,11 +261,22 @@ def main() -> None:
         ["second run: banners made", total - len(before)],
         ["second run: seconds", seconds],
         ["second run: banners/s (whole run, start-up included)", rate],
+        ["second run: failed subjects (fallback stored, stale)", failures - failures_before],
+        ["second run: fallback banners (guards refused every try)", fallbacks - fallbacks_before],
+        [
+            "second run: in-flight limit lowered (times, lowest)",
+            f"{len(limits)}, {min(limits)}" if limits else "0",
+        ],
         ["command RSS, first / last third (MB)", mb(c_first, c_last, c_growth)],
         ["Ray + workers RSS, first / last third (MB)", mb(w_first, w_last, w_growth)],
     ]
     notes = [f"CHECK {name}: {'PASS' if ok else 'FAIL'}" for name, ok in checks.items()]
     notes += [f"resume: {resumed_line.strip()}", f"work folder: {folder}"]
+    if args.resume:
+        notes.append(
+            "this run resumed a folder an earlier run of this bench left unfinished (--resume): "
+            "the first run's memory samples are in that run's notes, not here"
+        )
     write_results(
         "pregeneration_scale",
         "A big pre-generation job, killed and resumed",
