@@ -147,6 +147,17 @@ class ResolvedProduct(BaseModel):
     url: str
     image_url: str | None
 
+    @classmethod
+    def of(cls, product: Product) -> ResolvedProduct:
+        return cls(
+            id=product.id,
+            title=product.title,
+            price=product.price,
+            currency=product.currency,
+            url=str(product.url),
+            image_url=str(product.image_url) if product.image_url else None,
+        )
+
 
 class StageTimings(BaseModel):
     retrieval_ms: float = 0.0
@@ -173,6 +184,8 @@ class Banner(BaseModel):
     badge: str | None = None
     tone: str | None = None
     products: list[ResolvedProduct]
+    # "Because you viewed": the product the banner's are neighbours of, for the CMS to name.
+    anchor: ResolvedProduct | None = None
     model: str
     engine: str
     fallback: bool = False
@@ -241,3 +254,6 @@ class BannerInputs(BaseModel):
     model: str
     # The shown products' facts when it was made: id -> (price, in stock).
     facts: dict[str, tuple[float, bool]]
+    # The product a "because you viewed" banner names (app/pipeline.py): once withdrawn, the
+    # banner is stale. Its stock is not checked: it is named, not offered.
+    anchor: str | None = None

@@ -203,19 +203,26 @@ class Pipeline:
     ) -> Selection:
         filters = filters or CandidateFilters()
         k = template.header.k
-        if template.header.retrieval.focus == "top_category" and not filters.include_categories:
+        focus = template.header.retrieval.focus
+        if focus == "anchor":
+            # "Because you viewed": neighbours of the latest product they touched; a shopper
+            # with none gets the usual selection, and the template sees no anchor.
+            anchor = self.selector.anchor_for(shopper)
+            if anchor is not None:
+                return self.selector.similar(shopper, anchor, k, filters)
+        if focus == "top_category" and not filters.include_categories:
             # Spotlight: the category of the shopper's most relevant product, then only it.
             best = self.selector.select(shopper, 1, filters)
             if best.candidates:
-                focus = (best.candidates[0].product.category,)
-                filters = filters.model_copy(update={"include_categories": focus})
+                category = (best.candidates[0].product.category,)
+                filters = filters.model_copy(update={"include_categories": category})
         return self.selector.select(shopper, k, filters)
 
     def render(
         self,
         shopper: Shopper,
         template: PromptTemplate,
-        candidates: list[Candidate],
+        selection: Selection,
         placement: str,
     ) -> RenderedPrompt:
         recent: list[str] = []
@@ -230,10 +237,11 @@ class Pipeline:
         context = build_context(
             shopper=shopper,
             recent_titles=recent,
-            candidates=candidates,
+            candidates=selection.candidates,
             brand=self.templates.brand,
             placement=placement,
             spec=template.spec,
+            anchor=selection.anchor,
         )
         return template.render(context)
 
@@ -267,7 +275,7 @@ class Pipeline:
         candidates = selection.candidates
         with tracer.start_as_current_span("render") as span:
             prompt = (
-                self.render(shopper, template, candidates, request.placement)
+                self.render(shopper, template, selection, request.placement)
                 if len(candidates) >= template.spec.min_products
                 else None
             )
@@ -554,17 +562,8 @@ class Pipeline:
             layout=copy["layout"],
             badge=copy.get("badge"),
             tone=copy.get("tone"),
-            products=[
-                ResolvedProduct(
-                    id=c.product.id,
-                    title=c.product.title,
-                    price=c.product.price,
-                    currency=c.product.currency,
-                    url=str(c.product.url),
-                    image_url=str(c.product.image_url) if c.product.image_url else None,
-                )
-                for c in chosen
-            ],
+            products=[ResolvedProduct.of(c.product) for c in chosen],
+            anchor=ResolvedProduct.of(selection.anchor) if selection.anchor else None,
             model=self.model_name,
             engine=self.engine_name,
             fallback=fallback,

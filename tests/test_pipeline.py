@@ -211,3 +211,25 @@ def test_a_job_worker_generates_without_a_deadline_of_its_own(test_settings: Set
         "external",
         ["http://gpu-a:8001"],
     )
+
+
+async def test_because_you_viewed_names_its_anchor_in_the_prompt_and_the_banner(build) -> None:
+    pipeline, engine = build([])  # GOOD copy every time
+    request = BannerRequest(shopper_id="coffee_fan", template="because_you_viewed")
+    (banner,) = await pipeline.generate(request)
+    assert banner.anchor is not None and banner.anchor.id == "K2"  # their latest event
+    assert banner.anchor.title == "Camping Headlamp" and banner.anchor.url.startswith("https://")
+    shown = [p.id for p in banner.products]
+    assert shown and "K2" not in shown
+    asked = engine.requests[0].messages[-1][1]
+    assert "Looked at: Camping Headlamp (Camping)" in asked
+    # The few-shot example shows its own anchor the same way.
+    assert any(
+        "Looked at: Northpeak Trail Runner" in text for _, text in engine.requests[0].messages
+    )
+    # With nothing viewed there is no anchor: the section is a plain row of picks.
+    (plain,) = await pipeline.generate(
+        BannerRequest(shopper_id="newcomer", template="because_you_viewed")
+    )
+    assert plain.anchor is None
+    assert "Looked at:" not in engine.requests[-1].messages[-1][1]

@@ -114,6 +114,7 @@ def inputs(
     template_version: int = 1,
     label: str = "production",
     model: str = "model-a",
+    anchor: str | None = None,
 ) -> BannerInputs:
     return BannerInputs(
         shopper_version=shopper_version,
@@ -121,6 +122,7 @@ def inputs(
         template_label=label,
         model=model,
         facts={"C1": (120.0, True)} if facts is None else facts,
+        anchor=anchor,
     )
 
 
@@ -551,6 +553,7 @@ async def test_save_then_get_round_trips_banner_and_inputs(banners: PlacementBan
         template_version=3,
         label="variant_b",
         model="model-b",
+        anchor="K2",
     )
     shown = banner("bnr_rt", (("C1", 119.99), ("C4", 140.0)), fallback=True, template_version=3)
     await banners.save(HERO, [Generated(FAN, shown, made_from, stale_reason="engine down")])
@@ -633,6 +636,8 @@ def test_inputs_of_takes_prices_from_the_banner_and_stock_from_the_catalog(
             "ZZ": (5.0, False),  # not in the catalog
         },
     )
+    named = shown.model_copy(update={"anchor": ResolvedProduct.of(tiny_catalog.products[8])})
+    assert inputs_of(named, "sv-1", catalog).anchor == "K2"
 
 
 def test_product_problems(tiny_catalog: Catalog) -> None:
@@ -652,6 +657,10 @@ def test_product_problems(tiny_catalog: Catalog) -> None:
     ) == ["product K1 withdrawn", "product C4 out of stock", "product C2 price 50 -> 60"]
     # Withdrawn or not is the catalog's word: the same products on the original catalog are fine.
     assert product_problems({"K1": (300.0, True)}, tiny_catalog) == []
+
+    # A "because you viewed" anchor is named, not offered: only its withdrawal matters.
+    assert product_problems({}, catalog, anchor="C4") == []
+    assert product_problems({}, catalog, anchor="K1") == ["product K1 withdrawn (named as viewed)"]
 
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
@@ -675,6 +684,10 @@ def test_stale_reasons_fresh_and_each_change(tiny_catalog: Catalog) -> None:
     assert reasons(inputs(label="variant_b")) == ["template variant_b v1 -> production v1"]
     assert reasons(inputs(model="model-old")) == ["model model-old -> model-a"]
     assert reasons(inputs({"C2": (50.0, True)})) == ["product C2 price 50 -> 60"]
+    gone = Catalog(tiny_catalog.products, withdrawn=["K2"])
+    assert stale_reasons(inputs(anchor="K2"), recent, NOW_CURRENT, gone, NOW, 3600) == [
+        "product K2 withdrawn (named as viewed)"
+    ]
     assert reasons(fresh, NOW - timedelta(hours=2)) == ["older than 3600 s"]
     assert reasons(fresh, NOW - timedelta(seconds=3599)) == []
     assert reasons(fresh, NOW - timedelta(days=400), max_age_s=0) == []

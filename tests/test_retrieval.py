@@ -287,3 +287,58 @@ def test_excluded_products_are_never_offered(selector: CandidateSelector) -> Non
     selection = selector.select(shopper, 10, CandidateFilters(exclude_products=("C1", "C2")))
     assert not {"C1", "C2"} & set(ids(selection))
     assert selection.trace.removed["excluded_product"] == 2
+
+
+# --- "because you viewed": neighbours of one product ----------------------------------------
+
+
+def test_the_anchor_is_the_latest_product_still_sold(
+    tiny_catalog: Catalog, tiny_shoppers: ShopperStore, selector: CandidateSelector
+) -> None:
+    fan = tiny_shoppers.get("coffee_fan")  # C1 10 days ago, C3 9, K2 8
+    assert selector.anchor_for(fan).id == "K2"  # type: ignore[union-attr]
+    assert selector.anchor_for(tiny_shoppers.get("newcomer")) is None
+    withdrawn = Catalog(tiny_catalog.products, withdrawn=["K2"])
+    others = CandidateSelector(
+        withdrawn,
+        selector.index,
+        selector.embedder,
+        InteractionSignals(withdrawn, tiny_shoppers),
+        selector.settings,
+    )
+    assert others.anchor_for(fan).id == "C3"  # type: ignore[union-attr]
+    # Out of stock is still named: the section shows its neighbours, not it.
+    stocked_out = Shopper(id="s", history=(event("C4", EventType.VIEW, 1),))
+    assert selector.anchor_for(stocked_out).id == "C4"  # type: ignore[union-attr]
+
+
+def test_neighbours_of_the_anchor_come_by_meaning_and_by_who_took_it(
+    tiny_catalog: Catalog, selector: CandidateSelector
+) -> None:
+    shopper = Shopper(id="s", history=(event("K2", EventType.VIEW, 1),))
+    headlamp = tiny_catalog.get("K2")
+    assert headlamp is not None
+    selection = selector.similar(shopper, headlamp, 4)
+    chosen = ids(selection)
+    assert selection.anchor == headlamp
+    assert "K2" not in chosen and selection.trace.removed["anchor"] == 1
+    assert chosen[0] == "K1"  # the other camping product: closest in meaning, taken with it
+    # Shoppers who took the headlamp took coffee kit too (tiny_shoppers): the model brings it.
+    by_who_took_it = [c for c in selection.candidates if c.source == "collaborative"]
+    assert by_who_took_it and all(c.scores.collaborative > 0 for c in by_who_took_it)
+    # Popularity takes no part: every anchor would otherwise lean to the same best-sellers.
+    assert selection.trace.signals["popularity"] == 0.0
+    assert all(c.scores.popularity == 0.0 for c in selection.candidates)
+
+
+def test_neighbours_still_obey_the_filters(
+    tiny_catalog: Catalog, tiny_shoppers: ShopperStore, selector: CandidateSelector
+) -> None:
+    fan = tiny_shoppers.get("coffee_fan")  # bought C3
+    grinder = tiny_catalog.get("C1")
+    assert grinder is not None
+    chosen = ids(selector.similar(fan, grinder, 6, CandidateFilters(exclude_categories=("Tea",))))
+    assert "C1" not in chosen and "C3" not in chosen  # the anchor; bought already
+    assert "C4" not in chosen  # out of stock
+    assert "T1" not in chosen  # filtered out
+    assert chosen[0] == "C2"

@@ -81,7 +81,12 @@ def save(client: Client, key: str, source: str, base: int | None, **extra: objec
 def test_templates_are_seeded_from_the_prompts_folder(studio) -> None:
     client, keys = studio
     listed = call(client, "GET", "/v1/templates", keys["cms"]).json()
-    assert [t["name"] for t in listed] == ["category_spotlight", "grid_heading", "hero_banner"]
+    assert [t["name"] for t in listed] == [
+        "because_you_viewed",
+        "category_spotlight",
+        "grid_heading",
+        "hero_banner",
+    ]
     assert all(t["labels"] == {"production": 1} and t["latest"] == 1 for t in listed)
     version = call(client, "GET", "/v1/templates/hero_banner/versions/1", keys["marketer"])
     assert version.json()["source"] == HERO and version.json()["labels"] == ["production"]

@@ -26,13 +26,19 @@ def inputs_of(banner: Banner, shopper_version: str, catalog: Catalog) -> BannerI
         template_label=banner.template_label,
         model=banner.model,
         facts=facts,
+        anchor=banner.anchor.id if banner.anchor else None,
     )
 
 
-def product_problems(facts: dict[str, tuple[float, bool]], catalog: Catalog) -> list[str]:
+def product_problems(
+    facts: dict[str, tuple[float, bool]], catalog: Catalog, anchor: str | None = None
+) -> list[str]:
     """The shown products that may no longer be shown as they were: withdrawn, out of stock,
-    or at another price. Cheap (dictionary lookups): the read path asks on every read."""
+    or at another price; and a named ``anchor`` that was withdrawn. Cheap (dictionary
+    lookups): the read path asks on every read."""
     problems = []
+    if anchor is not None and not catalog.on_sale(anchor):
+        problems.append(f"product {anchor} withdrawn (named as viewed)")
     for product_id, (price, _) in facts.items():
         product = catalog.get(product_id)
         if product is None or not catalog.on_sale(product_id):
@@ -76,7 +82,7 @@ def stale_reasons(
         )
     if inputs.model != current.model:
         reasons.append(f"model {inputs.model} -> {current.model}")
-    reasons += product_problems(inputs.facts, catalog)
+    reasons += product_problems(inputs.facts, catalog, inputs.anchor)
     if max_age_s > 0 and now - generated_at > timedelta(seconds=max_age_s):
         reasons.append(f"older than {max_age_s:g} s")
     return reasons

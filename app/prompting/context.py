@@ -11,7 +11,7 @@ import re
 import unicodedata
 from typing import Any
 
-from app.domain import Candidate, Shopper
+from app.domain import Candidate, Product, Shopper
 from app.generation.schemas import SchemaSpec
 
 FIELD_CAPS = {
@@ -28,8 +28,11 @@ _DELIMITERS = re.compile(r"[<>`]")
 _SPACES = re.compile(r"\s+")
 CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "CAD": "CA$", "AUD": "A$", "JPY": "¥"}
 
-# The variables a template may use; the pipeline always provides all of them.
-CONTEXT_VARIABLES = ("shopper", "candidates", "brand", "placement", "k", "limits")
+# The variables a template may use; the pipeline always provides all of them (``anchor`` is
+# None unless the template's retrieval focus is "anchor" and the shopper has viewed something).
+CONTEXT_VARIABLES = frozenset(
+    {"shopper", "candidates", "brand", "placement", "k", "limits", "anchor"}
+)
 
 
 def clean(text: str, cap: int) -> str:
@@ -60,6 +63,16 @@ def candidate_context(candidate: Candidate) -> dict[str, Any]:
     }
 
 
+def anchor_context(anchor: Product | None) -> dict[str, str] | None:
+    """The product a "because you viewed" section is about: named, never offered."""
+    if anchor is None:
+        return None
+    return {
+        "title": clean(anchor.title, FIELD_CAPS["title"]),
+        "category": clean(anchor.category, FIELD_CAPS["category"]),
+    }
+
+
 def shopper_context(shopper: Shopper, recent_titles: list[str]) -> dict[str, Any]:
     return {
         "name": clean(shopper.name, FIELD_CAPS["name"]),
@@ -79,6 +92,7 @@ def build_context(
     brand: dict[str, Any],
     placement: str,
     spec: SchemaSpec,
+    anchor: Product | None = None,
 ) -> dict[str, Any]:
     return {
         "shopper": shopper_context(shopper, recent_titles),
@@ -87,6 +101,7 @@ def build_context(
         "placement": clean(placement, 40),
         "k": len(candidates),
         "limits": spec.limits(),
+        "anchor": anchor_context(anchor),
     }
 
 
@@ -97,6 +112,7 @@ def example_context(
     brand: dict[str, Any],
     placement: str,
     spec: SchemaSpec,
+    viewed: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The same shape as ``build_context``, for a few-shot example written in a template."""
     return {
@@ -124,4 +140,10 @@ def example_context(
         "placement": clean(placement, 40),
         "k": len(products),
         "limits": spec.limits(),
+        "anchor": None
+        if viewed is None
+        else {
+            "title": clean(viewed["title"], FIELD_CAPS["title"]),
+            "category": clean(viewed["category"], FIELD_CAPS["category"]),
+        },
     }

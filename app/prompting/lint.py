@@ -12,11 +12,9 @@ from dataclasses import dataclass
 
 from jinja2 import TemplateSyntaxError, nodes
 
+from app.prompting.context import CONTEXT_VARIABLES
 from app.prompting.sandbox import TemplateError
 from app.prompting.templates import PromptTemplate, parse_template
-
-# The variables build_context gives every template (app/prompting/context.py).
-CONTEXT_VARIABLES = frozenset({"shopper", "candidates", "brand", "placement", "k", "limits"})
 
 
 @dataclass(frozen=True)

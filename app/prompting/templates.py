@@ -41,7 +41,9 @@ class RetrievalHints(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    focus: Literal["none", "top_category"] = "none"  # spotlight: one category the shopper likes
+    # top_category (a spotlight): one category the shopper likes. anchor ("because you
+    # viewed"): neighbours of the product of the shopper's latest event, named as ``anchor``.
+    focus: Literal["none", "top_category", "anchor"] = "none"
 
 
 class Brand(BaseModel):
@@ -72,6 +74,7 @@ class FewShotExample(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     interests: list[str] = Field(default_factory=list, max_length=8)
+    viewed: ExampleProduct | None = None  # the example's ``anchor``
     products: list[ExampleProduct] = Field(min_length=1, max_length=20)
     output: dict[str, Any]
 
@@ -162,6 +165,7 @@ class PromptTemplate:
                 brand=context["brand"],
                 placement=context["placement"],
                 spec=self.spec,
+                viewed=example.viewed.model_dump() if example.viewed else None,
             )
             messages.append(("user", render(self._compiled, self.name, sample).strip()))
             messages.append(("assistant", json.dumps(example.output, ensure_ascii=False)))

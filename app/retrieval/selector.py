@@ -56,6 +56,8 @@ class SelectionTrace:
 class Selection:
     candidates: list[Candidate]
     trace: SelectionTrace
+    # "Because you viewed": the product the candidates are neighbours of (None otherwise).
+    anchor: Product | None = None
 
 
 class CandidateSelector:
@@ -146,14 +148,63 @@ class CandidateSelector:
             settings.history_weight,
         )
         collaborative = self.signals.collaborative(history.rows, history.weights)
-        has_collaborative = bool(collaborative.any())
         prior = self.signals.prior(shopper.segment)
+        return self._rank(
+            query, collaborative, prior, settings.popularity_weight, k, allowed, removed
+        )
 
+    def anchor_for(self, shopper: Shopper) -> Product | None:
+        """What a "because you viewed" section hangs on: the product of the shopper's latest
+        event that is still sold (withdrawn ones are never named; out of stock is fine, since
+        the section shows its neighbours, not it)."""
+        for event in sorted(shopper.history, key=lambda e: e.ts, reverse=True):
+            product = self.catalog.get(event.product_id)
+            if product is not None and self.catalog.on_sale(product.id):
+                return product
+        return None
+
+    def similar(
+        self,
+        shopper: Shopper,
+        anchor: Product,
+        k: int,
+        filters: CandidateFilters | None = None,
+    ) -> Selection:
+        """Neighbours of ``anchor``: by the collaborative model (shoppers who took it took
+        these) and by meaning (the embedding), blended with the service's weights and spread
+        by MMR like any selection. The anchor itself is never among them; popularity takes no
+        part (it would pull every anchor's neighbours towards the same best-sellers)."""
+        allowed, removed = self._allowed(shopper, filters or CandidateFilters())
+        row = self.catalog.row(anchor.id)
+        removed["anchor"] = int(allowed[row])
+        allowed[row] = False
+        collaborative = self.signals.collaborative(np.array([row]), np.ones(1))
+        prior = np.zeros(len(self.catalog))
+        selection = self._rank(
+            self.index.vectors[row], collaborative, prior, 0.0, k, allowed, removed
+        )
+        selection.anchor = anchor
+        return selection
+
+    def _rank(
+        self,
+        query: np.ndarray | None,
+        collaborative: np.ndarray,
+        prior: np.ndarray,
+        popularity_weight: float,
+        k: int,
+        allowed: np.ndarray,
+        removed: dict[str, int],
+    ) -> Selection:
+        """The blend of the signals there are, over a pool of each one's best allowed
+        products, then MMR: ``k`` numbered candidates."""
+        settings = self.settings
+        has_collaborative = bool(collaborative.any())
         # Only the signals this shopper has take part in the blend; their weights renormalise.
         weights = {
             "semantic": settings.semantic_weight if query is not None else 0.0,
             "collaborative": settings.collaborative_weight if has_collaborative else 0.0,
-            "popularity": settings.popularity_weight,
+            "popularity": popularity_weight,
         }
         cold_start = query is None and not has_collaborative
         if cold_start or sum(weights.values()) == 0:

@@ -254,6 +254,7 @@ class PlacementBannerRecord(Base):
     template_label: Mapped[str] = mapped_column(String(40))
     model: Mapped[str] = mapped_column(String(120))
     facts: Mapped[dict[str, Any]] = mapped_column(JSON)  # shown product id -> [price, in stock]
+    anchor: Mapped[str | None] = mapped_column(String(64), nullable=True)  # named as viewed
     # Why it must be made again (NULL: fresh as far as is known): set by the read path or by
     # an invalidation, cleared by the next generation.
     stale_reason: Mapped[str | None] = mapped_column(String(300), nullable=True)

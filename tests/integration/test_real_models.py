@@ -63,7 +63,7 @@ def test_hero_banners_for_demo_shoppers_are_valid_and_grounded(
         assert banner.output_tokens > 0 and banner.timings.generation_ms > 0
 
 
-@pytest.mark.parametrize("template", ["grid_heading", "category_spotlight"])
+@pytest.mark.parametrize("template", ["grid_heading", "category_spotlight", "because_you_viewed"])
 def test_other_templates_are_valid_and_grounded(pipeline: Pipeline, template: str) -> None:
     banners = asyncio.run(
         pipeline.generate(BannerRequest(shopper_id="u004", template=template, count=2))
@@ -73,6 +73,12 @@ def test_other_templates_are_valid_and_grounded(pipeline: Pipeline, template: st
         assert_grounded(pipeline, banner, "u004")
     if template == "category_spotlight":
         assert len({p.id[:3] for b in banners for p in b.products}) == 1, "one category"
+    if template == "because_you_viewed":
+        # Named, as data for the CMS: the shopper's latest product, never among those shown.
+        latest = max(pipeline.shoppers.get("u004").history, key=lambda e: e.ts).product_id
+        for banner in banners:
+            assert banner.anchor is not None and banner.anchor.id == latest
+            assert latest not in {p.id for p in banner.products}
 
 
 def test_most_banners_are_written_by_the_model(pipeline: Pipeline) -> None:

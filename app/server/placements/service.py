@@ -154,7 +154,7 @@ class PlacementService:
         whose products changed is marked stale."""
         if not kept.servable:
             return False
-        problems = product_problems(kept.inputs.facts, self.pipeline.catalog)
+        problems = product_problems(kept.inputs.facts, self.pipeline.catalog, kept.inputs.anchor)
         if not problems:
             return True
         if kept.stale_reason is None:

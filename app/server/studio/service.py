@@ -279,7 +279,7 @@ class StudioService:
     def _try_render(self, template: PromptTemplate) -> None:
         for shopper in self._samples():
             selection = self.pipeline.candidates(shopper, template)
-            self.pipeline.render(shopper, template, selection.candidates, template.header.placement)
+            self.pipeline.render(shopper, template, selection, template.header.placement)
 
     def lint(self, name: str, source: str) -> LintResult:
         return lint(source, name, self._try_render)
