@@ -5,6 +5,7 @@ engine (vLLM replicas). ``SubjectMaker`` is plain code; ``Worker`` runs it as a 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
 from app.catalog.store import shopper_version
@@ -106,9 +107,15 @@ class Worker:
         process id."""
         import os
 
+        from app.logs import configure_logging
         from app.runtime import build_pipeline, share_cores_with_model_server
 
         if self.maker is None:
+            # Our INFO events (the engine lowering its in-flight limit) in Ray's worker log,
+            # and on the job's stderr with ray_log_to_driver: Ray leaves the root logger at
+            # WARNING. Not httpx's line per generation.
+            configure_logging(json_lines=False)
+            logging.getLogger("httpx").setLevel(logging.WARNING)
             share_cores_with_model_server(self.settings.torch_threads_beside_vllm)
             pipeline = await asyncio.to_thread(build_pipeline, self.settings)
             self.maker = SubjectMaker(pipeline)
