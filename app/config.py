@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     studio_secret: SecretStr = SecretStr("")
     # How often a replica checks the database for template label moves made elsewhere.
     templates_refresh_s: float = Field(default=15.0, gt=0)
+    # How often a replica reads the products, profiles and events written through other
+    # replicas on the same database (0: never, for a replica that is alone).
+    follow_writes_s: float = Field(default=5.0, ge=0)
     banner_cache_ttl_s: float = Field(default=300.0, ge=0)
     max_in_flight_requests: int = Field(default=32, ge=1, le=10_000)
     # Per-key budgets (requests a minute, per process; 0 = unlimited): generations (banners,

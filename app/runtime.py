@@ -40,6 +40,7 @@ def load_data(settings: Settings, *, with_changes: bool = True) -> tuple[Catalog
             shoppers.put_profile(profile)
         for shopper_id, events in changes.events.items():
             shoppers.add_events(shopper_id, events)
+        shoppers.events_through_row = changes.last_event_row
     return catalog, shoppers
 
 

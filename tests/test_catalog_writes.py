@@ -503,7 +503,9 @@ def test_replicas_storing_the_same_batch_at_once_store_it_once(database_url: str
             stored = await asyncio.gather(
                 *(CatalogChanges(db).add_events(batch(r), ids) for db in replicas)
             )
-            assert sorted(i for positions in stored for i in positions) == list(range(size))
+            assert sorted(i for added in stored for i in added.positions) == list(range(size))
+            rows = sorted(row for added in stored for row in added.rows)
+            assert len(rows) == len(set(rows)) == size  # each stored event has a row of its own
         loaded = await CatalogChanges(replicas[0]).load()
         expected = [f"P{r}.{i}" for r in range(rounds) for i in range(size)]
         assert [e.product_id for e in loaded.events["runner"]] == expected
@@ -687,3 +689,152 @@ def test_hostile_product_text_is_flagged_and_never_quoted_by_fallback_copy(app_c
         assert banner["fallback"] is True
         copy = " ".join(str(banner[f]) for f in ("headline", "subheadline", "cta", "badge"))
         assert "SYSTEM" not in copy and "</products>" not in copy and "Jacket" not in copy
+
+
+# --- replicas on one database follow each other's writes -------------------------------------
+
+
+def replica_app(settings: Settings, tiny_catalog: Catalog, tiny_shoppers: ShopperStore) -> Litestar:
+    """One replica: its own pipeline (its own histories in memory) over the shared database."""
+    engine = ScriptedEngine([GOOD] * 50)
+    shoppers = ShopperStore(tiny_shoppers.all())
+    return create_app(settings, lambda s: make_pipeline(engine, tiny_catalog, shoppers, s))
+
+
+@pytest.fixture
+def two_replicas(
+    database_url: str, tiny_catalog: Catalog, tiny_shoppers: ShopperStore, test_settings: Settings
+) -> Iterator[tuple[Client, Client, dict[str, str]]]:
+    # Following is called by the tests themselves, so each step is seen as it happens.
+    settings = test_settings.model_copy(
+        update={"database_url": database_url, "signals_refresh_delay_s": 0.0, "follow_writes_s": 0}
+    )
+    keys = asyncio.run(_keys(settings.database))
+    with (
+        TestClient(replica_app(settings, tiny_catalog, tiny_shoppers)) as a,
+        TestClient(replica_app(settings, tiny_catalog, tiny_shoppers)) as b,
+    ):
+        wait_ready(a)
+        wait_ready(b)
+        yield a, b, keys
+
+
+def follow(client: Client) -> int:
+    return client.blocking_portal.call(updater(client).follow)
+
+
+def test_a_replica_follows_what_another_wrote_once_each(two_replicas) -> None:
+    a, b, keys = two_replicas
+    admin, cms = keys["admin"], keys["cms"]
+    lamp = product("K3", "Trail Headlamp", "Camping", 45.0)
+    kettle = updater(a).pipeline.catalog.get("C2")
+    assert kettle is not None
+    cheaper = wire(kettle) | {"price": 49.0}
+    assert send(a, "PUT", "/v1/products", admin, {"products": [wire(lamp), cheaper]}).is_success
+    assert send(a, "DELETE", "/v1/products/K1", admin, None).status_code == 204
+    assert send(a, "PUT", "/v1/shoppers/newcomer", cms, {"interests": ["camping"]}).is_success
+    events = [
+        {"shopper_id": "runner", "product_id": "K3", "type": "view"},
+        {"event_id": "e-1", "shopper_id": "runner", "product_id": "C2", "type": "add_to_cart"},
+    ]
+    assert post_events(a, cms, events).status_code == 202
+    assert b.get("/v1/products/K3", headers={"X-API-Key": cms}).status_code == 404  # not yet
+
+    assert follow(b) == 2 + 1 + 1 + 2  # two products, a withdrawal, a profile, two events
+    read = {"X-API-Key": cms}
+    assert b.get("/v1/products/K3", headers=read).json()["title"] == "Trail Headlamp"
+    assert b.get("/v1/products/C2", headers=read).json()["price"] == 49.0
+    assert b.get("/v1/products/K1", headers=read).status_code == 404
+    assert b.get("/v1/shoppers/newcomer", headers=read).json()["interests"] == ["camping"]
+    assert history(b, "runner") == history(a, "runner") == ["R1", "R2", "K3", "C2"]
+    # Embedded on B too, in the same row order as on A (and as a restart would lay them).
+    found = b.get("/v1/products/search?q=trail%20headlamp&limit=3", headers=read).json()
+    assert found["results"][0]["product"]["id"] == "K3"
+    assert [p.id for p in updater(b).pipeline.catalog.products] == [
+        p.id for p in updater(a).pipeline.catalog.products
+    ]
+
+    # Read again (the overlap), and A reading back its own writes: nothing changes twice.
+    assert follow(b) == 0 and follow(a) == 0
+    assert history(a, "runner") == history(b, "runner") == ["R1", "R2", "K3", "C2"]
+
+    # And the other way round; a retried batch stays one event on both.
+    back = [{"event_id": "e-2", "shopper_id": "camper", "product_id": "C1", "type": "view"}]
+    assert post_events(b, cms, back).json()["accepted"] == 1
+    assert post_events(a, cms, back).json() | {"history_sizes": None} == {
+        "accepted": 0,
+        "duplicates": 1,
+        "history_sizes": None,
+    }
+    assert follow(a) == 1 and follow(b) == 0
+    assert history(a, "camper") == history(b, "camper") == ["K1", "K2", "R1", "C1"]
+    # Written anew on B: on sale again on A.
+    tent = wire(updater(b).pipeline.catalog.get("K1"))  # type: ignore[arg-type]
+    assert send(b, "PUT", "/v1/products", admin, {"products": [tent]}).is_success
+    assert follow(a) == 1
+    assert a.get("/v1/products/K1", headers=read).status_code == 200
+
+
+def test_an_event_row_committed_late_is_still_applied_once(
+    database_url: str, tiny_catalog: Catalog, tiny_shoppers: ShopperStore, test_settings: Settings
+) -> None:
+    """On PostgreSQL a transaction can commit after one that took a later row: the replica
+    that read past it asks for the skipped row again, and applies it when it comes."""
+
+    async def scenario() -> None:
+        db = Database(database_url)
+        await db.upgrade()
+        pipeline = make_pipeline(
+            ScriptedEngine([]), tiny_catalog, ShopperStore(tiny_shoppers.all()), test_settings
+        )
+        service = CatalogService(
+            pipeline, CatalogChanges(db), index_dir=None, signals_refresh_delay_s=0.0
+        )
+
+        async def stored(row: int, product_id: str) -> None:
+            async with db.writing() as session:
+                session.add(
+                    EventRecord(
+                        id=row,
+                        shopper_id="runner",
+                        product_id=product_id,
+                        type="view",
+                        ts=NOW,
+                        received_at=NOW,
+                    )
+                )
+
+        await stored(1, "C1")
+        await stored(3, "C3")  # row 2's transaction has not committed yet
+        assert await service.follow() == 2
+        await stored(2, "C2")
+        assert await service.follow() == 1
+        assert await service.follow() == 0
+        runner = [e.product_id for e in pipeline.shoppers.get("runner").history]
+        assert sorted(runner) == ["C1", "C2", "C3", "R1", "R2"]
+        await service.close()
+        await db.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_replicas_follow_on_their_own_when_told_how_often(
+    database_url: str, tiny_catalog: Catalog, tiny_shoppers: ShopperStore, test_settings: Settings
+) -> None:
+    settings = test_settings.model_copy(
+        update={"database_url": database_url, "follow_writes_s": 0.05}
+    )
+    keys = asyncio.run(_keys(settings.database))
+    with (
+        TestClient(replica_app(settings, tiny_catalog, tiny_shoppers)) as a,
+        TestClient(replica_app(settings, tiny_catalog, tiny_shoppers)) as b,
+    ):
+        wait_ready(a)
+        wait_ready(b)
+        event = [{"shopper_id": "newcomer", "product_id": "Y1", "type": "purchase"}]
+        assert post_events(a, keys["cms"], event).status_code == 202
+        for _ in range(200):
+            if history(b, "newcomer") == ["Y1"]:
+                break
+            asyncio.run(asyncio.sleep(0.025))
+        assert history(b, "newcomer") == history(a, "newcomer") == ["Y1"]

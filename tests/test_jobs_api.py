@@ -39,7 +39,7 @@ from tests.test_api import _keys
 Client = TestClient[Litestar]
 HERO = "home_hero"
 GRID = "home_grid"
-PLACEMENTS = "home_grid, home_hero, home_spotlight"
+PLACEMENTS = "home_because_viewed, home_grid, home_hero, home_spotlight"
 SHOPPERS = ("coffee_fan", "coffee_two", "runner", "camper", "newcomer")
 SEGMENTS = {"coffee_fan": "regular", "coffee_two": "regular", "newcomer": "regular"}
 SEGMENTS |= {"runner": "sporty", "camper": "sporty"}
@@ -702,15 +702,17 @@ def test_the_scheduler_fills_every_placement_then_makes_only_what_went_stale(
             return [job for job in listed if job["created_by"] == "scheduler"]
 
         deadline = time.monotonic() + DEADLINE_S
-        while len([j for j in passes() if j["state"] == "succeeded"]) < 6:
+        placements = PLACEMENTS.split(", ")
+        while len([j for j in passes() if j["state"] == "succeeded"]) < 2 * len(placements):
             assert time.monotonic() < deadline, passes()
             time.sleep(0.05)
         jobs = sorted(passes(), key=lambda job: job["created_at"])
-        first = jobs[:3]  # the first pass: one stale-only job per placement, one at a time
-        assert sorted(job["placement"] for job in first) == PLACEMENTS.split(", ")
+        # The first pass: one stale-only job per placement, one at a time.
+        first = jobs[: len(placements)]
+        assert sorted(job["placement"] for job in first) == placements
         assert all(job["stale_only"] and job["shoppers"] == "all" for job in first)
         assert all(job["total"] == TOTAL_ALL for job in first)  # nothing was stored yet
-        later = [job for job in jobs[3:] if job["state"] == "succeeded"]
+        later = [job for job in jobs[len(placements) :] if job["state"] == "succeeded"]
         assert later and all(job["total"] == 0 for job in later)  # nothing went stale since
-        for placement in PLACEMENTS.split(", "):
+        for placement in placements:
             assert len(stored_rows(settings.database, placement)) == TOTAL_ALL

@@ -156,8 +156,8 @@ def test_events_from_before_0004_are_kept_and_live_beside_events_with_ids(
         assert await db.revision() == head_revision()
         changes = CatalogChanges(db)
         assert [e.product_id for e in (await changes.load()).events["u001"]] == ["P1", "P2", "P2"]
-        assert await changes.add_events([("u001", view)] * 2, ["e1", None]) == [0, 1]
-        assert await changes.add_events([("u001", view)] * 2, ["e1", None]) == [1]
+        assert (await changes.add_events([("u001", view)] * 2, ["e1", None])).positions == [0, 1]
+        assert (await changes.add_events([("u001", view)] * 2, ["e1", None])).positions == [1]
         assert len((await changes.load()).events["u001"]) == 6
 
         async with db.engine.begin() as connection:

@@ -131,6 +131,9 @@ def shopper_version(shopper: Shopper) -> str:
 class ShopperStore:
     def __init__(self, shoppers: Iterable[Shopper]) -> None:
         self._by_id = {shopper.id: shopper for shopper in shoppers}
+        # The database's events these histories hold, up to this row: a replica following
+        # other replicas' writes reads on from there (app/server/catalog/service.py).
+        self.events_through_row = 0
 
     @classmethod
     def from_file(cls, path: Path, catalog: Catalog) -> ShopperStore:

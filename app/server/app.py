@@ -204,6 +204,24 @@ async def follow_templates(held: Services) -> None:
             log.exception("could not reload templates")
 
 
+async def follow_writes(held: Services) -> None:
+    """Other replicas write products, profiles and events to the same database: follow them,
+    so a banner asked of any replica reflects them (app/server/catalog/service.py)."""
+    every = held.settings.follow_writes_s
+    if every <= 0:
+        return
+    while True:
+        await asyncio.sleep(every)
+        if held.catalog is None:
+            continue
+        try:
+            changes = await held.catalog.follow()
+            if changes:
+                log.info("writes_followed", changes=changes)
+        except Exception:  # a database hiccup: keep serving what we have, try again
+            log.exception("could not follow other replicas' writes")
+
+
 async def first_key(settings: Settings, keys: ApiKeyStore) -> None:
     """The first admin key. One given in MARQUEE_BOOTSTRAP_ADMIN_KEY is taken in by its hash.
     Otherwise, in dev, a fresh database gets a key printed once, so a newcomer can call the API;
@@ -310,6 +328,7 @@ def create_app(
         await first_key(settings, keys)
         loading = asyncio.create_task(load_services(held, loader, background, jobs_in_process))
         background.append(asyncio.create_task(follow_templates(held)))
+        background.append(asyncio.create_task(follow_writes(held)))
         dispatching = asyncio.create_task(dispatcher.run())
         background.append(dispatching)
         try:

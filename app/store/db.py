@@ -89,7 +89,8 @@ class ProductRecord(Base):
     # restart rebuilds the same rows (and the saved index stays valid).
     seq: Mapped[int] = mapped_column(Integer, index=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Indexed: replicas read the writes made since they last looked.
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     # Withdrawn from sale (DELETE): kept, so its row, vector and interactions keep their
     # meaning, but never offered again until it is written anew.
     withdrawn_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -102,7 +103,7 @@ class ShopperRecord(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
 class EventRecord(Base):

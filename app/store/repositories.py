@@ -372,6 +372,31 @@ class StoredChanges:
     withdrawn: list[str] = field(default_factory=list)  # products no longer on sale
     profiles: list[Shopper] = field(default_factory=list)  # without history
     events: dict[str, list[Interaction]] = field(default_factory=dict)  # by shopper, in order
+    last_event_row: int = 0  # the highest event row among them: where following starts
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    row: int  # the database's id for it: increasing in order of arrival
+    shopper_id: str
+    event: Interaction
+
+
+@dataclass
+class WrittenSince:
+    """What was written since a moment (products, profiles) and past a row (events): what a
+    replica reads to follow the writes other replicas took."""
+
+    products: list[Product] = field(default_factory=list)  # withdrawn or not, by first arrival
+    withdrawn: list[str] = field(default_factory=list)  # which of them are off sale
+    profiles: list[Shopper] = field(default_factory=list)
+    events: list[StoredEvent] = field(default_factory=list)  # by row
+
+
+@dataclass(frozen=True)
+class AddedEvents:
+    positions: list[int]  # in the batch given, of the events stored now
+    rows: list[int]  # their database ids
 
 
 class CatalogChanges:
@@ -416,9 +441,10 @@ class CatalogChanges:
         self,
         events: Sequence[tuple[str, Interaction]],
         event_ids: Sequence[str | None] | None = None,
-    ) -> list[int]:
+    ) -> AddedEvents:
         """Store events, skipping those whose id is stored already; returns the positions (in
-        ``events``) of those stored now. An event without an id is always stored.
+        ``events``) of those stored now, and their rows. An event without an id is always
+        stored.
 
         One statement, ``INSERT .. ON CONFLICT (event_id) DO NOTHING .. RETURNING``: the unique
         index decides, not an earlier SELECT, so two identical batches racing (two requests,
@@ -428,7 +454,7 @@ class CatalogChanges:
         if len(ids) != len(events):
             raise ValueError("one event id (or None) per event")
         if not events:
-            return []
+            return AddedEvents([], [])
         now = datetime.now(UTC)
         rows = [
             {
@@ -442,15 +468,17 @@ class CatalogChanges:
             for (shopper_id, e), event_id in zip(events, ids, strict=True)
         ]
         dialect = sqlite if self.db.engine.dialect.name == "sqlite" else postgresql
+        table = EventRecord.__table__
         statement = (
-            dialect.insert(EventRecord.__table__)
+            dialect.insert(table)
             .on_conflict_do_nothing(index_elements=["event_id"])
-            .returning(EventRecord.__table__.c.event_id)
+            .returning(table.c.id, table.c.event_id)
         )
         async with self.db.writing() as session:
             # A list of rows: executed in pages of VALUES (SQLAlchemy's "insertmanyvalues"),
             # within the drivers' parameter limits, RETURNING gathered over all pages.
-            stored = set((await session.execute(statement, rows)).scalars())
+            returned = (await session.execute(statement, rows)).all()
+        stored = {event_id for _, event_id in returned}
         new = []
         for position, event_id in enumerate(ids):
             if event_id is None:
@@ -458,7 +486,40 @@ class CatalogChanges:
             elif event_id in stored:  # the first of an id repeated in one batch is the one stored
                 stored.discard(event_id)
                 new.append(position)
-        return new
+        return AddedEvents(new, sorted(row for row, _ in returned))
+
+    async def written_since(
+        self, moment: datetime | None, after_row: int, rows: Sequence[int] = (), limit: int = 10_000
+    ) -> WrittenSince:
+        """Products and profiles written after ``moment`` (None: all), and up to ``limit``
+        events past ``after_row`` or among ``rows`` (ones a replica is still waiting for)."""
+        events = select(EventRecord).where(EventRecord.id > after_row)
+        if rows:
+            events = select(EventRecord).where(
+                (EventRecord.id > after_row) | EventRecord.id.in_(list(rows))
+            )
+        products = select(ProductRecord).order_by(ProductRecord.seq)
+        profiles = select(ShopperRecord).order_by(ShopperRecord.id)
+        if moment is not None:
+            products = products.where(ProductRecord.updated_at > moment)
+            profiles = profiles.where(ShopperRecord.updated_at > moment)
+        async with self.db.sessions() as session:
+            product_rows = (await session.scalars(products)).all()
+            profile_rows = (await session.scalars(profiles)).all()
+            event_rows = (await session.scalars(events.order_by(EventRecord.id).limit(limit))).all()
+        return WrittenSince(
+            products=[Product.model_validate(r.payload) for r in product_rows],
+            withdrawn=[r.id for r in product_rows if r.withdrawn_at is not None],
+            profiles=[Shopper.model_validate(r.payload) for r in profile_rows],
+            events=[
+                StoredEvent(
+                    r.id,
+                    r.shopper_id,
+                    Interaction(product_id=r.product_id, type=r.type, ts=aware(r.ts)),
+                )
+                for r in event_rows
+            ],
+        )
 
     async def load(self) -> StoredChanges:
         async with self.db.sessions() as session:
@@ -479,6 +540,7 @@ class CatalogChanges:
             withdrawn=[r.id for r in products if r.withdrawn_at is not None],
             profiles=[Shopper.model_validate(r.payload) for r in profiles],
             events=dict(by_shopper),
+            last_event_row=events[-1].id if events else 0,
         )
 
     @staticmethod

@@ -4,6 +4,11 @@ It alone touches the pipeline's catalog and shoppers and the change store. Every
 the database before the in-memory state changes, so a failing write changes nothing and a
 restart rebuilds what was acknowledged. Catalog writes are serialised (one lock): two
 concurrent upserts cannot each start from the same catalog and lose the other.
+
+Replicas on one database follow each other's writes (``follow``, every
+``follow_writes_s``): products and profiles written since the last look (read again over an
+overlap, which changes nothing for what is here already), and events past the last row
+applied, each applied once.
 """
 
 from __future__ import annotations
@@ -11,15 +16,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import defaultdict
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from app.catalog.store import Catalog
 from app.domain import Interaction, Product, Shopper
 from app.guards import suspicious_text
 from app.pipeline import Pipeline
-from app.retrieval.index import reindex, save_index
+from app.retrieval.index import VectorIndex, reindex, save_index
 from app.retrieval.selector import CandidateFilters
 from app.retrieval.signals import InteractionSignals
 from app.server.catalog.schemas import (
@@ -35,11 +42,18 @@ from app.server.catalog.schemas import (
 )
 from app.server.errors import Problem
 from app.server.metrics import SUSPICIOUS_TEXT
-from app.store.repositories import CatalogChanges
+from app.store.repositories import CatalogChanges, StoredEvent
 
 log = logging.getLogger(__name__)
 RECENT_EVENTS_SHOWN = 20
 MAX_FIELD_ERRORS = 50
+# Following other replicas: products and profiles written up to this long before the last look
+# are read again (another host's clock, a transaction that committed late); event rows skipped
+# over (on PostgreSQL a transaction can commit after a later one, and a refused duplicate uses
+# up a row number) are asked for again for a while, at most this many.
+FOLLOW_OVERLAP = timedelta(seconds=60)
+EVENT_GAP_WAIT_S = 60.0
+MAX_EVENT_GAPS = 1000
 
 
 class CatalogService:
@@ -57,6 +71,13 @@ class CatalogService:
         self.signals_refresh_delay_s = signals_refresh_delay_s
         self._lock = asyncio.Lock()
         self._refresh: asyncio.Task[None] | None = None
+        # Events: written here and read back by ``follow`` under one lock, so each reaches
+        # memory once; rows this process stored are skipped when read back.
+        self._events_lock = asyncio.Lock()
+        self._events_through: int | None = None  # None: where the shoppers' load ended
+        self._event_gaps: dict[int, float] = {}  # row -> when to stop asking for it
+        self._own_rows: set[int] = set()
+        self._followed_at: datetime | None = None  # None: never looked (read everything)
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -118,20 +139,9 @@ class CatalogService:
                     catalog_size=len(before),
                     suspicious_text=_suspicious(products),
                 )
-            # Embedding is the slow part (~150 products/s here): off the event loop.
-            index, embedded = await asyncio.to_thread(
-                reindex, before, self.pipeline.index, catalog, self.pipeline.embedder
-            )
-            signals = await self._signals(catalog)
+            index, embedded, signals = await self._derived(before, catalog)
             await self.changes.upsert_products(changed)  # stored first: a failure changes nothing
-            self.pipeline.use_catalog(catalog, index, signals)
-            if self.index_dir is not None:
-                try:
-                    await asyncio.to_thread(
-                        save_index, catalog, index, self.pipeline.embedder, self.index_dir
-                    )
-                except OSError:  # the next start rebuilds it; the update itself stands
-                    log.exception("could not save the index to %s", self.index_dir)
+            await self._switch(catalog, index, signals)
             log.info(
                 "catalog: %d created, %d updated, %d embedded", len(created), len(updated), embedded
             )
@@ -143,6 +153,28 @@ class CatalogService:
                 catalog_size=len(catalog),
                 suspicious_text=_suspicious(products),
             )
+
+    async def _derived(
+        self, before: Catalog, catalog: Catalog
+    ) -> tuple[VectorIndex, int, InteractionSignals]:
+        """The index (embedding only what changed) and the signals of ``catalog``, off the
+        loop: embedding is the slow part (~150 products/s here)."""
+        index, embedded = await asyncio.to_thread(
+            reindex, before, self.pipeline.index, catalog, self.pipeline.embedder
+        )
+        return index, embedded, await self._signals(catalog)
+
+    async def _switch(
+        self, catalog: Catalog, index: VectorIndex, signals: InteractionSignals
+    ) -> None:
+        self.pipeline.use_catalog(catalog, index, signals)
+        if self.index_dir is not None:
+            try:
+                await asyncio.to_thread(
+                    save_index, catalog, index, self.pipeline.embedder, self.index_dir
+                )
+            except OSError:  # the next start rebuilds it; the update itself stands
+                log.exception("could not save the index to %s", self.index_dir)
 
     async def withdraw_product(self, product_id: str) -> None:
         """Take a product off sale. Nothing is embedded: the product keeps its row, its vector
@@ -214,24 +246,94 @@ class CatalogService:
             (e.shopper_id, Interaction(product_id=e.product_id, type=e.type, ts=e.ts or now))
             for e in events
         ]
-        new = await self.changes.add_events(pairs, ids)  # stored first
-        # Only what was stored now reaches memory: a duplicate is there already (recorded by
-        # this process, or loaded from the database at start), and a restart rebuilds
-        # exactly what the database holds.
-        grouped: dict[str, list[Interaction]] = {shopper_id: [] for shopper_id, _ in pairs}
-        for i in new:
-            shopper_id, interaction = pairs[i]
-            grouped[shopper_id].append(interaction)
-        shoppers = self.pipeline.shoppers
-        lengths = {}
-        for shopper_id, group in grouped.items():
-            shopper = shoppers.add_events(shopper_id, group) if group else shoppers.get(shopper_id)
-            lengths[shopper_id] = len(shopper.history)
-        if new:
+        async with self._events_lock:
+            added = await self.changes.add_events(pairs, ids)  # stored first
+            self._own_rows.update(added.rows)  # in memory now: not again when read back
+            # Only what was stored now reaches memory: a duplicate is there already (recorded
+            # by this process or another, or loaded from the database at start), and a
+            # restart rebuilds exactly what the database holds.
+            grouped: dict[str, list[Interaction]] = {shopper_id: [] for shopper_id, _ in pairs}
+            for i in added.positions:
+                shopper_id, interaction = pairs[i]
+                grouped[shopper_id].append(interaction)
+            shoppers = self.pipeline.shoppers
+            lengths = {}
+            for shopper_id, group in grouped.items():
+                shopper = (
+                    shoppers.add_events(shopper_id, group) if group else shoppers.get(shopper_id)
+                )
+                lengths[shopper_id] = len(shopper.history)
+        if added.positions:
             self._schedule_refresh()
+        accepted = len(added.positions)
         return EventsAccepted(
-            accepted=len(new), duplicates=len(events) - len(new), history_sizes=lengths
+            accepted=accepted, duplicates=len(events) - accepted, history_sizes=lengths
         )
+
+    # --- following other replicas ----------------------------------------------------------------
+
+    async def follow(self) -> int:
+        """Bring into memory what other replicas wrote since the last call: products (embedded
+        here too), withdrawals, profiles and events. Returns how many changes reached memory
+        (0 when there was nothing new)."""
+        started = datetime.now(UTC)
+        moment = None if self._followed_at is None else self._followed_at - FOLLOW_OVERLAP
+        async with self._events_lock:
+            after = self._events_through
+            if after is None:
+                after = self.pipeline.shoppers.events_through_row
+            written = await self.changes.written_since(moment, after, sorted(self._event_gaps))
+            changes = self._take_events(after, written.events)
+        shoppers = self.pipeline.shoppers
+        for profile in written.profiles:
+            known = shoppers.known(profile.id)
+            if not known or shoppers.get(profile.id).model_copy(update={"history": ()}) != profile:
+                shoppers.put_profile(profile)
+                changes += 1
+        async with self._lock:
+            before = self.pipeline.catalog
+            off_sale = set(written.withdrawn)
+            # As a restart lays them over the seed: every product written, in order of first
+            # arrival, then the withdrawals; one withdrawn that is here already stays as it is.
+            catalog, changed = before.upserted(
+                p for p in written.products if p.id not in off_sale or p.id not in before
+            )
+            catalog = catalog.withdrawing(i for i in off_sale if i in catalog)
+            if catalog is not before:
+                changes += len(changed) + len(catalog.withdrawn - before.withdrawn)
+                if changed:
+                    index, _, signals = await self._derived(before, catalog)
+                    await self._switch(catalog, index, signals)
+                else:  # withdrawals only: nothing to embed, the same signals
+                    self.pipeline.use_catalog(
+                        catalog, self.pipeline.index, self.pipeline.selector.signals
+                    )
+        self._followed_at = started
+        if changes:
+            self._schedule_refresh()
+        return changes
+
+    def _take_events(self, after: int, events: list[StoredEvent]) -> int:
+        """Apply events read back past row ``after`` (and rows still awaited), each once."""
+        seen = {stored.row for stored in events}
+        grouped: dict[str, list[Interaction]] = defaultdict(list)
+        for stored in events:
+            self._event_gaps.pop(stored.row, None)
+            if stored.row in self._own_rows:
+                self._own_rows.discard(stored.row)
+                continue
+            grouped[stored.shopper_id].append(stored.event)
+        through = max([after, *seen])
+        now = time.monotonic()
+        for row in range(max(after + 1, through - MAX_EVENT_GAPS), through):
+            if row not in seen:
+                self._event_gaps.setdefault(row, now + EVENT_GAP_WAIT_S)
+        self._event_gaps = {row: until for row, until in self._event_gaps.items() if until > now}
+        self._own_rows = {r for r in self._own_rows if r > through or r in self._event_gaps}
+        for shopper_id, group in grouped.items():
+            self.pipeline.shoppers.add_events(shopper_id, group)
+        self._events_through = through
+        return sum(len(group) for group in grouped.values())
 
     def _schedule_refresh(self) -> None:
         if self._refresh is None or self._refresh.done():
