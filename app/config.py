@@ -142,19 +142,24 @@ class Settings(BaseSettings):
     half_life_days: float = Field(default=30.0, gt=0.0)
     # The shopper's latest session (events no more than session_gap_min apart) carries this
     # share of their history's weight, the rest of the history the remainder (0: off).
+    # The blend's defaults (session share, the three weights, the collaborative model) are
+    # those `marquee eval tune` chose on the validation splits of MovieLens and the demo data
+    # (eval/README.md): on their test splits, above EASE and co-occurrence alone.
     session_gap_min: float = Field(default=30.0, gt=0.0)
-    session_share: float = Field(default=0.0, ge=0.0, lt=1.0)
-    semantic_weight: float = Field(default=0.6, ge=0.0)
-    collaborative_weight: float = Field(default=0.3, ge=0.0)
-    popularity_weight: float = Field(default=0.1, ge=0.0)
+    session_share: float = Field(default=0.3, ge=0.0, lt=1.0)
+    semantic_weight: float = Field(default=0.4, ge=0.0)
+    collaborative_weight: float = Field(default=0.6, ge=0.0)
+    # 0: best-sellers do not pull a shopper's candidates (they still serve cold start).
+    popularity_weight: float = Field(default=0.0, ge=0.0)
     mmr_lambda: float = Field(default=0.7, ge=0.0, le=1.0)  # 1 = relevance only
     # The collaborative signal (app/retrieval/collaborative.py): EASE, a learned item-item
     # model, or item co-occurrence; auto: EASE up to ease_max_items products, co-occurrence
-    # beyond. EASE's fit grows with n² in memory and n³ in time (bench/collaborative.py, 2
-    # cores: 10,000 items peak at 1.5 GB and take 27 s; 20,000 would need about 6 GB).
-    collaborative_model: Literal["auto", "ease", "cooccurrence"] = "cooccurrence"
+    # beyond. EASE's fit grows with n² in memory and n³ in time, and runs again after every
+    # burst of events (bench/collaborative.py, 2 cores: 5,000 items peak at 380 MB and take
+    # 4.5 s; 10,000 at 1.5 GB and 27 s). Raise the limit where a core can be spared for that.
+    collaborative_model: Literal["auto", "ease", "cooccurrence"] = "auto"
     ease_l2: float = Field(default=200.0, gt=0.0)  # EASE's L2 penalty (lambda)
-    ease_max_items: int = Field(default=10_000, ge=1)
+    ease_max_items: int = Field(default=5_000, ge=1)
 
     # Generation and guards.
     max_retries: int = Field(default=2, ge=0, le=10)

@@ -42,16 +42,23 @@ def seen(shopper: Shopper) -> list[str]:
     return list(dict.fromkeys(e.product_id for e in ordered))
 
 
-# Marquee settings compared in the full suite: name -> settings overrides.
+# Marquee settings compared in the full suite: name -> settings overrides. Each changes one
+# thing of the defaults (app/config.py), and the last is the blend before they were tuned.
 VARIANTS: dict[str, dict[str, Any]] = {
     "marquee": {},
-    "marquee EASE": {"collaborative_model": "ease"},
-    "marquee EASE session 0.3": {"collaborative_model": "ease", "session_share": 0.3},
+    "marquee co-occurrence": {"collaborative_model": "cooccurrence"},
+    "marquee no session": {"session_share": 0.0},
     "marquee λ=1.0 (no MMR)": {"mmr_lambda": 1.0},
     "marquee λ=0.5": {"mmr_lambda": 0.5},
     "marquee no collaborative": {"collaborative_weight": 0.0},
-    "marquee collaborative 0.6": {"collaborative_weight": 0.6, "semantic_weight": 0.3},
     "marquee semantic only": {"collaborative_weight": 0.0, "popularity_weight": 0.0},
+    "marquee untuned (0.6/0.3/0.1, co-occurrence, no session)": {
+        "semantic_weight": 0.6,
+        "collaborative_weight": 0.3,
+        "popularity_weight": 0.1,
+        "collaborative_model": "cooccurrence",
+        "session_share": 0.0,
+    },
 }
 
 Ranker = Callable[[Shopper, int], list[str]]
