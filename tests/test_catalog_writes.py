@@ -7,6 +7,7 @@ real models write through the same code in tests/integration/test_service.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -701,14 +702,11 @@ def replica_app(settings: Settings, tiny_catalog: Catalog, tiny_shoppers: Shoppe
     return create_app(settings, lambda s: make_pipeline(engine, tiny_catalog, shoppers, s))
 
 
-@pytest.fixture
-def two_replicas(
-    database_url: str, tiny_catalog: Catalog, tiny_shoppers: ShopperStore, test_settings: Settings
+@contextlib.contextmanager
+def replicas(
+    settings: Settings, tiny_catalog: Catalog, tiny_shoppers: ShopperStore
 ) -> Iterator[tuple[Client, Client, dict[str, str]]]:
-    # Following is called by the tests themselves, so each step is seen as it happens.
-    settings = test_settings.model_copy(
-        update={"database_url": database_url, "signals_refresh_delay_s": 0.0, "follow_writes_s": 0}
-    )
+    """Two replicas on the settings' database, both ready, and keys for them."""
     keys = asyncio.run(_keys(settings.database))
     with (
         TestClient(replica_app(settings, tiny_catalog, tiny_shoppers)) as a,
@@ -717,6 +715,18 @@ def two_replicas(
         wait_ready(a)
         wait_ready(b)
         yield a, b, keys
+
+
+@pytest.fixture
+def two_replicas(
+    database_url: str, tiny_catalog: Catalog, tiny_shoppers: ShopperStore, test_settings: Settings
+) -> Iterator[tuple[Client, Client, dict[str, str]]]:
+    # Following is called by the tests themselves, so each step is seen as it happens.
+    settings = test_settings.model_copy(
+        update={"database_url": database_url, "signals_refresh_delay_s": 0.0, "follow_writes_s": 0}
+    )
+    with replicas(settings, tiny_catalog, tiny_shoppers) as both:
+        yield both
 
 
 def follow(client: Client) -> int:
@@ -824,13 +834,7 @@ def test_replicas_follow_on_their_own_when_told_how_often(
     settings = test_settings.model_copy(
         update={"database_url": database_url, "follow_writes_s": 0.05}
     )
-    keys = asyncio.run(_keys(settings.database))
-    with (
-        TestClient(replica_app(settings, tiny_catalog, tiny_shoppers)) as a,
-        TestClient(replica_app(settings, tiny_catalog, tiny_shoppers)) as b,
-    ):
-        wait_ready(a)
-        wait_ready(b)
+    with replicas(settings, tiny_catalog, tiny_shoppers) as (a, b, keys):
         event = [{"shopper_id": "newcomer", "product_id": "Y1", "type": "purchase"}]
         assert post_events(a, keys["cms"], event).status_code == 202
         for _ in range(200):
