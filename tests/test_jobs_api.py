@@ -46,7 +46,7 @@ SEGMENTS |= {"runner": "sporty", "camper": "sporty"}
 # Every shopper, their two segments (regular, sporty) and everyone else (popular).
 TOTAL_ALL = len(SHOPPERS) + 2 + 1
 FINISHED = ("succeeded", "failed", "cancelled")
-DEADLINE_S = 20.0
+DEADLINE_S = 60.0  # a bound for a defect to fail on, not a speed to meet
 
 
 def shopper(key: str) -> Subject:
