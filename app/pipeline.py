@@ -225,15 +225,8 @@ class Pipeline:
         selection: Selection,
         placement: str,
     ) -> RenderedPrompt:
-        recent: list[str] = []
-        for event in sorted(shopper.history, key=lambda e: e.ts, reverse=True):
-            product = self.catalog.get(event.product_id)
-            if (
-                product is not None
-                and self.catalog.on_sale(product.id)  # never name what is no longer sold
-                and product.title not in recent
-            ):
-                recent.append(product.title)
+        # Each title once, newest first; never what is no longer sold.
+        recent = list(dict.fromkeys(p.title for p in self.selector.recently_seen(shopper)))
         context = build_context(
             shopper=shopper,
             recent_titles=recent,

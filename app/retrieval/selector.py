@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -153,15 +154,18 @@ class CandidateSelector:
             query, collaborative, prior, settings.popularity_weight, k, allowed, removed
         )
 
-    def anchor_for(self, shopper: Shopper) -> Product | None:
-        """What a "because you viewed" section hangs on: the product of the shopper's latest
-        event that is still sold (withdrawn ones are never named; out of stock is fine, since
-        the section shows its neighbours, not it)."""
+    def recently_seen(self, shopper: Shopper) -> Iterator[Product]:
+        """The products of the shopper's events, newest first, that are still sold: what a
+        prompt or a banner may name (a withdrawn product never is; out of stock is fine)."""
         for event in sorted(shopper.history, key=lambda e: e.ts, reverse=True):
             product = self.catalog.get(event.product_id)
             if product is not None and self.catalog.on_sale(product.id):
-                return product
-        return None
+                yield product
+
+    def anchor_for(self, shopper: Shopper) -> Product | None:
+        """What a "because you viewed" section hangs on: the latest of ``recently_seen`` (the
+        section shows its neighbours, not it)."""
+        return next(self.recently_seen(shopper), None)
 
     def similar(
         self,

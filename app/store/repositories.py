@@ -493,11 +493,10 @@ class CatalogChanges:
     ) -> WrittenSince:
         """Products and profiles written after ``moment`` (None: all), and up to ``limit``
         events past ``after_row`` or among ``rows`` (ones a replica is still waiting for)."""
-        events = select(EventRecord).where(EventRecord.id > after_row)
+        wanted = EventRecord.id > after_row
         if rows:
-            events = select(EventRecord).where(
-                (EventRecord.id > after_row) | EventRecord.id.in_(list(rows))
-            )
+            wanted = wanted | EventRecord.id.in_(list(rows))
+        events = select(EventRecord).where(wanted)
         products = select(ProductRecord).order_by(ProductRecord.seq)
         profiles = select(ShopperRecord).order_by(ShopperRecord.id)
         if moment is not None:

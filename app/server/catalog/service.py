@@ -283,13 +283,14 @@ class CatalogService:
             if after is None:
                 after = self.pipeline.shoppers.events_through_row
             written = await self.changes.written_since(moment, after, sorted(self._event_gaps))
-            changes = self._take_events(after, written.events)
+            histories = self._take_events(after, written.events)
         shoppers = self.pipeline.shoppers
         for profile in written.profiles:
             known = shoppers.known(profile.id)
             if not known or shoppers.get(profile.id).model_copy(update={"history": ()}) != profile:
                 shoppers.put_profile(profile)
-                changes += 1
+                histories += 1
+        changes = histories
         async with self._lock:
             before = self.pipeline.catalog
             off_sale = set(written.withdrawn)
@@ -302,14 +303,17 @@ class CatalogService:
             if catalog is not before:
                 changes += len(changed) + len(catalog.withdrawn - before.withdrawn)
                 if changed:
+                    # Its signals are computed from the shoppers as they are now, with the
+                    # events and profiles above: no refresh needed after.
                     index, _, signals = await self._derived(before, catalog)
                     await self._switch(catalog, index, signals)
+                    histories = 0
                 else:  # withdrawals only: nothing to embed, the same signals
                     self.pipeline.use_catalog(
                         catalog, self.pipeline.index, self.pipeline.selector.signals
                     )
         self._followed_at = started
-        if changes:
+        if histories:  # popularity and the collaborative model follow the histories
             self._schedule_refresh()
         return changes
 
