@@ -254,9 +254,10 @@ class Settings(BaseSettings):
     def database(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.cache_dir / 'marquee.db'}"
 
-    @property
-    def vllm_log(self) -> Path:
-        return self.cache_dir / "logs" / "vllm.log"
+    def vllm_log(self, port: int) -> Path:
+        """One log per server: two managed servers on one machine (a test beside the
+        service, two replicas) must not interleave, nor report each other's last lines."""
+        return self.cache_dir / "logs" / f"vllm-{port}.log"
 
     @property
     def index_dir(self) -> Path:

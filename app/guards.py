@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from app.domain import Candidate
-from app.generation.schemas import BannerCopy, SchemaSpec
+from app.generation.schemas import BannerCopy, SchemaSpec, copy_error, copy_pattern
 from app.prompting.templates import RenderedPrompt
 
 _NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
@@ -36,6 +36,12 @@ _LEAKS = re.compile(
     re.IGNORECASE,
 )
 TEXT_FIELDS = ("headline", "subheadline", "cta", "badge")
+# Words no finished phrase ends on: copy stopped by a length or word cap mid-thought ("Gear
+# up for", "Shop the best of the") ends with one. ("in", "on", "up" end phrases: "Dive in".)
+_DANGLING = frozenset(
+    {"a", "an", "the", "and", "or", "but", "nor", "of", "for", "to", "with", "from", "by"}
+    | {"as", "than", "your", "our", "my", "their", "its", "this", "these", "those", "that"}
+)
 
 # What must never reach a shopper or a prompt unflagged, whoever wrote it (catalog or model).
 # Checked in this order; each match is cut out (as a line break: it was a boundary) before the
@@ -198,9 +204,7 @@ class Guards:
         try:
             copy = schema.model_validate_json(text)
         except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "output"
-            return GuardResult(None, problems=[f"invalid_output: {where}: {first['msg']}"])
+            return GuardResult(None, problems=[f"invalid_output: {copy_error(error)}"])
 
         problems: list[str] = []
         products = self._resolve(copy, candidates, spec, problems)
@@ -256,6 +260,8 @@ class Guards:
             # Text that fills its cap exactly was cut there by the grammar, mid-thought.
             if len(value) >= limits[name] and value[-1].isalnum():
                 problems.append(f"cut_at_limit: {name}")
+            elif value[-1].isalnum() and _WORD.findall(value.casefold())[-1] in _DANGLING:
+                problems.append(f"unfinished: {name} ends with '{value.split()[-1]}'")
             reason = _degenerate(value)
             if reason:
                 problems.append(f"degenerate: {name}: {reason}")
@@ -307,26 +313,32 @@ def _fit(text: str, limit: int) -> str:
     return cut + "…"
 
 
-def _quotable(text: str) -> bool:
-    """Catalog words the fallback may show: readable, not suspicious, no prompt scaffolding."""
+def _quotable(text: str, allowed: re.Pattern[str]) -> bool:
+    """Catalog words the fallback may show: readable, not suspicious, no prompt scaffolding,
+    and within the characters the template's copy may use (``allowed``)."""
     return (
-        any(ch.isalnum() for ch in text) and not suspicious_text(text) and not _LEAKS.search(text)
+        any(ch.isalnum() for ch in text)
+        and allowed.fullmatch(text) is not None
+        and not suspicious_text(text)
+        and not _LEAKS.search(text)
     )
 
 
 def fallback_copy(
-    candidates: list[Candidate], spec: SchemaSpec, personal: bool
+    candidates: list[Candidate], spec: SchemaSpec, personal: bool, digits: bool = False
 ) -> tuple[dict[str, Any], list[Candidate]]:
     """A plain banner from catalog facts only: the answer when the model's copy is refused.
 
     The products stay (their numbers and prices are facts); their words are quoted only when
-    they pass the same checks as the model's copy, since a title can carry an injection.
+    they pass the same checks as the model's copy, since a title can carry an injection, and
+    fit the same schema (``digits``: the template's ``copy_digits``), so a CMS gets one shape.
     """
+    allowed = re.compile(copy_pattern(digits))
     chosen = candidates[: max(spec.min_products, min(3, spec.max_products))]
     category: str | None = Counter(c.product.category for c in chosen).most_common(1)[0][0]
-    if category is not None and not _quotable(category):
+    if category is not None and not _quotable(category, allowed):
         category = None
-    titles = [c.product.title for c in chosen if _quotable(c.product.title)][:2]
+    titles = [c.product.title for c in chosen if _quotable(c.product.title, allowed)][:2]
     opening = "Picked for you" if personal else "Popular right now"
     ending = ", chosen for you." if personal else ", loved by shoppers."
     plain = {"headline": opening, "subheadline": "A few favourites" + ending}  # quotes nothing

@@ -517,7 +517,7 @@ class Pipeline:
         else:
             personal = not selection.trace.cold_start
             copy, chosen = (
-                fallback_copy(candidates, template.spec, personal)
+                fallback_copy(candidates, template.spec, personal, template.header.copy_digits)
                 if candidates
                 else (self._empty_copy(template), [])
             )

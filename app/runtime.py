@@ -151,12 +151,13 @@ def vllm_server_config(
         )
     profile = detect()
     choice = hardware_choices(settings, profile)["vllm"]
+    port = port or settings.vllm_port or free_port()
     return VLLMServerConfig(
         model_dir=settings.llm_folder,
         served_name=settings.vllm_served_model or settings.llm_name,
-        port=port or settings.vllm_port or free_port(),
+        port=port,
         host=host,
-        log_path=settings.vllm_log,
+        log_path=settings.vllm_log(port),
         dtype=choice.dtype,
         device=choice.device,
         kv_cache_gb=vllm_kv_cache_gb(settings, profile),

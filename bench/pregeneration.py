@@ -25,15 +25,16 @@ import re
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
 
 from app.config import Settings, get_settings
 from app.domain import Audience
-from app.generation.engine import GenerationRequest
+from app.generation.engine import GenerationRequest, GenerationResult
 from app.generation.vllm_engine import VLLMEngine
-from app.pipeline import BannerRequest, Pipeline
+from app.pipeline import BannerRequest, Pipeline, PreparedRequest
 from app.pregeneration.plan import shopper_for, subjects
 from app.pregeneration.runner import JobRunner, Progress
 from app.runtime import build_pipeline, make_vllm_engine
@@ -111,15 +112,20 @@ def reset_prefix_cache(base: str) -> None:
     response.raise_for_status()
 
 
-def prompts(pipeline: Pipeline, ids: list[str]) -> list[GenerationRequest]:
-    """What a job sends for these shoppers' subjects: one request per subject, first attempt."""
+def prompts(
+    pipeline: Pipeline, ids: list[str]
+) -> tuple[list[GenerationRequest], list[PreparedRequest]]:
+    """What a job sends for these shoppers' subjects: one request per subject, first attempt
+    (and what the guards need to judge its answer)."""
     requests = []
+    prepared_all = []
     for subject in subjects(pipeline.shoppers, "ids", ids):
         shopper = shopper_for(subject, pipeline.shoppers)
         prepared = pipeline.prepare(
             BannerRequest(shopper_id=shopper.id, shopper=shopper, placement=PLACEMENT)
         )
         assert prepared.prompt is not None, subject
+        prepared_all.append(prepared)
         requests.append(
             GenerationRequest(
                 messages=prepared.prompt.messages,
@@ -128,17 +134,38 @@ def prompts(pipeline: Pipeline, ids: list[str]) -> list[GenerationRequest]:
                 seed=0,
             )
         )
-    return requests
+    return requests, prepared_all
 
 
-async def raw(base: str, served: str, requests: list[GenerationRequest], concurrency: int) -> float:
+async def raw(
+    base: str, served: str, requests: list[GenerationRequest], concurrency: int
+) -> list[GenerationResult]:
     engine = VLLMEngine(base, served, max_in_flight=concurrency, timeout_s=600)
     try:
-        start = time.perf_counter()
-        await engine.generate_many(requests)
-        return time.perf_counter() - start
+        return await engine.generate_many(requests)
     finally:
         await engine.close()
+
+
+def refused(pipeline: Pipeline, prepared: list[PreparedRequest], answers: list[GenerationResult]):
+    """Raw vLLM's answers the job's guards would refuse, and the commonest reasons."""
+    reasons: Counter[str] = Counter()
+    count = 0
+    for request, answer in zip(prepared, answers, strict=True):
+        assert request.prompt is not None
+        verdict = pipeline.guards.check(
+            answer.text,
+            request.template.output_model,
+            request.template.spec,
+            request.selection.candidates,
+            request.template.example_outputs,
+            request.prompt,
+        )
+        if not verdict.ok:
+            count += 1
+            # "cut_at_limit: cta", "invented_number: headline: '20' ...": the kind and field.
+            reasons.update({": ".join(p.split(": ")[:2]).split(" '")[0] for p in verdict.problems})
+    return count, reasons
 
 
 async def job(settings: Settings, base: str, ids: list[str]) -> dict[str, float]:
@@ -216,14 +243,14 @@ def main() -> None:
     try:
         pipeline = build_pipeline(settings, with_engine=False)
         ids = [s.id for s in pipeline.shoppers.all()][: args.shoppers]
-        requests = prompts(pipeline, ids)
+        requests, prepared = prompts(pipeline, ids)
         served = settings.vllm_served_model or settings.llm_name
         asyncio.run(raw(base, served, requests[:8], 8))  # warm-up: grammar compiled once
 
         reset_prefix_cache(base)
         before = vllm_metrics(base)
         with Busy(base) as raw_busy:
-            asyncio.run(raw(base, served, requests, args.concurrency))
+            answers = asyncio.run(raw(base, served, requests, args.concurrency))
         raw_used = delta(vllm_metrics(base), before)
 
         reset_prefix_cache(base)
@@ -243,6 +270,8 @@ def main() -> None:
     raw_gen = raw_used["requests"] / raw_busy.seconds
     job_gen = job_used["requests"] / job_busy.seconds
     retries = job_used["requests"] - made["banners"]
+    raw_refused, reasons = refused(pipeline, prepared, answers)
+    commonest = ", ".join(f"{reason} {n}" for reason, n in reasons.most_common(5))
     header = [
         "phase",
         "banners",
@@ -272,7 +301,10 @@ def main() -> None:
         f"{args.concurrency} generations in flight in both phases; placement {PLACEMENT}",
         f"job: first batch stored after {made['first_write_s']:.1f} s (Ray start, worker "
         f"loading the pipeline); {int(made['fallbacks'])} fallback banners",
-        "a job sends more generations than raw when the guards refuse an answer and retry it",
+        "a job sends more generations than raw when the guards refuse an answer and retry it: "
+        f"the guards would refuse {raw_refused} of raw vLLM's {len(requests)} answers "
+        f"({100 * raw_refused / len(requests):.0f} %; {commonest}), so raw vLLM's servable "
+        f"banners/s at one try is {raw_rate * (1 - raw_refused / len(requests)):.2f}",
         "prefix-cache hits: share of prompt tokens vLLM found cached (system text, examples and "
         "the template's shared start come first in every prompt)",
     ]

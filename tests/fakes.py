@@ -66,7 +66,7 @@ GOOD = {
     "tone": "warm",
     "products": [1, 2],
 }
-INVENTED = dict(GOOD, headline="Save 30% on coffee")
+INVENTED = dict(GOOD, headline="Clearance on all coffee")  # an offer no product states
 
 
 class ScriptedEngine:

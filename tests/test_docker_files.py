@@ -125,8 +125,8 @@ def test_gpu_vllm_is_pinned_and_serves_with_the_managed_servers_flags() -> None:
     assert vllm["entrypoint"] == ["vllm", "serve"]
     assert [with_defaults(flag) for flag in flags] == managed_flags
     assert model_dir.startswith("/models/") and "models:/models:ro" in vllm["volumes"]
-    # Compact JSON under xgrammar, as the managed server; CUDA graphs (no eager mode) on a GPU;
-    # the share of GPU memory from the environment.
+    # Compact JSON under the guidance backend, as the managed server; CUDA graphs (no eager
+    # mode) on a GPU; the share of GPU memory from the environment.
     assert flags[flags.index("--structured-outputs-config") + 1] == STRUCTURED_OUTPUTS_CONFIG
     assert "--enforce-eager" not in flags
     share = flags[flags.index("--gpu-memory-utilization") + 1]

@@ -24,6 +24,20 @@ def test_schema_travels_as_response_format() -> None:
     assert "guided_json" not in json.dumps(sent)
 
 
+def test_the_grammar_holds_the_copy_rules_with_the_lengths() -> None:
+    """Each text field carries its pattern and its maxLength: the guidance backend (the managed
+    server's) honours both at once, so what the guards would refuse is never generated."""
+    props = output_model("banner", 6).model_json_schema()["properties"]
+    for name in ("headline", "subheadline"):
+        assert props[name]["maxLength"] > 0 and props[name]["pattern"].startswith("^[^")
+        assert "0-9" in props[name]["pattern"], "no digits (a negated class) unless asked"
+    assert props["badge"]["anyOf"][0]["pattern"] == props["headline"]["pattern"]
+    assert props["cta"]["maxLength"] == 24 and "0-9" not in props["cta"]["pattern"]
+    assert props["cta"]["pattern"].endswith("{0,2}[.!]?$"), "one to three words"
+    digits = output_model("banner", 6, digits=True).model_json_schema()["properties"]
+    assert "0-9" not in digits["headline"]["pattern"] and "0-9" in digits["cta"]["pattern"]
+
+
 def test_managed_server_command_has_the_cpu_fixes(tmp_path) -> None:
     server = ManagedVLLM(
         VLLMServerConfig(model_dir=tmp_path, served_name="m", port=9, log_path=tmp_path / "log")
@@ -33,7 +47,7 @@ def test_managed_server_command_has_the_cpu_fixes(tmp_path) -> None:
     assert "--enforce-eager" in command
     assert command[command.index("--host") + 1] == "127.0.0.1"
     config = json.loads(command[command.index("--structured-outputs-config") + 1])
-    assert config == {"backend": "xgrammar", "disable_any_whitespace": True}
+    assert config == {"backend": "guidance", "disable_any_whitespace": True}
 
 
 def test_the_server_runs_in_the_dtype_and_memory_it_is_given(tmp_path) -> None:

@@ -4,6 +4,12 @@ Products are named by their candidate number (1..K), never by id: the schema is 
 every request of a template (so its grammar compiles once), and the model cannot name a product
 that was not offered. Every string has a maxLength and every array a maxItems: without them a
 small model can loop inside a string until the token budget runs out and the JSON is cut.
+
+The text fields also carry a ``pattern``: what copy may never hold is written into the grammar,
+so the model cannot spend a generation on it (refused afterwards, each one cost a retry). A
+grammar that honours a pattern and a maxLength together is needed: the vLLM server runs the
+guidance backend (llguidance intersects the two; xgrammar 0.2 drops the length), and the
+in-process engine uses llguidance too.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 Tone = Literal["warm", "playful", "premium", "practical", "urgent"]
 
@@ -42,6 +48,9 @@ class SchemaSpec:
     layouts: tuple[str, ...]
     min_products: int
     max_products: int
+    # A button, not a sentence: the prompts ask for two or three words, and the grammar stops
+    # the call to action there, on a whole word.
+    cta_words: int = 3
 
     def limits(self) -> dict[str, int]:
         return {
@@ -98,13 +107,57 @@ class UnknownSchemaError(KeyError):
     pass
 
 
-def _text(max_length: int) -> Any:
-    return Annotated[str, Field(min_length=1, max_length=max_length)]
+# Never in copy: markup, brackets, braces and backquotes (our prompt's delimiters; a page would
+# render them), quotes and backslashes (a small model loops on JSON escapes), control
+# characters (a line break fakes a turn).
+_NEVER_IN_COPY = r'"\\<>{}\[\]`\x00-\x1f\x7f'
+_NEVER_SAID = "no quotes, backslashes, brackets, braces, backquotes or markup"
+# Digits too, unless the template asks for them (``copy_digits``): a 135M model invents
+# numbers, and the guards refused a first attempt for one 2,705 times in a 10,006-banner job.
+_NO_DIGITS = ", no digits (the template's copy_digits is off)"
+# Each pattern built here, in words: what a validation error says instead of the regex.
+_RULES: dict[str, str] = {}
+
+
+def copy_pattern(digits: bool = False) -> str:
+    """The characters copy may use, as a regex every engine's grammar and Pydantic accept."""
+    pattern = f"^[^{_NEVER_IN_COPY}{'' if digits else '0-9'}]*$"
+    _RULES[pattern] = _NEVER_SAID + ("" if digits else _NO_DIGITS)
+    return pattern
+
+
+def cta_pattern(words: int, digits: bool = False) -> str:
+    """One to ``words`` words of letters (an apostrophe, hyphen or ampersand inside), single
+    spaces between, none before or after, and perhaps a closing ``.`` or ``!``: a small model
+    otherwise packs more words in with commas ("Shop a brew,a,a")."""
+    word = f"[\\p{{L}}\\p{{M}}'’&{'0-9' if digits else ''}-]+"
+    pattern = f"^{word}(?: {word}){{0,{words - 1}}}[.!]?$"
+    _RULES[pattern] = (
+        f"one to {words} words of letters (an apostrophe, hyphen or ampersand inside) with "
+        f"single spaces, perhaps a closing . or !" + ("" if digits else _NO_DIGITS)
+    )
+    return pattern
+
+
+def copy_error(error: ValidationError) -> str:
+    """The first problem of copy that does not fit its schema, in words a marketer reads
+    (``cta: one to 3 words of letters ...``), not the regex."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "output"
+    pattern = str((first.get("ctx") or {}).get("pattern", ""))
+    if first["type"] == "string_pattern_mismatch" and pattern in _RULES:
+        return f"{where}: {_RULES[pattern]}"
+    return f"{where}: {first['msg']}"
+
+
+def _text(max_length: int, pattern: str) -> Any:
+    return Annotated[str, Field(min_length=1, max_length=max_length, pattern=pattern)]
 
 
 @lru_cache(maxsize=64)
-def output_model(schema: str, k: int) -> type[BannerCopy]:
-    """The schema ``schema`` for ``k`` candidates, built once and reused (grammar cache key)."""
+def output_model(schema: str, k: int, digits: bool = False) -> type[BannerCopy]:
+    """The schema ``schema`` for ``k`` candidates, built once and reused (grammar cache key);
+    ``digits``: whether its copy may hold digits."""
     spec = SCHEMAS.get(schema)
     if spec is None:
         raise UnknownSchemaError(f"unknown schema '{schema}' (known: {', '.join(SCHEMAS)})")
@@ -113,16 +166,17 @@ def output_model(schema: str, k: int) -> type[BannerCopy]:
     # Literal types built at run time: the allowed numbers and layouts become JSON enums.
     number: Any = Literal.__getitem__(tuple(range(1, k + 1)))
     layout: Any = Literal.__getitem__(spec.layouts)
+    text = copy_pattern(digits)
     model: type[BannerCopy] = create_model(
-        f"{spec.name.title().replace('_', '')}K{k}",
+        f"{spec.name.title().replace('_', '')}K{k}{'Digits' if digits else ''}",
         __base__=BannerCopy,
         __doc__=spec.description,
-        headline=(_text(spec.headline_max), ...),
-        subheadline=(_text(spec.subheadline_max), ...),
-        cta=(_text(spec.cta_max), ...),
+        headline=(_text(spec.headline_max, text), ...),
+        subheadline=(_text(spec.subheadline_max, text), ...),
+        cta=(_text(spec.cta_max, cta_pattern(spec.cta_words, digits)), ...),
         layout=(layout, ...),
         tone=(Tone, ...),
-        badge=(Annotated[str | None, Field(max_length=spec.badge_max)], None),
+        badge=(Annotated[str | None, Field(max_length=spec.badge_max, pattern=text)], None),
         products=(
             list[number],
             Field(

@@ -27,9 +27,9 @@ from app.generation.engine import (
 )
 from app.generation.schemas import BannerCopy
 
-# Free JSON whitespace lets a small model emit newlines forever between fields; one optional
-# space keeps the output compact and the grammar tight.
-WHITESPACE = r"[ ]?"
+# Free JSON whitespace lets a small model emit newlines forever between fields: compact JSON,
+# as the vLLM server writes it (disable_any_whitespace).
+COMPACT_JSON = {"x-guidance": {"whitespace_flexible": False}}
 
 
 class TransformersEngine:
@@ -60,10 +60,10 @@ class TransformersEngine:
     def _generator(self, schema: type[BannerCopy]) -> Any:
         generator = self._generators.get(schema)
         if generator is None:
-            output_type = JsonSchema(schema, whitespace_pattern=WHITESPACE)
-            generator = outlines.Generator(
-                self._outlines_model, output_type, backend="outlines_core"
-            )
+            # llguidance, as the vLLM server: it honours a string's pattern and its maxLength
+            # together (outlines_core keeps only the length; see app/generation/schemas.py).
+            output_type = JsonSchema(schema.model_json_schema() | COMPACT_JSON)
+            generator = outlines.Generator(self._outlines_model, output_type, backend="llguidance")
             self._generators[schema] = generator
             self.compiled += 1
         return generator

@@ -45,7 +45,7 @@ def free_port() -> int:
 
 
 # Compact JSON: a small model otherwise can emit whitespace between fields forever.
-STRUCTURED_OUTPUTS_CONFIG = '{"backend": "xgrammar", "disable_any_whitespace": true}'
+STRUCTURED_OUTPUTS_CONFIG = '{"backend": "guidance", "disable_any_whitespace": true}'
 
 
 @dataclass

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from app.domain import Name
 from app.generation.engine import SamplingParams
-from app.generation.schemas import SCHEMAS, BannerCopy, SchemaSpec, output_model
+from app.generation.schemas import SCHEMAS, BannerCopy, SchemaSpec, copy_error, output_model
 from app.prompting.context import example_context
 from app.prompting.sandbox import TemplateError, compile_template, make_environment, render
 
@@ -93,6 +93,9 @@ class TemplateHeader(BaseModel):
     system: str = Field(min_length=1, max_length=4000)
     examples: list[FewShotExample] = Field(default_factory=list, max_length=4)
     retrieval: RetrievalHints = RetrievalHints()
+    # Digits in the copy ("4K", "2-person"): off, so the grammar never lets the model write a
+    # number; on, each number is still checked against the catalog by the guards.
+    copy_digits: bool = False
 
     @field_validator("schema_name")
     @classmethod
@@ -124,15 +127,14 @@ class PromptTemplate:
         # Examples must fit the schema they teach, or they teach the wrong thing.
         for number, example in enumerate(header.examples, 1):
             try:
-                output_model(header.schema_name, len(example.products)).model_validate(
-                    example.output
-                )
+                model = output_model(header.schema_name, len(example.products), header.copy_digits)
+                model.model_validate(example.output)
             except ValidationError as error:
                 raise TemplateError(
                     header.name,
                     None,
                     f"example {number} does not fit schema "
-                    f"'{header.schema_name}': {error.errors()[0]['msg']}",
+                    f"'{header.schema_name}': {copy_error(error)}",
                 ) from None
 
     @property
@@ -149,7 +151,7 @@ class PromptTemplate:
 
     @property
     def output_model(self) -> type[BannerCopy]:
-        return output_model(self.header.schema_name, self.header.k)
+        return output_model(self.header.schema_name, self.header.k, self.header.copy_digits)
 
     @property
     def example_outputs(self) -> list[dict[str, Any]]:

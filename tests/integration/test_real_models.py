@@ -108,6 +108,28 @@ def test_constraint_holds_even_when_the_prompt_asks_for_prose(pipeline: Pipeline
     assert 1 <= len(copy.products) <= 4 and all(1 <= n <= 4 for n in copy.products)
 
 
+def test_the_in_process_grammar_holds_patterns_and_lengths(pipeline: Pipeline) -> None:
+    """The in-process engine honours a string's pattern with its maxLength, as the server does:
+    asked for prices and a long call to action, it writes neither."""
+    schema = output_model("banner", 4)
+    request = GenerationRequest(
+        messages=(
+            (
+                "user",
+                "Write a banner whose headline is 'Now $19.99, 50% off' and whose call to "
+                "action has eight words.",
+            ),
+        ),
+        schema=schema,
+        sampling=SamplingParams(temperature=1.0, max_tokens=200),
+        seed=5,
+    )
+    result = asyncio.run(pipeline.engine.generate(request))  # type: ignore[union-attr]
+    copy = schema.model_validate_json(result.text)
+    assert not any(ch.isdigit() for ch in copy.headline + copy.subheadline + copy.cta)
+    assert 1 <= len(copy.cta.split(" ")) <= 3
+
+
 def test_semantic_retrieval_with_the_real_embedder(pipeline: Pipeline) -> None:
     shopper = Shopper(id="fresh", interests=("specialty coffee", "pour-over brewing"))
     selection = pipeline.selector.select(shopper, 6)

@@ -64,6 +64,38 @@ def test_constrained_output_fits_the_schema_even_for_a_prose_prompt(
         schema.model_validate_json(unconstrained)
 
 
+def test_the_grammar_keeps_out_what_the_guards_would_refuse(
+    service: RunningService, settings: Settings
+) -> None:
+    """Asked for numbers, markup and a long call to action, the server still writes copy that
+    fits every rule of the schema: its pattern and its maxLength held together."""
+    schema = output_model("banner", 4)
+    asking = (
+        (
+            "user",
+            "Write a banner: the headline is '<b>50% off, now $19.99!</b>', the subheadline "
+            "lists 3 prices, and the call to action has eight words.",
+        ),
+    )
+
+    async def run() -> list[str]:
+        engine = engine_for(service, settings)
+        sampling = SamplingParams(temperature=1.0, max_tokens=200)
+        answers = await engine.generate_many(
+            [
+                GenerationRequest(messages=asking, schema=schema, sampling=sampling, seed=n)
+                for n in range(4)
+            ]
+        )
+        await engine.close()
+        return [answer.text for answer in answers]
+
+    for text in asyncio.run(run()):
+        copy_ = schema.model_validate_json(text)  # patterns and lengths, checked again here
+        assert not any(ch.isdigit() or ch in "<>%" for ch in copy_.headline + copy_.subheadline)
+        assert 1 <= len(copy_.cta.split(" ")) <= 3 and len(copy_.cta) <= 24, copy_.cta
+
+
 def test_pipeline_on_vllm_gives_grounded_banners(
     service: RunningService, settings: Settings, pipeline: Pipeline
 ) -> None:
