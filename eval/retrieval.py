@@ -192,6 +192,39 @@ def evaluate(
     return rows
 
 
+# Baselines that need no history: what a store shows someone it knows nothing about yet.
+COLD_START_BASELINES = ("segment popularity", "popularity", "random")
+
+
+def evaluate_cold_start(
+    dataset: EvalDataset, embedder: Embedder, settings: Settings
+) -> list[RetrievalRow]:
+    """The cold-start slice: the held-out shoppers who stated interests, their history taken
+    away (what a first visit gives), against the same held-out picks. Marquee (interests by
+    meaning, blended with the segment's favourites) against segment popularity. Empty when no
+    shopper stated interests (MovieLens has none)."""
+    cold = [s.model_copy(update={"history": ()}) for s in dataset.shoppers if s.interests]
+    if not cold:
+        return []
+    index = dataset_index(dataset, embedder, settings)
+    ranking = marquee_rankers(dataset, index, embedder, settings, {"marquee": {}})
+    baselines = baseline_rankers(dataset, settings)
+    ranking |= {name: baselines[name] for name in COLD_START_BASELINES}
+    targets = [dataset.held_out[s.id] for s in cold]
+    slice_name = f"{dataset.name} cold start"
+    return [
+        _scored(
+            slice_name,
+            name,
+            targets,
+            [rank(s, max(KS)) for s in tqdm(cold, desc=f"{slice_name}: {name}", leave=False)],
+            index,
+            dataset.catalog,
+        )
+        for name, rank in ranking.items()
+    ]
+
+
 def evaluate_search(
     dataset: EvalDataset, embedder: Embedder, settings: Settings
 ) -> list[RetrievalRow]:

@@ -151,6 +151,13 @@ def run(
         variants = {v: retrieval.VARIANTS[v] for v in suite.variants}
         rows = retrieval.evaluate(dataset, embedder, settings, variants)
         summary["retrieval"][name] = {row.recommender: row.as_dict() for row in rows}
+        cold = retrieval.evaluate_cold_start(dataset, embedder, settings)
+        if cold:
+            summary["datasets"][cold[0].dataset] = (
+                f"{cold[0].shoppers} held-out shoppers of {name} who stated interests, their "
+                "history taken away: a first visit"
+            )
+            summary["retrieval"][cold[0].dataset] = {row.recommender: row.as_dict() for row in cold}
     clothing = None
     if suite.search:
         clothing = datasets.clothing(settings)

@@ -102,33 +102,30 @@ def test_header_must_exist_and_close() -> None:
         parse_template("---\nname: x\n", "x.j2")
 
 
-def test_example_must_fit_its_schema() -> None:
-    broken = HEADER.replace("---\n", "", 1).replace(
+def with_example(headline: str, layout: str, extra_header: str = "") -> str:
+    """The probe template with one few-shot example, its header lines first."""
+    header = HEADER.replace("---\n", "", 1).replace(
         "system: You write banners.\n",
         "system: You write banners.\nexamples:\n  - products: [{title: A, category: B}]\n"
-        "    output: {headline: 'Hi', subheadline: 'There', cta: 'Go', layout: poster,"
-        " tone: warm, products: [1]}\n",
+        f"    output: {{headline: '{headline}', subheadline: 'There', cta: 'Go', "
+        f"layout: {layout}, tone: warm, products: [1]}}\n",
     )
+    return "---\n" + extra_header + header + "body\n"
+
+
+def test_example_must_fit_its_schema() -> None:
     with pytest.raises(TemplateError, match="example 1 does not fit"):
-        parse_template("---\n" + broken + "body\n", "probe.j2")
+        parse_template(with_example("Hi", "poster"), "probe.j2")
 
 
 def test_an_example_with_digits_needs_copy_digits() -> None:
     """The examples teach the grammar's rules: digits only where the template allows them."""
-    with_digits = HEADER.replace("---\n", "", 1).replace(
-        "system: You write banners.\n",
-        "system: You write banners.\nexamples:\n  - products: [{title: A, category: B}]\n"
-        "    output: {headline: 'Sleeps 2', subheadline: 'There', cta: 'Go', layout: hero,"
-        " tone: warm, products: [1]}\n",
-    )
     message = r"example 1 does not fit schema 'banner': headline: .*no digits \(the template's"
     with pytest.raises(TemplateError, match=message):
-        parse_template("---\n" + with_digits + "body\n", "probe.j2")
-    allowed = parse_template("---\ncopy_digits: true\n" + with_digits + "body\n", "probe.j2")
-    assert (
-        allowed.output_model.model_json_schema()["properties"]["headline"]["pattern"].find("0-9")
-        == -1
-    ), "the grammar lets this template's copy hold digits"
+        parse_template(with_example("Sleeps 2", "hero"), "probe.j2")
+    allowed = parse_template(with_example("Sleeps 2", "hero", "copy_digits: true\n"), "probe.j2")
+    pattern = allowed.output_model.model_json_schema()["properties"]["headline"]["pattern"]
+    assert "0-9" not in pattern, "the grammar lets this template's copy hold digits"
 
 
 def test_data_is_cleaned_before_templates_see_it() -> None:

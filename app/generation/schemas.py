@@ -130,7 +130,11 @@ def cta_pattern(words: int, digits: bool = False) -> str:
     """One to ``words`` words of letters (an apostrophe, hyphen or ampersand inside), single
     spaces between, none before or after, and perhaps a closing ``.`` or ``!``: a small model
     otherwise packs more words in with commas ("Shop a brew,a,a")."""
-    word = f"[\\p{{L}}\\p{{M}}'’&{'0-9' if digits else ''}-]+"
+    # A word: no space, nothing copy may never hold, no punctuation but an inner apostrophe,
+    # hyphen or ampersand. Said as a negated class of ASCII characters, which Python's re (the
+    # JSON schema checkers), Rust's regex (Pydantic) and llguidance all read alike, and which
+    # lets every script's letters through.
+    word = f"[^\\s{_NEVER_IN_COPY}{'' if digits else '0-9'}_,.;:!?()/|+*=~^$#%@]+"
     pattern = f"^{word}(?: {word}){{0,{words - 1}}}[.!]?$"
     _RULES[pattern] = (
         f"one to {words} words of letters (an apostrophe, hyphen or ampersand inside) with "

@@ -35,8 +35,13 @@ def test_smoke_suite_meets_its_thresholds_and_writes_a_report(tmp_path: Path) ->
     summary = written["summary"]
     assert summary["copy"]["default"]["banners"] == 6
     assert set(summary["retrieval"]["demo"]) >= {"marquee", "random", "popularity"}
+    # The cold-start slice: shoppers with only stated interests, against segment popularity.
+    cold = summary["retrieval"]["demo cold start"]
+    assert set(cold) == {"marquee", "segment popularity", "popularity", "random"}
+    assert cold["marquee"]["shoppers"] > 0
     report = (tmp_path / "report.html").read_text()
-    assert report.count("data:image/png;base64,") >= 2  # retrieval curves, copy bars
+    assert report.count("data:image/png;base64,") >= 3  # two retrieval curves, copy bars
+    assert "Retrieval: demo cold start" in report
     assert "all checks passed" in report
 
 
