@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import platform
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+
+from app.config import PROJECT_ROOT
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -73,3 +77,22 @@ def write_results(
     )
     print("\n".join(lines))
     return path
+
+
+def make_shoppers(folder: Path, count: int) -> Path:
+    """``count`` synthetic shoppers with the demo generator (scripts/make_demo_data.py: the
+    demo catalog, the first 72 shoppers as committed, the rest more of the same personas)."""
+    subprocess.run(
+        [
+            sys.executable,
+            "scripts/make_demo_data.py",
+            "--out",
+            str(folder),
+            "--shoppers",
+            str(count),
+        ],
+        cwd=PROJECT_ROOT,
+        check=True,
+        capture_output=True,
+    )
+    return folder

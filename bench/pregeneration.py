@@ -1,6 +1,6 @@
 """A pre-generation job against raw vLLM, side by side in one run, on the same prompts.
 
-    .venv/bin/python -m bench.pregeneration [--shoppers 48] [--concurrency 32]
+    .venv/bin/python -m bench.pregeneration [--shoppers 300] [--concurrency 64]
 
 Starts a managed vLLM server (or uses --vllm-url), then:
 - raw: the very prompts a job sends (the placement's template rendered for each subject by the
@@ -40,9 +40,10 @@ from app.pregeneration.runner import JobRunner, Progress
 from app.runtime import build_pipeline, make_vllm_engine
 from app.store.db import Database
 from app.store.pregenerated import JobSpec, JobStore, PlacementBannerStore
-from bench.common import write_results
+from bench.common import make_shoppers, write_results
 
 PLACEMENT = "home_hero"
+DEMO_SHOPPERS = 72  # in data/shoppers.jsonl
 METRICS = {
     "requests": r'^vllm:request_success_total\{[^}]*finished_reason="stop"[^}]*\} (\S+)',
     "prefix_queries": r"^vllm:prefix_cache_queries_total\{[^}]*\} (\S+)",
@@ -217,14 +218,23 @@ def row(name: str, banners: float, seconds: float, used: dict[str, float]) -> li
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shoppers", type=int, default=48, help="demo shoppers to make for")
-    parser.add_argument("--concurrency", type=int, default=32, help="generations in flight")
+    parser.add_argument(
+        "--shoppers",
+        type=int,
+        default=300,
+        help="shoppers to make for: the demo's, and synthetic ones past its 72 (the guards' "
+        "refusals are a share of a few dozen answers otherwise, and swing run to run)",
+    )
+    parser.add_argument("--concurrency", type=int, default=64, help="generations in flight")
     parser.add_argument("--vllm-url", default=None, help="an external vLLM (default: start one)")
     args = parser.parse_args()
 
     os.environ["VLLM_SERVER_DEV_MODE"] = "1"  # /reset_prefix_cache between the phases
     folder = Path(tempfile.mkdtemp(prefix="bench-pregeneration-"))
     base_settings = get_settings()
+    if args.shoppers > DEMO_SHOPPERS:
+        make_shoppers(folder / "data", args.shoppers)
+        base_settings = base_settings.model_copy(update={"data_dir": folder / "data"})
     settings = base_settings.model_copy(
         update={
             "database_url": f"sqlite+aiosqlite:///{folder / 'bench.db'}",

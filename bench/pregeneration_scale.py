@@ -44,28 +44,11 @@ import psutil
 
 from app.config import PROJECT_ROOT, get_settings
 from app.runtime import make_vllm_engine
-from bench.common import write_results
+from bench.common import make_shoppers, write_results
 
 PLACEMENT = "home_hero"
 SAMPLE_S = 5.0
 GROWTH_LIMIT_PCT = 5.0
-
-
-def make_shoppers(folder: Path, count: int) -> Path:
-    subprocess.run(
-        [
-            sys.executable,
-            "scripts/make_demo_data.py",
-            "--out",
-            str(folder),
-            "--shoppers",
-            str(count),
-        ],
-        cwd=PROJECT_ROOT,
-        check=True,
-        capture_output=True,
-    )
-    return folder
 
 
 def progress(database: Path) -> tuple[int, int]:
