@@ -21,7 +21,7 @@ from pydantic import SecretStr
 
 from app.catalog.store import Catalog, ShopperStore
 from app.config import PROJECT_ROOT, Settings
-from app.prompting.templates import PRODUCTION, Split
+from app.prompting.templates import PRODUCTION, Split, load_brand
 from app.server.app import create_app
 from app.store.db import Database
 from app.store.repositories import ApiKeyStore
@@ -433,6 +433,30 @@ async def test_replicas_starting_together_seed_each_template_once(
     assert len(moves) == len(names)
     await first.dispose()
     await second.dispose()
+
+
+async def test_a_version_saved_before_the_copy_rules_still_serves(
+    studio_settings: Settings,
+) -> None:
+    """A production version whose example says "Save 20" (saved when copy could hold digits)
+    still loads into the registry the service serves from; the grammar now keeps digits out."""
+    store = await _store(studio_settings)
+    old = HERO.replace('cta: "Shop camping"', 'cta: "Save 20 on camping"')
+    assert old != HERO
+    await store.save(
+        "hero_banner",
+        old,
+        author="a",
+        message="m",
+        draft=False,
+        expected_latest=1,
+        label=PRODUCTION,
+    )
+    registry = await store.registry(load_brand(PROJECT_ROOT / "prompts"))
+    served = registry.get("hero_banner")
+    assert served.version == 2 and served.example_outputs[0]["cta"] == "Save 20 on camping"
+    assert "0-9" in served.output_model.model_json_schema()["properties"]["cta"]["pattern"]
+    await store.db.dispose()
 
 
 async def test_concurrent_saves_lose_nothing(studio_settings: Settings) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +31,8 @@ from app.generation.engine import SamplingParams
 from app.generation.schemas import SCHEMAS, BannerCopy, SchemaSpec, copy_error, output_model
 from app.prompting.context import example_context
 from app.prompting.sandbox import TemplateError, compile_template, make_environment, render
+
+log = logging.getLogger("marquee.templates")
 
 TEMPLATE_SUFFIX = ".j2"
 BRAND_FILE = "brand.yaml"
@@ -117,7 +120,12 @@ class RenderedPrompt:
 
 
 class PromptTemplate:
-    def __init__(self, header: TemplateHeader, source: str, origin: str) -> None:
+    def __init__(
+        self, header: TemplateHeader, source: str, origin: str, *, stored: bool = False
+    ) -> None:
+        """``stored``: a version saved before, read back. Its examples met the rules of their
+        day; an example that breaks a copy rule added since (a digit, four words in a call to
+        action) is logged, not fatal, so no saved version stops loading. Saves are strict."""
         self.header = header
         self.source = source  # compile-ready: header already turned into a comment
         self.origin = origin
@@ -130,6 +138,18 @@ class PromptTemplate:
                 model = output_model(header.schema_name, len(example.products), header.copy_digits)
                 model.model_validate(example.output)
             except ValidationError as error:
+                copy_rules_only = all(
+                    e["type"] == "string_pattern_mismatch" for e in error.errors()
+                )
+                if stored and copy_rules_only:
+                    log.warning(
+                        "template %s: example %d breaks a copy rule (%s); a new version "
+                        "should fix it",
+                        origin,
+                        number,
+                        copy_error(error),
+                    )
+                    continue
                 raise TemplateError(
                     header.name,
                     None,
@@ -175,10 +195,13 @@ class PromptTemplate:
         return RenderedPrompt(self.name, self.version, tuple(messages))
 
 
-def parse_template(text: str, origin: str, version: int | None = None) -> PromptTemplate:
+def parse_template(
+    text: str, origin: str, version: int | None = None, *, stored: bool = False
+) -> PromptTemplate:
     """Parse a template file's text. Raises TemplateError naming the template and line.
 
-    ``version``: the stored version number, which wins over the header's.
+    ``version``: the stored version number, which wins over the header's. ``stored``: a
+    version read back from the store (see PromptTemplate).
     """
     label = Path(origin).stem
     if len(text.encode()) > MAX_TEMPLATE_BYTES:
@@ -209,7 +232,7 @@ def parse_template(text: str, origin: str, version: int | None = None) -> Prompt
         header = header.model_copy(update={"version": version})
     # Keep the file's line numbers: the header becomes a comment exactly as tall as it was.
     source = "{#" + "\n" * (end + 1) + "#}" + "".join(lines[end + 1 :])
-    return PromptTemplate(header, source, origin)
+    return PromptTemplate(header, source, origin, stored=stored)
 
 
 PRODUCTION = "production"

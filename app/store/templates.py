@@ -80,7 +80,7 @@ class StoredVersion(VersionInfo):
         )
 
     def parsed(self) -> PromptTemplate:
-        return parse_template(self.source, f"{self.name}@{self.version}", self.version)
+        return parse_template(self.source, f"{self.name}@{self.version}", self.version, stored=True)
 
 
 @dataclass(frozen=True)
