@@ -155,3 +155,30 @@ async def test_a_database_gone_for_longer_interrupts_the_job_and_it_resumes(
     after = await stored(db, pipeline.shoppers)
     assert {k: v for k, v in after.items() if k in before} == before  # not made again
     assert len(engine.requests) - calls == finished.total - 3
+
+
+async def test_a_runner_given_the_data_plans_with_it_and_reads_it_no_more(
+    settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI checks a job against the catalog and shoppers, then hands them to the runner:
+    one read of the data per command, not two."""
+    pipeline = await pipeline_over(settings, ScriptedEngine([]))
+    jobs = JobStore(db)
+    job, _ = await jobs.start(JobSpec(PLACEMENT), "test")
+
+    def read_again(_settings: Settings) -> None:
+        raise AssertionError("the data was read a second time")
+
+    monkeypatch.setattr("app.runtime.load_data", read_again)
+    given = JobRunner(
+        settings,
+        jobs,
+        PlacementBannerStore(db),
+        [],
+        pipeline.model_name,
+        in_process=SubjectMaker(pipeline),
+        data=(pipeline.catalog, pipeline.shoppers),
+    )
+    finished = await given.run(job)
+    assert finished.state == "succeeded", finished
+    assert finished.done == finished.total == len(await stored(db, pipeline.shoppers))

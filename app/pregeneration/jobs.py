@@ -8,6 +8,7 @@ import getpass
 import sys
 from pathlib import Path
 
+from app.catalog.store import Catalog, ShopperStore
 from app.config import Settings
 from app.generation.engine import Engine
 from app.pregeneration import cluster
@@ -33,12 +34,14 @@ def spec_from_text(placement: str, selection: str, stale_only: bool) -> JobSpec:
     return JobSpec(placement, selection, None, stale_only)
 
 
-def validate(settings: Settings, spec: JobSpec) -> None:
-    """Refuse an unknown placement or a selection of no known shopper before anything runs."""
+def validate(settings: Settings, spec: JobSpec) -> tuple[Catalog, ShopperStore]:
+    """Refuse an unknown placement or a selection of no known shopper before anything runs;
+    the data it was checked against, which the job then plans with (read once)."""
     from app.runtime import load_data, load_templates
 
-    _, shoppers = load_data(settings)
+    catalog, shoppers = load_data(settings)
     check(load_templates(settings), shoppers, spec.placement, spec.shoppers, spec.shopper_ids)
+    return catalog, shoppers
 
 
 def run_job(
@@ -54,20 +57,26 @@ def run_job(
     from app.runtime import make_engine
 
     spec = spec_from_text(placement, selection, stale_only)
-    validate(settings, spec)
+    data = validate(settings, spec)
     engine_settings = settings.model_copy(update={"engine": engine_name or settings.engine})
     # A vLLM engine here is a server (managed: started now) the workers share; the
     # transformers engine is loaded by each worker instead.
     engine = make_engine(engine_settings) if engine_settings.engine == "vllm" else None
     try:
-        return asyncio.run(_run(engine_settings, spec, engine, progress))
+        return asyncio.run(_run(engine_settings, spec, engine, progress, data))
     finally:
         cluster.shutdown()  # a local Ray's processes go with this command
         if engine is not None:
             asyncio.run(engine.close())
 
 
-async def _run(settings: Settings, spec: JobSpec, engine: Engine | None, progress: bool) -> Job:
+async def _run(
+    settings: Settings,
+    spec: JobSpec,
+    engine: Engine | None,
+    progress: bool,
+    data: tuple[Catalog, ShopperStore],
+) -> Job:
     from tqdm import tqdm
 
     async with Database.upgraded(settings.database) as db:
@@ -100,6 +109,7 @@ async def _run(settings: Settings, spec: JobSpec, engine: Engine | None, progres
             on_progress=show,
             # Into the webhooks' outbox: a running service's dispatcher sends them.
             events=WebhookEvents(WebhookStore(db)),
+            data=data,
         )
         try:
             return await runner.run(job)

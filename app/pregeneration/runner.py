@@ -88,7 +88,9 @@ def runner_name() -> str:
 class JobRunner:
     """Runs jobs with the pipeline parts of ``settings``. ``engine_urls``: the vLLM server(s)
     the workers generate with (empty: each worker loads the configured engine itself).
-    ``in_process``: make every shard here with this maker instead of on Ray workers."""
+    ``in_process``: make every shard here with this maker instead of on Ray workers.
+    ``data``: the catalog and shoppers to plan with, when the caller has just read them (the
+    CLI's one job); otherwise each run reads them, as they are then."""
 
     def __init__(
         self,
@@ -100,7 +102,9 @@ class JobRunner:
         on_progress: Callable[[Progress], None] | None = None,
         in_process: SubjectMaker | None = None,
         events: Events | None = None,
+        data: tuple[Catalog, ShopperStore] | None = None,
     ) -> None:
+        self.data = data
         self.events: Events = events or NoEvents()
         self.placement_settings = PlacementSettingsStore(jobs.db)
         self.settings = settings
@@ -163,7 +167,10 @@ class JobRunner:
         """The subjects still to make, in prompt order, and how many this job made before."""
         from app.runtime import load_data, load_templates
 
-        catalog, shoppers = await asyncio.to_thread(load_data, self.settings)
+        if self.data is not None:
+            catalog, shoppers = self.data
+        else:
+            catalog, shoppers = await asyncio.to_thread(load_data, self.settings)
         templates = await asyncio.to_thread(load_templates, self.settings)
         spec = job.spec
         name = templates.default_for(spec.placement).name
