@@ -138,6 +138,13 @@ class Settings(BaseSettings):
 
     # Retrieval.
     search_k: int = Field(default=120, ge=1, le=5000)  # pool size taken from the vector index
+    # The vector index (app/retrieval/index.py): exact (a matmul per query), hnsw (FAISS's
+    # graph: sublinear, approximate), or auto: hnsw from hnsw_min_products products on.
+    index: Literal["auto", "exact", "hnsw"] = "auto"
+    hnsw_min_products: int = Field(default=50_000, ge=1)
+    hnsw_m: int = Field(default=32, ge=4, le=128)  # links per node: recall and memory
+    hnsw_ef_construction: int = Field(default=80, ge=8, le=1000)  # build effort
+    hnsw_ef_search: int = Field(default=64, ge=8, le=4096)  # query effort (at least k)
     history_weight: float = Field(default=0.7, ge=0.0, le=1.0)  # history vs stated interests
     half_life_days: float = Field(default=30.0, gt=0.0)
     # The shopper's latest session (events no more than session_gap_min apart) carries this
@@ -258,6 +265,11 @@ class Settings(BaseSettings):
         """One log per server: two managed servers on one machine (a test beside the
         service, two replicas) must not interleave, nor report each other's last lines."""
         return self.cache_dir / "logs" / f"vllm-{port}.log"
+
+    def index_kind(self, products: int) -> Literal["exact", "hnsw"]:
+        if self.index == "auto":
+            return "hnsw" if products >= self.hnsw_min_products else "exact"
+        return self.index
 
     @property
     def index_dir(self) -> Path:

@@ -14,7 +14,7 @@ from app.models import is_prepared
 from app.pipeline import Pipeline
 from app.prompting.templates import TemplateRegistry, load_brand
 from app.retrieval.embedder import SentenceEmbedder
-from app.retrieval.index import ExactIndex, build_or_load_index
+from app.retrieval.index import HNSWParams, VectorIndex, build_or_load_index
 from app.store.db import Database
 from app.store.repositories import CatalogChanges
 from app.store.templates import TemplateStore
@@ -105,9 +105,16 @@ def load_index(
     *,
     force: bool = False,
     progress: bool = False,
-) -> tuple[ExactIndex, bool]:
+) -> tuple[VectorIndex, bool]:
+    """The catalog's vector index, of the kind the settings choose for its size."""
     return build_or_load_index(
-        catalog, embedder, settings.index_dir, force=force, progress=progress
+        catalog,
+        embedder,
+        settings.index_dir,
+        kind=settings.index_kind(len(catalog.products)),
+        hnsw=HNSWParams(settings.hnsw_m, settings.hnsw_ef_construction, settings.hnsw_ef_search),
+        force=force,
+        progress=progress,
     )
 
 

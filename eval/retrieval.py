@@ -22,7 +22,7 @@ from app.config import Settings
 from app.domain import Shopper
 from app.retrieval.collaborative import EASE
 from app.retrieval.embedder import Embedder
-from app.retrieval.index import ExactIndex, build_or_load_index, top_k
+from app.retrieval.index import VectorIndex, build_or_load_index, top_k
 from app.retrieval.profile import history_weights
 from app.retrieval.selector import CandidateFilters, CandidateSelector
 from app.retrieval.signals import InteractionSignals
@@ -90,7 +90,7 @@ class RetrievalRow:
         }
 
 
-def dataset_index(dataset: EvalDataset, embedder: Embedder, settings: Settings) -> ExactIndex:
+def dataset_index(dataset: EvalDataset, embedder: Embedder, settings: Settings) -> VectorIndex:
     folder = settings.cache_dir / "eval" / "index" / dataset.name
     index, _ = build_or_load_index(dataset.catalog, embedder, folder, progress=True)
     return index
@@ -104,7 +104,7 @@ def _excluding(scores: np.ndarray, catalog: Catalog, shopper: Shopper, k: int) -
 
 def marquee_rankers(
     dataset: EvalDataset,
-    index: ExactIndex,
+    index: VectorIndex,
     embedder: Embedder,
     settings: Settings,
     variants: dict[str, dict[str, Any]],
@@ -265,7 +265,7 @@ def _row(
     name: str,
     shoppers: list[Shopper],
     ranked_lists: list[list[str]],
-    index: ExactIndex,
+    index: VectorIndex,
 ) -> RetrievalRow:
     targets = [dataset.held_out[s.id] for s in shoppers]
     return _scored(dataset.name, name, targets, ranked_lists, index, dataset.catalog)
@@ -276,7 +276,7 @@ def _scored(
     name: str,
     targets: list[set[str]],
     ranked_lists: list[list[str]],
-    index: ExactIndex,
+    index: VectorIndex,
     catalog: Catalog,
 ) -> RetrievalRow:
     ndcg10 = [metrics.ndcg_at_k(r, t, 10) for r, t in zip(ranked_lists, targets, strict=True)]

@@ -2,6 +2,11 @@
 
 The persisted index records the embedding model and a hash of every embedded text: a catalog
 or model change makes it stale, and a stale index is rebuilt, never silently used.
+
+Two kinds behind one interface (``MARQUEE_INDEX``): ``exact`` (one matmul; the default under
+``hnsw_min_products``) and ``hnsw`` (FAISS's HNSW graph over the same vectors, for catalogs
+where a matmul per query costs too much). Filters stay exact either way: the graph search
+only visits allowed rows, and when a filter leaves few rows those are scored exactly.
 """
 
 from __future__ import annotations
@@ -9,8 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -20,15 +26,25 @@ from app.retrieval.embedder import Embedder, product_text
 log = logging.getLogger(__name__)
 
 
-class VectorIndex(Protocol):
-    """Row ``i`` is ``catalog.products[i]``. An ANN backend (FAISS HNSW) fits behind this."""
+IndexKind = Literal["exact", "hnsw"]
 
+
+class VectorIndex(Protocol):
+    """Row ``i`` is ``catalog.products[i]``; ``vectors`` are the rows' unit vectors (MMR and
+    the blend read them too)."""
+
+    kind: IndexKind
     vectors: np.ndarray
 
     def search(
         self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k rows by cosine (rows, scores), best first, among ``allowed`` rows."""
+        ...
+
+    def with_vectors(self, vectors: np.ndarray, kept: int) -> VectorIndex:
+        """An index of the same kind over ``vectors``, whose first ``kept`` rows are this
+        index's rows unchanged (a catalog write that only appended reuses what was built)."""
         ...
 
 
@@ -44,6 +60,8 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 class ExactIndex:
     """Brute-force cosine search: one matmul. ~3.5 ms per query at 100k x 384 on 2 cores."""
 
+    kind: IndexKind = "exact"
+
     def __init__(self, vectors: np.ndarray) -> None:
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
 
@@ -56,6 +74,80 @@ class ExactIndex:
         rows = top_k(scores, k)
         return rows, scores[rows]
 
+    def with_vectors(self, vectors: np.ndarray, kept: int) -> ExactIndex:
+        return ExactIndex(vectors)
+
+
+class HNSWIndex:
+    """FAISS HNSW (inner product over unit vectors: cosine) over the same vectors.
+
+    ``m`` links per node and ``ef_construction`` trade build time and memory for recall;
+    ``ef_search`` (at least ``k``) trades query time for recall.
+    """
+
+    kind: IndexKind = "hnsw"
+    # A filter that leaves this many rows or fewer is scored exactly: cheaper than walking a
+    # graph whose allowed nodes are sparse (recall falls there), ~0.7 ms at 20k x 384.
+    EXACT_BELOW = 20_000
+
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        *,
+        m: int = 32,
+        ef_construction: int = 80,
+        ef_search: int = 64,
+        graph: Any | None = None,
+    ) -> None:
+        import faiss
+
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.m, self.ef_construction, self.ef_search = m, ef_construction, ef_search
+        if graph is None:
+            graph = faiss.IndexHNSWFlat(self.vectors.shape[1], m, faiss.METRIC_INNER_PRODUCT)
+            graph.hnsw.efConstruction = ef_construction
+            if len(self.vectors):
+                graph.add(self.vectors)
+        self.graph: Any = graph  # faiss.IndexHNSWFlat
+
+    def search(
+        self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+        k = min(k, len(self.vectors))
+        if k <= 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        # (faiss's type stubs lag the library: SearchParametersHNSW is there since 1.7.3.)
+        params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, k))  # type: ignore[attr-defined]
+        if allowed is not None:
+            count = int(allowed.sum())
+            if count <= self.EXACT_BELOW:
+                rows = np.flatnonzero(allowed)
+                scores = self.vectors[rows] @ q[0]
+                best = top_k(scores, k)
+                return rows[best], scores[best]
+            bits = np.packbits(allowed, bitorder="little")
+            # The selector reads the bitmap in place: ``bits`` lives until the search returns.
+            params.sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
+        scores, rows = self.graph.search(q, k, params=params)
+        found = rows[0] >= 0  # fewer than k reachable: FAISS pads with -1
+        return rows[0][found].astype(np.int64), scores[0][found]
+
+    def with_vectors(self, vectors: np.ndarray, kept: int) -> HNSWIndex:
+        """Appended rows join a copy of this graph (requests meanwhile search this one); a
+        changed or removed row means a new graph."""
+        import faiss
+
+        settings = {"m": self.m, "ef_construction": self.ef_construction}
+        if kept < len(self.vectors) or kept > len(vectors):
+            return HNSWIndex(vectors, **settings, ef_search=self.ef_search)
+        graph = faiss.clone_index(self.graph)
+        if len(vectors) > kept:
+            graph.add(np.ascontiguousarray(vectors[kept:], dtype=np.float32))
+        return HNSWIndex(vectors, **settings, ef_search=self.ef_search, graph=graph)
+
 
 def content_hash(texts: list[str], model_name: str) -> str:
     digest = hashlib.sha256(model_name.encode())
@@ -65,12 +157,52 @@ def content_hash(texts: list[str], model_name: str) -> str:
 
 
 class IndexFiles:
-    """The index on disk: ``vectors.npy`` plus ``meta.json`` (model, dim, hash, ids)."""
+    """The index on disk: ``vectors.npy`` plus ``meta.json`` (model, dim, hash, ids), and for
+    HNSW ``hnsw.faiss`` with ``hnsw.json`` (the hash and parameters it was built with)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.vectors_path = folder / "vectors.npy"
         self.meta_path = folder / "meta.json"
+        self.graph_path = folder / "hnsw.faiss"
+        self.graph_meta_path = folder / "hnsw.json"
+
+    def load_graph(
+        self, vectors: np.ndarray, expected_hash: str, hnsw: HNSWParams
+    ) -> object | None:
+        """The saved HNSW graph of these vectors, when it was built from them with these
+        parameters; None (and a log line) when it is missing, stale, corrupt or foreign."""
+        import faiss
+
+        if not self.graph_path.exists():
+            return None
+        try:
+            meta = json.loads(self.graph_meta_path.read_text())
+            if meta != {"content_hash": expected_hash, "count": len(vectors), **hnsw.built()}:
+                log.info("HNSW graph at %s is stale: rebuilding it", self.folder)
+                return None
+            graph = faiss.read_index(str(self.graph_path))
+        except (OSError, ValueError, RuntimeError) as error:
+            log.warning("HNSW graph at %s unreadable (%s): rebuilding it", self.folder, error)
+            return None
+        if graph.ntotal != len(vectors) or graph.d != vectors.shape[1]:
+            log.warning("HNSW graph at %s does not match the vectors: rebuilding it", self.folder)
+            return None
+        return graph
+
+    def save_graph(self, index: HNSWIndex, content_hash: str) -> None:
+        import faiss
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp_graph = self.folder / "hnsw.tmp.faiss"
+        tmp_meta = self.folder / "hnsw.tmp.json"
+        faiss.write_index(index.graph, str(tmp_graph))
+        built = {"m": index.m, "ef_construction": index.ef_construction}
+        tmp_meta.write_text(
+            json.dumps({"content_hash": content_hash, "count": len(index.vectors), **built})
+        )
+        tmp_graph.replace(self.graph_path)
+        tmp_meta.replace(self.graph_meta_path)
 
     def load_if_fresh(
         self, ids: list[str], expected_hash: str, model_name: str
@@ -116,34 +248,63 @@ class IndexFiles:
         tmp_meta.replace(self.meta_path)
 
 
+@dataclass(frozen=True)
+class HNSWParams:
+    m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 64
+
+    def built(self) -> dict[str, int]:
+        """What the saved graph depends on (``ef_search`` is a query-time choice)."""
+        return {"m": self.m, "ef_construction": self.ef_construction}
+
+
 def build_or_load_index(
     catalog: Catalog,
     embedder: Embedder,
     folder: Path,
     *,
+    kind: IndexKind = "exact",
+    hnsw: HNSWParams = HNSWParams(),
     force: bool = False,
     progress: bool = False,
-) -> tuple[ExactIndex, bool]:
-    """The catalog's index, from disk when fresh. Returns (index, rebuilt)."""
+) -> tuple[VectorIndex, bool]:
+    """The catalog's index, from disk when fresh. Returns (index, whether it was embedded
+    again). An HNSW graph missing, stale or corrupt beside fresh vectors is built again from
+    them (no embedding), and saved."""
     texts = [product_text(product) for product in catalog.products]
     ids = [product.id for product in catalog.products]
     expected = content_hash(texts, embedder.name)
     files = IndexFiles(folder)
     vectors = None if force else files.load_if_fresh(ids, expected, embedder.name)
-    if vectors is not None:
-        return ExactIndex(vectors), False
-    vectors = embedder.encode(texts, progress=progress)
-    files.save(vectors, ids, expected, embedder.name)
-    return ExactIndex(vectors), True
+    embedded = vectors is None
+    if vectors is None:
+        vectors = embedder.encode(texts, progress=progress)
+        files.save(vectors, ids, expected, embedder.name)
+    if kind == "exact":
+        return ExactIndex(vectors), embedded
+    graph = None if embedded else files.load_graph(vectors, expected, hnsw)
+    index = HNSWIndex(
+        vectors,
+        m=hnsw.m,
+        ef_construction=hnsw.ef_construction,
+        ef_search=hnsw.ef_search,
+        graph=graph,
+    )
+    if graph is None:
+        files.save_graph(index, expected)
+    return index, embedded
 
 
 def reindex(
     old_catalog: Catalog, old_index: VectorIndex, new_catalog: Catalog, embedder: Embedder
-) -> tuple[ExactIndex, int]:
-    """The index of ``new_catalog``, embedding only the products whose text is new.
+) -> tuple[VectorIndex, int]:
+    """The index of ``new_catalog``, of the same kind, embedding only the products whose text
+    is new.
 
     Rows whose product text is unchanged keep their vectors (a price or stock change costs no
-    embedding). Returns (index, number of products embedded).
+    embedding); an HNSW graph keeps its nodes when rows were only appended. Returns (index,
+    number of products embedded).
     """
     texts = [product_text(product) for product in new_catalog.products]
     vectors = np.zeros((len(texts), old_index.vectors.shape[1]), dtype=np.float32)
@@ -156,15 +317,22 @@ def reindex(
             stale.append(row)
     if stale:
         vectors[stale] = embedder.encode([texts[row] for row in stale])
-    return ExactIndex(vectors), len(stale)
+    # The leading rows that are the same product with the same text as before.
+    kept = 0
+    stale_rows = set(stale)
+    for row, product in enumerate(new_catalog.products[: len(old_catalog.products)]):
+        if row in stale_rows or old_catalog.products[row].id != product.id:
+            break
+        kept += 1
+    return old_index.with_vectors(vectors, kept), len(stale)
 
 
 def save_index(catalog: Catalog, index: VectorIndex, embedder: Embedder, folder: Path) -> None:
-    """Persist an index built in memory, so the next start loads it instead of embedding."""
+    """Persist an index built in memory, so the next start loads it instead of embedding (or,
+    for HNSW, building its graph)."""
     texts = [product_text(product) for product in catalog.products]
-    IndexFiles(folder).save(
-        index.vectors,
-        [product.id for product in catalog.products],
-        content_hash(texts, embedder.name),
-        embedder.name,
-    )
+    files = IndexFiles(folder)
+    expected = content_hash(texts, embedder.name)
+    files.save(index.vectors, [product.id for product in catalog.products], expected, embedder.name)
+    if isinstance(index, HNSWIndex):
+        files.save_graph(index, expected)
