@@ -86,9 +86,11 @@ class HNSWIndex:
     """
 
     kind: IndexKind = "hnsw"
-    # A filter that leaves this many rows or fewer is scored exactly: cheaper than walking a
-    # graph whose allowed nodes are sparse (recall falls there), ~0.7 ms at 20k x 384.
+    # A filter that leaves few rows (at most EXACT_BELOW, and at most EXACT_SHARE of the
+    # catalog) has them scored exactly: walking a graph whose allowed nodes are sparse visits
+    # mostly refused ones and loses recall, while 20k rows cost ~3 ms to score.
     EXACT_BELOW = 20_000
+    EXACT_SHARE = 0.1
 
     def __init__(
         self,
@@ -119,18 +121,25 @@ class HNSWIndex:
         k = min(k, len(self.vectors))
         if k <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        # (faiss's type stubs lag the library: SearchParametersHNSW is there since 1.7.3.)
-        params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, k))  # type: ignore[attr-defined]
+        # The walk keeps a candidate list of ef (at least twice k, for the pool's recall),
+        # widened as a filter keeps less of the catalog: it must meet enough allowed nodes.
+        ef = max(self.ef_search, 2 * k)
+        selector = None
         if allowed is not None:
             count = int(allowed.sum())
-            if count <= self.EXACT_BELOW:
+            if count <= min(self.EXACT_BELOW, self.EXACT_SHARE * len(allowed)):
                 rows = np.flatnonzero(allowed)
                 scores = self.vectors[rows] @ q[0]
                 best = top_k(scores, k)
                 return rows[best], scores[best]
+            ef = int(ef / max(count / len(allowed), 0.25))
             bits = np.packbits(allowed, bitorder="little")
             # The selector reads the bitmap in place: ``bits`` lives until the search returns.
-            params.sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
+            selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
+        # (faiss's type stubs lag the library: SearchParametersHNSW is there since 1.7.3.)
+        params = faiss.SearchParametersHNSW(efSearch=ef)  # type: ignore[attr-defined]
+        if selector is not None:
+            params.sel = selector
         scores, rows = self.graph.search(q, k, params=params)
         found = rows[0] >= 0  # fewer than k reachable: FAISS pads with -1
         return rows[0][found].astype(np.int64), scores[0][found]
