@@ -170,7 +170,7 @@ def index_build(force: bool) -> None:
     state = "built" if rebuilt else "fresh, reused"
     click.echo(
         f"index {state}: {built.vectors.shape[0]} products x {built.vectors.shape[1]} dims "
-        f"-> {settings.index_dir}"
+        f"({built.kind}) -> {settings.index_dir}"
     )
 
 
