@@ -21,7 +21,7 @@ import numpy as np
 import psutil
 
 from app.config import get_settings
-from app.retrieval.index import ExactIndex, HNSWIndex, VectorIndex
+from app.retrieval.index import ExactIndex, HNSWIndex, HNSWParams, VectorIndex
 from bench.common import pct, write_results
 
 DIM = 384
@@ -82,9 +82,7 @@ def main() -> None:
     before, start = rss_mb(), time.perf_counter()
     hnsw = HNSWIndex(
         vectors,
-        m=settings.hnsw_m,
-        ef_construction=settings.hnsw_ef_construction,
-        ef_search=settings.hnsw_ef_search,
+        HNSWParams(settings.hnsw_m, settings.hnsw_ef_construction, settings.hnsw_ef_search),
     )
     build_s = time.perf_counter() - start
     graph_mb = rss_mb() - before

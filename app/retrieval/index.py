@@ -78,12 +78,22 @@ class ExactIndex:
         return ExactIndex(vectors)
 
 
-class HNSWIndex:
-    """FAISS HNSW (inner product over unit vectors: cosine) over the same vectors.
+@dataclass(frozen=True)
+class HNSWParams:
+    """``m`` links per node and ``ef_construction`` trade build time and memory for recall;
+    ``ef_search`` trades query time for recall."""
 
-    ``m`` links per node and ``ef_construction`` trade build time and memory for recall;
-    ``ef_search`` (at least ``k``) trades query time for recall.
-    """
+    m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 64
+
+    def built(self) -> dict[str, int]:
+        """What the saved graph depends on (``ef_search`` is a query-time choice)."""
+        return {"m": self.m, "ef_construction": self.ef_construction}
+
+
+class HNSWIndex:
+    """FAISS HNSW (inner product over unit vectors: cosine) over the same vectors."""
 
     kind: IndexKind = "hnsw"
     # A filter that leaves few rows (at most EXACT_BELOW, and at most EXACT_SHARE of the
@@ -95,19 +105,18 @@ class HNSWIndex:
     def __init__(
         self,
         vectors: np.ndarray,
+        params: HNSWParams = HNSWParams(),
         *,
-        m: int = 32,
-        ef_construction: int = 80,
-        ef_search: int = 64,
         graph: Any | None = None,
     ) -> None:
         import faiss
 
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        self.m, self.ef_construction, self.ef_search = m, ef_construction, ef_search
+        self.params = params
         if graph is None:
-            graph = faiss.IndexHNSWFlat(self.vectors.shape[1], m, faiss.METRIC_INNER_PRODUCT)
-            graph.hnsw.efConstruction = ef_construction
+            dim = self.vectors.shape[1]
+            graph = faiss.IndexHNSWFlat(dim, params.m, faiss.METRIC_INNER_PRODUCT)
+            graph.hnsw.efConstruction = params.ef_construction
             if len(self.vectors):
                 graph.add(self.vectors)
         self.graph: Any = graph  # faiss.IndexHNSWFlat
@@ -123,7 +132,7 @@ class HNSWIndex:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         # The walk keeps a candidate list of ef (at least twice k, for the pool's recall),
         # widened as a filter keeps less of the catalog: it must meet enough allowed nodes.
-        ef = max(self.ef_search, 2 * k)
+        ef = max(self.params.ef_search, 2 * k)
         selector = None
         if allowed is not None:
             count = int(allowed.sum())
@@ -149,13 +158,12 @@ class HNSWIndex:
         changed or removed row means a new graph."""
         import faiss
 
-        settings = {"m": self.m, "ef_construction": self.ef_construction}
         if kept < len(self.vectors) or kept > len(vectors):
-            return HNSWIndex(vectors, **settings, ef_search=self.ef_search)
+            return HNSWIndex(vectors, self.params)
         graph = faiss.clone_index(self.graph)
         if len(vectors) > kept:
             graph.add(np.ascontiguousarray(vectors[kept:], dtype=np.float32))
-        return HNSWIndex(vectors, **settings, ef_search=self.ef_search, graph=graph)
+        return HNSWIndex(vectors, self.params, graph=graph)
 
 
 def content_hash(texts: list[str], model_name: str) -> str:
@@ -206,9 +214,10 @@ class IndexFiles:
         tmp_graph = self.folder / "hnsw.tmp.faiss"
         tmp_meta = self.folder / "hnsw.tmp.json"
         faiss.write_index(index.graph, str(tmp_graph))
-        built = {"m": index.m, "ef_construction": index.ef_construction}
         tmp_meta.write_text(
-            json.dumps({"content_hash": content_hash, "count": len(index.vectors), **built})
+            json.dumps(
+                {"content_hash": content_hash, "count": len(index.vectors), **index.params.built()}
+            )
         )
         tmp_graph.replace(self.graph_path)
         tmp_meta.replace(self.graph_meta_path)
@@ -257,17 +266,6 @@ class IndexFiles:
         tmp_meta.replace(self.meta_path)
 
 
-@dataclass(frozen=True)
-class HNSWParams:
-    m: int = 32
-    ef_construction: int = 80
-    ef_search: int = 64
-
-    def built(self) -> dict[str, int]:
-        """What the saved graph depends on (``ef_search`` is a query-time choice)."""
-        return {"m": self.m, "ef_construction": self.ef_construction}
-
-
 def build_or_load_index(
     catalog: Catalog,
     embedder: Embedder,
@@ -293,13 +291,7 @@ def build_or_load_index(
     if kind == "exact":
         return ExactIndex(vectors), embedded
     graph = None if embedded else files.load_graph(vectors, expected, hnsw)
-    index = HNSWIndex(
-        vectors,
-        m=hnsw.m,
-        ef_construction=hnsw.ef_construction,
-        ef_search=hnsw.ef_search,
-        graph=graph,
-    )
+    index = HNSWIndex(vectors, hnsw, graph=graph)
     if graph is None:
         files.save_graph(index, expected)
     return index, embedded
@@ -318,21 +310,18 @@ def reindex(
     texts = [product_text(product) for product in new_catalog.products]
     vectors = np.zeros((len(texts), old_index.vectors.shape[1]), dtype=np.float32)
     stale: list[int] = []
+    kept = 0  # the leading rows that are the same product, same text, at the same row
     for row, (product, text) in enumerate(zip(new_catalog.products, texts, strict=True)):
         before = old_catalog.get(product.id)
         if before is not None and product_text(before) == text:
-            vectors[row] = old_index.vectors[old_catalog.row(product.id)]
+            old_row = old_catalog.row(product.id)
+            vectors[row] = old_index.vectors[old_row]
+            if kept == row == old_row:  # the unchanged prefix goes on
+                kept += 1
         else:
             stale.append(row)
     if stale:
         vectors[stale] = embedder.encode([texts[row] for row in stale])
-    # The leading rows that are the same product with the same text as before.
-    kept = 0
-    stale_rows = set(stale)
-    for row, product in enumerate(new_catalog.products[: len(old_catalog.products)]):
-        if row in stale_rows or old_catalog.products[row].id != product.id:
-            break
-        kept += 1
     return old_index.with_vectors(vectors, kept), len(stale)
 
 
