@@ -160,13 +160,19 @@ class Settings(BaseSettings):
     popularity_weight: float = Field(default=0.0, ge=0.0)
     mmr_lambda: float = Field(default=0.7, ge=0.0, le=1.0)  # 1 = relevance only
     # The collaborative signal (app/retrieval/collaborative.py): EASE, a learned item-item
-    # model, or item co-occurrence; auto: EASE up to ease_max_items products, co-occurrence
-    # beyond. EASE's fit grows with n² in memory and n³ in time, and runs again after every
-    # burst of events (bench/collaborative.py, 2 cores: 5,000 items peak at 380 MB and take
-    # 4.5 s; 10,000 at 1.5 GB and 27 s). Raise the limit where a core can be spared for that.
-    collaborative_model: Literal["auto", "ease", "cooccurrence"] = "auto"
+    # model; ALS, a learned factorisation; or item co-occurrence. auto: EASE up to
+    # ease_max_items products, ALS beyond. EASE's fit grows with n² in memory and n³ in time,
+    # and runs again after every burst of events (bench/collaborative.py, 2 cores: 5,000 items
+    # peak at 380 MB and take 4.5 s; 10,000 at 1.5 GB and 27 s). Raise the limit where a core
+    # can be spared for that. ALS grows with n (n x als_factors floats); its defaults are the
+    # best of a grid on MovieLens' validation split (eval/README.md).
+    collaborative_model: Literal["auto", "ease", "als", "cooccurrence"] = "auto"
     ease_l2: float = Field(default=200.0, gt=0.0)  # EASE's L2 penalty (lambda)
     ease_max_items: int = Field(default=5_000, ge=1)
+    als_factors: int = Field(default=64, ge=2, le=1024)
+    als_l2: float = Field(default=5.0, gt=0.0)
+    als_alpha: float = Field(default=5.0, gt=0.0)  # the confidence one interaction carries
+    als_iterations: int = Field(default=15, ge=1, le=200)
 
     # Generation and guards.
     max_retries: int = Field(default=2, ge=0, le=10)

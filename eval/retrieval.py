@@ -1,8 +1,9 @@
 """Retrieval quality: do the candidates contain what shoppers went on to pick?
 
 Marquee's selector (in several settings) against baselines that anyone would try first: random,
-global popularity, the shopper's segment popularity, plain item co-occurrence, and EASE (a
-closed-form linear item-item model, the strongest simple collaborative baseline). Every
+global popularity, the shopper's segment popularity, plain item co-occurrence, EASE (a
+closed-form linear item-item model, the strongest simple collaborative baseline) and implicit
+ALS (matrix factorisation, the usual one past EASE's catalog size). Every
 recommender leaves out what the shopper already interacted with, the same way (the usual
 offline protocol: re-showing a viewed item is not a discovery, and it would crowd the list).
 """
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from app.catalog.store import Catalog
 from app.config import Settings
 from app.domain import Shopper
-from app.retrieval.collaborative import EASE
+from app.retrieval.collaborative import ALS, EASE, ALSParams
 from app.retrieval.embedder import Embedder
 from app.retrieval.index import VectorIndex, build_or_load_index, top_k
 from app.retrieval.profile import history_weights
@@ -156,8 +157,10 @@ def baseline_rankers(dataset: EvalDataset, settings: Settings) -> dict[str, Rank
 
         return rank
 
-    # EASE with the service's L2, on a catalog of any size here (a baseline, not a choice).
+    # EASE and ALS with the service's settings, on a catalog of any size here (baselines, not
+    # the service's choice by size).
     ease = InteractionSignals(catalog, dataset.train, partial(EASE, l2=settings.ease_l2))
+    als = InteractionSignals(catalog, dataset.train, partial(ALS, params=ALSParams.of(settings)))
 
     return {
         "random": random,
@@ -165,6 +168,7 @@ def baseline_rankers(dataset: EvalDataset, settings: Settings) -> dict[str, Rank
         "segment popularity": segment,
         "co-occurrence": collaborative(signals),
         "EASE": collaborative(ease),
+        "ALS": collaborative(als),
     }
 
 

@@ -15,7 +15,7 @@ from scipy import sparse
 from app.catalog.store import Catalog
 from app.config import Settings
 from app.domain import EventType, Shopper
-from app.retrieval.collaborative import CoOccurrence, Fit, chosen
+from app.retrieval.collaborative import ALSParams, CoOccurrence, Fit, chosen
 
 # How much each event says about a shopper's taste.
 EVENT_WEIGHT: dict[EventType, float] = {
@@ -69,7 +69,12 @@ class InteractionSignals:
     def from_settings(
         cls, catalog: Catalog, shoppers: Iterable[Shopper], settings: Settings
     ) -> InteractionSignals:
-        fit = chosen(settings.collaborative_model, settings.ease_l2, settings.ease_max_items)
+        fit = chosen(
+            settings.collaborative_model,
+            settings.ease_l2,
+            settings.ease_max_items,
+            ALSParams.of(settings),
+        )
         return cls(catalog, shoppers, fit)
 
     def collaborative(self, history_rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
