@@ -160,17 +160,32 @@ def index() -> None:
 @click.option("--force", is_flag=True, help="Rebuild even if the stored index is fresh.")
 @clear_errors
 def index_build(force: bool) -> None:
-    """Embed the catalog (with a progress bar) and store the index."""
+    """Embed the catalog (with a progress bar) and store the index, then fit the collaborative
+    model on the shoppers' histories and store it beside the index."""
+    import time
+
+    from app.retrieval.collaborative import SavedModel
+    from app.retrieval.signals import InteractionSignals
     from app.runtime import load_data, load_embedder, load_index
 
     settings = get_settings()
-    catalog, _ = load_data(settings)
+    catalog, shoppers = load_data(settings)
     embedder = load_embedder(settings)
     built, rebuilt = load_index(settings, catalog, embedder, force=force, progress=True)
     state = "built" if rebuilt else "fresh, reused"
     click.echo(
         f"index {state}: {built.vectors.shape[0]} products x {built.vectors.shape[1]} dims "
         f"({built.kind}) -> {settings.index_dir}"
+    )
+    saved = SavedModel(settings.index_dir)
+    if force:
+        saved.path.unlink(missing_ok=True)
+    started = time.perf_counter()
+    signals = InteractionSignals.from_settings(catalog, shoppers, settings, saved)
+    state = "fresh, reused" if saved.reused else "fitted"
+    click.echo(
+        f"collaborative model {state}: {signals.model.name} on {len(shoppers)} shoppers' "
+        f"histories ({time.perf_counter() - started:.1f} s) -> {saved.path}"
     )
 
 

@@ -13,6 +13,7 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 from opentelemetry.trace import StatusCode
 
@@ -32,6 +33,7 @@ from app.guards import GuardResult, Guards, fallback_copy
 from app.logs import get_logger
 from app.prompting.context import build_context
 from app.prompting.templates import PromptTemplate, RenderedPrompt, TemplateRegistry
+from app.retrieval.collaborative import SavedModel
 from app.retrieval.embedder import Embedder
 from app.retrieval.index import VectorIndex
 from app.retrieval.selector import CandidateFilters, CandidateSelector, Selection
@@ -142,8 +144,12 @@ class Pipeline:
         index: VectorIndex,
         engine: Engine | None,
         templates: TemplateRegistry | None = None,
+        models_dir: Path | None = None,
     ) -> Pipeline:
-        signals = InteractionSignals.from_settings(catalog, shoppers, settings)
+        """The pipeline over these parts; the collaborative model is loaded from ``models_dir``
+        when it was fitted there from the same data (else fitted, and saved there)."""
+        saved = None if models_dir is None else SavedModel(models_dir)
+        signals = InteractionSignals.from_settings(catalog, shoppers, settings, saved)
         selector = CandidateSelector(catalog, index, embedder, signals, settings)
         return cls(
             settings=settings,

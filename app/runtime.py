@@ -233,4 +233,5 @@ def build_pipeline(
         index=index,
         engine=engine or (make_engine(settings) if with_engine else None),
         templates=load_templates(settings, with_changes=with_changes),
+        models_dir=settings.index_dir,  # the collaborative model is kept beside the index
     )

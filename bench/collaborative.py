@@ -1,9 +1,10 @@
 """The collaborative models' cost: training time, memory and scoring time by catalog size.
 
-    .venv/bin/python -m bench.collaborative [--items 1000,2000,5000,10000]
+    .venv/bin/python -m bench.collaborative [--items 1000,5000,10000,100000]
 
 For each size, a synthetic shopper x item incidence (5 shoppers per item, 20 items each, items
-drawn with a long-tailed popularity) is fitted with EASE and with co-occurrence, side by side:
+drawn with a long-tailed popularity) is fitted with EASE (up to 10,000 items: its n x n inverse
+is 80 GB at 100,000), ALS and co-occurrence, side by side:
 wall time, peak memory the fit allocated (tracemalloc follows numpy's buffers), the model's
 size, and the time to score one shopper of 20 items. Then the retrain the service runs after a
 burst of events: the demo catalog's signals rebuilt with 5,000 more events, for each model.
@@ -17,13 +18,14 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import numpy as np
 from scipy import sparse
 
 from app.config import Settings, get_settings
 from app.domain import EventType, Interaction
-from app.retrieval.collaborative import EASE, CollaborativeModel, CoOccurrence
+from app.retrieval.collaborative import ALS, EASE, ALSParams, CollaborativeModel, CoOccurrence
 from app.retrieval.signals import InteractionSignals
 from bench.common import pct, write_results
 
@@ -45,12 +47,11 @@ def incidence(items: int, seed: int = 11) -> sparse.csr_matrix:
     return matrix
 
 
+EASE_MAX = 10_000
+
+
 def model_bytes(model: CollaborativeModel) -> int:
-    if isinstance(model, EASE):
-        return int(model.weights.nbytes)
-    assert isinstance(model, CoOccurrence)
-    matrix = model.matrix
-    return int(matrix.data.nbytes + matrix.indices.nbytes + matrix.indptr.nbytes)
+    return sum(int(array.nbytes) for array in model.arrays().values())
 
 
 def measured(fit: Callable[[], CollaborativeModel]) -> tuple[CollaborativeModel, float, int]:
@@ -67,10 +68,10 @@ def scoring_ms(model: CollaborativeModel, items: int, repeats: int = 50) -> floa
     rng = np.random.default_rng(5)
     samples = []
     for _ in range(repeats):
-        profile = np.zeros(items)
-        profile[rng.choice(items, ITEMS_PER_SHOPPER, replace=False)] = rng.random(ITEMS_PER_SHOPPER)
+        rows = rng.choice(items, ITEMS_PER_SHOPPER, replace=False)
+        weights = rng.random(ITEMS_PER_SHOPPER)
         started = time.perf_counter()
-        model.scores(profile)
+        model.scores(rows, weights)
         samples.append((time.perf_counter() - started) * 1000)
     return pct(samples, 50)
 
@@ -97,7 +98,7 @@ def retrain_after_burst(settings: Settings) -> list[list[object]]:
         for s, part in zip(everyone, per_shopper, strict=True)
     ]
     rows: list[list[object]] = []
-    for kind in ("cooccurrence", "ease"):
+    for kind in ("cooccurrence", "ease", "als"):
         chosen = settings.model_copy(update={"collaborative_model": kind})
         times = []
         for _ in range(5):
@@ -110,15 +111,19 @@ def retrain_after_burst(settings: Settings) -> list[list[object]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", default="1000,2000,5000,10000")
+    parser.add_argument("--items", default="1000,5000,10000,100000")
     args = parser.parse_args()
+    settings = get_settings()
     rows: list[list[object]] = []
     for items in (int(n) for n in args.items.split(",")):
         matrix = incidence(items)
-        for name, fit in (
-            ("ease", lambda m=matrix: EASE(m, 200.0)),
-            ("cooccurrence", lambda m=matrix: CoOccurrence(m)),
-        ):
+        fits: list[tuple[str, Callable[[], CollaborativeModel]]] = [
+            ("als", partial(ALS, matrix, ALSParams.of(settings))),
+            ("cooccurrence", partial(CoOccurrence, matrix)),
+        ]
+        if items <= EASE_MAX:
+            fits.insert(0, ("ease", partial(EASE, matrix, settings.ease_l2)))
+        for name, fit in fits:
             model, seconds, peak = measured(fit)
             rows.append(
                 [
@@ -132,13 +137,16 @@ def main() -> None:
                 ]
             )
             print(rows[-1], flush=True)
-    retrain = retrain_after_burst(get_settings())
+    retrain = retrain_after_burst(settings)
+    als = ALSParams.of(settings)
     notes = [
         f"synthetic incidence: {SHOPPERS_PER_ITEM} shoppers per item, {ITEMS_PER_SHOPPER} items "
-        "each (long-tailed popularity); EASE with L2 200",
-        "peak MB: what the fit allocated at its peak (tracemalloc); EASE inverts an n x n "
-        "float64 Gram and keeps an n x n float32 matrix, so its memory grows with n², its time "
-        "with n³",
+        f"each (long-tailed popularity); EASE with L2 {settings.ease_l2:g} (not run past "
+        f"{EASE_MAX:,} items); ALS with {als.factors} factors, {als.iterations} iterations",
+        "peak MB: what the fit allocated at its peak (tracemalloc: numpy's buffers, not "
+        "implicit's C++ scratch); EASE inverts an n x n float64 Gram and keeps an n x n float32 "
+        "matrix, so its memory grows with n², its time with n³; ALS keeps n x factors floats "
+        "(and the shoppers' factors while fitting)",
         "score ms: one shopper of 20 items, p50 of 50",
         *(
             f"retrain after a burst ({model}): {products} products, {shoppers} shoppers, "

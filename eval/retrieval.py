@@ -139,6 +139,7 @@ def baseline_rankers(dataset: EvalDataset, settings: Settings) -> dict[str, Rank
     rng = np.random.default_rng(7)
     # A tiny popularity tie-break keeps zero-scored items in a sensible order.
     tie_break = signals.popularity * 1e-6
+    every_row = np.arange(len(catalog))
 
     def random(shopper: Shopper, k: int) -> list[str]:
         return _excluding(rng.random(len(catalog)), catalog, shopper, k)
@@ -147,12 +148,12 @@ def baseline_rankers(dataset: EvalDataset, settings: Settings) -> dict[str, Rank
         return _excluding(signals.popularity, catalog, shopper, k)
 
     def segment(shopper: Shopper, k: int) -> list[str]:
-        return _excluding(signals.prior(shopper.segment), catalog, shopper, k)
+        return _excluding(signals.prior(shopper.segment).values, catalog, shopper, k)
 
     def collaborative(model: InteractionSignals) -> Ranker:
         def rank(shopper: Shopper, k: int) -> list[str]:
             history = history_weights(shopper, catalog, settings.half_life_days)
-            scores = model.collaborative(history.rows, history.weights)
+            scores = model.collaborative(history.rows, history.weights).at(every_row)
             return _excluding(scores + tie_break, catalog, shopper, k)
 
         return rank

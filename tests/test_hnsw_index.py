@@ -136,3 +136,20 @@ def test_auto_chooses_hnsw_from_the_threshold_on(test_settings: Settings) -> Non
     assert auto.index_kind(49_999) == "exact" and auto.index_kind(50_000) == "hnsw"
     assert auto.model_copy(update={"index": "exact"}).index_kind(10**6) == "exact"
     assert auto.model_copy(update={"index": "hnsw"}).index_kind(1) == "hnsw"
+
+
+def test_the_index_reads_its_vectors_from_the_graph_not_a_second_copy() -> None:
+    import gc
+
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((400, 16)).astype(np.float32)
+    index = HNSWIndex(vectors)
+    held = index.vectors
+    assert not held.flags.owndata and not held.flags.writeable
+    np.testing.assert_array_equal(held, vectors)
+    grown = index.with_vectors(np.vstack([vectors, vectors[:5]]), kept=400)
+    assert grown.vectors.shape == (405, 16)
+    del index, grown
+    gc.collect()
+    # The array keeps the graph it reads alive: still the same rows after the index is gone.
+    np.testing.assert_array_equal(held, vectors)

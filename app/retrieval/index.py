@@ -92,6 +92,35 @@ class HNSWParams:
         return {"m": self.m, "ef_construction": self.ef_construction}
 
 
+class _GraphStorage:
+    """The vectors a FAISS flat storage holds, as numpy sees them; holding this holds the graph
+    (a view must not outlive the memory it reads)."""
+
+    def __init__(self, graph: Any, dim: int) -> None:
+        import faiss
+
+        self.graph = graph
+        count = int(graph.ntotal)
+        address = 0
+        if count:
+            storage: Any = faiss.downcast_index(graph.storage)  # an IndexFlat: get_xb
+            address = int(faiss.rev_swig_ptr(storage.get_xb(), count * dim).ctypes.data)
+        self.__array_interface__ = {
+            "shape": (count, dim),
+            "typestr": "<f4",
+            "data": (address, True),  # read-only: the graph owns these rows
+            "version": 3,
+        }
+
+
+def graph_vectors(graph: Any, dim: int) -> np.ndarray:
+    """The rows a FAISS ``IndexHNSWFlat`` stores, without a copy; the array keeps the graph
+    alive."""
+    if not graph.ntotal:
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.asarray(_GraphStorage(graph, dim))
+
+
 class HNSWIndex:
     """FAISS HNSW (inner product over unit vectors: cosine) over the same vectors."""
 
@@ -111,15 +140,16 @@ class HNSWIndex:
     ) -> None:
         import faiss
 
-        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.params = params
         if graph is None:
-            dim = self.vectors.shape[1]
-            graph = faiss.IndexHNSWFlat(dim, params.m, faiss.METRIC_INNER_PRODUCT)
+            graph = faiss.IndexHNSWFlat(vectors.shape[1], params.m, faiss.METRIC_INNER_PRODUCT)
             graph.hnsw.efConstruction = params.ef_construction
-            if len(self.vectors):
-                graph.add(self.vectors)
+            if len(vectors):
+                graph.add(np.ascontiguousarray(vectors, dtype=np.float32))
         self.graph: Any = graph  # faiss.IndexHNSWFlat
+        # The graph stores the vectors: the index reads them there, not from a second copy
+        # (1 M x 384 floats is 1.5 GB). The caller's array can go.
+        self.vectors = graph_vectors(graph, vectors.shape[1])
 
     def search(
         self, query: np.ndarray, k: int, allowed: np.ndarray | None = None

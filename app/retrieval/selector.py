@@ -12,9 +12,10 @@ from app.catalog.store import Catalog
 from app.config import Settings
 from app.domain import Candidate, CandidateScores, Product, Shopper
 from app.retrieval.embedder import Embedder
-from app.retrieval.index import VectorIndex, top_k
+from app.retrieval.index import VectorIndex
 from app.retrieval.mmr import mmr
 from app.retrieval.profile import history_weights, interests_text, shopper_vector
+from app.retrieval.scores import NoScores, Scores
 from app.retrieval.signals import InteractionSignals
 
 
@@ -183,9 +184,8 @@ class CandidateSelector:
         removed["anchor"] = int(allowed[row])
         allowed[row] = False
         collaborative = self.signals.collaborative(np.array([row]), np.ones(1))
-        prior = np.zeros(len(self.catalog))
         selection = self._rank(
-            self.index.vectors[row], collaborative, prior, 0.0, k, allowed, removed
+            self.index.vectors[row], collaborative, NoScores(), 0.0, k, allowed, removed
         )
         selection.anchor = anchor
         return selection
@@ -193,17 +193,18 @@ class CandidateSelector:
     def _rank(
         self,
         query: np.ndarray | None,
-        collaborative: np.ndarray,
-        prior: np.ndarray,
+        collaborative: Scores,
+        prior: Scores,
         popularity_weight: float,
         k: int,
         allowed: np.ndarray,
         removed: dict[str, int],
     ) -> Selection:
         """The blend of the signals there are, over a pool of each one's best allowed
-        products, then MMR: ``k`` numbered candidates."""
+        products, then MMR: ``k`` numbered candidates. Only the pool is scored: the cost
+        does not grow with the catalog past what the index search and the filters take."""
         settings = self.settings
-        has_collaborative = bool(collaborative.any())
+        has_collaborative = collaborative.any()
         # Only the signals this shopper has take part in the blend; their weights renormalise.
         weights = {
             "semantic": settings.semantic_weight if query is not None else 0.0,
@@ -218,26 +219,25 @@ class CandidateSelector:
 
         # The pool: the best of each signal, among allowed products only.
         pool: set[int] = set()
-        semantic = np.zeros(len(self.catalog))
         if query is not None:
-            rows, scores = self.index.search(query, settings.search_k, allowed)
+            rows, _ = self.index.search(query, settings.search_k, allowed)
             pool.update(rows.tolist())
-            # Cosine of MiniLM vectors is in [-1, 1]; negatives carry no relevance.
-            semantic[rows] = np.clip(scores, 0.0, 1.0)
         for signal in (collaborative, prior) if not cold_start else (prior,):
-            masked = np.where(allowed & (signal > 0), signal, -np.inf)
-            pool.update(top_k(masked, settings.search_k).tolist())
+            pool.update(signal.best(settings.search_k, allowed).tolist())
         if not pool:  # nothing scored at all (no interactions anywhere): any allowed product
             pool.update(np.flatnonzero(allowed)[: settings.search_k].tolist())
         rows_in_pool = np.array(sorted(pool), dtype=np.int64)
 
+        # Cosine of MiniLM vectors is in [-1, 1]; negatives carry no relevance.
+        semantic = np.zeros(len(rows_in_pool))
         if query is not None and len(rows_in_pool):
-            # Products brought in by other signals still need their semantic score.
-            semantic[rows_in_pool] = np.clip(self.index.vectors[rows_in_pool] @ query, 0.0, 1.0)
+            semantic = np.clip(self.index.vectors[rows_in_pool] @ query, 0.0, 1.0)
+        collaborative_in_pool = collaborative.at(rows_in_pool)
+        prior_in_pool = prior.at(rows_in_pool)
         parts = {
-            "semantic": weights["semantic"] * semantic[rows_in_pool],
-            "collaborative": weights["collaborative"] * collaborative[rows_in_pool],
-            "popularity": weights["popularity"] * prior[rows_in_pool],
+            "semantic": weights["semantic"] * semantic,
+            "collaborative": weights["collaborative"] * collaborative_in_pool,
+            "popularity": weights["popularity"] * prior_in_pool,
         }
         relevance: np.ndarray = np.sum(list(parts.values()), axis=0)
         picked, mmr_scores = mmr(
@@ -254,9 +254,9 @@ class CandidateSelector:
                     number=number,
                     product=self.catalog.products[row],
                     scores=CandidateScores(
-                        semantic=float(semantic[row]),
-                        collaborative=float(collaborative[row]),
-                        popularity=float(prior[row]),
+                        semantic=float(semantic[position]),
+                        collaborative=float(collaborative_in_pool[position]),
+                        popularity=float(prior_in_pool[position]),
                         relevance=float(relevance[position]),
                         mmr=mmr_score,
                     ),

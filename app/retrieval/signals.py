@@ -15,7 +15,8 @@ from scipy import sparse
 from app.catalog.store import Catalog
 from app.config import Settings
 from app.domain import EventType, Shopper
-from app.retrieval.collaborative import ALSParams, CoOccurrence, Fit, chosen
+from app.retrieval.collaborative import ALS, CoOccurrence, Fit, ModelChoice, SavedModel
+from app.retrieval.scores import DenseScores, NoScores, RankedScores, Scores, SearchedScores
 
 # How much each event says about a shopper's taste.
 EVENT_WEIGHT: dict[EventType, float] = {
@@ -63,33 +64,40 @@ class InteractionSignals:
         incidence.data[:] = 1.0
         self.model = fit(incidence)
         self.popularity = _scaled(counts)
-        self.segment_popularity = {segment: _scaled(c) for segment, c in by_segment.items()}
+        # Each segment's prior, ordered once here: a request walks down it (RankedScores).
+        self._popular = RankedScores(self.popularity)
+        self._priors = {
+            segment: RankedScores(0.5 * _scaled(c) + 0.5 * self.popularity)
+            for segment, c in by_segment.items()
+        }
 
     @classmethod
     def from_settings(
-        cls, catalog: Catalog, shoppers: Iterable[Shopper], settings: Settings
+        cls,
+        catalog: Catalog,
+        shoppers: Iterable[Shopper],
+        settings: Settings,
+        saved: SavedModel | None = None,
     ) -> InteractionSignals:
-        fit = chosen(
-            settings.collaborative_model,
-            settings.ease_l2,
-            settings.ease_max_items,
-            ALSParams.of(settings),
-        )
-        return cls(catalog, shoppers, fit)
+        """The signals with the collaborative model the settings choose; with ``saved`` (kept
+        beside the index), the model fitted there from the same data is loaded instead of
+        fitted, and a new fit is saved there."""
+        choice = ModelChoice.of(settings)
+        return cls(catalog, shoppers, choice if saved is None else saved.fit(choice))
 
-    def collaborative(self, history_rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """Score of every item from the collaborative model, scaled to [0, 1] (0: no
-        evidence for it, or evidence against it)."""
-        n = len(self.popularity)
+    def collaborative(self, history_rows: np.ndarray, weights: np.ndarray) -> Scores:
+        """The collaborative model's scores for a history, scaled to [0, 1] (0: no evidence
+        for a product, or evidence against it)."""
         if history_rows.size == 0:
-            return np.zeros(n)
-        profile = np.zeros(n)
-        np.add.at(profile, history_rows, weights)
-        scores = np.clip(self.model.scores(profile).astype(np.float64), 0.0, None)
+            return NoScores()
+        if isinstance(self.model, ALS) and self.model.graph is not None:
+            return SearchedScores(
+                self.model.graph, self.model.shopper_factors(history_rows, weights)
+            )
+        scores = np.clip(self.model.scores(history_rows, weights).astype(np.float64), 0.0, None)
         top = scores.max()
-        return scores / top if top > 0 else scores
+        return DenseScores(scores / top if top > 0 else scores)
 
-    def prior(self, segment: str) -> np.ndarray:
+    def prior(self, segment: str) -> RankedScores:
         """Popularity for a shopper: their segment's taste blended with everyone's."""
-        own = self.segment_popularity.get(segment)
-        return self.popularity if own is None else 0.5 * own + 0.5 * self.popularity
+        return self._priors.get(segment, self._popular)

@@ -118,10 +118,15 @@ def test_index_build_embeds_the_catalog_then_reuses_it(tmp_path: Path) -> None:
     built = marquee("index", "build", MARQUEE_INDEX_PATH=index)
     assert built.returncode == 0, built.stderr[-3000:]
     assert f"index built: {len(catalog_by_id())} products x 384 dims" in built.stdout
+    # The demo catalog is under EASE's limit: auto fits EASE, and keeps it beside the index.
+    assert "collaborative model fitted: ease" in built.stdout
+    assert (tmp_path / "index" / "collaborative.npz").is_file()
     again = marquee("index", "build", MARQUEE_INDEX_PATH=index)
     assert again.returncode == 0 and "index fresh, reused" in again.stdout
+    assert "collaborative model fresh, reused: ease" in again.stdout
     forced = marquee("index", "build", "--force", MARQUEE_INDEX_PATH=index)
     assert forced.returncode == 0 and "index built" in forced.stdout
+    assert "collaborative model fitted" in forced.stdout
 
 
 def test_model_prepare_reuses_the_prepared_folder() -> None:

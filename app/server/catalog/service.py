@@ -26,6 +26,7 @@ from app.catalog.store import Catalog
 from app.domain import Interaction, Product, Shopper
 from app.guards import suspicious_text
 from app.pipeline import Pipeline
+from app.retrieval.collaborative import SavedModel
 from app.retrieval.index import VectorIndex, reindex, save_index
 from app.retrieval.selector import CandidateFilters
 from app.retrieval.signals import InteractionSignals
@@ -352,12 +353,14 @@ class CatalogService:
 
     async def _signals(self, catalog: Catalog) -> InteractionSignals:
         """Popularity and the collaborative model from the shoppers' current histories, off
-        the loop (requests meanwhile use the previous ones)."""
+        the loop (requests meanwhile use the previous ones); the model is saved beside the
+        index, so the next start loads it."""
         return await asyncio.to_thread(
             InteractionSignals.from_settings,
             catalog,
             self.pipeline.shoppers,
             self.pipeline.settings,
+            None if self.index_dir is None else SavedModel(self.index_dir),
         )
 
     async def settled(self) -> None:
