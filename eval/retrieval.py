@@ -48,6 +48,7 @@ def seen(shopper: Shopper) -> list[str]:
 VARIANTS: dict[str, dict[str, Any]] = {
     "marquee": {},
     "marquee co-occurrence": {"collaborative_model": "cooccurrence"},
+    "marquee ALS": {"collaborative_model": "als"},
     "marquee no session": {"session_share": 0.0},
     "marquee λ=1.0 (no MMR)": {"mmr_lambda": 1.0},
     "marquee λ=0.5": {"mmr_lambda": 0.5},

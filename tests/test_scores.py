@@ -36,8 +36,10 @@ def test_searched_scores_agree_with_scoring_every_row() -> None:
     rng = np.random.default_rng(5)
     factors = rng.standard_normal((3_000, 16)).astype(np.float32)
     shopper = rng.standard_normal(16)
-    graph = HNSWIndex(factors)
-    searched = SearchedScores(graph, shopper)
+    factors[::10] = 0.0  # items nobody touched: out of the graph, scored 0
+    graph_rows = np.flatnonzero(factors.any(axis=1))
+    graph = HNSWIndex(factors[graph_rows])
+    searched = SearchedScores(graph, graph_rows, factors, shopper)
     raw = factors @ shopper.astype(np.float32)
     dense = DenseScores(np.clip(raw, 0, None) / raw.max())
     allowed = rng.random(3_000) < 0.5
@@ -48,5 +50,6 @@ def test_searched_scores_agree_with_scoring_every_row() -> None:
     pool = np.arange(0, 3_000, 7)
     np.testing.assert_allclose(searched.at(pool), dense.values[pool], rtol=1e-4, atol=1e-6)
     assert searched.any()
-    against = SearchedScores(graph, np.zeros(16))  # no evidence for anything
+    assert not set(best.tolist()) & set(range(0, 3_000, 10))
+    against = SearchedScores(graph, graph_rows, factors, np.zeros(16))  # no evidence at all
     assert not against.any() and against.best(5, allowed).size == 0

@@ -81,11 +81,12 @@ class ExactIndex:
 @dataclass(frozen=True)
 class HNSWParams:
     """``m`` links per node and ``ef_construction`` trade build time and memory for recall;
-    ``ef_search`` trades query time for recall."""
+    ``ef_search`` (at least ``ef_per_k`` times k) trades query time for recall."""
 
     m: int = 32
     ef_construction: int = 80
     ef_search: int = 64
+    ef_per_k: int = 2
 
     def built(self) -> dict[str, int]:
         """What the saved graph depends on (``ef_search`` is a query-time choice)."""
@@ -160,9 +161,9 @@ class HNSWIndex:
         k = min(k, len(self.vectors))
         if k <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        # The walk keeps a candidate list of ef (at least twice k, for the pool's recall),
+        # The walk keeps a candidate list of ef (at least ef_per_k x k, for the pool's recall),
         # widened as a filter keeps less of the catalog: it must meet enough allowed nodes.
-        ef = max(self.params.ef_search, 2 * k)
+        ef = max(self.params.ef_search, self.params.ef_per_k * k)
         selector = None
         if allowed is not None:
             count = int(allowed.sum())

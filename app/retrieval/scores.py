@@ -89,12 +89,17 @@ class RankedScores(DenseScores):
 
 
 class SearchedScores:
-    """Inner products of a shopper's vector with item vectors held in a graph (ALS's factors
-    past ``graph_min_items``): the best come from a search, the pool's from their rows; scaled
-    by the best score in the catalog, negatives are 0 as in dense scores."""
+    """Inner products of a shopper's vector with item vectors (ALS's factors past
+    ``graph_min_items``): the best come from searching ``graph``, which holds the vectors of
+    ``graph_rows`` (the rest score 0), the pool's from their rows. Scaled by the best score in
+    the catalog; negatives are 0, as in dense scores."""
 
-    def __init__(self, graph: HNSWIndex, shopper: np.ndarray) -> None:
+    def __init__(
+        self, graph: HNSWIndex, graph_rows: np.ndarray, vectors: np.ndarray, shopper: np.ndarray
+    ) -> None:
         self.graph = graph
+        self.graph_rows = graph_rows
+        self.vectors = vectors
         self.shopper = shopper.astype(np.float32)
         _, top = graph.search(self.shopper, 1)
         self.scale = float(top[0]) if len(top) and top[0] > 0 else 0.0
@@ -105,13 +110,14 @@ class SearchedScores:
     def best(self, k: int, allowed: np.ndarray) -> np.ndarray:
         if not self.any():
             return np.zeros(0, dtype=np.int64)
-        rows, scores = self.graph.search(self.shopper, k, allowed)
-        return rows[scores > 0]
+        found, scores = self.graph.search(self.shopper, k, allowed[self.graph_rows])
+        rows: np.ndarray = self.graph_rows[found[scores > 0]]
+        return rows
 
     def at(self, rows: np.ndarray) -> np.ndarray:
         if not self.any():
             return np.zeros(len(rows))
-        scores = (self.graph.vectors[rows] @ self.shopper).astype(np.float64) / self.scale
+        scores = (self.vectors[rows] @ self.shopper).astype(np.float64) / self.scale
         # (The search is approximate: a row it missed may score above its best.)
         clipped: np.ndarray = np.clip(scores, 0.0, 1.0)
         return clipped

@@ -90,10 +90,10 @@ class InteractionSignals:
         for a product, or evidence against it)."""
         if history_rows.size == 0:
             return NoScores()
-        if isinstance(self.model, ALS) and self.model.graph is not None:
-            return SearchedScores(
-                self.model.graph, self.model.shopper_factors(history_rows, weights)
-            )
+        model = self.model
+        if isinstance(model, ALS) and model.graph is not None:
+            shopper = model.shopper_factors(history_rows, weights)
+            return SearchedScores(model.graph, model.graph_rows, model.item_factors, shopper)
         scores = np.clip(self.model.scores(history_rows, weights).astype(np.float64), 0.0, None)
         top = scores.max()
         return DenseScores(scores / top if top > 0 else scores)
