@@ -340,24 +340,28 @@ def test_split_feedback_and_experiment_read_out(studio) -> None:
         banners[shopper] = banner
     assert set(arms) == {"production", "variant_b"} and min(arms.values()) >= 10
 
+    # Each banner shown five times: ~100 impressions an arm, enough for the always-valid test
+    # to call a 100 % against 25 % click rate (20 an arm are not).
     for i, banner in enumerate(banners.values()):
         path = f"/v1/banners/{banner['id']}/feedback"
-        assert call(client, "POST", path, cms, {"event_id": f"imp-{i}", "kind": "impression"})
-        if banner["template_label"] == "variant_b" or i % 4 == 0:
-            call(client, "POST", path, cms, {"event_id": f"clk-{i}", "kind": "click"})
+        for view in range(5):
+            event = {"event_id": f"imp-{i}-{view}", "kind": "impression"}
+            assert call(client, "POST", path, cms, event)
+            if banner["template_label"] == "variant_b" or (i + view) % 4 == 0:
+                call(client, "POST", path, cms, {"event_id": f"clk-{i}-{view}", "kind": "click"})
     repeat = call(
         client,
         "POST",
         f"/v1/banners/{banners['shopper0']['id']}/feedback",
         cms,
-        {"event_id": "imp-0", "kind": "impression"},
+        {"event_id": "imp-0-0", "kind": "impression"},
     )
     assert repeat.status_code == 202 and repeat.json()["recorded"] is False
 
     report = call(client, "GET", "/v1/experiments/home_hero", marketer).json()
     by_label = {arm["label"]: arm for arm in report["arms"]}
-    assert by_label["variant_b"]["impressions"] == arms["variant_b"]
-    assert by_label["production"]["impressions"] == arms["production"]
+    assert by_label["variant_b"]["impressions"] == 5 * arms["variant_b"]
+    assert by_label["production"]["impressions"] == 5 * arms["production"]
     assert by_label["variant_b"]["ctr"]["value"] == 1.0
     low, high = by_label["production"]["ctr"]["low"], by_label["production"]["ctr"]["high"]
     assert 0.0 <= low < by_label["production"]["ctr"]["value"] < high <= 1.0
