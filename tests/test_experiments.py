@@ -1,17 +1,22 @@
 """The experiment read-out's statistics, against statsmodels and scipy, and the reason for the
-sequential test: a fixed-horizon test read at every look calls winners that are not there."""
+sequential test: a fixed-horizon test read at every look calls winners that are not there.
+Then the bandit: its share against scipy, its periods, and a simulation with known rates."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
 from scipy import integrate, stats
 
+from app.prompting.templates import Split
 from app.server.studio.experiments import (
     EFFECT_SD,
     always_valid_p_value,
+    thompson_share,
     two_proportion_p_value,
     verdict,
     wilson,
@@ -89,3 +94,67 @@ def test_the_sequential_test_still_finds_a_real_difference() -> None:
     final = ab[:, -1, :]
     calls = [verdict(wilson(a, 5000), wilson(b, 5000)) for a, b in final]
     assert "control wins" not in calls and calls.count("variant wins") >= 0.8 * len(calls)
+
+
+def test_the_bandit_share_is_the_chance_the_variant_is_better() -> None:
+    """P(variant's rate > control's) under Beta(1 + clicks, 1 + misses) posteriors, against
+    scipy's integral of the same; within [min_share, 1 - min_share]."""
+    control, variant = wilson(30, 400), wilson(38, 410)
+    exact, _ = integrate.quad(
+        lambda x: stats.beta.pdf(x, 1 + 38, 1 + 410 - 38) * stats.beta.cdf(x, 1 + 30, 1 + 370),
+        0,
+        1,
+        points=[30 / 400, 38 / 410],
+    )
+    assert thompson_share(control, variant, 0.05) == pytest.approx(exact, abs=0.01)
+    assert thompson_share(wilson(0, 0), wilson(0, 0), 0.1) == pytest.approx(0.5, abs=0.01)
+    assert thompson_share(wilson(10, 1000), wilson(90, 1000), 0.1) == 0.9  # capped
+    assert thompson_share(wilson(90, 1000), wilson(10, 1000), 0.1) == 0.1  # floored
+    # The same counts give the same share on every replica.
+    assert thompson_share(control, variant, 0.05) == thompson_share(control, variant, 0.05)
+
+
+def test_a_thompson_split_holds_each_arm_for_a_period_then_draws_again() -> None:
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    first = Split("hero", "production", "b", 0.5, "thompson", 0.1, 3600.0, start)
+    shoppers = [f"s{i}" for i in range(2_000)]
+    arms = [first.label_for("home_hero", s) for s in shoppers]
+    assert arms == [first.label_for("home_hero", s) for s in shoppers]  # stable in a period
+    assert not first.due(start + timedelta(minutes=59))
+    assert first.due(start + timedelta(hours=1))
+    later = replace(first, since=start + timedelta(hours=1))
+    moved = sum(a != later.label_for("home_hero", s) for a, s in zip(arms, shoppers, strict=True))
+    assert 800 < moved < 1_200  # drawn afresh: about half change arm at a 50 % weight
+    plain = replace(first, strategy="split")
+    assert not plain.due(start + timedelta(days=9))
+    assert [plain.label_for("home_hero", s) for s in shoppers] == [
+        replace(plain, since=start + timedelta(days=3)).label_for("home_hero", s) for s in shoppers
+    ]  # a marketer's split never re-draws
+
+
+def test_the_bandit_sends_most_shoppers_to_the_better_arm_and_keeps_exploring() -> None:
+    """Two arms with known click rates (5 % and 8 %), 30 periods of 1,000 shoppers: by the end
+    the better one gets most of the traffic, and the other never less than its least share."""
+    rng = np.random.default_rng(21)
+    rates = {"production": 0.05, "b": 0.08}
+    clicks = {"production": 0, "b": 0}
+    shown = {"production": 0, "b": 0}
+    split = Split("hero", "production", "b", 0.5, "thompson", 0.1, 3600.0)
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    shares = []
+    for period in range(30):
+        split = replace(split, since=start + timedelta(hours=period))
+        labels = [split.label_for("home_hero", f"p{period}s{i}") for i in range(1_000)]
+        shares.append(labels.count("b") / len(labels))
+        for label in labels:
+            shown[label] += 1
+            clicks[label] += int(rng.random() < rates[label])
+        weight = thompson_share(
+            wilson(clicks["production"], shown["production"]),
+            wilson(clicks["b"], shown["b"]),
+            split.min_share,
+        )
+        split = replace(split, variant_weight=weight)
+    assert np.mean(shares[-10:]) > 0.8
+    assert shown["b"] > 0.7 * sum(shown.values())
+    assert min(1 - s for s in shares) >= 0.1 - 0.03  # the floor, give or take the draw

@@ -376,6 +376,47 @@ def test_split_feedback_and_experiment_read_out(studio) -> None:
     assert after["banners"][0]["template_label"] == "production"
 
 
+def test_a_thompson_experiment_moves_its_weight_towards_the_arm_that_is_clicked(studio) -> None:
+    """The bandit sets the weight when a period ends, from the clicks so far, once: a second
+    replica that read the same split before the move writes nothing."""
+    client, keys = studio
+    marketer, cms = keys["marketer"], keys["cms"]
+    save(client, marketer, edited("Keep it short."), base=1)
+    call(client, "PUT", "/v1/templates/hero_banner/labels/variant_b", marketer, {"version": 2})
+    bandit = {"template": "hero_banner", "variant": "variant_b", "strategy": "thompson"}
+    started = call(client, "PUT", "/v1/experiments/home_hero", marketer, bandit | {"period_s": 60})
+    assert started.status_code == 200, started.text
+    services = client.app.state.services
+    split = services.studio.pipeline.templates.splits["home_hero"]
+    assert (split.strategy, split.variant_weight, split.min_share) == ("thompson", 0.5, 0.1)
+    assert client.blocking_portal.call(services.studio.move_bandits) == []  # not due yet
+
+    for i in range(60):
+        banner = call(client, "POST", "/v1/banners", cms, {"shopper_id": f"b{i}"}).json()
+        banner = banner["banners"][0]
+        path = f"/v1/banners/{banner['id']}/feedback"
+        call(client, "POST", path, cms, {"event_id": f"i{i}", "kind": "impression"})
+        if banner["template_label"] == "variant_b" or i % 5 == 0:
+            call(client, "POST", path, cms, {"event_id": f"c{i}", "kind": "click"})
+
+    later = datetime.now(UTC) + timedelta(minutes=2)
+    moved = client.blocking_portal.call(services.studio.move_bandits, later)
+    assert moved == ["home_hero"]
+    now_split = services.studio.pipeline.templates.splits["home_hero"]
+    assert now_split.variant_weight == 0.9  # all but certain: the cap keeps 10 % exploring
+    assert now_split.since is not None and now_split.since > split.since
+    stale = client.blocking_portal.call(services.studio.store.move_bandit, "home_hero", split, 0.2)
+    assert stale is False  # another replica's late write: refused
+    assert services.studio.pipeline.templates.splits["home_hero"].variant_weight == 0.9
+    audit = call(client, "GET", "/v1/audit", marketer).json()
+    assert any(entry["actor"] == "bandit" and entry["action"] == "bandit" for entry in audit)
+    report = call(client, "GET", "/v1/experiments/home_hero", marketer).json()
+    assert report["split"]["strategy"] == "thompson"
+
+    bad = call(client, "PUT", "/v1/experiments/home_hero", marketer, bandit | {"min_share": 0.7})
+    assert bad.status_code == 400 and "min_share" in bad.text
+
+
 def test_feedback_on_an_unknown_banner_is_404(studio) -> None:
     client, keys = studio
     body = {"event_id": "e1", "kind": "click"}

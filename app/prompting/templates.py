@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -238,20 +239,43 @@ def parse_template(
 PRODUCTION = "production"
 
 
+SplitStrategy = Literal["split", "thompson"]
+
+
 @dataclass(frozen=True)
 class Split:
-    """A placement's traffic split between two labels of one template, stable per shopper."""
+    """A placement's traffic split between two labels of one template, stable per shopper.
+
+    ``split``: the weight is the marketer's. ``thompson``: the weight is the chance that the
+    variant has the better click rate, given the clicks so far (Thompson sampling as
+    probability matching), set again every ``period_s`` and never below ``min_share`` for
+    either arm; each period draws every shopper's arm afresh, and holds it until the next.
+    """
 
     template: str
     control: str
     variant: str
     variant_weight: float  # share of shoppers who get the variant, in [0, 1]
+    strategy: SplitStrategy = "split"
+    min_share: float = 0.1
+    period_s: float = 86_400.0
+    since: datetime | None = None  # when the weight was set
 
     def label_for(self, placement: str, shopper_id: str) -> str:
-        # A hash, not a random draw: a shopper keeps their arm across requests and replicas.
-        digest = hashlib.sha256(f"{placement}\x00{shopper_id}".encode()).digest()
+        # A hash, not a random draw: a shopper keeps their arm across requests and replicas
+        # (for thompson, until the next period: the period's start salts the hash).
+        key = f"{placement}\x00{shopper_id}"
+        if self.strategy == "thompson" and self.since is not None:
+            key += f"\x00{self.since.timestamp():.0f}"
+        digest = hashlib.sha256(key.encode()).digest()
         position = int.from_bytes(digest[:8], "big") / 2**64
         return self.variant if position < self.variant_weight else self.control
+
+    def due(self, now: datetime) -> bool:
+        """Whether a thompson split's weight is to be set again."""
+        if self.strategy != "thompson":
+            return False
+        return self.since is None or (now - self.since).total_seconds() >= self.period_s
 
 
 class TemplateRegistry:

@@ -192,12 +192,14 @@ async def load_services(
 
 
 async def follow_templates(held: Services) -> None:
-    """Other replicas publish through the same database: follow their label moves."""
+    """Other replicas publish through the same database: follow their label moves (and the
+    bandits' weights, which any replica may move when a period ends)."""
     while True:
         await asyncio.sleep(held.settings.templates_refresh_s)
         if held.studio is None:
             continue
         try:
+            await held.studio.move_bandits()  # a thompson split whose period is over
             if await held.studio.reload_if_changed():
                 log.info("templates_reloaded")
         except Exception:  # a database hiccup: keep serving what we have, try again

@@ -167,6 +167,11 @@ class ExperimentRecord(Base):
     control: Mapped[str] = mapped_column(String(40))
     variant: Mapped[str] = mapped_column(String(40))
     variant_weight: Mapped[float] = mapped_column(Float)
+    # "split" (the weight is the marketer's) or "thompson" (set every period_s from clicks,
+    # neither arm under min_share); updated_at is when the weight was set.
+    strategy: Mapped[str] = mapped_column(String(16), default="split", server_default="split")
+    min_share: Mapped[float] = mapped_column(Float, default=0.1, server_default="0.1")
+    period_s: Mapped[float] = mapped_column(Float, default=86_400.0, server_default="86400")
     updated_by: Mapped[str] = mapped_column(String(80))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

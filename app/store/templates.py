@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -155,9 +155,7 @@ class TemplateStore:
     async def splits(self) -> dict[str, Split]:
         async with self.db.sessions() as session:
             records = (await session.scalars(select(ExperimentRecord))).all()
-        return {
-            r.placement: Split(r.template, r.control, r.variant, r.variant_weight) for r in records
-        }
+        return {r.placement: _split(r) for r in records}
 
     async def revision(self) -> int:
         """The newest audit entry's id: it changes with every save, label move and split."""
@@ -317,6 +315,9 @@ class TemplateStore:
                         control=split.control,
                         variant=split.variant,
                         variant_weight=split.variant_weight,
+                        strategy=split.strategy,
+                        min_share=split.min_share,
+                        period_s=split.period_s,
                         updated_by=actor,
                         updated_at=now,
                     )
@@ -327,9 +328,36 @@ class TemplateStore:
                     actor=actor,
                     action="split" if split else "stop_split",
                     template=split.template if split else "",
-                    detail={"placement": placement, **(split.__dict__ if split else {})},
+                    detail={"placement": placement, **(_split_detail(split) if split else {})},
                 )
             )
+
+    async def move_bandit(self, placement: str, split: Split, weight: float) -> bool:
+        """Set a thompson split's weight for its next period, unless another replica did since
+        ``split`` was read (then False: nothing is written twice)."""
+        now = datetime.now(UTC)
+        async with self.db.writing(f"experiment:{placement}") as session:
+            moved = await session.execute(
+                update(ExperimentRecord)
+                .where(
+                    ExperimentRecord.placement == placement,
+                    ExperimentRecord.strategy == "thompson",
+                    ExperimentRecord.updated_at <= (split.since or now),
+                )
+                .values(variant_weight=weight, updated_by="bandit", updated_at=now)
+            )
+            if getattr(moved, "rowcount", 0) != 1:
+                return False
+            session.add(
+                AuditRecord(
+                    at=now,
+                    actor="bandit",
+                    action="bandit",
+                    template=split.template,
+                    detail={"placement": placement, "variant_weight": weight},
+                )
+            )
+        return True
 
     async def seed(self, folder: Path) -> list[str]:
         """Templates in ``folder`` that the database does not have yet become version 1,
@@ -385,3 +413,28 @@ async def _point_label(
             detail={"label": label, "from": previous, "to": version},
         )
     )
+
+
+def _split(record: ExperimentRecord) -> Split:
+    return Split(
+        record.template,
+        record.control,
+        record.variant,
+        record.variant_weight,
+        "thompson" if record.strategy == "thompson" else "split",
+        record.min_share,
+        record.period_s,
+        aware(record.updated_at),
+    )
+
+
+def _split_detail(split: Split) -> dict[str, Any]:
+    return {
+        "template": split.template,
+        "control": split.control,
+        "variant": split.variant,
+        "variant_weight": split.variant_weight,
+        "strategy": split.strategy,
+        "min_share": split.min_share,
+        "period_s": split.period_s,
+    }

@@ -233,7 +233,15 @@ class ExperimentController(Controller):
         studio: StudioService,
         request: Request[Any, Any, Any],
     ) -> SplitIn:
-        split = Split(data.template, data.control, data.variant, data.variant_weight)
+        split = Split(
+            data.template,
+            data.control,
+            data.variant,
+            data.variant_weight,
+            data.strategy,
+            data.min_share,
+            data.period_s,
+        )
         await studio.set_split(placement, split, actor=actor(request))
         return data
 

@@ -1,4 +1,5 @@
-"""Experiment read-outs: rates with Wilson intervals, and whether a variant beats control.
+"""Experiment read-outs: rates with Wilson intervals, whether a variant beats control, and a
+bandit's share of traffic.
 
 A marketer looks at an experiment whenever they like, and stops it when it shows a winner. A
 fixed-horizon z-test read at every look overstates wins: under no real difference, checking
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+import numpy as np
 
 Z_95 = 1.959963984540054
 # The mixture's spread over the true difference of the two rates (absolute, so 0.05 means
@@ -83,3 +86,17 @@ def verdict(control: Rate, variant: Rate, alpha: float = 0.05) -> str:
     if always_valid_p_value(control, variant) >= alpha:
         return "no clear difference yet"
     return "variant wins" if variant.value > control.value else "control wins"
+
+
+def thompson_share(control: Rate, variant: Rate, min_share: float, draws: int = 20_000) -> float:
+    """The variant's share of shoppers for the next period: the chance that its click rate
+    beats control's, with Beta(1 + clicks, 1 + non-clicks) posteriors (Thompson sampling as
+    probability matching), kept within [min_share, 1 - min_share] so neither arm stops
+    learning. Drawn from a generator seeded by the counts: every replica gets the same."""
+    rng = np.random.default_rng(
+        [control.successes, control.trials, variant.successes, variant.trials]
+    )
+    better = rng.beta(
+        1 + variant.successes, 1 + variant.trials - variant.successes, draws
+    ) > rng.beta(1 + control.successes, 1 + control.trials - control.successes, draws)
+    return float(min(max(better.mean(), min_share), 1.0 - min_share))

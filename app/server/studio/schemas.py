@@ -4,7 +4,7 @@ not already describe is declared here."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -86,9 +86,15 @@ class PreviewOut(BaseModel):
 
 
 class SplitIn(BaseModel):
+    """``split``: ``variant_weight`` of shoppers get the variant. ``thompson``: it is the first
+    period's weight, then the bandit sets it every ``period_s`` from the clicks."""
+
     model_config = ConfigDict(extra="forbid")
 
     template: Name
     control: Label = "production"
     variant: Label
-    variant_weight: float = Field(gt=0.0, lt=1.0)
+    variant_weight: float = Field(default=0.5, gt=0.0, lt=1.0)
+    strategy: Literal["split", "thompson"] = "split"
+    min_share: float = Field(default=0.1, ge=0.01, le=0.5)  # thompson: each arm's least share
+    period_s: float = Field(default=86_400.0, ge=60.0, le=90 * 86_400.0)

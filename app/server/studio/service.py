@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from app.domain import LABEL_PATTERN, MAX_VERSION, NAME_PATTERN, Banner, Shopper
 from app.events import Events, NoEvents
+from app.logs import get_logger
 from app.pipeline import BannerRequest, Pipeline
 from app.prompting.lint import LintProblem, LintResult, lint
 from app.prompting.sandbox import TemplateError
@@ -28,9 +31,11 @@ from app.prompting.templates import (
 )
 from app.server.errors import Problem, invalid
 from app.server.limits import GenerationLimit
-from app.server.studio.experiments import Rate, verdict, wilson
+from app.server.studio.experiments import Rate, thompson_share, verdict, wilson
 from app.store.feedback import ArmCounts, FeedbackStore
 from app.store.templates import AuditEntry, Conflict, StoredVersion, TemplateStore, VersionInfo
+
+log = get_logger(__name__)
 
 # What the slice's controllers and pages use: they import from here, never the core or stores.
 __all__ = [
@@ -193,6 +198,27 @@ class StudioService:
             return False
         await self.reload()
         return True
+
+    async def move_bandits(self, now: datetime | None = None) -> list[str]:
+        """Set the weight of every thompson split whose period is over, from the clicks so far
+        (each replica asks; the first one to write wins, the others read it). Returns the
+        placements moved here."""
+        now = now or datetime.now(UTC)
+        moved = []
+        for placement, split in self.pipeline.templates.splits.items():
+            if not split.due(now):
+                continue
+            arms = await self.feedback.counts(placement)
+            nothing = (wilson(0, 0), wilson(0, 0))
+            control = _pooled(arms, split.template, split.control) or nothing
+            variant = _pooled(arms, split.template, split.variant) or nothing
+            weight = thompson_share(control[0], variant[0], split.min_share)
+            if await self.store.move_bandit(placement, split, weight):
+                log.info("bandit_moved", placement=placement, variant_weight=round(weight, 3))
+                moved.append(placement)
+        if moved:
+            await self.reload()
+        return moved
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -467,7 +493,7 @@ class StudioService:
         )
 
 
-def _pooled(arms: list[ArmReport], template: str, label: str) -> tuple[Rate, Rate] | None:
+def _pooled(arms: Sequence[ArmCounts], template: str, label: str) -> tuple[Rate, Rate] | None:
     """One label's numbers over all the versions it pointed at during the experiment."""
     mine = [a for a in arms if a.template == template and a.label == label]
     if not mine:
