@@ -412,6 +412,9 @@ def test_a_thompson_experiment_moves_its_weight_towards_the_arm_that_is_clicked(
     assert any(entry["actor"] == "bandit" and entry["action"] == "bandit" for entry in audit)
     report = call(client, "GET", "/v1/experiments/home_hero", marketer).json()
     assert report["split"]["strategy"] == "thompson"
+    sign_in(client, marketer)
+    page = client.get("/studio/templates/hero_banner").text
+    assert "90% to the variant, set by Thompson sampling from clicks every 1 min" in page
 
     bad = call(client, "PUT", "/v1/experiments/home_hero", marketer, bandit | {"min_share": 0.7})
     assert bad.status_code == 400 and "min_share" in bad.text
