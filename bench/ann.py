@@ -135,8 +135,9 @@ def main() -> None:
         f"{settings.hnsw_ef_construction}, efSearch={settings.hnsw_ef_search} (at least 2k, "
         "widened under a filter)",
         f"HNSW build: {build_s:.0f} s on this machine's cores; graph {graph_mb:,.0f} MB in "
-        f"memory over the vectors' {vectors_mb:,.0f} MB; saved file {file_mb:,.0f} MB (vectors "
-        f"included), read back in {load_s:.1f} s",
+        f"memory, all the HNSW index holds: it reads its vectors from the graph (the exact "
+        f"index's array, {vectors_mb:,.0f} MB, is this bench's own); saved file "
+        f"{file_mb:,.0f} MB (vectors included), read back in {load_s:.1f} s",
         "recall: the share of exact search's top k that HNSW returned, with the same filter; "
         "latencies after 20 warm-up searches per row",
         f"a filter keeping {HNSWIndex.EXACT_BELOW:,} rows or fewer, and at most "
