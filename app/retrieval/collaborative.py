@@ -216,14 +216,12 @@ class ALS:
         return scored
 
     def arrays(self) -> dict[str, np.ndarray]:
-        if self.graph is None:
-            return {"item_factors": self.item_factors}
-        import faiss
+        arrays = {"item_factors": self.item_factors}
+        if self.graph is not None:
+            import faiss
 
-        return {
-            "item_factors": self.item_factors,
-            "graph": faiss.serialize_index(self.graph.graph),
-        }
+            arrays["graph"] = faiss.serialize_index(self.graph.graph)
+        return arrays
 
 
 # Fits a model to the shopper x item incidence matrix (1: the shopper touched the item).

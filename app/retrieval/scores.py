@@ -78,8 +78,9 @@ class RankedScores(DenseScores):
     def best(self, k: int, allowed: np.ndarray) -> np.ndarray:
         found: list[np.ndarray] = []
         count = 0
-        for start in range(0, len(self.order), max(self.STEP, 4 * k)):
-            rows = self.order[start : start + max(self.STEP, 4 * k)]
+        step = max(self.STEP, 4 * k)
+        for start in range(0, len(self.order), step):
+            rows = self.order[start : start + step]
             kept = rows[allowed[rows]]
             found.append(kept)
             count += len(kept)
