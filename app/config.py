@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.generation.engine import MAX_BEST_OF
 from app.hardware import DtypeSetting
 from app.store.sealing import Sealer, parse_keys
 
@@ -176,6 +177,10 @@ class Settings(BaseSettings):
 
     # Generation and guards.
     max_retries: int = Field(default=2, ge=0, le=10)
+    # Best-of-n: samples written per banner, in one call (a template's ``best_of`` wins); the
+    # guards judge each and app/choosing.py serves the best that passed. A retry only when
+    # every sample was refused. 1: the first sample that passes.
+    best_of: int = Field(default=4, ge=1, le=MAX_BEST_OF)
     base_seed: int = 7
     banned_terms: list[str] = Field(
         default_factory=lambda: [

@@ -167,6 +167,21 @@ class StageTimings(BaseModel):
     total_ms: float = 0.0
 
 
+class CopyScore(BaseModel):
+    """Why a sample that passed the guards was served or not (best-of-n, app/choosing.py).
+    Each part is in [0, 1] (the cosines clipped at 0); ``total`` is their weighted sum less the
+    soft findings' penalty."""
+
+    sample: int  # its position among the round's samples
+    chosen: bool
+    total: float
+    personal: float  # the copy's closeness to the shopper (their history and interests)
+    relevance: float  # ... to the products it shows
+    novelty: float  # 1 - its closeness to the shopper's latest banners (1: none seen)
+    length: float  # how well it fills its fields: neither a stub nor cut at the cap
+    soft: list[str] = Field(default_factory=list)  # the guards' soft findings
+
+
 class Banner(BaseModel):
     """What the CMS renders: copy, layout and catalog products, plus how it was made."""
 
@@ -193,6 +208,10 @@ class Banner(BaseModel):
     flags: list[str] = Field(default_factory=list)  # guard findings of rejected attempts
     output_tokens: int = 0
     prompt_tokens: int = 0  # prompt tokens of every attempt, as the engine counted them
+    samples: int = 0  # texts the model wrote for this banner, every attempt's samples together
+    # Best-of-n: the scores of the samples that passed in the served round, best first (empty
+    # with one sample a banner, or when none passed).
+    choice: list[CopyScore] = Field(default_factory=list)
     timings: StageTimings = Field(default_factory=StageTimings)
     created_at: datetime
 

@@ -170,11 +170,18 @@ def _degenerate(text: str) -> str | None:
     return None
 
 
+# A run of this many words shared with the template's examples or instructions is a soft
+# finding: copy leaning on the prompt's own phrasing ("gear up for", "for your next").
+SHARED_RUN = 3
+
+
 @dataclass
 class GuardResult:
     copy: BannerCopy | None
     products: list[Candidate] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # any one refuses the copy
+    # Soft findings: the copy may be served, but a best-of-n choice prefers one without them.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -219,7 +226,39 @@ class Guards:
                 hit = self._banned.search(value)
                 if hit:
                     problems.append(f"banned_term: {name}: '{hit.group(0)}'")
-        return GuardResult(copy, products, problems)
+        notes = self._soft_findings(fields, candidates, examples, prompt)
+        return GuardResult(copy, products, problems, notes)
+
+    @staticmethod
+    def _soft_findings(
+        fields: dict[str, str],
+        candidates: list[Candidate],
+        examples: list[dict[str, Any]],
+        prompt: RenderedPrompt | None,
+    ) -> list[str]:
+        """What makes copy weaker without making it wrong: phrases lifted from the prompt, a
+        product's title as the headline, shouting."""
+        notes: list[str] = []
+        borrowed = {
+            run
+            for example in examples
+            for name in ("headline", "subheadline")
+            if isinstance(example.get(name), str)
+            for run in word_runs(example[name], SHARED_RUN)
+        }
+        if prompt is not None:
+            borrowed |= word_runs(instruction_text(prompt), SHARED_RUN)
+        titles = {_normalised(c.product.title) for c in candidates}
+        for name, value in fields.items():
+            shared = sorted(word_runs(value, SHARED_RUN) & borrowed)
+            if shared:
+                notes.append(f"shared_phrase: {name}: '{shared[0]}'")
+            if name == "headline" and _normalised(value) in titles:
+                notes.append("title_as_headline")
+            capitals = [w for w in value.split() if len(w) >= 3 and w.isalpha() and w.isupper()]
+            if len(capitals) >= 2 or value.count("!") > 1:
+                notes.append(f"shouting: {name}")
+        return notes
 
     @staticmethod
     def _resolve(
@@ -303,6 +342,12 @@ def instruction_text(prompt: RenderedPrompt) -> str:
     """The prompt's own words: system and user turns without the delimited data blocks."""
     parts = [content for role, content in prompt.messages if role != "assistant"]
     return _normalised(_DATA_BLOCK.sub(" ", "\n".join(parts)))
+
+
+def word_runs(text: str, length: int) -> set[str]:
+    """Every run of ``length`` consecutive words of ``text``, case-folded, space-joined."""
+    words = _normalised(text).split()
+    return {" ".join(words[i : i + length]) for i in range(len(words) - length + 1)}
 
 
 def _fit(text: str, limit: int) -> str:

@@ -18,10 +18,11 @@ from pathlib import Path
 from opentelemetry.trace import StatusCode
 
 from app.catalog.store import Catalog, ShopperStore
+from app.choosing import CopyChooser, Sample
 from app.config import Settings
 from app.domain import (
     Banner,
-    Candidate,
+    CopyScore,
     Homepage,
     HomepageSection,
     ResolvedProduct,
@@ -58,6 +59,9 @@ class BannerRequest:
     # Mixed into the sampling seeds. A pre-generation job passes its id, so a banner made
     # again from the same inputs (rejected in review, past its age) is not the same text.
     variation: str = ""
+    # What the shopper's latest banners said (``choosing.copy_text``): best-of-n prefers a
+    # sample unlike them.
+    recent_copy: tuple[str, ...] = ()
 
 
 MAX_SECTIONS = 8
@@ -92,12 +96,14 @@ class _Variant:
 
     number: int
     attempts: int = 0
+    samples: int = 0
     output_tokens: int = 0
     prompt_tokens: int = 0
     generation_ms: float = 0.0
     guards_ms: float = 0.0
     flags: list[str] = field(default_factory=list)
     accepted: GuardResult | None = None
+    choice: list[CopyScore] = field(default_factory=list)  # best-of-n's scores, best first
 
 
 def _template_attributes(template: PromptTemplate, label: str) -> dict[str, str | int]:
@@ -309,21 +315,13 @@ class Pipeline:
         return banners
 
     async def _complete(self, prepared: PreparedRequest) -> list[Banner]:
-        shopper, template, selection = prepared.shopper, prepared.template, prepared.selection
-        candidates = selection.candidates
+        candidates = prepared.selection.candidates
         variants = [_Variant(number) for number in range(prepared.request.count)]
         if prepared.prompt is None:
             for variant in variants:
                 variant.flags.append(f"too_few_candidates: {len(candidates)}")
         else:
-            await self._attempt_all(
-                variants,
-                shopper,
-                template,
-                prepared.prompt,
-                candidates,
-                prepared.request.variation,
-            )
+            await self._attempt_all(variants, prepared, prepared.prompt)
 
         total_ms = (time.perf_counter() - prepared.started) * 1000
         return [
@@ -399,16 +397,20 @@ class Pipeline:
             total_ms=(time.perf_counter() - started) * 1000,
         )
 
+    def best_of(self, template: PromptTemplate) -> int:
+        """Samples per banner for ``template``: its own ``best_of``, else the service's."""
+        return template.header.best_of or self.settings.best_of
+
     async def _attempt_all(
         self,
         variants: list[_Variant],
-        shopper: Shopper,
-        template: PromptTemplate,
+        prepared: PreparedRequest,
         prompt: RenderedPrompt,
-        candidates: list[Candidate],
-        variation: str = "",
     ) -> None:
+        shopper, template = prepared.shopper, prepared.template
+        variation = prepared.request.variation
         schema = template.output_model
+        samples = self.best_of(template)
         for attempt in range(self.settings.max_retries + 1):
             pending = [v for v in variants if v.accepted is None]
             if not pending:
@@ -418,6 +420,7 @@ class Pipeline:
                     messages=prompt.messages,
                     schema=schema,
                     sampling=template.header.sampling,
+                    n=samples,
                     seed=_seed(
                         self.settings.base_seed,
                         shopper.id,
@@ -460,7 +463,7 @@ class Pipeline:
                     )
             with tracer.start_as_current_span("guards") as span:
                 for variant, result in zip(pending, results, strict=True):
-                    self._judge(variant, result, template, candidates, prompt)
+                    self._judge(variant, result, prepared, prompt)
                 if span.is_recording():
                     accepted = sum(v.accepted is not None for v in pending)
                     span.set_attributes(
@@ -475,28 +478,52 @@ class Pipeline:
         self,
         variant: _Variant,
         result: GenerationResult,
-        template: PromptTemplate,
-        candidates: list[Candidate],
+        prepared: PreparedRequest,
         prompt: RenderedPrompt,
     ) -> None:
+        """The guards' verdict on each of the attempt's samples; of those that pass, the best
+        (app/choosing.py) is accepted."""
+        template, candidates = prepared.template, prepared.selection.candidates
         variant.attempts += 1
+        variant.samples += len(result.texts)
         variant.output_tokens += result.output_tokens
         variant.prompt_tokens += result.prompt_tokens
         variant.generation_ms += result.elapsed_ms
         t0 = time.perf_counter()
-        verdict = self.guards.check(
-            result.text,
-            template.output_model,
-            template.spec,
-            candidates,
-            template.example_outputs,
-            prompt,
-        )
+        passed: list[Sample] = []
+        for number, text in enumerate(result.texts):
+            verdict = self.guards.check(
+                text,
+                template.output_model,
+                template.spec,
+                candidates,
+                template.example_outputs,
+                prompt,
+            )
+            if verdict.ok:
+                rows = [self.catalog.row(c.product.id) for c in verdict.products]
+                passed.append(Sample(number, verdict, rows))
+            else:
+                # "attempt 2: ..." with one sample a banner; "attempt 2.3: ..." with several.
+                which = (
+                    f"{variant.attempts}.{number + 1}"
+                    if len(result.texts) > 1
+                    else (f"{variant.attempts}")
+                )
+                variant.flags.extend(f"attempt {which}: {p}" for p in verdict.problems)
+        if len(passed) == 1 and len(result.texts) == 1:
+            variant.accepted = passed[0].verdict  # nothing to choose between
+        elif passed:
+            variant.choice = CopyChooser(self.embedder).rank(
+                passed,
+                spec=template.spec,
+                item_vectors=self.index.vectors,
+                shopper_vector=self.selector.shopper_vector(prepared.shopper),
+                recent_copy=prepared.request.recent_copy,
+            )
+            chosen = variant.choice[0].sample
+            variant.accepted = next(s.verdict for s in passed if s.number == chosen)
         variant.guards_ms += (time.perf_counter() - t0) * 1000
-        if verdict.ok:
-            variant.accepted = verdict
-        else:
-            variant.flags.extend(f"attempt {variant.attempts}: {p}" for p in verdict.problems)
 
     async def close(self) -> None:
         """Release the engine (a managed vLLM server stops with it)."""
@@ -567,6 +594,8 @@ class Pipeline:
             engine=self.engine_name,
             fallback=fallback,
             retries=max(0, variant.attempts - 1),
+            samples=variant.samples,
+            choice=variant.choice,
             flags=variant.flags,
             output_tokens=variant.output_tokens,
             prompt_tokens=variant.prompt_tokens,

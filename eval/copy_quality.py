@@ -134,6 +134,11 @@ def per_sample(samples: list[CopySample], lift: list[float]) -> dict[str, list[f
         "invented_claims": [float(len(s.invented)) for s in samples],
         "fallback": [float(s.banner.fallback) for s in samples],
         "retries": [float(s.banner.retries) for s in samples],
+        # What a banner cost: texts the model wrote for it (best-of-n's samples and the
+        # retries'), their output tokens, and the engine's time.
+        "samples": [float(s.banner.samples) for s in samples],
+        "output_tokens": [float(s.banner.output_tokens) for s in samples],
+        "generation_ms": [s.banner.timings.generation_ms for s in samples],
         "length_ok": [float(s.length_ok) for s in samples],
         "degenerate": [float(s.degenerate) for s in samples],
         "banned_hits": [float(len(s.banned_hits)) for s in samples],

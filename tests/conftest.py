@@ -122,6 +122,9 @@ def test_settings(tmp_path: Path) -> Settings:
         # Every read sees the database as it is: the read path's short memory of stored rows
         # is tested on its own (tests/test_jobs_api.py).
         read_cache_s=0.0,
+        # One sample a banner: a scripted engine's answers are then the attempts, in order.
+        # Best-of-n is tested on its own (tests/test_choosing.py).
+        best_of=1,
     )
 
 

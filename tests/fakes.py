@@ -84,11 +84,17 @@ class ScriptedEngine:
         results = []
         for request in requests:
             self.requests.append(request)
-            answer = self.answers.pop(0) if self.answers else GOOD
-            if isinstance(answer, Exception):
-                raise answer
-            text = answer if isinstance(answer, str) else json.dumps(answer)
-            results.append(GenerationResult(text, output_tokens=len(text) // 4, elapsed_ms=1.0))
+            texts = []
+            for _ in range(request.n):  # one scripted answer per sample
+                answer = self.answers.pop(0) if self.answers else GOOD
+                if isinstance(answer, Exception):
+                    raise answer
+                texts.append(answer if isinstance(answer, str) else json.dumps(answer))
+            results.append(
+                GenerationResult(
+                    tuple(texts), output_tokens=sum(len(t) // 4 for t in texts), elapsed_ms=1.0
+                )
+            )
         return results
 
     async def close(self) -> None:

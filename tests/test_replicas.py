@@ -10,6 +10,7 @@ clock the pool reads, so cool-downs pass without sleeping.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import socket
@@ -47,6 +48,8 @@ class FakeReplica:
         self.hold = asyncio.Event()
         self.hold.set()
         self.received = 0
+        self.bodies: list[dict[str, Any]] = []  # each request's JSON, as sent
+        self.short = 0  # answer this many choices fewer than asked (a broken server)
         self.waiting = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -70,14 +73,16 @@ class FakeReplica:
             while True:  # keep-alive: one request after another on the connection
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
-                await reader.readexactly(int(length.group(1)) if length else 0)
+                sent = await reader.readexactly(int(length.group(1)) if length else 0)
+                self.bodies.append(json.loads(sent or b"{}"))
                 self.received += 1
                 self.waiting += 1
                 try:
                     await self.hold.wait()
                 finally:
                     self.waiting -= 1
-                body = json.dumps(self._answer()).encode()
+                asked = self.bodies[-1].get("n", 1)
+                body = json.dumps(self._answer(asked - self.short)).encode()
                 writer.write(
                     f"HTTP/1.1 {self.status} X\r\nContent-Type: application/json\r\n"
                     f"Content-Length: {len(body)}\r\n\r\n".encode()
@@ -90,7 +95,7 @@ class FakeReplica:
             self._writers.discard(writer)
             writer.close()
 
-    def _answer(self) -> dict[str, Any]:
+    def _answer(self, choices: int) -> dict[str, Any]:
         if self.status != 200:
             return {"error": {"message": f"fake {self.status}", "code": self.status}}
         return {
@@ -100,12 +105,17 @@ class FakeReplica:
             "model": "fake-model",
             "choices": [
                 {
-                    "index": 0,
+                    "index": i,
                     "message": {"role": "assistant", "content": json.dumps(GOOD)},
                     "finish_reason": "stop",
                 }
+                for i in range(choices)
             ],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
+            "usage": {
+                "prompt_tokens": 5,
+                "completion_tokens": 7 * choices,
+                "total_tokens": 5 + 7 * choices,
+            },
         }
 
 
@@ -155,6 +165,22 @@ def pool_of(*fakes: FakeReplica, clock: Clock | None = None, timeout_s: float = 
 
 def state(pool: ReplicaPool, fake: FakeReplica) -> ReplicaState:
     return next(s for s in pool.snapshot() if s.url == fake.url)
+
+
+# --- best-of-n ---------------------------------------------------------------------------------
+
+
+async def test_several_samples_of_one_prompt_are_one_request_with_n(fake: Make) -> None:
+    replica = await fake()
+    engine = VLLMEngine(replica.url, "fake-model", max_retries=0)
+    result = await engine.generate(dataclasses.replace(REQUEST, n=3))
+    assert replica.received == 1 and replica.bodies[0]["n"] == 3
+    assert result.texts == (json.dumps(GOOD),) * 3
+    assert result.output_tokens == 21 and result.prompt_tokens == 5  # the prompt counted once
+    replica.short = 1  # a server that answers fewer samples than asked is an engine fault
+    with pytest.raises(EngineError, match="2 samples, asked 3"):
+        await engine.generate(dataclasses.replace(REQUEST, n=3))
+    await engine.close()
 
 
 # --- spreading the load -----------------------------------------------------------------------

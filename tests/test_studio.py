@@ -259,6 +259,25 @@ def test_previews_that_generate_take_a_generation_slot(studio) -> None:
     assert page.status_code == 503 and "No preview" in page.text
 
 
+def test_a_best_of_n_preview_shows_each_samples_scores(studio) -> None:
+    client, keys = studio
+    token = sign_in(client, keys["marketer"])
+    source = HERO.replace("schema: banner", "schema: banner\nbest_of: 3", 1)
+    form = {
+        "source": source,
+        "action": "preview",
+        "generate": "1",
+        "shopper_id": "coffee_fan",
+        "_csrf_token": token,
+    }
+    page = client.post("/studio/templates/hero_banner", data=form)
+    assert page.status_code == 200, page.text
+    assert "best of 3 samples: 3 passed the guards" in page.text
+    assert page.text.count('class="chosen"') == 1 and "(served)" in page.text
+    for part in ("personal", "relevance", "novelty", "length", "soft findings"):
+        assert f"<th>{part}</th>" in page.text
+
+
 def test_the_page_refuses_a_label_the_api_would_refuse(studio) -> None:
     client, keys = studio
     token = sign_in(client, keys["marketer"])

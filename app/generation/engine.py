@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.generation.schemas import BannerCopy
 
+# The most samples one banner may ask for: each is a whole generation's decode.
+MAX_BEST_OF = 8
+
 
 class SamplingParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -28,14 +31,22 @@ class GenerationRequest:
     schema: type[BannerCopy]
     sampling: SamplingParams
     seed: int
+    # Samples of this one prompt (best-of-n): a server shares the prompt's prefill among them
+    # (vLLM's ``n``), the in-process engine batches them.
+    n: int = 1
 
 
 @dataclass(frozen=True)
 class GenerationResult:
-    text: str
-    output_tokens: int
+    texts: tuple[str, ...]  # ``n`` samples, in the engine's order
+    output_tokens: int  # all samples together
     elapsed_ms: float
-    prompt_tokens: int = 0  # the prompt as the engine tokenized it (0: not reported)
+    prompt_tokens: int = 0  # the prompt as the engine tokenized it, once (0: not reported)
+
+    @property
+    def text(self) -> str:
+        """The first sample: the whole answer of a request with ``n`` = 1."""
+        return self.texts[0]
 
 
 class EngineError(RuntimeError):

@@ -92,27 +92,37 @@ class TransformersEngine:
     def _run(self, group: list[GenerationRequest]) -> list[GenerationResult]:
         first = group[0]
         prompts = [self._prompt(request.messages) for request in group]
+        # Each prompt once per sample, side by side in one batch: no prefix sharing here (the
+        # prefill is paid n times), but one decode loop for all of them.
+        batch = [
+            prompt for prompt, request in zip(prompts, group, strict=True) for _ in range(request.n)
+        ]
         with self._lock:
             generator = self._generator(first.schema)
             torch.manual_seed(first.seed)
             start = time.perf_counter()
             try:
-                if len(prompts) == 1:
-                    texts = [generator(prompts[0], **self._kwargs(first.sampling))]
+                if len(batch) == 1:
+                    texts = [generator(batch[0], **self._kwargs(first.sampling))]
                 else:
-                    texts = generator.batch(prompts, **self._kwargs(first.sampling))
+                    texts = generator.batch(batch, **self._kwargs(first.sampling))
             except Exception as error:  # the model library failing is an engine fault
                 raise EngineError(f"generation failed: {error}") from error
             elapsed = (time.perf_counter() - start) * 1000.0
-        return [
-            GenerationResult(
-                str(text),
-                self._count_tokens(str(text)),
-                elapsed,
-                prompt_tokens=self._count_tokens(prompt),  # the chat template's special tokens too
+        results = []
+        samples = iter(str(text) for text in texts)
+        for prompt, request in zip(prompts, group, strict=True):
+            mine = tuple(next(samples) for _ in range(request.n))
+            results.append(
+                GenerationResult(
+                    mine,
+                    sum(self._count_tokens(text) for text in mine),
+                    elapsed,
+                    # the chat template's special tokens too
+                    prompt_tokens=self._count_tokens(prompt),
+                )
             )
-            for text, prompt in zip(texts, prompts, strict=True)
-        ]
+        return results
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         return (await asyncio.to_thread(self._run, [request]))[0]

@@ -106,6 +106,7 @@ class VLLMEngine:
                     temperature=sampling.temperature,
                     top_p=sampling.top_p,
                     max_tokens=sampling.max_tokens,
+                    n=request.n,
                     seed=request.seed if self.send_seed else None,
                     response_format=response_format,
                     extra_headers=headers,
@@ -122,10 +123,12 @@ class VLLMEngine:
                 ) from error
             elapsed = (time.perf_counter() - start) * 1000.0
             slot.latency_s = elapsed / 1000.0
-        text = response.choices[0].message.content or ""
+        texts = tuple(choice.message.content or "" for choice in response.choices)
+        if len(texts) != request.n:
+            raise EngineError(f"vLLM at {self.base_url}: {len(texts)} samples, asked {request.n}")
         usage = response.usage
         return GenerationResult(
-            text,
+            texts,
             usage.completion_tokens if usage else 0,
             elapsed,
             prompt_tokens=usage.prompt_tokens if usage else 0,

@@ -28,7 +28,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from app.domain import Name
-from app.generation.engine import SamplingParams
+from app.generation.engine import MAX_BEST_OF, SamplingParams
 from app.generation.schemas import SCHEMAS, BannerCopy, SchemaSpec, copy_error, output_model
 from app.prompting.context import example_context
 from app.prompting.sandbox import TemplateError, compile_template, make_environment, render
@@ -100,6 +100,8 @@ class TemplateHeader(BaseModel):
     # Digits in the copy ("4K", "2-person"): off, so the grammar never lets the model write a
     # number; on, each number is still checked against the catalog by the guards.
     copy_digits: bool = False
+    # Samples per banner (best-of-n); None: the service's MARQUEE_BEST_OF.
+    best_of: int | None = Field(default=None, ge=1, le=MAX_BEST_OF)
 
     @field_validator("schema_name")
     @classmethod

@@ -14,7 +14,12 @@ from app.domain import Candidate, CandidateScores, Product, Shopper
 from app.retrieval.embedder import Embedder
 from app.retrieval.index import VectorIndex
 from app.retrieval.mmr import mmr
-from app.retrieval.profile import history_weights, interests_text, shopper_vector
+from app.retrieval.profile import (
+    HistoryWeights,
+    history_weights,
+    interests_text,
+    shopper_vector,
+)
 from app.retrieval.scores import NoScores, Scores
 from app.retrieval.signals import InteractionSignals
 
@@ -132,9 +137,21 @@ class CandidateSelector:
         self, shopper: Shopper, k: int, filters: CandidateFilters | None = None
     ) -> Selection:
         filters = filters or CandidateFilters()
-        settings = self.settings
         allowed, removed = self._allowed(shopper, filters)
+        history, query = self._profile(shopper)
+        collaborative = self.signals.collaborative(history.rows, history.weights)
+        prior = self.signals.prior(shopper.segment)
+        return self._rank(
+            query, collaborative, prior, self.settings.popularity_weight, k, allowed, removed
+        )
 
+    def shopper_vector(self, shopper: Shopper) -> np.ndarray | None:
+        """Who the shopper is, in the embedding space (their recent history and stated
+        interests, weighed as retrieval weighs them); None for a shopper with neither."""
+        return self._profile(shopper)[1]
+
+    def _profile(self, shopper: Shopper) -> tuple[HistoryWeights, np.ndarray | None]:
+        settings = self.settings
         history = history_weights(
             shopper,
             self.catalog,
@@ -149,11 +166,7 @@ class CandidateSelector:
             self.embedder.encode_query(interests) if interests else None,
             settings.history_weight,
         )
-        collaborative = self.signals.collaborative(history.rows, history.weights)
-        prior = self.signals.prior(shopper.segment)
-        return self._rank(
-            query, collaborative, prior, settings.popularity_weight, k, allowed, removed
-        )
+        return history, query
 
     def recently_seen(self, shopper: Shopper) -> Iterator[Product]:
         """The products of the shopper's events, newest first, that are still sold: what a

@@ -80,6 +80,21 @@ class BannerStore:
         return [Banner.model_validate(r.payload) for r in records]
 
 
+    async def latest_for(self, shopper_id: str, limit: int = 5) -> list[Banner]:
+        """The shopper's latest model-written banners (no fallbacks), newest first."""
+        async with self.db.sessions() as session:
+            payloads = (
+                await session.scalars(
+                    select(BannerRecord.payload)
+                    .where(BannerRecord.shopper_id == shopper_id)
+                    .order_by(BannerRecord.created_at.desc())
+                    .limit(4 * limit)  # room for the fallbacks skipped
+                )
+            ).all()
+        banners = (Banner.model_validate(payload) for payload in payloads)
+        return [banner for banner in banners if not banner.fallback][:limit]
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 

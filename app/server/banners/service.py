@@ -7,11 +7,12 @@ import asyncio
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.catalog.store import shopper_version
+from app.choosing import copy_text
 from app.domain import Banner, FeedbackKind, Homepage
 from app.pipeline import BannerRequest, Pipeline, engine_failed
 from app.retrieval.selector import CandidateFilters
@@ -158,7 +159,8 @@ class BannerService:
         async def make() -> list[Banner]:
             try:
                 async with self.limit.slot():
-                    banners = await self.pipeline.generate(request)
+                    seen = await self._recent_copy(request)
+                    banners = await self.pipeline.generate(replace(request, recent_copy=seen))
                 if not _engine_down(banners):  # never keep an outage's fallbacks
                     await self._keep(key, banners)
                     if placement is not None:
@@ -171,6 +173,20 @@ class BannerService:
         task = asyncio.create_task(make())
         self._generating[key] = task
         return task
+
+    async def _recent_copy(self, request: BannerRequest) -> tuple[str, ...]:
+        """What a known shopper's latest banners said, for best-of-n to write something else;
+        nothing to read when the template writes one sample, or for an inline profile."""
+        template, _ = self.pipeline.template(request)
+        if request.shopper is not None or self.pipeline.best_of(template) == 1:
+            return ()
+        try:
+            latest = await self.banners_store.latest_for(request.shopper_id)
+        except SQLAlchemyError:
+            STORE_ERRORS.inc()
+            log.exception("could not read the latest banners of %s", request.shopper_id)
+            return ()  # novelty then decides nothing; the banner is still made
+        return tuple(copy_text(banner) for banner in latest)
 
     async def _deadline_fallback(self, data: BannerCreate, request: BannerRequest) -> BannerList:
         """``max_wait_ms`` ran out: the segment's or everyone's stored banner, else fallback

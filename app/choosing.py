@@ -1,0 +1,150 @@
+"""Best-of-n: of a banner's samples that passed the guards, the one to serve, and why.
+
+Every sample that reaches this point is safe: the guards refused the rest. What is left is
+choosing the best copy the way a marketer would read it: about this shopper, about the
+products it shows, not what the shopper was shown last time, filling its fields well, with no
+soft findings. Each part is a number in [0, 1] kept on the banner (``Banner.choice``), so the
+studio preview can show why a sample won. The embedder is the one retrieval already loaded:
+scoring four samples is one small batch through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from app.domain import CopyScore
+from app.generation.schemas import BannerCopy, SchemaSpec
+from app.guards import GuardResult
+from app.retrieval.embedder import Embedder
+
+
+@dataclass(frozen=True)
+class ChoiceWeights:
+    """How much each part counts. Personalization and relevance lead (what the copy is
+    about); novelty and length break ties between samples that are equally on topic. A soft
+    finding costs more than any plausible difference in the parts, so a clean sample wins
+    over one that leans on the prompt's phrasing."""
+
+    personal: float = 0.3
+    relevance: float = 0.3
+    novelty: float = 0.2
+    length: float = 0.2
+    soft_penalty: float = 0.15  # per finding
+
+
+# A field filled to less than this share of its cap reads as a stub ("Shop now"), above the
+# second share it is close to the grammar's cut.
+GOOD_FILL = (0.3, 0.85)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A sample that passed the guards: its position in the round and the guards' verdict."""
+
+    number: int
+    verdict: GuardResult
+    shown_rows: Sequence[int]  # the catalog rows of the products it shows
+
+    @property
+    def copy(self) -> BannerCopy:
+        assert self.verdict.copy is not None, "only copy that passed is chosen among"
+        return self.verdict.copy
+
+
+class Copy(Protocol):
+    """Model output or a finished banner: both have these."""
+
+    headline: str
+    subheadline: str
+
+
+def copy_text(copy: Copy) -> str:
+    """What the copy says, for embedding: headline and subheadline (a CTA is "Shop now")."""
+    return f"{copy.headline}. {copy.subheadline}"
+
+
+def length_fit(copy: BannerCopy, spec: SchemaSpec) -> float:
+    """1 when headline and subheadline each fill between 30 % and 85 % of their caps,
+    falling linearly to 0 at empty and at the cap; the mean of the two."""
+    low, high = GOOD_FILL
+    fits = []
+    for text, cap in ((copy.headline, spec.headline_max), (copy.subheadline, spec.subheadline_max)):
+        share = len(text) / cap
+        if share < low:
+            fits.append(share / low)
+        elif share <= high:
+            fits.append(1.0)
+        else:
+            fits.append(max(0.0, (1.0 - share) / (1.0 - high)))
+    return float(np.mean(fits))
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(rows, axis=-1, keepdims=True)
+    unit: np.ndarray = rows / np.where(norms == 0, 1.0, norms)
+    return unit
+
+
+class CopyChooser:
+    def __init__(self, embedder: Embedder, weights: ChoiceWeights | None = None) -> None:
+        self.embedder = embedder
+        self.weights = weights or ChoiceWeights()
+
+    def rank(
+        self,
+        samples: Sequence[Sample],
+        *,
+        spec: SchemaSpec,
+        item_vectors: np.ndarray,
+        shopper_vector: np.ndarray | None,
+        recent_copy: Sequence[str] = (),
+    ) -> list[CopyScore]:
+        """Every sample's scores, best first; the first is marked chosen. Ties go to the
+        earlier sample, so the same samples always give the same choice.
+
+        ``item_vectors``: the catalog's embeddings (rows as in ``Sample.shown_rows``).
+        ``shopper_vector``: None for a shopper retrieval knows nothing about (every sample then
+        scores 0 there: it decides nothing). ``recent_copy``: what the shopper's latest banners
+        said (``copy_text`` of each)."""
+        if not samples:
+            return []
+        texts = [copy_text(s.copy) for s in samples]
+        vectors = _unit(np.asarray(self.embedder.encode([*texts, *recent_copy])))
+        copies, recent = vectors[: len(texts)], vectors[len(texts) :]
+        weights = self.weights
+        scores = []
+        for sample, vector in zip(samples, copies, strict=True):
+            shown = _unit(item_vectors[list(sample.shown_rows)].mean(axis=0))
+            personal = 0.0 if shopper_vector is None else float(vector @ _unit(shopper_vector))
+            relevance = float(vector @ shown)
+            novelty = 1.0 - float(np.max(recent @ vector)) if len(recent) else 1.0
+            length = length_fit(sample.copy, spec)
+            parts = {
+                "personal": max(0.0, personal),
+                "relevance": max(0.0, relevance),
+                "novelty": min(1.0, max(0.0, novelty)),
+                "length": length,
+            }
+            total = (
+                weights.personal * parts["personal"]
+                + weights.relevance * parts["relevance"]
+                + weights.novelty * parts["novelty"]
+                + weights.length * parts["length"]
+                - weights.soft_penalty * len(sample.verdict.notes)
+            )
+            scores.append(
+                CopyScore(
+                    sample=sample.number,
+                    chosen=False,
+                    total=round(total, 4),
+                    soft=list(sample.verdict.notes),
+                    **{name: round(value, 4) for name, value in parts.items()},
+                )
+            )
+        scores.sort(key=lambda score: (-score.total, score.sample))
+        scores[0] = scores[0].model_copy(update={"chosen": True})
+        return scores
