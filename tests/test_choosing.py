@@ -7,6 +7,9 @@ scored in tests/integration/test_pipeline_real.py.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -27,7 +30,7 @@ ABOUT_TENTS = dict(GOOD, headline="Nights in a tent", subheadline="A camping ten
 ABOUT_NOTHING = dict(GOOD, headline="Something for you", subheadline="Picked for you today.")
 
 
-def sample(number: int, answer: dict[str, object], rows: list[int], notes=()) -> Sample:
+def sample(number: int, answer: Mapping[str, object], rows: list[int], notes=()) -> Sample:
     copy = COPY.model_validate(answer)
     return Sample(number, GuardResult(copy, notes=list(notes)), rows)
 
@@ -116,7 +119,7 @@ def test_soft_findings_of_the_guards(tiny_catalog: Catalog) -> None:
     guards = Guards([])
     example = {"headline": "Gear up for a weekend outside", "subheadline": "Light and bright."}
 
-    def notes(answer: dict[str, object]) -> list[str]:
+    def notes(answer: Mapping[str, object]) -> list[str]:
         verdict = guards.check(
             COPY.model_validate(answer).model_dump_json(), COPY, SPEC, candidates, [example]
         )
@@ -213,14 +216,15 @@ def test_the_service_gives_the_shoppers_latest_copy_so_a_new_banner_says_somethi
     with TestClient(app) as client:
         wait_ready(client)
 
-        def banner() -> dict[str, object]:
+        def banner() -> dict[str, Any]:
             answer = client.post(
                 "/v1/banners",
                 content=json.dumps({"shopper_id": "coffee_fan"}),
                 headers={"X-API-Key": key, "Content-Type": "application/json"},
             )
             assert answer.status_code == 200, answer.text
-            return answer.json()["banners"][0]
+            made: dict[str, Any] = answer.json()["banners"][0]
+            return made
 
         first = banner()
         assert first["headline"] == ABOUT_COFFEE["headline"]

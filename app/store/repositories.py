@@ -79,7 +79,6 @@ class BannerStore:
             return None
         return [Banner.model_validate(r.payload) for r in records]
 
-
     async def latest_for(self, shopper_id: str, limit: int = 5) -> list[Banner]:
         """The shopper's latest model-written banners (no fallbacks), newest first."""
         async with self.db.sessions() as session:
