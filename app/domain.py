@@ -167,6 +167,15 @@ class StageTimings(BaseModel):
     total_ms: float = 0.0
 
 
+class NamedCampaign(BaseModel):
+    """A running campaign the copy names (app/campaigns.py): when it ends, so does the
+    banner's freshness."""
+
+    id: str
+    name: str
+    ends_at: datetime
+
+
 class CopyScore(BaseModel):
     """Why a sample that passed the guards was served or not (best-of-n, app/choosing.py).
     Each part is in [0, 1] (the cosines clipped at 0); ``total`` is their weighted sum less the
@@ -212,6 +221,7 @@ class Banner(BaseModel):
     # Best-of-n: the scores of the samples that passed in the served round, best first (empty
     # with one sample a banner, or when none passed).
     choice: list[CopyScore] = Field(default_factory=list)
+    campaigns: list[NamedCampaign] = Field(default_factory=list)  # named in its copy
     timings: StageTimings = Field(default_factory=StageTimings)
     created_at: datetime
 
@@ -276,3 +286,5 @@ class BannerInputs(BaseModel):
     # The product a "because you viewed" banner names (app/pipeline.py): once withdrawn, the
     # banner is stale. Its stock is not checked: it is named, not offered.
     anchor: str | None = None
+    # The campaigns its copy names, id -> when it ends: past that, the banner is stale.
+    campaigns: dict[str, datetime] = Field(default_factory=dict)

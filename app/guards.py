@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from pydantic import ValidationError
 
+from app.campaigns import NO_CAMPAIGNS, Campaign, CampaignBook
 from app.domain import Candidate
 from app.generation.schemas import BannerCopy, SchemaSpec, copy_error, copy_pattern
 from app.prompting.templates import RenderedPrompt
@@ -182,6 +184,7 @@ class GuardResult:
     problems: list[str] = field(default_factory=list)  # any one refuses the copy
     # Soft findings: the copy may be served, but a best-of-n choice prefers one without them.
     notes: list[str] = field(default_factory=list)
+    campaigns: list[Campaign] = field(default_factory=list)  # running ones the copy names
 
     @property
     def ok(self) -> bool:
@@ -207,7 +210,12 @@ class Guards:
         candidates: list[Candidate],
         examples: list[dict[str, Any]],
         prompt: RenderedPrompt | None = None,
+        campaigns: CampaignBook = NO_CAMPAIGNS,
+        now: datetime | None = None,
     ) -> GuardResult:
+        """``campaigns``: every campaign the store knows. A running one that covers a shown
+        product lends the copy its name, discount and offer words; naming any other (ended,
+        not started, or about other products) is refused."""
         try:
             copy = schema.model_validate_json(text)
         except ValidationError as error:
@@ -216,7 +224,10 @@ class Guards:
         problems: list[str] = []
         products = self._resolve(copy, candidates, spec, problems)
         fields = {name: getattr(copy, name) for name in TEXT_FIELDS if getattr(copy, name)}
-        self._check_claims(fields, candidates, problems)
+        shown = [c.product for c in products]
+        honoured = campaigns.covering(shown, now) if campaigns else []
+        self._check_claims(fields, candidates, problems, honoured)
+        named = self._check_campaigns(fields, campaigns, honoured, problems, now)
         self._check_form(fields, spec, problems)
         self._check_examples(fields, examples, problems)
         if prompt is not None:
@@ -227,7 +238,7 @@ class Guards:
                 if hit:
                     problems.append(f"banned_term: {name}: '{hit.group(0)}'")
         notes = self._soft_findings(fields, candidates, examples, prompt)
-        return GuardResult(copy, products, problems, notes)
+        return GuardResult(copy, products, problems, notes, named)
 
     @staticmethod
     def _soft_findings(
@@ -278,15 +289,46 @@ class Guards:
 
     @staticmethod
     def _check_claims(
-        fields: dict[str, str], candidates: list[Candidate], problems: list[str]
+        fields: dict[str, str],
+        candidates: list[Candidate],
+        problems: list[str],
+        honoured: Sequence[Campaign] = (),
     ) -> None:
         numbers, fact_text = candidate_facts(candidates)
+        # A running campaign on a shown product states its discount and offer words.
+        for campaign in honoured:
+            numbers |= numbers_in(campaign.facts)
+            fact_text += " " + campaign.facts.casefold()
         for name, value in fields.items():
             for number in sorted(numbers_in(value) - numbers):
                 problems.append(f"invented_number: {name}: '{number}' is not in the catalog")
             for match in _OFFER.finditer(value):
                 if match.group(0).casefold() not in fact_text:
                     problems.append(f"invented_offer: {name}: '{match.group(0)}'")
+
+    @staticmethod
+    def _check_campaigns(
+        fields: dict[str, str],
+        campaigns: CampaignBook,
+        honoured: list[Campaign],
+        problems: list[str],
+        now: datetime | None,
+    ) -> list[Campaign]:
+        """The running campaigns the copy names; a name of any other is a problem."""
+        named: list[Campaign] = []
+        if not campaigns:
+            return named
+        now = now or datetime.now(UTC)
+        for name, value in fields.items():
+            for campaign in campaigns.named_in(value):
+                if campaign in honoured:
+                    if campaign not in named:
+                        named.append(campaign)
+                elif not campaign.running(now):
+                    problems.append(f"campaign_not_running: {name}: '{campaign.name}'")
+                else:
+                    problems.append(f"campaign_not_shown: {name}: '{campaign.name}'")
+        return named
 
     @staticmethod
     def _check_form(fields: dict[str, str], spec: SchemaSpec, problems: list[str]) -> None:

@@ -11,12 +11,14 @@ import asyncio
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from opentelemetry.trace import StatusCode
 
+from app.campaigns import MAX_CAMPAIGNS_IN_PROMPT, NO_CAMPAIGNS, Campaign, CampaignBook
 from app.catalog.store import Catalog, ShopperStore
 from app.choosing import CopyChooser, Sample
 from app.config import Settings
@@ -25,6 +27,7 @@ from app.domain import (
     CopyScore,
     Homepage,
     HomepageSection,
+    NamedCampaign,
     ResolvedProduct,
     Shopper,
     StageTimings,
@@ -84,6 +87,8 @@ class PreparedRequest:
     template: PromptTemplate
     label: str  # which label chose the template version ("preview" for an unsaved one)
     selection: Selection
+    # The running campaigns that cover a candidate, as the template was given them.
+    campaigns: list[Campaign]
     prompt: RenderedPrompt | None  # None: too few candidates to write about
     started: float
     retrieval_ms: float
@@ -138,6 +143,7 @@ class Pipeline:
         self.templates = templates
         self.engine = engine
         self.guards = guards
+        self.campaigns = NO_CAMPAIGNS
 
     @classmethod
     def assemble(
@@ -194,6 +200,10 @@ class Pipeline:
         """Serve another set of templates, labels and splits (a publish, a rollback)."""
         self.templates = templates
 
+    def use_campaigns(self, campaigns: CampaignBook) -> None:
+        """Write about another set of campaigns (one was saved, one ended)."""
+        self.campaigns = campaigns
+
     def use_engine(self, engine: Engine | None) -> None:
         """Generate with another engine (the eval's arms; None: fallback copy only). The caller
         owns the engine it replaced."""
@@ -236,6 +246,7 @@ class Pipeline:
         template: PromptTemplate,
         selection: Selection,
         placement: str,
+        campaigns: Sequence[Campaign] = (),
     ) -> RenderedPrompt:
         # Each title once, newest first; never what is no longer sold.
         recent = list(dict.fromkeys(p.title for p in self.selector.recently_seen(shopper)))
@@ -247,6 +258,7 @@ class Pipeline:
             placement=placement,
             spec=template.spec,
             anchor=selection.anchor,
+            campaigns=campaigns,
         )
         return template.render(context)
 
@@ -278,9 +290,11 @@ class Pipeline:
                 )
         retrieved = time.perf_counter()
         candidates = selection.candidates
+        campaigns = self.campaigns.covering([c.product for c in candidates])
+        campaigns = campaigns[:MAX_CAMPAIGNS_IN_PROMPT]
         with tracer.start_as_current_span("render") as span:
             prompt = (
-                self.render(shopper, template, selection, request.placement)
+                self.render(shopper, template, selection, request.placement, campaigns)
                 if len(candidates) >= template.spec.min_products
                 else None
             )
@@ -291,6 +305,7 @@ class Pipeline:
             template=template,
             label=label,
             selection=selection,
+            campaigns=campaigns,
             prompt=prompt,
             started=started,
             retrieval_ms=(retrieved - started) * 1000,
@@ -499,6 +514,7 @@ class Pipeline:
                 candidates,
                 template.example_outputs,
                 prompt,
+                self.campaigns,
             )
             if verdict.ok:
                 rows = [self.catalog.row(c.product.id) for c in verdict.products]
@@ -543,10 +559,15 @@ class Pipeline:
     ) -> Banner:
         shopper, template, selection = prepared.shopper, prepared.template, prepared.selection
         candidates = selection.candidates
+        named: list[NamedCampaign] = []
         if variant.accepted is not None and variant.accepted.copy is not None:
             copy = variant.accepted.copy.model_dump()
             chosen = variant.accepted.products
             fallback = False
+            named = [
+                NamedCampaign(id=c.id, name=c.name, ends_at=c.ends_at)
+                for c in variant.accepted.campaigns
+            ]
         else:
             personal = not selection.trace.cold_start
             copy, chosen = (
@@ -596,6 +617,7 @@ class Pipeline:
             retries=max(0, variant.attempts - 1),
             samples=variant.samples,
             choice=variant.choice,
+            campaigns=named,
             flags=variant.flags,
             output_tokens=variant.output_tokens,
             prompt_tokens=variant.prompt_tokens,

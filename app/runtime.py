@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
+from app.campaigns import CampaignBook
 from app.catalog.store import Catalog, ShopperStore
 from app.config import Settings
 from app.generation.engine import Engine, EngineError
@@ -15,6 +16,7 @@ from app.pipeline import Pipeline
 from app.prompting.templates import TemplateRegistry, load_brand
 from app.retrieval.embedder import SentenceEmbedder
 from app.retrieval.index import HNSWParams, VectorIndex, build_or_load_index
+from app.store.campaigns import CampaignStore
 from app.store.db import Database
 from app.store.repositories import CatalogChanges
 from app.store.templates import TemplateStore
@@ -64,6 +66,17 @@ def load_templates(settings: Settings, *, with_changes: bool = True) -> Template
         return TemplateRegistry.from_folder(settings.prompts_dir)
     brand = load_brand(settings.prompts_dir)
     return read_templates(settings, lambda store: store.registry(brand))
+
+
+def load_campaigns(settings: Settings) -> CampaignBook:
+    """The campaigns in the database, for a pipeline built outside the service (the CLI, a
+    job's workers); the service follows changes itself (app/server/campaigns)."""
+
+    async def read() -> CampaignBook:
+        async with Database.upgraded(settings.database) as db:
+            return await CampaignStore(db).book()
+
+    return asyncio.run(read())
 
 
 def hardware_choices(
@@ -225,7 +238,7 @@ def build_pipeline(
     catalog, shoppers = load_data(settings, with_changes=with_changes)
     embedder = load_embedder(settings)
     index, _ = load_index(settings, catalog, embedder, progress=progress)
-    return Pipeline.assemble(
+    pipeline = Pipeline.assemble(
         settings,
         catalog=catalog,
         shoppers=shoppers,
@@ -235,3 +248,6 @@ def build_pipeline(
         templates=load_templates(settings, with_changes=with_changes),
         models_dir=settings.index_dir,  # the collaborative model is kept beside the index
     )
+    if with_changes:
+        pipeline.use_campaigns(load_campaigns(settings))
+    return pipeline

@@ -27,6 +27,7 @@ def inputs_of(banner: Banner, shopper_version: str, catalog: Catalog) -> BannerI
         model=banner.model,
         facts=facts,
         anchor=banner.anchor.id if banner.anchor else None,
+        campaigns={c.id: c.ends_at for c in banner.campaigns},
     )
 
 
@@ -83,6 +84,11 @@ def stale_reasons(
     if inputs.model != current.model:
         reasons.append(f"model {inputs.model} -> {current.model}")
     reasons += product_problems(inputs.facts, catalog, inputs.anchor)
+    reasons += [
+        f"campaign {campaign_id} ended"
+        for campaign_id, ends_at in sorted(inputs.campaigns.items())
+        if now >= ends_at
+    ]
     if max_age_s > 0 and now - generated_at > timedelta(seconds=max_age_s):
         reasons.append(f"older than {max_age_s:g} s")
     return reasons

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from typing import Any
 
+from app.campaigns import Campaign
 from app.domain import Candidate, Product, Shopper
 from app.generation.schemas import SchemaSpec
 
@@ -31,7 +33,7 @@ CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "CAD": "CA$", "AUD": 
 # The variables a template may use; the pipeline always provides all of them (``anchor`` is
 # None unless the template's retrieval focus is "anchor" and the shopper has viewed something).
 CONTEXT_VARIABLES = frozenset(
-    {"shopper", "candidates", "brand", "placement", "k", "limits", "anchor"}
+    {"shopper", "candidates", "brand", "placement", "k", "limits", "anchor", "campaigns"}
 )
 
 
@@ -73,6 +75,17 @@ def anchor_context(anchor: Product | None) -> dict[str, str] | None:
     }
 
 
+def campaign_context(campaign: Campaign, candidates: list[Candidate]) -> dict[str, Any]:
+    """A running campaign as the template sees it: what it is called, what it offers, and
+    which of the numbered candidates it covers (the copy may only claim it for those)."""
+    return {
+        "name": clean(campaign.name, 60),
+        "offer": clean(campaign.offer, 120),
+        "discount_percent": campaign.discount_percent,
+        "products": [c.number for c in candidates if campaign.covers(c.product)],
+    }
+
+
 def shopper_context(shopper: Shopper, recent_titles: list[str]) -> dict[str, Any]:
     return {
         "name": clean(shopper.name, FIELD_CAPS["name"]),
@@ -93,7 +106,9 @@ def build_context(
     placement: str,
     spec: SchemaSpec,
     anchor: Product | None = None,
+    campaigns: Sequence[Campaign] = (),
 ) -> dict[str, Any]:
+    """``campaigns``: the running ones that cover a candidate (``CampaignBook.covering``)."""
     return {
         "shopper": shopper_context(shopper, recent_titles),
         "candidates": [candidate_context(c) for c in candidates],
@@ -102,6 +117,7 @@ def build_context(
         "k": len(candidates),
         "limits": spec.limits(),
         "anchor": anchor_context(anchor),
+        "campaigns": [campaign_context(c, candidates) for c in campaigns],
     }
 
 
@@ -146,4 +162,5 @@ def example_context(
             "title": clean(viewed["title"], FIELD_CAPS["title"]),
             "category": clean(viewed["category"], FIELD_CAPS["category"]),
         },
+        "campaigns": [],  # an example shows copy without one: no sale is claimed by habit
     }

@@ -34,6 +34,8 @@ from app.pregeneration.worker import SubjectMaker, engine_urls
 from app.server.auth import session_middleware
 from app.server.banners.controllers import BannerController, HomepageController
 from app.server.banners.service import BannerService
+from app.server.campaigns.controllers import CampaignController
+from app.server.campaigns.service import CampaignService
 from app.server.catalog.controllers import EventController, ProductController, ShopperController
 from app.server.catalog.service import CatalogService
 from app.server.errors import handle_bad_encoding, handle_http, handle_storage, handle_unexpected
@@ -55,6 +57,7 @@ from app.server.review.service import ReviewService
 from app.server.services import (
     Services,
     provide_banners,
+    provide_campaigns,
     provide_catalog,
     provide_jobs,
     provide_keys,
@@ -72,6 +75,7 @@ from app.server.studio.controllers import (
 from app.server.studio.service import StudioService
 from app.server.webhooks.controllers import WebhookController
 from app.server.webhooks.service import WebhookService
+from app.store.campaigns import CampaignStore
 from app.store.db import Database
 from app.store.feedback import FeedbackStore
 from app.store.pregenerated import (
@@ -100,6 +104,7 @@ SLICES = [
     TemplateController,
     AuditController,
     ExperimentController,
+    CampaignController,
     pages.StudioSignIn,
     pages.StudioPages,
     # pre-generation and the read path
@@ -134,11 +139,14 @@ async def load_services(
         await templates.seed(settings.prompts_dir)
         studio = StudioService(templates, held.feedback, pipeline, held.limit, held.events)
         await studio.reload()
+        campaigns = CampaignService(CampaignStore(db), pipeline)
+        await campaigns.reload()
     except Exception as error:  # reported on /readyz, and in the log
         held.load_error = f"{type(error).__name__}: {error}"[:500]
         log.exception("pipeline failed to load")
         return
     held.studio = studio
+    held.campaigns = campaigns
     held.catalog = CatalogService(
         pipeline,
         CatalogChanges(db),
@@ -193,15 +201,17 @@ async def load_services(
 
 async def follow_templates(held: Services) -> None:
     """Other replicas publish through the same database: follow their label moves (and the
-    bandits' weights, which any replica may move when a period ends)."""
+    bandits' weights, which any replica may move when a period ends) and their campaigns."""
     while True:
         await asyncio.sleep(held.settings.templates_refresh_s)
-        if held.studio is None:
+        if held.studio is None or held.campaigns is None:
             continue
         try:
             await held.studio.move_bandits()  # a thompson split whose period is over
             if await held.studio.reload_if_changed():
                 log.info("templates_reloaded")
+            if await held.campaigns.reload_if_changed():
+                log.info("campaigns_reloaded")
         except Exception:  # a database hiccup: keep serving what we have, try again
             log.exception("could not reload templates")
 
@@ -364,6 +374,7 @@ def create_app(
             "studio": Provide(provide_studio, sync_to_thread=False),
             "jobs": Provide(provide_jobs, sync_to_thread=False),
             "placements": Provide(provide_placements, sync_to_thread=False),
+            "campaigns": Provide(provide_campaigns, sync_to_thread=False),
             "review": Provide(provide_review, sync_to_thread=False),
             "keys": Provide(provide_keys, sync_to_thread=False),
             "webhooks": Provide(provide_webhooks, sync_to_thread=False),

@@ -17,6 +17,7 @@ from app.events import Events, NoEvents
 from app.generation.vllm_server import ServerWatch
 from app.hardware import Choice, Component
 from app.server.banners.service import BannerService
+from app.server.campaigns.service import CampaignService
 from app.server.catalog.service import CatalogService
 from app.server.errors import Problem
 from app.server.jobs.service import JobService
@@ -45,6 +46,7 @@ class Services:
     banners: BannerService | None = None
     catalog: CatalogService | None = None
     studio: StudioService | None = None
+    campaigns: CampaignService | None = None
     jobs: JobService | None = None
     placements: PlacementService | None = None
     review: ReviewService | None = None
@@ -85,7 +87,7 @@ def services(state: State) -> Services:
 
 
 # Litestar providers: a handler asks for ``banners``, ``catalog``, ``studio``, ``jobs``,
-# ``placements``, ``review``, ``keys`` or ``webhooks`` by name.
+# ``placements``, ``review``, ``campaigns``, ``keys`` or ``webhooks`` by name.
 
 T = TypeVar("T")
 
@@ -109,6 +111,10 @@ def provide_catalog(state: State) -> CatalogService:
 
 def provide_studio(state: State) -> StudioService:
     return _loaded(state, lambda held: held.studio)
+
+
+def provide_campaigns(state: State) -> CampaignService:
+    return _loaded(state, lambda held: held.campaigns)
 
 
 def provide_jobs(state: State) -> JobService:

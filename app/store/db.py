@@ -191,6 +191,20 @@ class AuditRecord(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+class CampaignRecord(Base):
+    """A sale or promotion copy may talk about (app/campaigns.py); ``payload`` is the campaign
+    as the marketer stated it. Changes are audited in ``template_audit`` (action
+    ``campaign``/``delete_campaign``), one trail for everything marketers change."""
+
+    __tablename__ = "campaigns"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    ends_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    updated_by: Mapped[str] = mapped_column(String(80))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
 class FeedbackRecord(Base):
     """An impression, click or conversion on a served banner; the event id makes it idempotent."""
 

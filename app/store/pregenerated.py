@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.domain import Audience, Banner, BannerInputs, Subject
+from app.domain import Audience, Banner, BannerInputs, NamedCampaign, Subject
 from app.store.db import (
     AuditRecord,
     Database,
@@ -414,6 +414,11 @@ def _stored(record: PlacementBannerRecord | Row[Any]) -> StoredBanner:
             model=record.model,
             facts={pid: (float(f[0]), bool(f[1])) for pid, f in record.facts.items()},
             anchor=record.anchor,
+            # Read from the banner itself: the campaigns its copy names, and their ends.
+            campaigns={
+                named.id: aware(named.ends_at)
+                for named in map(NamedCampaign.model_validate, record.payload.get("campaigns", []))
+            },
         ),
         stale_reason=record.stale_reason,
         job_id=record.job_id,

@@ -1,0 +1,1 @@
+"""Campaigns: the sales and promotions copy may talk about (marketers)."""
