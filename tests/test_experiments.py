@@ -158,3 +158,18 @@ def test_the_bandit_sends_most_shoppers_to_the_better_arm_and_keeps_exploring() 
     assert np.mean(shares[-10:]) > 0.8
     assert shown["b"] > 0.7 * sum(shown.values())
     assert min(1 - s for s in shares) >= 0.1 - 0.03  # the floor, give or take the draw
+
+
+def test_the_chance_the_variant_is_better_matches_the_posteriors_integral() -> None:
+    """P(variant CTR > control CTR) under Beta posteriors, against scipy's integral of one
+    posterior's density times the other's distribution function."""
+    from scipy import integrate, stats
+
+    from app.server.studio.experiments import probability_better
+
+    control, variant = wilson(30, 400), wilson(45, 400)
+    a = stats.beta(1 + 30, 1 + 370)
+    b = stats.beta(1 + 45, 1 + 355)
+    exact, _ = integrate.quad(lambda x: b.pdf(x) * a.cdf(x), 0, 1, limit=200)
+    assert probability_better(control, variant) == pytest.approx(exact, abs=0.01)
+    assert probability_better(variant, control) == pytest.approx(1 - exact, abs=0.01)

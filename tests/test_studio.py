@@ -385,6 +385,8 @@ def test_split_feedback_and_experiment_read_out(studio) -> None:
     low, high = by_label["production"]["ctr"]["low"], by_label["production"]["ctr"]["high"]
     assert 0.0 <= low < by_label["production"]["ctr"]["value"] < high <= 1.0
     assert report["ctr_verdict"] == "variant wins"
+    # Beside the verdict: its always-valid p-value and the bandit's P(variant better).
+    assert report["ctr_p_value"] < 0.05 and report["variant_better"] > 0.99
 
     bad = call(client, "PUT", "/v1/experiments/home_hero", marketer, dict(split, variant="nope"))
     assert bad.status_code == 404 and "nope" in bad.text

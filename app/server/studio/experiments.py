@@ -88,15 +88,21 @@ def verdict(control: Rate, variant: Rate, alpha: float = 0.05) -> str:
     return "variant wins" if variant.value > control.value else "control wins"
 
 
-def thompson_share(control: Rate, variant: Rate, min_share: float, draws: int = 20_000) -> float:
-    """The variant's share of shoppers for the next period: the chance that its click rate
-    beats control's, with Beta(1 + clicks, 1 + non-clicks) posteriors (Thompson sampling as
-    probability matching), kept within [min_share, 1 - min_share] so neither arm stops
-    learning. Drawn from a generator seeded by the counts: every replica gets the same."""
+def probability_better(control: Rate, variant: Rate, draws: int = 20_000) -> float:
+    """P(the variant's click rate beats control's) under Beta(1 + clicks, 1 + non-clicks)
+    posteriors: the bandit's read of an experiment, beside the verdict's p-value. Drawn from a
+    generator seeded by the counts, so every replica (and every read) gets the same number."""
     rng = np.random.default_rng(
         [control.successes, control.trials, variant.successes, variant.trials]
     )
     better = rng.beta(
         1 + variant.successes, 1 + variant.trials - variant.successes, draws
     ) > rng.beta(1 + control.successes, 1 + control.trials - control.successes, draws)
-    return float(min(max(better.mean(), min_share), 1.0 - min_share))
+    return float(better.mean())
+
+
+def thompson_share(control: Rate, variant: Rate, min_share: float, draws: int = 20_000) -> float:
+    """The variant's share of shoppers for the next period: the chance that it is the better
+    arm (Thompson sampling as probability matching), kept within [min_share, 1 - min_share]
+    so neither arm stops learning."""
+    return min(max(probability_better(control, variant, draws), min_share), 1.0 - min_share)

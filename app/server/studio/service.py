@@ -31,7 +31,14 @@ from app.prompting.templates import (
 )
 from app.server.errors import Problem, invalid
 from app.server.limits import GenerationLimit
-from app.server.studio.experiments import Rate, thompson_share, verdict, wilson
+from app.server.studio.experiments import (
+    Rate,
+    always_valid_p_value,
+    probability_better,
+    thompson_share,
+    verdict,
+    wilson,
+)
 from app.store.feedback import ArmCounts, FeedbackStore
 from app.store.templates import AuditEntry, Conflict, StoredVersion, TemplateStore, VersionInfo
 
@@ -168,6 +175,10 @@ class ExperimentReport:
     arms: list[ArmReport]
     ctr_verdict: str | None  # control vs variant, when both arms have data
     conversion_verdict: str | None
+    # Beside the verdict: its always-valid p-value, and the chance that the variant has the
+    # better click rate (what a thompson split sets its share from).
+    ctr_p_value: float | None = None
+    variant_better: float | None = None
 
 
 class StudioService:
@@ -427,14 +438,21 @@ class StudioService:
             for counts in await self.feedback.counts(placement)
         ]
         split = self.pipeline.templates.splits.get(placement)
-        ctr_verdict = conversion_verdict = None
-        if split is not None:
-            control = _pooled(arms, split.template, split.control)
-            variant = _pooled(arms, split.template, split.variant)
-            if control and variant:
-                ctr_verdict = verdict(control[0], variant[0])
-                conversion_verdict = verdict(control[1], variant[1])
-        return ExperimentReport(placement, split, arms, ctr_verdict, conversion_verdict)
+        if split is None:
+            return ExperimentReport(placement, split, arms, None, None)
+        control = _pooled(arms, split.template, split.control)
+        variant = _pooled(arms, split.template, split.variant)
+        if not (control and variant):
+            return ExperimentReport(placement, split, arms, None, None)
+        return ExperimentReport(
+            placement,
+            split,
+            arms,
+            verdict(control[0], variant[0]),
+            verdict(control[1], variant[1]),
+            ctr_p_value=round(always_valid_p_value(control[0], variant[0]), 4),
+            variant_better=round(probability_better(control[0], variant[0]), 4),
+        )
 
     # --- previews ------------------------------------------------------------------------------
 
