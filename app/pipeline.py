@@ -238,6 +238,23 @@ class Pipeline:
             if best.candidates:
                 category = (best.candidates[0].product.category,)
                 filters = filters.model_copy(update={"include_categories": category})
+        if focus == "top_brand" and not filters.include_brands:
+            # A range is two products at least, whatever the schema would accept.
+            return self._brand_showcase(shopper, k, max(2, template.spec.min_products), filters)
+        return self.selector.select(shopper, k, filters)
+
+    def _brand_showcase(
+        self, shopper: Shopper, k: int, min_products: int, filters: CandidateFilters
+    ) -> Selection:
+        """One brand's range: the brands of the shopper's most relevant products, in that
+        order, the first with at least ``min_products`` to show; with none, the usual mixed
+        selection (the template then sees several brands, as a grid would)."""
+        ranked = self.selector.select(shopper, 3 * k, filters).candidates
+        for brand in dict.fromkeys(c.product.brand for c in ranked):
+            only = filters.model_copy(update={"include_brands": (brand,)})
+            selection = self.selector.select(shopper, k, only)
+            if len(selection.candidates) >= min_products:
+                return selection
         return self.selector.select(shopper, k, filters)
 
     def render(

@@ -299,6 +299,7 @@ PATH_VALUES = {
     "product_id": "C1",
     "version": "1",
     "key_id": "abc123",
+    "campaign_id": "spring_sale",
 }
 
 
@@ -322,8 +323,8 @@ def test_a_body_that_is_not_utf8_is_a_400_problem_everywhere(api) -> None:
     client, keys, _ = api
     routes = _body_routes(client.app)
     # banners, homepages, feedback; products, shoppers, events; versions, import, labels,
-    # previews, experiments; jobs; keys; review decisions and settings; webhooks
-    assert len(routes) == 16 and ("POST", "/v1/templates/hero_banner/import") in routes, routes
+    # previews, experiments; campaigns; jobs; keys; review decisions and settings; webhooks
+    assert len(routes) == 17 and ("POST", "/v1/templates/hero_banner/import") in routes, routes
     for method, path in routes:
         for body in NOT_UTF8:
             response = client.request(

@@ -39,7 +39,7 @@ from tests.test_api import _keys
 Client = TestClient[Litestar]
 HERO = "home_hero"
 GRID = "home_grid"
-PLACEMENTS = "home_because_viewed, home_grid, home_hero, home_spotlight"
+PLACEMENTS = "home_because_viewed, home_brand, home_grid, home_hero, home_spotlight"
 SHOPPERS = ("coffee_fan", "coffee_two", "runner", "camper", "newcomer")
 SEGMENTS = {"coffee_fan": "regular", "coffee_two": "regular", "newcomer": "regular"}
 SEGMENTS |= {"runner": "sporty", "camper": "sporty"}

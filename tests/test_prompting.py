@@ -180,7 +180,9 @@ def test_registry_refuses_duplicate_names(tmp_path: Path) -> None:
 def test_unknown_template_lists_the_known_ones() -> None:
     registry = TemplateRegistry.from_folder(PROJECT_ROOT / "prompts")
     with pytest.raises(
-        KeyError, match="known: because_you_viewed, category_spotlight, grid_heading, hero_banner"
+        KeyError,
+        match="known: because_you_viewed, brand_showcase, category_spotlight, grid_heading, "
+        "hero_banner",
     ):
         registry.get("nope")
 

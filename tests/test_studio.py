@@ -83,6 +83,7 @@ def test_templates_are_seeded_from_the_prompts_folder(studio) -> None:
     listed = call(client, "GET", "/v1/templates", keys["cms"]).json()
     assert [t["name"] for t in listed] == [
         "because_you_viewed",
+        "brand_showcase",
         "category_spotlight",
         "grid_heading",
         "hero_banner",

@@ -144,7 +144,7 @@ def example_context(
             {
                 "number": number,
                 "title": clean(p["title"], FIELD_CAPS["title"]),
-                "brand": "",
+                "brand": clean(p.get("brand", ""), FIELD_CAPS["brand"]),
                 "category": clean(p["category"], FIELD_CAPS["category"]),
                 "price": "",
                 "tags": [],

@@ -45,9 +45,11 @@ class RetrievalHints(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    # top_category (a spotlight): one category the shopper likes. anchor ("because you
-    # viewed"): neighbours of the product of the shopper's latest event, named as ``anchor``.
-    focus: Literal["none", "top_category", "anchor"] = "none"
+    # top_category (a spotlight): one category the shopper likes. top_brand (a brand
+    # showcase): one brand's range, the brand of their most relevant product with enough of
+    # it to show. anchor ("because you viewed"): neighbours of the product of the shopper's
+    # latest event, named as ``anchor``.
+    focus: Literal["none", "top_category", "top_brand", "anchor"] = "none"
 
 
 class Brand(BaseModel):
@@ -66,6 +68,7 @@ class ExampleProduct(BaseModel):
     title: str = Field(min_length=1, max_length=120)
     category: str = Field(min_length=1, max_length=60)
     description: str = Field(default="", max_length=240)
+    brand: str = Field(default="", max_length=60)
 
 
 class FewShotExample(BaseModel):

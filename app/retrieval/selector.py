@@ -33,6 +33,7 @@ class CandidateFilters(BaseModel):
     exclude_purchased: bool = True
     include_categories: tuple[str, ...] = ()
     exclude_categories: tuple[str, ...] = ()
+    include_brands: tuple[str, ...] = Field(default=(), max_length=50)
     exclude_products: tuple[str, ...] = Field(default=(), max_length=1000)
     min_price: float | None = Field(default=None, ge=0)
     max_price: float | None = Field(default=None, ge=0)
@@ -86,6 +87,7 @@ class CandidateSelector:
         self._on_sale = np.array([p.id not in catalog.withdrawn for p in products], dtype=bool)
         self._price = np.array([p.price for p in products], dtype=np.float64)
         self._category = np.array([p.category.casefold() for p in products])
+        self._brand = np.array([p.brand.casefold() for p in products])
 
     def _allowed(
         self, shopper: Shopper, filters: CandidateFilters
@@ -109,6 +111,9 @@ class CandidateSelector:
         if filters.include_categories:
             wanted = [c.casefold() for c in filters.include_categories]
             apply("category_not_included", np.isin(self._category, wanted))
+        if filters.include_brands:
+            brands = [b.casefold() for b in filters.include_brands]
+            apply("brand_not_included", np.isin(self._brand, brands))
         if filters.exclude_categories:
             unwanted = [c.casefold() for c in filters.exclude_categories]
             apply("category_excluded", ~np.isin(self._category, unwanted))

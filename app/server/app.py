@@ -34,6 +34,7 @@ from app.pregeneration.worker import SubjectMaker, engine_urls
 from app.server.auth import session_middleware
 from app.server.banners.controllers import BannerController, HomepageController
 from app.server.banners.service import BannerService
+from app.server.campaigns import pages as campaign_pages
 from app.server.campaigns.controllers import CampaignController
 from app.server.campaigns.service import CampaignService
 from app.server.catalog.controllers import EventController, ProductController, ShopperController
@@ -105,6 +106,7 @@ SLICES = [
     AuditController,
     ExperimentController,
     CampaignController,
+    campaign_pages.CampaignPages,
     pages.StudioSignIn,
     pages.StudioPages,
     # pre-generation and the read path
@@ -398,7 +400,8 @@ def create_app(
         # The schema: each operation's problems and API key; bodies as pydantic checks them.
         plugins=[ProblemDocs(), PydanticContract()],
         template_config=TemplateConfig(
-            directory=[pages.TEMPLATES, review_pages.TEMPLATES], engine=JinjaTemplateEngine
+            directory=[pages.TEMPLATES, review_pages.TEMPLATES, campaign_pages.TEMPLATES],
+            engine=JinjaTemplateEngine,
         ),
         # The studio's forms are cookie-authenticated, so they need CSRF tokens; the API is
         # authenticated by a header a browser never adds on its own, so /v1 is left out.

@@ -63,7 +63,9 @@ def test_hero_banners_for_demo_shoppers_are_valid_and_grounded(
         assert banner.output_tokens > 0 and banner.timings.generation_ms > 0
 
 
-@pytest.mark.parametrize("template", ["grid_heading", "category_spotlight", "because_you_viewed"])
+@pytest.mark.parametrize(
+    "template", ["grid_heading", "category_spotlight", "because_you_viewed", "brand_showcase"]
+)
 def test_other_templates_are_valid_and_grounded(pipeline: Pipeline, template: str) -> None:
     banners = asyncio.run(
         pipeline.generate(BannerRequest(shopper_id="u004", template=template, count=2))
@@ -73,6 +75,9 @@ def test_other_templates_are_valid_and_grounded(pipeline: Pipeline, template: st
         assert_grounded(pipeline, banner, "u004")
     if template == "category_spotlight":
         assert len({p.id[:3] for b in banners for p in b.products}) == 1, "one category"
+    if template == "brand_showcase":
+        shown = [pipeline.catalog.get(p.id) for b in banners for p in b.products]
+        assert len({p.brand for p in shown if p}) == 1, "one brand"
     if template == "because_you_viewed":
         # Named, as data for the CMS: the shopper's latest product, never among those shown.
         latest = max(pipeline.shoppers.get("u004").history, key=lambda e: e.ts).product_id
