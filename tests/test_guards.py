@@ -6,7 +6,8 @@ import pytest
 
 from app.domain import Candidate, CandidateScores
 from app.generation.schemas import SCHEMAS, output_model
-from app.guards import TEXT_FIELDS, Guards, fallback_copy, numbers_in, suspicious_text
+from app.guards import TEXT_FIELDS, Guards, fallback_copy, suspicious_text
+from app.locales import numbers_in
 from app.prompting.templates import RenderedPrompt
 from tests.conftest import product
 

@@ -8,7 +8,8 @@ import pytest
 from app.config import PROJECT_ROOT
 from app.domain import Candidate, CandidateScores, Shopper
 from app.generation.schemas import SCHEMAS
-from app.prompting.context import build_context, clean, format_price
+from app.locales import format_price
+from app.prompting.context import build_context, clean
 from app.prompting.sandbox import TemplateError
 from app.prompting.templates import TemplateRegistry, parse_template
 from tests.conftest import TINY_PRODUCTS
@@ -152,7 +153,7 @@ def test_candidates_are_numbered_and_prices_formatted() -> None:
     assert [c["number"] for c in offered] == [1, 2, 3]
     assert offered[0]["price"] == "$120.00"
     assert format_price(1299.5, "EUR") == "€1,299.50"
-    assert format_price(10, "CHF") == "10.00 CHF"
+    assert format_price(10, "CHF") == "CHF10.00"  # CLDR en-US: the code, no space
 
 
 def test_shipped_templates_render_with_numbered_products() -> None:

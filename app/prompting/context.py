@@ -15,6 +15,7 @@ from typing import Any
 from app.campaigns import Campaign
 from app.domain import Candidate, Product, Shopper
 from app.generation.schemas import SchemaSpec
+from app.locales import DEFAULT_LOCALE, CopyLocale, format_price
 
 FIELD_CAPS = {
     "title": 120,
@@ -28,12 +29,21 @@ FIELD_CAPS = {
 }
 _DELIMITERS = re.compile(r"[<>`]")
 _SPACES = re.compile(r"\s+")
-CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "CAD": "CA$", "AUD": "A$", "JPY": "¥"}
 
 # The variables a template may use; the pipeline always provides all of them (``anchor`` is
 # None unless the template's retrieval focus is "anchor" and the shopper has viewed something).
 CONTEXT_VARIABLES = frozenset(
-    {"shopper", "candidates", "brand", "placement", "k", "limits", "anchor", "campaigns"}
+    {
+        "shopper",
+        "candidates",
+        "brand",
+        "placement",
+        "k",
+        "limits",
+        "anchor",
+        "campaigns",
+        "language",
+    }
 )
 
 
@@ -46,20 +56,15 @@ def clean(text: str, cap: int) -> str:
     return kept
 
 
-def format_price(price: float, currency: str) -> str:
-    symbol = CURRENCY_SYMBOLS.get(currency)
-    amount = f"{price:,.2f}"
-    return f"{symbol}{amount}" if symbol else f"{amount} {currency}"
-
-
-def candidate_context(candidate: Candidate) -> dict[str, Any]:
+def candidate_context(candidate: Candidate, locale: str = DEFAULT_LOCALE) -> dict[str, Any]:
+    """``locale``: the shopper's, which the price is written for ("1.234,50 €")."""
     product = candidate.product
     return {
         "number": candidate.number,
         "title": clean(product.title, FIELD_CAPS["title"]),
         "brand": clean(product.brand, FIELD_CAPS["brand"]),
         "category": clean(product.category, FIELD_CAPS["category"]),
-        "price": format_price(product.price, product.currency),
+        "price": format_price(product.price, product.currency, locale),
         "tags": [clean(tag, FIELD_CAPS["tag"]) for tag in product.tags[:8]],
         "description": clean(product.description, FIELD_CAPS["description"]),
     }
@@ -107,17 +112,22 @@ def build_context(
     spec: SchemaSpec,
     anchor: Product | None = None,
     campaigns: Sequence[Campaign] = (),
+    locale: CopyLocale | None = None,
 ) -> dict[str, Any]:
-    """``campaigns``: the running ones that cover a candidate (``CampaignBook.covering``)."""
+    """``campaigns``: the running ones that cover a candidate (``CampaignBook.covering``).
+    ``locale``: the copy's language (``language``, in English words: an instruction such as
+    "Write in {{ language }}" needs it) and the shopper's price format."""
+    locale = locale or CopyLocale(shopper.locale, DEFAULT_LOCALE, False)
     return {
         "shopper": shopper_context(shopper, recent_titles),
-        "candidates": [candidate_context(c) for c in candidates],
+        "candidates": [candidate_context(c, locale.requested) for c in candidates],
         "brand": brand,
         "placement": clean(placement, 40),
         "k": len(candidates),
         "limits": spec.limits(),
         "anchor": anchor_context(anchor),
         "campaigns": [campaign_context(c, candidates) for c in campaigns],
+        "language": locale.language,
     }
 
 
@@ -163,4 +173,5 @@ def example_context(
             "category": clean(viewed["category"], FIELD_CAPS["category"]),
         },
         "campaigns": [],  # an example shows copy without one: no sale is claimed by habit
+        "language": "English",
     }

@@ -13,12 +13,18 @@ import hashlib
 import hmac
 from collections.abc import Set
 from typing import Any
+from urllib.parse import quote
 
 import structlog
+from litestar import Request, Response
 from litestar.connection import ASGIConnection
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import DefineMiddleware
 from litestar.middleware.session.client_side import CookieBackendConfig
+from litestar.params import Body
+from litestar.response import Redirect
 
 from app.server.errors import Problem
 from app.server.services import services
@@ -120,3 +126,25 @@ async def session_user(
         return None
     found = await keys.active(key_id)
     return found.name if found is not None and accepted & set(found.scopes) else None
+
+
+# --- the studio's pages -----------------------------------------------------------------------
+
+PAGE_SCOPES = frozenset({"marketer", "admin"})  # who may use the studio's pages
+# A page form's body: URL-encoded, as a browser posts it.
+FORM = Body(media_type=RequestEncodingType.URL_ENCODED)
+
+
+async def signed_in(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard of every studio page: a signed-in marketer (their key's name becomes the actor,
+    the key is looked up on every page), else the sign-in page."""
+    who = await session_user(connection, PAGE_SCOPES)
+    if who is None:
+        connection.clear_session()  # a refused session is dropped with the redirect
+        raise NotAuthorizedException("sign in with a marketer key")
+    identify(connection, who)
+
+
+def to_login(request: Request[Any, Any, Any], _: Exception) -> Response[Any]:
+    """What a page answers a visitor who is not signed in: the sign-in page, then back."""
+    return Redirect(f"/studio/login?next={quote(request.url.path)}")

@@ -10,7 +10,8 @@ import pytest
 from app.domain import Banner, Shopper
 from app.generation.engine import GenerationRequest, SamplingParams
 from app.generation.schemas import output_model
-from app.guards import candidate_facts, numbers_in
+from app.guards import candidate_facts
+from app.locales import numbers_in
 from app.pipeline import BannerRequest, Pipeline
 
 pytestmark = pytest.mark.integration

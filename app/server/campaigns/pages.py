@@ -14,44 +14,23 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from litestar import Controller, Request, Response, get, post
-from litestar.connection import ASGIConnection
 from litestar.datastructures import State
-from litestar.enums import RequestEncodingType
 from litestar.exceptions import NotAuthorizedException
-from litestar.handlers.base import BaseRouteHandler
-from litestar.params import Body
 from litestar.response import Redirect, Template
 from pydantic import ValidationError
 
 from app.domain import NAME_PATTERN
-from app.server.auth import actor, identify, session_user
+from app.server.auth import FORM, actor, signed_in, to_login
 from app.server.campaigns.schemas import CampaignIn, CampaignOut
 from app.server.campaigns.service import CampaignService
 from app.server.errors import Problem, invalid
 
 TEMPLATES = Path(__file__).parent / "templates"
-WRITE_SCOPES = frozenset({"marketer", "admin"})  # as the studio's own pages
 LISTED_ITEMS = 8  # products or categories shown in a row; the edit form has them all
 ID_RULE = "2 to 49 of a-z, 0-9 and _, starting with a letter"
-
-Form = Body(media_type=RequestEncodingType.URL_ENCODED)
-
-
-async def signed_in(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Guard: a signed-in marketer, as on the studio's other pages (the key is looked up on
-    every page), else the sign-in page."""
-    who = await session_user(connection, WRITE_SCOPES)
-    if who is None:
-        connection.clear_session()
-        raise NotAuthorizedException("sign in with a marketer key")
-    identify(connection, who)
-
-
-def to_login(request: Request[Any, Any, Any], _: Exception) -> Response[Any]:
-    return Redirect(f"/studio/login?next={quote(request.url.path)}")
 
 
 @dataclass
@@ -279,7 +258,7 @@ class CampaignPages(Controller):
         self,
         request: Request[Any, Any, State],
         campaigns: CampaignService,
-        data: Annotated[CampaignForm, Form],
+        data: Annotated[CampaignForm, FORM],
     ) -> Response[Any]:
         return await self._save(request, campaigns, data.id.strip(), data, creating=True)
 
@@ -289,7 +268,7 @@ class CampaignPages(Controller):
         request: Request[Any, Any, State],
         campaigns: CampaignService,
         campaign_id: str,
-        data: Annotated[CampaignForm, Form],
+        data: Annotated[CampaignForm, FORM],
     ) -> Response[Any]:
         return await self._save(request, campaigns, campaign_id, data, creating=False)
 

@@ -11,44 +11,24 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from litestar import Controller, Request, Response, get, post
-from litestar.connection import ASGIConnection
 from litestar.datastructures import State
-from litestar.enums import RequestEncodingType
 from litestar.exceptions import NotAuthorizedException
-from litestar.handlers.base import BaseRouteHandler
-from litestar.params import Body, Parameter
+from litestar.params import Parameter
 from litestar.response import Redirect, Template
 from pydantic import ValidationError
 
-from app.server.auth import actor, identify, session_user
+from app.server.auth import FORM, actor, signed_in, to_login
 from app.server.errors import Problem
 from app.server.review.schemas import MAX_DECISIONS, DecisionIn, Flag, QueueState
 from app.server.review.service import ReviewService
 
 TEMPLATES = Path(__file__).parent / "templates"
-WRITE_SCOPES = frozenset({"marketer", "admin"})  # as the studio's own pages
 PAGE_SIZE = 50
 FILTERS = ("placement", "template", "segment", "state", "fallback", "offset")
 STATES: tuple[QueueState, ...] = ("pending", "approved", "rejected", "none", "all")
-
-Form = Body(media_type=RequestEncodingType.URL_ENCODED)
-
-
-async def signed_in(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Guard: a signed-in marketer, as on the studio's other pages (the key is looked up on
-    every page), else the sign-in page."""
-    who = await session_user(connection, WRITE_SCOPES)
-    if who is None:
-        connection.clear_session()
-        raise NotAuthorizedException("sign in with a marketer key")
-    identify(connection, who)
-
-
-def to_login(request: Request[Any, Any, Any], _: Exception) -> Response[Any]:
-    return Redirect(f"/studio/login?next={quote(request.url.path)}")
 
 
 @dataclass
@@ -195,7 +175,7 @@ class ReviewPages(Controller):
         self,
         request: Request[Any, Any, State],
         review: ReviewService,
-        data: Annotated[DecisionForm, Form],
+        data: Annotated[DecisionForm, FORM],
     ) -> Response[Any]:
         try:
             decision = DecisionIn.model_validate(
@@ -252,7 +232,7 @@ class ReviewPages(Controller):
         request: Request[Any, Any, State],
         review: ReviewService,
         placement: str,
-        data: Annotated[RequirementForm, Form],
+        data: Annotated[RequirementForm, FORM],
     ) -> Response[Any]:
         try:
             await review.require(placement, data.required, actor(request))

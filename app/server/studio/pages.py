@@ -14,21 +14,19 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from litestar import Controller, Request, Response, get, post
-from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie, State
-from litestar.enums import RequestEncodingType
 from litestar.exceptions import NotAuthorizedException
-from litestar.handlers.base import BaseRouteHandler
-from litestar.params import Body
 from litestar.response import Redirect, Template
 
 from app.server.auth import (
     CHALLENGE,
+    FORM,
+    PAGE_SCOPES,
     SESSION_PATH,
     actor,
-    identify,
     open_session,
-    session_user,
+    signed_in,
+    to_login,
 )
 from app.server.errors import Problem
 from app.server.studio.service import (
@@ -41,7 +39,6 @@ from app.server.studio.service import (
 
 TEMPLATES = Path(__file__).parent / "templates"
 LEGACY_COOKIE = "marquee_studio_key"  # where older versions kept the key itself: cleared
-WRITE_SCOPES = frozenset({"marketer", "admin"})
 MAX_PAGE_PREVIEW_BANNERS = 2
 SHOPPERS_LISTED = 200
 
@@ -67,22 +64,6 @@ class LabelForm:
 @dataclass
 class LoginForm:
     key: str
-
-
-Form = Body(media_type=RequestEncodingType.URL_ENCODED)
-
-
-async def signed_in(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Guard: a signed-in marketer (their key's name becomes the actor), else the sign-in page."""
-    who = await session_user(connection, WRITE_SCOPES)
-    if who is None:
-        connection.clear_session()  # a refused session is dropped with the redirect
-        raise NotAuthorizedException("sign in with a marketer key")
-    identify(connection, who)
-
-
-def to_login(request: Request[Any, Any, Any], _: Exception) -> Response[Any]:
-    return Redirect(f"/studio/login?next={quote(request.url.path)}")
 
 
 CONTEXT_LINES = 3
@@ -128,10 +109,10 @@ class StudioSignIn(Controller):
     async def login(
         self,
         request: Request[Any, Any, State],
-        data: Annotated[LoginForm, Form],
+        data: Annotated[LoginForm, FORM],
         next: str = "/studio",
     ) -> Response[Any]:
-        opened = await open_session(request, data.key.strip(), WRITE_SCOPES)
+        opened = await open_session(request, data.key.strip(), PAGE_SCOPES)
         if opened is None:
             return Template(
                 "login.html",
@@ -247,7 +228,7 @@ class StudioPages(Controller):
         request: Request[Any, Any, State],
         studio: StudioService,
         name: str,
-        data: Annotated[SaveForm, Form],
+        data: Annotated[SaveForm, FORM],
     ) -> Response[Any]:
         who = actor(request)
         source = data.source.replace("\r\n", "\n")
@@ -322,7 +303,7 @@ class StudioPages(Controller):
         request: Request[Any, Any, State],
         studio: StudioService,
         name: str,
-        data: Annotated[LabelForm, Form],
+        data: Annotated[LabelForm, FORM],
     ) -> Response[Any]:
         who = actor(request)
         try:
