@@ -6,7 +6,10 @@ The same shoppers and template with n = 1, 2 and 4 samples a banner, side by sid
 machine's speed touches every n alike). Per n: fallbacks, retries, texts the model wrote, their
 output tokens, and the engine's seconds, per served banner, and that cost as a ratio of n = 1's.
 
-    python -m bench.best_of [--engine transformers|vllm] [--shoppers 16]
+    python -m bench.best_of [--engine transformers|vllm] [--shoppers 16] [--label avx2]
+
+With ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MARQUEE_LLM_DTYPE=float32`` it measures
+what a CPU without native bf16 pays (``--label avx2`` keeps it in its own results file).
 
 On the in-process engine the n samples are one batch (the prompt's prefill paid n times, one
 decode loop); on vLLM one request with ``n`` (the prefill shared).
@@ -31,7 +34,7 @@ from bench.common import write_results
 SAMPLES = (1, 2, 4)
 
 
-async def run(engine_name: str, shopper_count: int, template: str) -> None:
+async def run(engine_name: str, shopper_count: int, template: str, label: str = "") -> None:
     settings = get_settings()
     pipeline = build_pipeline(
         settings, engine=make_engine(settings, engine_name), with_changes=False
@@ -86,7 +89,7 @@ async def run(engine_name: str, shopper_count: int, template: str) -> None:
             ]
         )
     write_results(
-        f"best_of-{engine_name}",
+        f"best_of-{engine_name}" + (f"-{label}" if label else ""),
         f"Best-of-n: cost and fallbacks per served banner ({engine_name} engine, {template})",
         [
             "n",
@@ -116,8 +119,9 @@ def main() -> None:
     parser.add_argument("--engine", choices=["transformers", "vllm"], default="transformers")
     parser.add_argument("--shoppers", type=int, default=16)
     parser.add_argument("--template", default="hero_banner")
+    parser.add_argument("--label", default="", help="a suffix for the results file (avx2)")
     args = parser.parse_args()
-    asyncio.run(run(args.engine, args.shoppers, args.template))
+    asyncio.run(run(args.engine, args.shoppers, args.template, args.label))
 
 
 if __name__ == "__main__":
