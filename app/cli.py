@@ -776,6 +776,12 @@ def webhooks_seal_secrets() -> None:
     default=None,
     help="Where summary.json and report.html go (default .cache/eval/<suite>).",
 )
+@click.option(
+    "--baseline",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="An earlier run's summary.json: print each copy metric's change with its interval.",
+)
 @click.pass_context
 @clear_errors
 def evaluate(
@@ -784,6 +790,7 @@ def evaluate(
     engine: str | None,
     compare: tuple[str, str] | None,
     out_dir: Path | None,
+    baseline: Path | None,
 ) -> None:
     """Measure retrieval and copy quality; write a JSON summary and an HTML report.
 
@@ -794,7 +801,9 @@ def evaluate(
         return
     from eval.runner import run
 
-    outcome = run(get_settings(), suite, engine=engine, compare=compare, out_dir=out_dir)
+    outcome = run(
+        get_settings(), suite, engine=engine, compare=compare, out_dir=out_dir, baseline=baseline
+    )
     for check in outcome.checks:
         mark = "pass" if check["passed"] else "FAIL"
         against = f" ({check['against']})" if check["against"] else ""

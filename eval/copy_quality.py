@@ -159,7 +159,13 @@ def lift_of(samples: list[CopySample], pipeline: Pipeline) -> list[float]:
 def summarise(samples: list[CopySample], lift: list[float]) -> dict[str, Any]:
     """Rates and means with bootstrap intervals, and the corpus-level measures."""
     values = per_sample(samples, lift)
-    summary: dict[str, Any] = {"banners": len(samples)}
+    # Kept whole so that a later run can be compared with this one, banner by banner
+    # (``marquee eval --baseline``): which shopper and template each value is about.
+    summary: dict[str, Any] = {
+        "banners": len(samples),
+        "subjects": [f"{s.arm}:{s.shopper_id}" for s in samples],
+        "values": values,
+    }
     for name, series in values.items():
         if name == "latency_ms":
             continue

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
+from sacrebleu.metrics.bleu import BLEU
 
 _WORD = re.compile(r"[a-z0-9']+")
 # Anything a shopper would read as a figure: 20%, $19.99, 3x, 2-for-1, 50 off.
@@ -78,35 +79,17 @@ def distinct_n(texts: Iterable[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def bleu(candidate: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 4) -> float:
-    """Sentence BLEU, add-one smoothing on the 2..n-gram precisions (Lin & Och 2004): no
-    shared word at all scores 0; short sentences are not zeroed by a missing 4-gram."""
-    if not candidate or not references:
+def self_bleu(texts: Sequence[str]) -> float:
+    """Self-BLEU (Zhu et al. 2018): the mean BLEU of each text against all the others as its
+    references; high means everyone got the same copy. sacrebleu's sentence BLEU (0–100, its
+    13a tokenizer, effective order for short texts), so a figure is comparable with published
+    ones and with any other sacrebleu run."""
+    if len(texts) < 2:
         return 0.0
-    log_precision = 0.0
-    for n in range(1, max_n + 1):
-        grams = Counter(ngrams(candidate, n))
-        best: Counter[tuple[str, ...]] = Counter()
-        for reference in references:
-            best |= Counter(ngrams(reference, n))
-        matched = sum(min(count, best[gram]) for gram, count in grams.items())
-        total = sum(grams.values())
-        if n == 1 and matched == 0:
-            return 0.0
-        smoothing = 0 if n == 1 else 1
-        log_precision += math.log((matched + smoothing) / (total + smoothing)) / max_n
-    closest = min((len(r) for r in references), key=lambda length: abs(length - len(candidate)))
-    brevity = 1.0 if len(candidate) > closest else math.exp(1 - closest / len(candidate))
-    return brevity * math.exp(log_precision)
-
-
-def self_bleu(texts: Sequence[str], max_n: int = 4) -> float:
-    """Mean BLEU of each text against all the others: high means everyone got the same copy."""
-    tokenised = [words(text) for text in texts]
-    if len(tokenised) < 2:
-        return 0.0
+    scorer = BLEU(effective_order=True)
     scores = [
-        bleu(text, tokenised[:i] + tokenised[i + 1 :], max_n) for i, text in enumerate(tokenised)
+        scorer.sentence_score(text, [*texts[:i], *texts[i + 1 :]]).score
+        for i, text in enumerate(texts)
     ]
     return float(np.mean(scores))
 
@@ -184,6 +167,21 @@ def paired_difference(
     differences = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
     low, high = bootstrap_ci(differences, rounds=rounds, seed=seed)
     return float(differences.mean()) if len(differences) else float("nan"), low, high
+
+
+def unpaired_difference(
+    a: Sequence[float], b: Sequence[float], *, rounds: int = 2000, seed: int = 7
+) -> tuple[float, float, float]:
+    """Mean of b minus mean of a over independent samples, with a bootstrap 95 % interval
+    (each side resampled on its own)."""
+    first, second = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if not len(first) or not len(second):
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means_a = first[rng.integers(0, len(first), size=(rounds, len(first)))].mean(axis=1)
+    means_b = second[rng.integers(0, len(second), size=(rounds, len(second)))].mean(axis=1)
+    low, high = np.percentile(means_b - means_a, [2.5, 97.5])
+    return float(second.mean() - first.mean()), float(low), float(high)
 
 
 def verdict(low: float, high: float, higher_is_better: bool = True) -> str:

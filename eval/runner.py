@@ -22,6 +22,7 @@ from app.config import PROJECT_ROOT, Settings
 from app.domain import Shopper
 from app.pipeline import Pipeline
 from app.prompting.templates import PRODUCTION, PromptTemplate
+from eval import baseline as baseline_runs
 from eval import copy_quality, datasets, metrics, retrieval
 
 THRESHOLDS = PROJECT_ROOT / "eval" / "thresholds.yaml"
@@ -125,10 +126,14 @@ def run(
     engine: str | None = None,
     compare: tuple[str, str] | None = None,
     out_dir: Path | None = None,
+    baseline: Path | None = None,
 ) -> Outcome:
+    """``baseline``: an earlier run's summary.json; the differences go into this summary (and
+    are printed). Every run is also appended to ``<out>/history.jsonl``."""
     from app.runtime import build_pipeline, load_embedder, make_engine
 
     suite = SUITES[suite_name]
+    earlier = None if baseline is None else baseline_runs.load(baseline)  # fail before the work
     started = time.perf_counter()
     out_dir = out_dir or settings.cache_dir / "eval" / suite_name
     embedder = load_embedder(settings)
@@ -172,9 +177,13 @@ def run(
     worst = asyncio.run(_copy_phase(pipeline, settings, suite, summary, clothing, arms))
 
     summary["seconds"] = round(time.perf_counter() - started, 1)
+    if earlier is not None:
+        summary["baseline"] = baseline_runs.differences(summary, earlier, HIGHER_IS_BETTER)
+        baseline_runs.print_differences(summary["baseline"])
     checks = check_thresholds(summary, suite_name)
     outcome = Outcome(summary, checks, worst)
     write(outcome, out_dir)
+    baseline_runs.record(summary, outcome.passed, out_dir)
     return outcome
 
 

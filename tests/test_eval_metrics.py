@@ -47,15 +47,17 @@ def test_distinct_n_of_known_strings() -> None:
     assert metrics.distinct_n([""], 2) == 0.0
 
 
-def test_bleu_and_self_bleu() -> None:
-    sentence = ["a", "light", "tent", "for", "long", "weekends", "outside"]
-    assert metrics.bleu(sentence, [sentence]) == pytest.approx(1.0)
-    unrelated = ["bold", "coffee", "for", "slow", "mornings", "at", "home"]
-    assert metrics.bleu(sentence, [unrelated]) < 0.2
+def test_self_bleu() -> None:
+    """On sacrebleu's scale (0-100): identical copy is 100, copy sharing no word is 0, and a
+    shared phrase lands in between; the order of the texts does not matter."""
     assert metrics.self_bleu(["same words here today", "same words here today"]) == pytest.approx(
-        1.0
+        100.0
     )
-    assert metrics.self_bleu(["tents for camping trips", "espresso beans roasted dark"]) < 0.2
+    assert metrics.self_bleu(["tents for camping trips", "espresso beans roasted dark"]) == 0.0
+    some = ["gear up for a weekend outside", "gear up for your coffee mornings", "bright lamps"]
+    assert 0.0 < metrics.self_bleu(some) < 50.0
+    assert metrics.self_bleu(some) == pytest.approx(metrics.self_bleu(some[::-1]))
+    assert metrics.self_bleu(["alone"]) == 0.0
 
 
 def test_a_planted_invented_price_is_caught() -> None:

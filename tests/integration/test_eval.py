@@ -28,18 +28,41 @@ def marquee(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_smoke_suite_meets_its_thresholds_and_writes_a_report(tmp_path: Path) -> None:
-    result = marquee("eval", "--suite", "smoke", "--out", str(tmp_path))
+    # An earlier run to compare with, as `--baseline` reads it: every banner a fallback.
+    earlier = {
+        "summary": {
+            "copy": {
+                "default": {
+                    "subjects": [f"earlier:{i}" for i in range(6)],
+                    "values": {"fallback": [1.0] * 6, "grounded": [1.0] * 6},
+                }
+            },
+            "retrieval": {},
+        }
+    }
+    baseline = tmp_path / "earlier.json"
+    baseline.write_text(json.dumps(earlier))
+    out = tmp_path / "run"
+    result = marquee("eval", "--suite", "smoke", "--out", str(out), "--baseline", str(baseline))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    written = json.loads((tmp_path / "summary.json").read_text())
+    written = json.loads((out / "summary.json").read_text())
     assert written["passed"] is True
     summary = written["summary"]
+    # Other shoppers than the baseline's: compared as independent samples, with intervals.
+    assert "copy default against the baseline (6 banners, unpaired)" in result.stdout
+    against = summary["baseline"]["copy"]["default"]["metrics"]
+    assert set(against) == {"fallback", "grounded"}
+    assert against["fallback"]["verdict"] == "better now", against["fallback"]
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 1 and history[0]["suite"] == "smoke" and history[0]["passed"]
+    assert history[0]["copy"]["default"]["fallback"] == against["fallback"]["now"]
     assert summary["copy"]["default"]["banners"] == 6
     assert set(summary["retrieval"]["demo"]) >= {"marquee", "random", "popularity"}
     # The cold-start slice: shoppers with only stated interests, against segment popularity.
     cold = summary["retrieval"]["demo cold start"]
     assert set(cold) == {"marquee", "segment popularity", "popularity", "random"}
     assert cold["marquee"]["shoppers"] > 0
-    report = (tmp_path / "report.html").read_text()
+    report = (out / "report.html").read_text()
     assert report.count("data:image/png;base64,") >= 3  # two retrieval curves, copy bars
     assert "Retrieval: demo cold start" in report
     assert "all checks passed" in report
