@@ -196,6 +196,11 @@ class Settings(BaseSettings):
             "risk-free",
         ]
     )
+    # The eval's optional judge (eval/judge.py): a stronger model behind an OpenAI-compatible
+    # endpoint scores every banner on a rubric. Off while the URL or the model is empty.
+    eval_judge_url: str = ""
+    eval_judge_model: str = ""
+    eval_judge_api_key: SecretStr = SecretStr("")
     # More banned terms for copy in one language, on top of banned_terms: {"de": ["gratis"]}.
     banned_terms_by_language: dict[str, list[str]] = Field(default_factory=dict)
     max_variants: int = Field(default=8, ge=1, le=32)

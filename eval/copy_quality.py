@@ -19,6 +19,7 @@ from app.domain import Banner, Shopper
 from app.pipeline import BannerRequest, Pipeline
 from app.prompting.templates import PromptTemplate
 from eval import metrics
+from eval.judge import Judged
 
 # Requests in flight: a served engine (vLLM) batches them; the in-process engine runs one at a
 # time, so more would only add queueing to every banner's measured latency.
@@ -45,6 +46,18 @@ class CopySample:
             for part in (self.banner.headline, self.banner.subheadline, self.banner.cta)
             if part
         )
+
+
+def judged(sample: CopySample) -> Judged:
+    """What the optional judge is shown about a sample's banner."""
+    banner = sample.banner
+    return Judged(
+        headline=banner.headline,
+        subheadline=banner.subheadline,
+        cta=banner.cta,
+        shopper=sample.shopper_text,
+        products=[p.title for p in banner.products],
+    )
 
 
 def shopper_text(pipeline: Pipeline, shopper: Shopper) -> str:

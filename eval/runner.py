@@ -24,6 +24,7 @@ from app.pipeline import Pipeline
 from app.prompting.templates import PRODUCTION, PromptTemplate
 from eval import baseline as baseline_runs
 from eval import copy_quality, datasets, metrics, retrieval
+from eval.judge import NOT_RUN, Judge
 
 THRESHOLDS = PROJECT_ROOT / "eval" / "thresholds.yaml"
 OPERATORS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
@@ -206,6 +207,7 @@ async def _copy_phase(
             )
         lift = copy_quality.lift_of(all_samples, pipeline)
         summary["copy"]["default"] = copy_quality.summarise(all_samples, lift)
+        summary["copy"]["default"]["judge"] = await _judge(pipeline, settings, all_samples)
         worst += copy_quality.worst(all_samples)
         if clothing is not None:
             samples = await _clothing_copy(pipeline, clothing, settings, suite.copy_shoppers // 2)
@@ -219,6 +221,20 @@ async def _copy_phase(
     finally:
         await pipeline.close()
     return worst
+
+
+async def _judge(
+    pipeline: Pipeline, settings: Settings, samples: list[copy_quality.CopySample]
+) -> dict[str, Any]:
+    """The rubric scores of a configured judge (eval/judge.py), or why there are none."""
+    voice = str(pipeline.templates.brand.get("voice", ""))
+    judge = Judge.from_settings(settings, voice)
+    if judge is None:
+        return dict(NOT_RUN)
+    try:
+        return await judge.score_all([copy_quality.judged(s) for s in samples])
+    finally:
+        await judge.close()
 
 
 async def _clothing_copy(

@@ -66,6 +66,9 @@ def test_smoke_suite_meets_its_thresholds_and_writes_a_report(tmp_path: Path) ->
     assert report.count("data:image/png;base64,") >= 3  # two retrieval curves, copy bars
     assert "Retrieval: demo cold start" in report
     assert "all checks passed" in report
+    # No judge is configured: the report says so rather than leaving the scores out silently.
+    assert summary["copy"]["default"]["judge"]["run"] is False
+    assert "Judge: not run (no judge configured" in report
 
 
 def test_tune_on_the_demo_writes_settings_the_service_reads(tmp_path: Path) -> None:
