@@ -99,7 +99,13 @@ def test_make_demo_prints_every_template_for_warm_and_cold_shoppers() -> None:
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     assert "Traceback" not in run.stderr
     headers = [line for line in run.stdout.splitlines() if line.startswith("── ")]
-    templates = {"hero_banner", "grid_heading", "category_spotlight", "because_you_viewed"}
+    templates = {
+        "hero_banner",
+        "grid_heading",
+        "category_spotlight",
+        "because_you_viewed",
+        "brand_showcase",
+    }
     assert {name for name in templates if any(f" {name} v" in h for h in headers)} == templates
     shoppers = [h.split("shopper ")[1].split()[0] for h in headers]
     # One shopper with a history and one without (cold start), every template for each.
