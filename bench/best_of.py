@@ -12,7 +12,7 @@ With ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MARQUEE_LLM_DTYPE=float3
 what a CPU without native bf16 pays (``--label avx2`` keeps it in its own results file).
 
 On the in-process engine the n samples are one batch (the prompt's prefill paid n times, one
-decode loop); on vLLM one request with ``n`` (the prefill shared).
+decode loop); on vLLM n requests of one sample at once (the prefix cache shares the prompt).
 """
 
 from __future__ import annotations

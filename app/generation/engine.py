@@ -31,8 +31,8 @@ class GenerationRequest:
     schema: type[BannerCopy]
     sampling: SamplingParams
     seed: int
-    # Samples of this one prompt (best-of-n): a server shares the prompt's prefill among them
-    # (vLLM's ``n``), the in-process engine batches them.
+    # Samples of this one prompt (best-of-n): the vLLM engine sends them as requests of one
+    # sample each (its prefix cache shares the prompt), the in-process engine batches them.
     n: int = 1
 
 
