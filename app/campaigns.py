@@ -105,9 +105,6 @@ class CampaignBook:
     def __len__(self) -> int:
         return len(self.campaigns)
 
-    def get(self, campaign_id: str) -> Campaign | None:
-        return next((c for c in self.campaigns if c.id == campaign_id), None)
-
     def covering(self, products: Sequence[Product], now: datetime | None = None) -> list[Campaign]:
         """The campaigns running at ``now`` that cover at least one of ``products``; the
         ones covering more of them first, then the bigger discount."""

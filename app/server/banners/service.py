@@ -15,6 +15,7 @@ from app.catalog.store import shopper_version
 from app.choosing import copy_text
 from app.domain import Banner, FeedbackKind, Homepage
 from app.pipeline import BannerRequest, Pipeline, engine_failed
+from app.prompting.templates import PromptTemplate
 from app.retrieval.selector import CandidateFilters
 from app.server.banners.schemas import BannerCreate, BannerList, HomepageCreate
 from app.server.errors import Problem
@@ -132,7 +133,7 @@ class BannerService:
         making = self._generating.get(key)
         coalesced = making is not None
         if making is None:  # else the same request is being made: share its answer
-            making = self._start(key, request, data.placement if plain else None)
+            making = self._start(key, request, template, data.placement if plain else None)
         try:
             banners = await asyncio.wait_for(
                 asyncio.shield(making),
@@ -149,7 +150,7 @@ class BannerService:
         return BannerList(banners=banners, cached=coalesced, source="live")
 
     def _start(
-        self, key: str, request: BannerRequest, placement: str | None
+        self, key: str, request: BannerRequest, template: PromptTemplate, placement: str | None
     ) -> asyncio.Task[list[Banner]]:
         """Generate in a task of its own: identical requests arriving meanwhile share it (a
         popular shopper on a cold cache), and it is finished and stored even when the request
@@ -159,7 +160,7 @@ class BannerService:
         async def make() -> list[Banner]:
             try:
                 async with self.limit.slot():
-                    seen = await self._recent_copy(request)
+                    seen = await self._recent_copy(request, template)
                     banners = await self.pipeline.generate(replace(request, recent_copy=seen))
                 if not _engine_down(banners):  # never keep an outage's fallbacks
                     await self._keep(key, banners)
@@ -174,10 +175,12 @@ class BannerService:
         self._generating[key] = task
         return task
 
-    async def _recent_copy(self, request: BannerRequest) -> tuple[str, ...]:
+    async def _recent_copy(
+        self, request: BannerRequest, template: PromptTemplate
+    ) -> tuple[str, ...]:
         """What a known shopper's latest banners said, for best-of-n to write something else;
-        nothing to read when the template writes one sample, or for an inline profile."""
-        template, _ = self.pipeline.template(request)
+        nothing to read when ``template`` (the one the request got) writes one sample, or for an
+        inline profile."""
         if request.shopper is not None or self.pipeline.best_of(template) == 1:
             return ()
         try:
