@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 from opentelemetry.trace import StatusCode
 
 from app.campaigns import MAX_CAMPAIGNS_IN_PROMPT, NO_CAMPAIGNS, Campaign, CampaignBook
@@ -449,6 +450,8 @@ class Pipeline:
         variation = prepared.request.variation
         schema = template.output_model
         samples = self.best_of(template)
+        # Who the shopper is, for choosing among samples: once a request, not once a round.
+        shopper_vector = self.selector.shopper_vector(shopper) if samples > 1 else None
         for attempt in range(self.settings.max_retries + 1):
             pending = [v for v in variants if v.accepted is None]
             if not pending:
@@ -501,7 +504,7 @@ class Pipeline:
                     )
             with tracer.start_as_current_span("guards") as span:
                 for variant, result in zip(pending, results, strict=True):
-                    self._judge(variant, result, prepared, prompt)
+                    self._judge(variant, result, prepared, prompt, shopper_vector)
                 if span.is_recording():
                     accepted = sum(v.accepted is not None for v in pending)
                     span.set_attributes(
@@ -518,9 +521,10 @@ class Pipeline:
         result: GenerationResult,
         prepared: PreparedRequest,
         prompt: RenderedPrompt,
+        shopper_vector: np.ndarray | None,
     ) -> None:
         """The guards' verdict on each of the attempt's samples; of those that pass, the best
-        (app/choosing.py) is accepted."""
+        (app/choosing.py) is accepted. ``shopper_vector``: the shopper's, for that choice."""
         template, candidates = prepared.template, prepared.selection.candidates
         variant.attempts += 1
         variant.samples += len(result.texts)
@@ -558,7 +562,7 @@ class Pipeline:
                 passed,
                 spec=template.spec,
                 item_vectors=self.index.vectors,
-                shopper_vector=self.selector.shopper_vector(prepared.shopper),
+                shopper_vector=shopper_vector,
                 recent_copy=prepared.request.recent_copy,
             )
             chosen = variant.choice[0].sample
