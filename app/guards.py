@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from pydantic import ValidationError
@@ -257,7 +258,7 @@ class Guards:
             for run in word_runs(example[name], SHARED_RUN)
         }
         if prompt is not None:
-            borrowed |= word_runs(instruction_text(prompt), SHARED_RUN)
+            borrowed |= _instruction_runs(prompt)
         titles = {_normalised(c.product.title) for c in candidates}
         for name, value in fields.items():
             shared = sorted(word_runs(value, SHARED_RUN) & borrowed)
@@ -380,10 +381,18 @@ class Guards:
 _DATA_BLOCK = re.compile(r"<(\w+)>.*?</\1>", re.DOTALL)
 
 
+# A banner's n samples (and the echo and shared-phrase checks of each) read one prompt: its
+# words are worked out once, for the few prompts in flight.
+@lru_cache(maxsize=64)
 def instruction_text(prompt: RenderedPrompt) -> str:
     """The prompt's own words: system and user turns without the delimited data blocks."""
     parts = [content for role, content in prompt.messages if role != "assistant"]
     return _normalised(_DATA_BLOCK.sub(" ", "\n".join(parts)))
+
+
+@lru_cache(maxsize=64)
+def _instruction_runs(prompt: RenderedPrompt) -> frozenset[str]:
+    return frozenset(word_runs(instruction_text(prompt), SHARED_RUN))
 
 
 def word_runs(text: str, length: int) -> set[str]:
