@@ -112,6 +112,15 @@ class Problem(HTTPException):
         self.extra_members = extra
 
 
+def field_name(loc: tuple[int | str, ...], whole: str = "body") -> str:
+    """A pydantic error's place as the API names fields: ``products[1]``, ``a.b``; ``whole``
+    when the error is about the input as a whole."""
+    name = ""
+    for part in loc:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or whole
+
+
 def invalid(field: str, message: str, detail: str | None = None) -> Problem:
     """A 400 naming the field at fault."""
     return Problem(

@@ -26,7 +26,7 @@ from app.domain import NAME_PATTERN
 from app.server.auth import FORM, actor, signed_in, to_login
 from app.server.campaigns.schemas import CampaignIn, CampaignOut
 from app.server.campaigns.service import CampaignService
-from app.server.errors import Problem, invalid
+from app.server.errors import Problem, field_name, invalid
 
 TEMPLATES = Path(__file__).parent / "templates"
 LISTED_ITEMS = 8  # products or categories shown in a row; the edit form has them all
@@ -51,14 +51,6 @@ def _back(notice: str = "", error: str = "") -> Redirect:
     """PRG: back to the list, and what happened."""
     params = {k: v for k, v in {"notice": notice, "error": error}.items() if v}
     return Redirect(f"/studio/campaigns?{urlencode(params)}" if params else "/studio/campaigns")
-
-
-def _field(loc: tuple[int | str, ...]) -> str:
-    """A pydantic error's place as the API names it: ``products[1]``, ``name``."""
-    name = ""
-    for part in loc:
-        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
-    return name or "form"
 
 
 def _when(text: str) -> datetime | str:
@@ -104,7 +96,8 @@ def _read(campaign_id: str, form: CampaignForm) -> CampaignIn:
         )
     except ValidationError as error:
         for each in error.errors():
-            found.setdefault(_field(each["loc"]), each["msg"].removeprefix("Value error, "))
+            field = field_name(each["loc"], whole="form")
+            found.setdefault(field, each["msg"].removeprefix("Value error, "))
     if found or read is None:
         errors = [{"field": field, "message": message} for field, message in found.items()]
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)

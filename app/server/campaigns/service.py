@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from app.campaigns import Campaign
 from app.pipeline import Pipeline
 from app.server.campaigns.schemas import CampaignIn, CampaignList, CampaignOut, Status
-from app.server.errors import Problem, invalid
+from app.server.errors import Problem, field_name, invalid
 from app.store.campaigns import CampaignStore
 
 
@@ -51,8 +51,8 @@ class CampaignService:
             return Campaign(id=campaign_id, **data.model_dump())
         except ValidationError as error:  # the rules across fields (ends after it starts...)
             first = error.errors()[0]
-            field = ".".join(str(part) for part in first["loc"]) or "body"
-            raise invalid(field, first["msg"].removeprefix("Value error, ")) from None
+            message = first["msg"].removeprefix("Value error, ")
+            raise invalid(field_name(first["loc"]), message) from None
 
     async def put(self, campaign_id: str, data: CampaignIn, actor: str) -> CampaignOut:
         campaign = self._checked(campaign_id, data)
