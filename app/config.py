@@ -121,6 +121,8 @@ class Settings(BaseSettings):
     rate_limit_reads_per_minute: int = Field(default=0, ge=0, le=100_000_000)
     # How long event bursts are gathered before popularity and co-occurrence are recomputed.
     signals_refresh_delay_s: float = Field(default=5.0, ge=0.0)
+    # New arrivals: products added within this many days of the catalog's newest one.
+    new_arrivals_days: int = Field(default=30, ge=1, le=365)
     homepage_sections: list[str] = Field(
         default_factory=lambda: ["hero_banner", "grid_heading", "category_spotlight"]
     )
@@ -185,6 +187,8 @@ class Settings(BaseSettings):
     # every sample was refused. 1: the first sample that passes.
     best_of: int = Field(default=4, ge=1, le=MAX_BEST_OF)
     base_seed: int = 7
+    # Words no copy may use. A default: the template store's brand rules get them written in
+    # when it first seeds them, and from then on the studio's published rules decide.
     banned_terms: list[str] = Field(
         default_factory=lambda: [
             "guaranteed",
@@ -201,7 +205,8 @@ class Settings(BaseSettings):
     eval_judge_url: str = ""
     eval_judge_model: str = ""
     eval_judge_api_key: SecretStr = SecretStr("")
-    # More banned terms for copy in one language, on top of banned_terms: {"de": ["gratis"]}.
+    # More banned terms for copy in one language, on top of banned_terms: {"de": ["gratis"]}
+    # (seeded into the brand rules like banned_terms).
     banned_terms_by_language: dict[str, list[str]] = Field(default_factory=dict)
     max_variants: int = Field(default=8, ge=1, le=32)
     # A banner's whole generation, queueing for the engine included (0: no deadline; a job's

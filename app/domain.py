@@ -83,6 +83,10 @@ class Product(BaseModel):
     in_stock: bool = True
     url: HttpUrl
     image_url: HttpUrl | None = None
+    # When it was first sold, and when it last came back into stock (the catalog API stamps
+    # both when a write leaves them out): the new arrivals and back in stock sections.
+    added_at: AwareDatetime | None = None
+    restocked_at: AwareDatetime | None = None
 
 
 class Interaction(BaseModel):
@@ -134,7 +138,9 @@ class Candidate(BaseModel):
     number: int = Field(ge=1)
     product: Product
     scores: CandidateScores
-    source: str  # "semantic", "collaborative" or "popular": which signal brought it in
+    # "semantic", "collaborative" or "popular": which signal brought it in ("newest": new
+    # arrivals for a shopper with nothing to rank by).
+    source: str
 
 
 class ResolvedProduct(BaseModel):
@@ -199,6 +205,8 @@ class Banner(BaseModel):
     template: str
     template_version: int
     template_label: str = "production"  # the label (or experiment arm) that chose the version
+    # The brand rules' version it was judged by (None: rules from the prompts folder).
+    brand_version: int | None = None
     placement: str = "home_hero"
     variant: int
     headline: str
@@ -236,6 +244,14 @@ class HomepageSection(BaseModel):
     banner: Banner
 
 
+class SkippedSection(BaseModel):
+    """A section asked for that had nothing to show this shopper (nothing back in stock)."""
+
+    template: str
+    placement: str
+    reason: str
+
+
 class Homepage(BaseModel):
     """An ordered layout of sections for one shopper; no product appears twice."""
 
@@ -243,6 +259,7 @@ class Homepage(BaseModel):
     shopper_id: str
     sections: list[HomepageSection]
     total_ms: float
+    skipped: list[SkippedSection] = Field(default_factory=list)
 
 
 # --- pre-generation: who a stored banner is for, and what it was made from ------------------
@@ -284,6 +301,7 @@ class BannerInputs(BaseModel):
     template_version: int
     template_label: str
     model: str
+    brand_version: int | None = None
     # The shown products' facts when it was made: id -> (price, in stock).
     facts: dict[str, tuple[float, bool]]
     # The product a "because you viewed" banner names (app/pipeline.py): once withdrawn, the

@@ -199,6 +199,12 @@ class Guards:
             for language, terms in (banned_by_language or {}).items()
         }
 
+    def banned_term(self, value: str, locale: str = DEFAULT_LOCALE) -> str | None:
+        """The first banned term in ``value``, as written there (None: none is)."""
+        banned = self._banned_in.get(language_of(locale), self._banned)
+        hit = banned.search(value) if banned is not None else None
+        return hit.group(0) if hit else None
+
     def check(
         self,
         text: str,
@@ -231,12 +237,10 @@ class Guards:
         self._check_examples(fields, examples, problems)
         if prompt is not None:
             self._check_echo(fields, prompt, problems)
-        banned = self._banned_in.get(language_of(locale), self._banned)
-        if banned is not None:
-            for name, value in fields.items():
-                hit = banned.search(value)
-                if hit:
-                    problems.append(f"banned_term: {name}: '{hit.group(0)}'")
+        for name, value in fields.items():
+            term = self.banned_term(value, locale)
+            if term is not None:
+                problems.append(f"banned_term: {name}: '{term}'")
         notes = self._soft_findings(fields, candidates, examples, prompt)
         return GuardResult(copy, products, problems, notes, named)
 

@@ -12,9 +12,11 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
+from copy import copy as shallow_copy
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from opentelemetry.trace import StatusCode
@@ -31,6 +33,7 @@ from app.domain import (
     NamedCampaign,
     ResolvedProduct,
     Shopper,
+    SkippedSection,
     StageTimings,
 )
 from app.generation.engine import Engine, EngineError, GenerationRequest, GenerationResult
@@ -97,6 +100,12 @@ class PreparedRequest:
     retrieval_ms: float
     render_ms: float
 
+    @property
+    def empty(self) -> bool:
+        """Nothing to show, in a section that may have nothing (nothing back in stock): a
+        homepage or a pre-generation job makes no banner for it, rather than filler copy."""
+        return self.prompt is None and self.template.header.retrieval.may_be_empty
+
 
 @dataclass
 class _Variant:
@@ -136,7 +145,6 @@ class Pipeline:
         selector: CandidateSelector,
         templates: TemplateRegistry,
         engine: Engine | None,
-        guards: Guards,
     ) -> None:
         self.settings = settings
         self.shoppers = shoppers
@@ -145,7 +153,7 @@ class Pipeline:
         self.selector = selector
         self.templates = templates
         self.engine = engine
-        self.guards = guards
+        self.guards = self._guards_for(templates.brand)
         self.campaigns = NO_CAMPAIGNS
 
     @classmethod
@@ -172,7 +180,6 @@ class Pipeline:
             selector=selector,
             templates=templates or TemplateRegistry.from_folder(settings.prompts_dir),
             engine=engine,
-            guards=Guards(settings.banned_terms, settings.banned_terms_by_language),
         )
 
     @property
@@ -200,8 +207,30 @@ class Pipeline:
         )
 
     def use_templates(self, templates: TemplateRegistry) -> None:
-        """Serve another set of templates, labels and splits (a publish, a rollback)."""
+        """Serve another set of templates, labels and splits (a publish, a rollback), and
+        their brand rules. The guards change first: a request that sees the new brand's
+        templates is never judged by the old brand's banned terms."""
+        if templates.brand != self.templates.brand:
+            self.guards = self._guards_for(templates.brand)
         self.templates = templates
+
+    def trying(self, templates: TemplateRegistry) -> Pipeline:
+        """This pipeline over other templates or brand rules, for a preview: it shares every
+        part (retrieval, engine) and leaves this one serving what it served."""
+        trial = shallow_copy(self)
+        trial.guards = self._guards_for(templates.brand)
+        trial.templates = templates
+        return trial
+
+    def _guards_for(self, brand: dict[str, Any]) -> Guards:
+        """The guards of these brand rules; rules that name no banned terms keep the
+        service's (MARQUEE_BANNED_TERMS and _BY_LANGUAGE)."""
+        terms = brand.get("banned_terms")
+        by_language = brand.get("banned_terms_by_language")
+        return Guards(
+            self.settings.banned_terms if terms is None else terms,
+            self.settings.banned_terms_by_language if by_language is None else by_language,
+        )
 
     def use_campaigns(self, campaigns: CampaignBook) -> None:
         """Write about another set of campaigns (one was saved, one ended)."""
@@ -244,7 +273,40 @@ class Pipeline:
         if focus == "top_brand" and not filters.include_brands:
             # A range is two products at least, whatever the schema would accept.
             return self._brand_showcase(shopper, k, max(2, template.spec.min_products), filters)
+        if focus == "new_arrivals" and filters.added_since is None:
+            return self._new_arrivals(shopper, k, template.spec.min_products, filters)
+        if focus == "back_in_stock" and filters.include_products is None:
+            back = tuple(self.selector.back_in_stock(shopper))
+            return self.selector.select(
+                shopper, k, filters.model_copy(update={"include_products": back})
+            )
         return self.selector.select(shopper, k, filters)
+
+    def _new_arrivals(
+        self, shopper: Shopper, k: int, min_products: int, filters: CandidateFilters
+    ) -> Selection:
+        """The catalog's latest additions (added within ``new_arrivals_days`` of the newest
+        one, so a shop that adds nothing for a while still has its latest), ranked for the
+        shopper: in the categories they have been looking at when those have enough, else
+        all of them; the latest first for a shopper with nothing to rank by. A catalog with
+        no added dates has none."""
+        newest = self.catalog.newest_arrival
+        if newest is None:
+            return self.selector.select(
+                shopper, k, filters.model_copy(update={"include_products": ()})
+            )
+        since = newest - timedelta(days=self.settings.new_arrivals_days)
+        fresh = filters.model_copy(update={"added_since": since})
+        if not self.selector.knows(shopper):
+            return self.selector.newest(shopper, k, fresh)
+        if not filters.include_categories:
+            seen = dict.fromkeys(p.category for p in self.selector.recently_seen(shopper))
+            if seen:
+                mine = fresh.model_copy(update={"include_categories": tuple(seen)})
+                selection = self.selector.select(shopper, k, mine)
+                if len(selection.candidates) >= min_products:
+                    return selection
+        return self.selector.select(shopper, k, fresh)
 
     def _brand_showcase(
         self, shopper: Shopper, k: int, min_products: int, filters: CandidateFilters
@@ -408,22 +470,37 @@ class Pipeline:
     async def _homepage(self, request: BannerRequest, sections: list[str]) -> Homepage:
         started = time.perf_counter()
         offered: list[str] = []
-        prepared = []
-        for name in sections:
+        chosen: dict[int, PreparedRequest] = {}  # by position on the page
+        skipped = []
+        # Sections that may have nothing to show choose first (what is back in stock is the
+        # few products it is; a hero can take anything else), then the rest, in page order.
+        narrow = [self.templates.get(name).header.retrieval.may_be_empty for name in sections]
+        order = sorted(range(len(sections)), key=lambda position: not narrow[position])
+        for position in order:
+            name = sections[position]
             filters = request.filters.model_copy(
                 update={"exclude_products": (*request.filters.exclude_products, *offered)}
             )
             section = self.prepare(replace(request, template=name, count=1, filters=filters))
+            header = section.template.header
+            if section.empty:
+                found = len(section.selection.candidates)
+                needed = section.template.spec.min_products
+                reason = f"{header.retrieval.focus}: {found} product(s), {needed} needed"
+                skipped.append(
+                    SkippedSection(template=name, placement=header.placement, reason=reason)
+                )
+                continue
             offered += [c.product.id for c in section.selection.candidates]
-            prepared.append(section)
+            chosen[position] = section
+        prepared = [chosen[position] for position in sorted(chosen)]
         banners = await asyncio.gather(*(self.complete(p) for p in prepared))
-        shopper_id = prepared[0].shopper.id
         homepage_id = (
             "hp_" + hashlib.sha256(json.dumps([b[0].id for b in banners]).encode()).hexdigest()[:24]
         )
         return Homepage(
             id=homepage_id,
-            shopper_id=shopper_id,
+            shopper_id=self.shopper(request).id,
             sections=[
                 HomepageSection(
                     position=i,
@@ -434,6 +511,7 @@ class Pipeline:
                 for i, (p, b) in enumerate(zip(prepared, banners, strict=True))
             ],
             total_ms=(time.perf_counter() - started) * 1000,
+            skipped=skipped,
         )
 
     def best_of(self, template: PromptTemplate) -> int:
@@ -629,6 +707,7 @@ class Pipeline:
             template=template.name,
             template_version=template.version,
             template_label=prepared.label,
+            brand_version=self.templates.brand_version,
             placement=template.header.placement,
             variant=variant.number,
             headline=copy["headline"],

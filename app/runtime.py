@@ -53,7 +53,9 @@ def read_templates(settings: Settings, read: Callable[[TemplateStore], Awaitable
     async def opened() -> T:
         async with Database.upgraded(settings.database) as db:
             store = TemplateStore(db)
-            await store.seed(settings.prompts_dir)
+            await store.seed(
+                settings.prompts_dir, settings.banned_terms, settings.banned_terms_by_language
+            )
             return await read(store)
 
     return asyncio.run(opened())

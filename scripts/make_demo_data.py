@@ -749,6 +749,28 @@ def write_jsonl(path: Path, rows: list[dict[str, object]]) -> None:
             handle.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
 
 
+def add_stock_dates(products: list[dict[str, object]], shoppers: list[dict[str, object]]) -> None:
+    """When each product was added and, for some, when it came back into stock: the new
+    arrivals and back in stock sections. Drawn from a generator of their own, so the products
+    and shoppers are exactly what they were before these dates existed; a product is added a
+    day before anyone's first event with it at the latest."""
+    first_seen: dict[str, datetime] = {}
+    for shopper in shoppers:
+        for event in shopper["history"]:  # type: ignore[attr-defined]
+            ts = datetime.fromisoformat(event["ts"])
+            first_seen[event["product_id"]] = min(ts, first_seen.get(event["product_id"], ts))
+    rng = random.Random(SEED + 1)
+    for product in products:
+        new = rng.random() < 0.12
+        age = rng.uniform(1, 28) if new else rng.uniform(60, 720)
+        added = NOW - timedelta(days=age)
+        if str(product["id"]) in first_seen:
+            added = min(added, first_seen[str(product["id"])] - timedelta(days=1))
+        product["added_at"] = added.isoformat()
+        if product["in_stock"] and not new and rng.random() < 0.05:
+            product["restocked_at"] = (NOW - timedelta(days=rng.uniform(0.5, 20))).isoformat()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "data")
@@ -759,6 +781,7 @@ def main() -> None:
     rng = random.Random(SEED)
     products = make_products(rng)
     shoppers = make_shoppers(rng, products, args.shoppers)
+    add_stock_dates(products, shoppers)
     for product in products:
         del product["kind"]
     write_jsonl(args.out / "products.jsonl", products)

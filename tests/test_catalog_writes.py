@@ -842,3 +842,21 @@ def test_replicas_follow_on_their_own_when_told_how_often(
                 break
             asyncio.run(asyncio.sleep(0.025))
         assert history(b, "newcomer") == history(a, "newcomer") == ["Y1"]
+
+
+def test_the_catalog_api_stamps_a_return_to_stock(app_client) -> None:
+    client, keys = app_client
+    out = product("K9", "Trail Lantern", "Camping", 45.0, in_stock=False)
+    assert send(client, "PUT", "/v1/products", keys["admin"], {"products": [wire(out)]}).is_success
+    created = client.get("/v1/products/K9", headers={"X-API-Key": keys["cms"]}).json()
+    assert created["added_at"] is not None and created["restocked_at"] is None
+    back = wire(out.model_copy(update={"in_stock": True}))
+    assert send(client, "PUT", "/v1/products", keys["admin"], {"products": [back]}).is_success
+    restocked = client.get("/v1/products/K9", headers={"X-API-Key": keys["cms"]}).json()
+    assert restocked["added_at"] == created["added_at"]  # a write without it keeps it
+    assert (
+        restocked["restocked_at"] is not None and restocked["restocked_at"] >= created["added_at"]
+    )
+    # The same write again changes nothing: nothing new to stamp, nothing to embed.
+    again = send(client, "PUT", "/v1/products", keys["admin"], {"products": [back]}).json()
+    assert again["unchanged"] == 1 and again["updated"] == []

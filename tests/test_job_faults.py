@@ -16,6 +16,7 @@ from sqlalchemy.exc import OperationalError
 
 from app.catalog.store import ShopperStore
 from app.config import Settings
+from app.domain import Subject
 from app.generation.replicas import ReplicaPool
 from app.generation.vllm_engine import VLLMEngine
 from app.pipeline import Pipeline
@@ -110,12 +111,13 @@ class FlakyJobs(JobStore):
         failed: int = 0,
         failures: int = 0,
         review: str = "none",
+        emptied: Sequence[Subject] = (),
     ) -> bool:
-        if results or failed:  # heartbeats pass: only batches of results are counted
+        if results or failed or emptied:  # heartbeats pass: only batches of results count
             self.calls += 1
             if self.calls in self.failing or (self.from_call and self.calls >= self.from_call):
                 raise OperationalError("INSERT ...", None, Exception("database is locked"))
-        return await super().record(job_id, placement, results, failed, failures, review)
+        return await super().record(job_id, placement, results, failed, failures, review, emptied)
 
 
 async def test_a_database_gone_for_a_moment_is_waited_for(settings: Settings, db: Database) -> None:

@@ -537,6 +537,22 @@ async def test_the_same_subject_recorded_twice_keeps_one_row_the_newer(
     assert await jobs.finished_by(second.id, HERO, [FAN]) == {FAN}
 
 
+async def test_a_subject_with_nothing_to_show_loses_its_stored_banner(
+    jobs: JobStore, banners: PlacementBannerStore
+) -> None:
+    """Nothing is back in stock for FAN any more: the banner about what was is removed (and
+    the subject counted as done), the others stay."""
+    first, _ = await jobs.start(ALL, "ops")
+    await jobs.record(first.id, HERO, [made(FAN, "b1"), made(TWO, "b2")])
+    await jobs.finish(first.id, "succeeded")
+    second, _ = await jobs.start(ALL, "ops")
+    await jobs.record(second.id, HERO, [], emptied=[FAN, RUNNER])  # RUNNER had none stored
+    assert await banners.get(HERO, FAN) is None
+    assert (await banners.get(HERO, TWO)) is not None
+    job = await jobs.get(second.id)
+    assert job is not None and job.done == 2 and job.failures == 0
+
+
 async def test_list_is_newest_first(jobs: JobStore) -> None:
     started = [(await jobs.start(JobSpec(p), "ops"))[0].id for p in (HERO, GRID, "home_spot")]
     assert [j.id for j in await jobs.list()] == started[::-1]

@@ -182,8 +182,8 @@ def test_unknown_template_lists_the_known_ones() -> None:
     registry = TemplateRegistry.from_folder(PROJECT_ROOT / "prompts")
     with pytest.raises(
         KeyError,
-        match="known: because_you_viewed, brand_showcase, category_spotlight, grid_heading, "
-        "hero_banner",
+        match="known: back_in_stock, because_you_viewed, brand_showcase, category_spotlight, "
+        "grid_heading, hero_banner, new_arrivals",
     ):
         registry.get("nope")
 

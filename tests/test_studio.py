@@ -82,11 +82,14 @@ def test_templates_are_seeded_from_the_prompts_folder(studio) -> None:
     client, keys = studio
     listed = call(client, "GET", "/v1/templates", keys["cms"]).json()
     assert [t["name"] for t in listed] == [
+        "back_in_stock",
         "because_you_viewed",
+        "brand",  # the brand rules (tests/test_brand_rules.py)
         "brand_showcase",
         "category_spotlight",
         "grid_heading",
         "hero_banner",
+        "new_arrivals",
     ]
     assert all(t["labels"] == {"production": 1} and t["latest"] == 1 for t in listed)
     version = call(client, "GET", "/v1/templates/hero_banner/versions/1", keys["marketer"])

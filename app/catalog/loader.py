@@ -18,6 +18,8 @@ T = TypeVar("T", Product, Shopper)
 
 # Columns of a CSV that hold lists, written as "a;b;c".
 _LIST_COLUMNS = {"tags", "interests"}
+# Columns an empty CSV cell leaves unset.
+_OPTIONAL_COLUMNS = {"image_url", "added_at", "restocked_at"}
 _BOOL_TRUE = {"true", "1", "yes", "y"}
 _BOOL_FALSE = {"false", "0", "no", "n", ""}
 
@@ -70,7 +72,7 @@ def _from_csv(record: dict[str, str]) -> dict[str, Any]:
         elif key == "in_stock":
             lowered = value.strip().lower()
             row[key] = lowered in _BOOL_TRUE if lowered in _BOOL_TRUE | _BOOL_FALSE else value
-        elif key == "image_url" and not value.strip():
+        elif key in _OPTIONAL_COLUMNS and not value.strip():
             row[key] = None
         elif key == "history":
             row[key] = json.loads(value) if value.strip() else []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 
@@ -75,22 +76,32 @@ class Catalog:
     def rows(self, product_ids: Iterable[str]) -> list[int]:
         return [self._row[pid] for pid in product_ids if pid in self._row]
 
+    @cached_property
+    def newest_arrival(self) -> datetime | None:
+        """When the latest product on sale was added (None: no product has the date)."""
+        return max((p.added_at for p in self.on_sale_products if p.added_at), default=None)
+
     @property
     def categories(self) -> list[str]:
         return sorted({product.category for product in self.products})
 
-    def upserted(self, products: Iterable[Product]) -> tuple[Catalog, list[Product]]:
+    def upserted(
+        self, products: Iterable[Product], now: datetime | None = None
+    ) -> tuple[Catalog, list[Product]]:
         """A new catalog with ``products`` written over it, and the products that changed.
 
         A known id keeps its row (so vectors and interaction signals keep their meaning); a
         new id is appended. A product equal to the one stored is not a change, unless it was
-        withdrawn: written anew, it is on sale again.
+        withdrawn: written anew, it is on sale again. With ``now``, dates a write leaves out
+        are kept or stamped (``stamped``).
         """
         rows = list(self.products)
         index = dict(self._row)
         changed: list[Product] = []
         for product in products:
             row = index.get(product.id)
+            if now is not None:
+                product = stamped(product, None if row is None else rows[row], now)
             if row is None:
                 index[product.id] = len(rows)
                 rows.append(product)
@@ -112,6 +123,20 @@ class Catalog:
             return self
         version = _digest(self.version, "withdrawn", *ids)
         return Catalog(self.products, version, self.withdrawn | set(ids))
+
+
+def stamped(product: Product, before: Product | None, now: datetime) -> Product:
+    """``product`` as written, with the dates it leaves out: ``added_at`` is kept from the
+    stored product (``now`` for a new one); ``restocked_at`` is kept, or ``now`` when this
+    write brings it from out of stock into stock. A date the write gives wins."""
+    dates: dict[str, datetime | None] = {}
+    if product.added_at is None:
+        dates["added_at"] = now if before is None else before.added_at
+    if product.restocked_at is None and before is not None:
+        back = product.in_stock and not before.in_stock
+        dates["restocked_at"] = now if back else before.restocked_at
+    dates = {name: value for name, value in dates.items() if value is not None}
+    return product.model_copy(update=dates) if dates else product
 
 
 def _digest(*parts: str) -> str:

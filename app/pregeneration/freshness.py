@@ -25,6 +25,7 @@ def inputs_of(banner: Banner, shopper_version: str, catalog: Catalog) -> BannerI
         template_version=banner.template_version,
         template_label=banner.template_label,
         model=banner.model,
+        brand_version=banner.brand_version,
         facts=facts,
         anchor=banner.anchor.id if banner.anchor else None,
         campaigns={c.id: c.ends_at for c in banner.campaigns},
@@ -59,6 +60,7 @@ class Current:
     template_version: int
     template_label: str
     model: str
+    brand_version: int | None = None
 
 
 def stale_reasons(
@@ -81,6 +83,12 @@ def stale_reasons(
             f"template {inputs.template_label} v{inputs.template_version} -> "
             f"{current.template_label} v{current.template_version}"
         )
+    # Rules from the prompts folder have no version; a banner made under them is judged by
+    # the rest (a first start with the store must not make every stored banner stale).
+    if None not in (inputs.brand_version, current.brand_version) and (
+        inputs.brand_version != current.brand_version
+    ):
+        reasons.append(f"brand rules v{inputs.brand_version} -> v{current.brand_version}")
     if inputs.model != current.model:
         reasons.append(f"model {inputs.model} -> {current.model}")
     reasons += product_problems(inputs.facts, catalog, inputs.anchor)

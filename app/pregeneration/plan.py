@@ -113,6 +113,7 @@ def current(
         template_version=template.version,
         template_label=label,
         model=model,
+        brand_version=templates.brand_version,
     )
 
 

@@ -28,7 +28,14 @@ from app.logs import get_logger
 from app.pregeneration import cluster
 from app.pregeneration.freshness import stale_reasons
 from app.pregeneration.plan import current, in_prompt_order, subjects
-from app.pregeneration.worker import Failed, Outcome, SubjectMaker, Worker, model_failed
+from app.pregeneration.worker import (
+    Failed,
+    Nothing,
+    Outcome,
+    SubjectMaker,
+    Worker,
+    model_failed,
+)
 from app.prompting.templates import TemplateRegistry
 from app.store.pregenerated import (
     Generated,
@@ -75,10 +82,11 @@ class _Pending:
 
     generated: list[Generated] = field(default_factory=list)
     failed: int = 0
+    emptied: list[Subject] = field(default_factory=list)  # nothing to show: none stored
     since: float = field(default_factory=time.monotonic)
 
     def __len__(self) -> int:
-        return len(self.generated) + self.failed
+        return len(self.generated) + self.failed + len(self.emptied)
 
 
 def runner_name() -> str:
@@ -233,6 +241,8 @@ class JobRunner:
                 for outcome in outcomes:
                     if isinstance(outcome, Failed):
                         pending.failed += 1
+                    elif isinstance(outcome, Nothing):
+                        pending.emptied.append(outcome.subject)
                     else:
                         pending.generated.append(outcome)
                 if pending and (
@@ -328,6 +338,7 @@ class JobRunner:
                     pending.failed,
                     failures,
                     review=review,
+                    emptied=pending.emptied,
                 )
                 break
             except SQLAlchemyError as error:

@@ -32,7 +32,16 @@ class Failed:
     error: str
 
 
-Outcome = Generated | Failed
+@dataclass(frozen=True)
+class Nothing:
+    """A subject with nothing to show in the placement (nothing back in stock for them): no
+    banner, and any stored before is removed, rather than copy about no products."""
+
+    subject: Subject
+    reason: str
+
+
+Outcome = Generated | Failed | Nothing
 
 
 def model_failed(generated: Generated) -> bool:
@@ -59,7 +68,10 @@ class SubjectMaker:
             request = BannerRequest(
                 shopper_id=shopper.id, shopper=shopper, placement=placement, variation=variation
             )
-            banner = (await pipeline.generate(request))[0]
+            prepared = pipeline.prepare(request)
+            if prepared.empty:
+                return Nothing(subject, f"{len(prepared.selection.candidates)} product(s)")
+            banner = (await pipeline.complete(prepared))[0]
         except Exception as error:  # one subject's defect never stops the others
             log.exception("subject_failed", subject=subject.shopper_id, placement=placement)
             return Failed(subject, f"{type(error).__name__}: {error}"[:300])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from jinja2 import TemplateSyntaxError, nodes
 
@@ -30,10 +31,11 @@ class LintProblem:
 class LintResult:
     template: PromptTemplate | None  # None when the text does not even parse
     problems: list[LintProblem]
+    brand: dict[str, Any] | None = None  # the brand rules' lint: what they parsed to
 
     @property
     def ok(self) -> bool:
-        return self.template is not None and not self.problems
+        return (self.template is not None or self.brand is not None) and not self.problems
 
 
 def _private(name: object) -> bool:

@@ -21,11 +21,18 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from app.domain import Name
 from app.generation.engine import MAX_BEST_OF, SamplingParams
@@ -37,6 +44,8 @@ log = logging.getLogger("marquee.templates")
 
 TEMPLATE_SUFFIX = ".j2"
 BRAND_FILE = "brand.yaml"
+# The brand rules' name in the template store; no template may take it.
+BRAND = "brand"
 MAX_TEMPLATE_BYTES = 64_000
 
 
@@ -48,18 +57,40 @@ class RetrievalHints(BaseModel):
     # top_category (a spotlight): one category the shopper likes. top_brand (a brand
     # showcase): one brand's range, the brand of their most relevant product with enough of
     # it to show. anchor ("because you viewed"): neighbours of the product of the shopper's
-    # latest event, named as ``anchor``.
-    focus: Literal["none", "top_category", "top_brand", "anchor"] = "none"
+    # latest event, named as ``anchor``. new_arrivals: the catalog's latest additions, in
+    # the shopper's categories first. back_in_stock: what they looked at that came back.
+    # The last two may have nothing to show: a homepage then leaves the section out.
+    focus: Literal[
+        "none", "top_category", "top_brand", "anchor", "new_arrivals", "back_in_stock"
+    ] = "none"
+
+    @property
+    def may_be_empty(self) -> bool:
+        """Whether a shopper may have nothing for this section (and then gets none)."""
+        return self.focus in ("new_arrivals", "back_in_stock")
+
+
+BannedTerm = Annotated[str, StringConstraints(strip_whitespace=True, min_length=2, max_length=80)]
+LanguageCode = Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}$")]
 
 
 class Brand(BaseModel):
-    """The brand rules (``prompts/brand.yaml``) every template sees as ``brand``."""
+    """The brand rules every template sees as ``brand``, and the words no copy may use.
+
+    Seeded from ``prompts/brand.yaml`` and then versioned in the template store as the
+    document ``brand`` (edited, linted, diffed and published like a template).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(default="our store", min_length=1, max_length=80)
     voice: str = Field(default="friendly and brief", max_length=300)
     rules: list[str] = Field(default_factory=list, max_length=20)
+    # Refused in copy in every language. None (the key absent): the service's
+    # MARQUEE_BANNED_TERMS, which the store writes in when it seeds the brand rules.
+    banned_terms: list[BannedTerm] | None = Field(default=None, max_length=500)
+    # More terms for copy in one language, on top of banned_terms: {"de": ["gratis"]}.
+    banned_terms_by_language: dict[LanguageCode, list[BannedTerm]] | None = None
 
 
 class ExampleProduct(BaseModel):
@@ -105,6 +136,13 @@ class TemplateHeader(BaseModel):
     copy_digits: bool = False
     # Samples per banner (best-of-n); None: the service's MARQUEE_BEST_OF.
     best_of: int | None = Field(default=None, ge=1, le=MAX_BEST_OF)
+
+    @field_validator("name")
+    @classmethod
+    def _not_the_brand(cls, value: str) -> str:
+        if value == BRAND:
+            raise ValueError(f"'{BRAND}' is the brand rules' name; choose another")
+        return value
 
     @field_validator("schema_name")
     @classmethod
@@ -298,7 +336,9 @@ class TemplateRegistry:
         *,
         labelled: dict[str, dict[str, PromptTemplate]] | None = None,
         splits: dict[str, Split] | None = None,
+        brand_version: int | None = None,
     ) -> None:
+        """``brand_version``: the stored version of ``brand`` (None: from the prompts folder)."""
         self._by_name: dict[str, PromptTemplate] = {}
         for template in templates:
             if template.name in self._by_name:
@@ -311,6 +351,7 @@ class TemplateRegistry:
         self._labelled = labelled or {}
         self.splits = splits or {}
         self.brand = brand
+        self.brand_version = brand_version
 
     @classmethod
     def from_folder(cls, folder: Path) -> TemplateRegistry:
@@ -319,6 +360,16 @@ class TemplateRegistry:
             for path in sorted(folder.glob(f"*{TEMPLATE_SUFFIX}"))
         ]
         return cls(templates, load_brand(folder))
+
+    def with_brand(self, brand: dict[str, Any], version: int | None = None) -> TemplateRegistry:
+        """The same templates, labels and splits under other brand rules (a brand preview)."""
+        return TemplateRegistry(
+            list(self._by_name.values()),
+            brand,
+            labelled=self._labelled,
+            splits=self.splits,
+            brand_version=version,
+        )
 
     @property
     def names(self) -> list[str]:
@@ -365,11 +416,56 @@ class TemplateRegistry:
 def load_brand(folder: Path) -> dict[str, Any]:
     """The brand rules in ``folder/brand.yaml`` (defaults when there is none)."""
     brand_path = folder / BRAND_FILE
-    raw = yaml.safe_load(brand_path.read_text()) if brand_path.exists() else {}
+    return parse_brand(brand_path.read_text(encoding="utf-8") if brand_path.exists() else "")
+
+
+def parse_brand(text: str) -> dict[str, Any]:
+    """Brand rules from their YAML text. Raises TemplateError naming the line or field."""
+    if len(text.encode()) > MAX_TEMPLATE_BYTES:
+        raise TemplateError(BRAND, None, f"larger than {MAX_TEMPLATE_BYTES} bytes")
     try:
-        return Brand.model_validate(raw or {}).model_dump()
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise TemplateError(BRAND, line, f"not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise TemplateError(BRAND, 1, "the brand rules must be a mapping of fields")
+    try:
+        return Brand.model_validate(raw).model_dump()
     except ValidationError as error:
         first = error.errors()[0]
+        field = ".".join(map(str, first["loc"]))
         raise TemplateError(
-            BRAND_FILE, None, f"field '{'.'.join(map(str, first['loc']))}': {first['msg']}"
+            BRAND, _line_of(text, first["loc"]), f"field '{field}': {first['msg']}"
         ) from None
+
+
+def _line_of(text: str, location: tuple[int | str, ...]) -> int | None:
+    """The line a top-level field starts on (the line an error is shown at)."""
+    if not location:
+        return None
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith(f"{location[0]}:"):
+            return number
+    return None
+
+
+def seeded_brand_text(
+    text: str, banned_terms: list[str] | None, banned_by_language: dict[str, list[str]] | None
+) -> str:
+    """The brand rules' first stored version: the file's text, with the service's banned
+    terms written in where the file does not set its own (the studio then shows and edits
+    them; a comment says where they came from). None: write nothing for that key."""
+    brand = parse_brand(text)
+    added = ""
+    if brand["banned_terms"] is None and banned_terms is not None:
+        added += yaml.safe_dump({"banned_terms": banned_terms}, allow_unicode=True)
+    if brand["banned_terms_by_language"] is None and banned_by_language:
+        added += yaml.safe_dump(
+            {"banned_terms_by_language": banned_by_language}, allow_unicode=True
+        )
+    if not added:
+        return text
+    body = text if not text or text.endswith("\n") else text + "\n"
+    return body + "# Seeded from MARQUEE_BANNED_TERMS (and _BY_LANGUAGE); edit them here.\n" + added

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from app.catalog.store import Catalog
 from app.config import Settings
@@ -34,7 +35,11 @@ class CandidateFilters(BaseModel):
     include_categories: tuple[str, ...] = ()
     exclude_categories: tuple[str, ...] = ()
     include_brands: tuple[str, ...] = Field(default=(), max_length=50)
+    # Only these products (None: any; empty: none, so the selection is empty).
+    include_products: tuple[str, ...] | None = Field(default=None, max_length=1000)
     exclude_products: tuple[str, ...] = Field(default=(), max_length=1000)
+    # Only products added to the catalog at or after this time (new arrivals).
+    added_since: AwareDatetime | None = None
     min_price: float | None = Field(default=None, ge=0)
     max_price: float | None = Field(default=None, ge=0)
 
@@ -88,6 +93,10 @@ class CandidateSelector:
         self._price = np.array([p.price for p in products], dtype=np.float64)
         self._category = np.array([p.category.casefold() for p in products])
         self._brand = np.array([p.brand.casefold() for p in products])
+        # Seconds since the epoch; a product with no date is never "added since" anything.
+        self._added = np.array(
+            [p.added_at.timestamp() if p.added_at else -np.inf for p in products], dtype=np.float64
+        )
 
     def _allowed(
         self, shopper: Shopper, filters: CandidateFilters
@@ -117,6 +126,12 @@ class CandidateSelector:
         if filters.exclude_categories:
             unwanted = [c.casefold() for c in filters.exclude_categories]
             apply("category_excluded", ~np.isin(self._category, unwanted))
+        if filters.include_products is not None:
+            included = np.zeros(len(self.catalog), dtype=bool)
+            included[self.catalog.rows(filters.include_products)] = True
+            apply("product_not_included", included)
+        if filters.added_since is not None:
+            apply("added_before", self._added >= filters.added_since.timestamp())
         if filters.exclude_products:
             excluded = np.zeros(len(self.catalog), dtype=bool)
             excluded[self.catalog.rows(filters.exclude_products)] = True
@@ -150,6 +165,35 @@ class CandidateSelector:
             query, collaborative, prior, self.settings.popularity_weight, k, allowed, removed
         )
 
+    def newest(self, shopper: Shopper, k: int, filters: CandidateFilters) -> Selection:
+        """The allowed products, the latest added first: new arrivals for a shopper there is
+        nothing to rank them by (no history or interests; new products have little
+        popularity yet, so the popular ones alone would leave most of them out)."""
+        allowed, removed = self._allowed(shopper, filters)
+        rows = np.flatnonzero(allowed)
+        rows = rows[np.argsort(-self._added[rows], kind="stable")][:k]
+        candidates = [
+            Candidate(
+                number=number,
+                product=self.catalog.products[int(row)],
+                scores=CandidateScores(),
+                source="newest",
+            )
+            for number, row in enumerate(rows, 1)
+        ]
+        trace = SelectionTrace(
+            cold_start=True,
+            signals={"newest": 1.0},
+            pool_size=len(rows),
+            removed=removed,
+            allowed=int(allowed.sum()),
+        )
+        return Selection(candidates, trace)
+
+    def knows(self, shopper: Shopper) -> bool:
+        """Whether there is anything to rank by for this shopper: history or interests."""
+        return self.shopper_vector(shopper) is not None
+
     def shopper_vector(self, shopper: Shopper) -> np.ndarray | None:
         """Who the shopper is, in the embedding space (their recent history and stated
         interests, weighed as retrieval weighs them); None for a shopper with neither."""
@@ -180,6 +224,21 @@ class CandidateSelector:
             product = self.catalog.get(event.product_id)
             if product is not None and self.catalog.on_sale(product.id):
                 yield product
+
+    def back_in_stock(self, shopper: Shopper) -> list[str]:
+        """The products the shopper touched that came back into stock after their latest
+        event with it (so it may well have been out when they looked), newest event first."""
+        latest: dict[str, datetime] = {}
+        for event in shopper.history:
+            latest[event.product_id] = max(event.ts, latest.get(event.product_id, event.ts))
+        back = []
+        for product_id, seen in sorted(latest.items(), key=lambda item: item[1], reverse=True):
+            product = self.catalog.get(product_id)
+            if product is None or not product.in_stock or not self.catalog.on_sale(product_id):
+                continue
+            if product.restocked_at is not None and product.restocked_at > seen:
+                back.append(product_id)
+        return back
 
     def anchor_for(self, shopper: Shopper) -> Product | None:
         """What a "because you viewed" section hangs on: the latest of ``recently_seen`` (the

@@ -138,7 +138,9 @@ async def load_services(
         pipeline = await asyncio.to_thread(loader, settings)
         # Templates come from the database (seeded from the prompts folder on first start).
         templates = TemplateStore(db)
-        await templates.seed(settings.prompts_dir)
+        await templates.seed(
+            settings.prompts_dir, settings.banned_terms, settings.banned_terms_by_language
+        )
         studio = StudioService(templates, held.feedback, pipeline, held.limit, held.events)
         await studio.reload()
         campaigns = CampaignService(CampaignStore(db), pipeline)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any, Literal
 
-from sqlalchemy import Row, bindparam, case, func, null, select, tuple_, update
+from sqlalchemy import Row, bindparam, case, delete, func, null, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -262,20 +262,31 @@ class JobStore:
         failed: int = 0,
         failures: int = 0,
         review: str = "none",
+        emptied: Sequence[Subject] = (),
     ) -> bool:
         """Store finished banners and count them, in one transaction, with the heartbeat.
         ``failed``: subjects handled but nothing stored; ``failures``: those plus the stored
         banners the model never answered for. ``review``: "pending" where the placement wants
-        its banners approved first. Returns whether the job was asked to stop."""
+        its banners approved first. ``emptied``: subjects with nothing to show now, whose
+        stored banner (about products no longer back, say) is removed. Returns whether the
+        job was asked to stop."""
         now = _now()
         rows = [_row(placement, result, job_id, now, review) for result in results]
         async with self.db.writing(f"job:{job_id}") as session:
             await _upsert(session, rows)
+            for subject in emptied:
+                await session.execute(
+                    delete(PlacementBannerRecord).where(
+                        PlacementBannerRecord.placement == placement,
+                        PlacementBannerRecord.audience == subject.audience.value,
+                        PlacementBannerRecord.subject == subject.key,
+                    )
+                )
             await session.execute(
                 update(JobRecord)
                 .where(JobRecord.id == job_id)
                 .values(
-                    done=JobRecord.done + len(results) + failed,
+                    done=JobRecord.done + len(results) + failed + len(emptied),
                     failures=JobRecord.failures + failures,
                     fallbacks=JobRecord.fallbacks + sum(r.banner.fallback for r in results),
                     heartbeat_at=now,

@@ -19,12 +19,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.prompting.templates import (
+    BRAND,
+    BRAND_FILE,
     PRODUCTION,
     TEMPLATE_SUFFIX,
     PromptTemplate,
     Split,
     TemplateRegistry,
+    parse_brand,
     parse_template,
+    seeded_brand_text,
 )
 from app.store.db import (
     AuditRecord,
@@ -173,7 +177,8 @@ class TemplateStore:
             ]
 
     async def registry(self, brand: dict[str, Any]) -> TemplateRegistry:
-        """What the pipeline serves: every labelled version, parsed, and the splits."""
+        """What the pipeline serves: every labelled version, parsed, the splits, and the
+        brand rules' production version (``brand`` until one is stored)."""
         # Every label with the version it points at, in one query (an outer join: a label
         # pointing at no stored version is an error to report, not one to skip silently).
         query = (
@@ -189,17 +194,28 @@ class TemplateStore:
             rows = (await session.execute(query)).tuples().all()
         production: list[PromptTemplate] = []
         labelled: dict[str, dict[str, PromptTemplate]] = {}
+        brand_version: int | None = None
         for label, record in rows:
             if record is None:
                 raise LookupError(
                     f"label {label.name}:{label.label} points at missing version {label.version}"
                 )
+            if label.name == BRAND:  # the brand rules: production serves, other labels mark
+                if label.label == PRODUCTION:
+                    brand, brand_version = parse_brand(record.source), record.version
+                continue
             template = StoredVersion.of(record).parsed()
             if label.label == PRODUCTION:
                 production.append(template)
             else:
                 labelled.setdefault(label.name, {})[label.label] = template
-        return TemplateRegistry(production, brand, labelled=labelled, splits=await self.splits())
+        return TemplateRegistry(
+            production,
+            brand,
+            labelled=labelled,
+            splits=await self.splits(),
+            brand_version=brand_version,
+        )
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -359,16 +375,30 @@ class TemplateStore:
             )
         return True
 
-    async def seed(self, folder: Path) -> list[str]:
+    async def seed(
+        self,
+        folder: Path,
+        banned_terms: list[str] | None = None,
+        banned_by_language: dict[str, list[str]] | None = None,
+    ) -> list[str]:
         """Templates in ``folder`` that the database does not have yet become version 1,
-        labelled production. Returns the names seeded."""
+        labelled production; so do the brand rules (``brand.yaml``, with ``banned_terms``
+        and ``banned_by_language`` written in where the file has none; None: left out, so
+        the service's settings apply). Returns the names seeded."""
         known = set(await self.names())
-        seeded = []
+        sources: list[tuple[str, str, str]] = []  # (name, text, file)
+        if BRAND not in known:
+            brand_file = folder / BRAND_FILE
+            text = brand_file.read_text(encoding="utf-8") if brand_file.exists() else ""
+            text = seeded_brand_text(text, banned_terms, banned_by_language)
+            sources.append((BRAND, text, BRAND_FILE))
         for path in sorted(folder.glob(f"*{TEMPLATE_SUFFIX}")):
             source = path.read_text(encoding="utf-8")
             name = parse_template(source, str(path)).name
-            if name in known:
-                continue
+            if name not in known:
+                sources.append((name, source, path.name))
+        seeded = []
+        for name, source, file_name in sources:
             try:
                 # Version 1 and its production label in one transaction: a replica starting
                 # beside this one never sees the template without a production version.
@@ -376,7 +406,7 @@ class TemplateStore:
                     name,
                     source,
                     author="seed",
-                    message=f"seeded from {path.name}",
+                    message=f"seeded from {file_name}",
                     draft=False,
                     expected_latest=None,
                     label=PRODUCTION,

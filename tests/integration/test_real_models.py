@@ -65,7 +65,15 @@ def test_hero_banners_for_demo_shoppers_are_valid_and_grounded(
 
 
 @pytest.mark.parametrize(
-    "template", ["grid_heading", "category_spotlight", "because_you_viewed", "brand_showcase"]
+    "template",
+    [
+        "grid_heading",
+        "category_spotlight",
+        "because_you_viewed",
+        "brand_showcase",
+        "new_arrivals",
+        "back_in_stock",
+    ],
 )
 def test_other_templates_are_valid_and_grounded(pipeline: Pipeline, template: str) -> None:
     banners = asyncio.run(
@@ -79,6 +87,16 @@ def test_other_templates_are_valid_and_grounded(pipeline: Pipeline, template: st
     if template == "brand_showcase":
         shown = [pipeline.catalog.get(p.id) for b in banners for p in b.products]
         assert len({p.brand for p in shown if p}) == 1, "one brand"
+    shown_ids = {p.id for b in banners for p in b.products}
+    if template == "new_arrivals":  # the demo data's latest additions: within 30 days
+        newest = pipeline.catalog.newest_arrival
+        assert newest is not None
+        for product_id in shown_ids:
+            added = pipeline.catalog.get(product_id).added_at  # type: ignore[union-attr]
+            assert added is not None and (newest - added).days <= 30
+    if template == "back_in_stock":  # what u004 looked at that came back since
+        back = pipeline.selector.back_in_stock(pipeline.shoppers.get("u004"))
+        assert back and shown_ids <= set(back)
     if template == "because_you_viewed":
         # Named, as data for the CMS: the shopper's latest product, never among those shown.
         latest = max(pipeline.shoppers.get("u004").history, key=lambda e: e.ts).product_id

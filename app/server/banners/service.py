@@ -78,7 +78,8 @@ class BannerService:
         self, data: BannerCreate, request: BannerRequest, template_version: int, label: str
     ) -> str:
         """Identical requests share one answer while nothing they depend on has changed: the
-        shopper (profile, history), the catalog, the template version and the model."""
+        shopper (profile, history), the catalog, the template version, the brand rules (a
+        newly banned term) and the model."""
         shopper = self.pipeline.shopper(request)
         material = [
             data.model_dump(mode="json", exclude={"strict"}),
@@ -86,6 +87,7 @@ class BannerService:
             self.pipeline.catalog.version,
             template_version,
             label,
+            self.pipeline.templates.brand,
             self.pipeline.model_name,
         ]
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()

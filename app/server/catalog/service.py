@@ -128,7 +128,7 @@ class CatalogService:
         """Create or replace products; only those whose text changed are embedded again."""
         async with self._lock:
             before = self.pipeline.catalog
-            catalog, changed = before.upserted(products)
+            catalog, changed = before.upserted(products, datetime.now(UTC))
             created = [p.id for p in changed if p.id not in before]
             updated = [p.id for p in changed if p.id in before]
             if not changed:

@@ -78,7 +78,7 @@ class TemplateController(Controller):
 
     @get(
         "/{name:str}/versions/{version:int}/file",
-        summary="Export a version as a template file (the prompts/ format)",
+        summary="Export a version as its file in prompts/ (NAME.j2; brand.yaml for the brand)",
         media_type="text/plain; charset=utf-8",
         opt=problems("not-found"),
     )
@@ -89,7 +89,7 @@ class TemplateController(Controller):
         return Response(
             view.source,
             media_type="text/plain; charset=utf-8",
-            headers={"Content-Disposition": f'attachment; filename="{name}.j2"'},
+            headers={"Content-Disposition": f'attachment; filename="{studio.file_name(name)}"'},
         )
 
     @post(

@@ -23,11 +23,15 @@ from app.pipeline import BannerRequest, Pipeline
 from app.prompting.lint import LintProblem, LintResult, lint
 from app.prompting.sandbox import TemplateError
 from app.prompting.templates import (
+    BRAND,
+    BRAND_FILE,
     MAX_TEMPLATE_BYTES,
     PRODUCTION,
+    TEMPLATE_SUFFIX,
     PromptTemplate,
     RenderedPrompt,
     Split,
+    parse_brand,
 )
 from app.server.errors import Problem, invalid
 from app.server.limits import GenerationLimit
@@ -62,6 +66,7 @@ __all__ = [
     "VersionView",
 ]
 
+BRAND_DESCRIPTION = "The brand rules every template sees: name, voice, rules, banned terms"
 SAMPLE_SHOPPERS = 3  # known shoppers with histories a saved template must render for
 MAX_PREVIEW_BANNERS = 4
 
@@ -242,13 +247,16 @@ class StudioService:
                 header = self.pipeline.templates.get(name).header
             except KeyError:
                 header = None
+            description = header.description if header else None
+            if name == BRAND:
+                description = BRAND_DESCRIPTION
             found.append(
                 TemplateSummary(
                     name=name,
                     latest=latest,
                     labels=labels.get(name, {}),
                     placement=header.placement if header else None,
-                    description=header.description if header else None,
+                    description=description,
                 )
             )
         return found
@@ -269,6 +277,11 @@ class StudioService:
 
     async def version(self, name: str, version: int) -> VersionView:
         return await self._view(await self._stored(name, version), [])
+
+    @staticmethod
+    def file_name(name: str) -> str:
+        """What a stored document is called as a file in the prompts folder."""
+        return BRAND_FILE if name == BRAND else f"{name}{TEMPLATE_SUFFIX}"
 
     def placement(self, name: str) -> str | None:
         """The placement a template serves; None while it has only drafts."""
@@ -313,13 +326,52 @@ class StudioService:
         known = [s for s in self.pipeline.shoppers.all() if s.history][:SAMPLE_SHOPPERS]
         return [*known, Shopper(id="lint-cold-start")]
 
-    def _try_render(self, template: PromptTemplate) -> None:
+    def _try_render(self, template: PromptTemplate, pipeline: Pipeline | None = None) -> None:
+        pipeline = pipeline or self.pipeline
         for shopper in self._samples():
-            selection = self.pipeline.candidates(shopper, template)
-            self.pipeline.render(shopper, template, selection, template.header.placement)
+            selection = pipeline.candidates(shopper, template)
+            pipeline.render(shopper, template, selection, template.header.placement)
 
     def lint(self, name: str, source: str) -> LintResult:
+        if name == BRAND:
+            return self._lint_brand(source)
         return lint(source, name, self._try_render)
+
+    def _lint_brand(self, source: str) -> LintResult:
+        """Brand rules must parse, and every template in production must still render with
+        them; an example that uses a term they ban would teach the model to write it."""
+        try:
+            brand = parse_brand(source)
+        except TemplateError as error:
+            return LintResult(None, [LintProblem(error.line, error.message)])
+        trial = self._with_brand(brand)
+        problems = []
+        for name in trial.templates.names:
+            template = trial.templates.get(name)
+            try:
+                self._try_render(template, trial)
+            except TemplateError as error:
+                where = f" line {error.line}" if error.line else ""
+                problems.append(
+                    LintProblem(
+                        None, f"template '{name}'{where} fails with these rules: {error.message}"
+                    )
+                )
+            for number, output in enumerate(template.example_outputs, 1):
+                for text in output.values():
+                    term = trial.guards.banned_term(text) if isinstance(text, str) else None
+                    if term is not None:
+                        problems.append(
+                            LintProblem(
+                                _line_of_term(source, term),
+                                f"'{term}' is banned, but template '{name}' example {number} "
+                                "writes it: change the example first",
+                            )
+                        )
+        return LintResult(None, problems, brand=brand)
+
+    def _with_brand(self, brand: dict[str, Any]) -> Pipeline:
+        return self.pipeline.trying(self.pipeline.templates.with_brand(brand))
 
     async def save(
         self,
@@ -475,6 +527,9 @@ class StudioService:
                 f"0 to {MAX_PREVIEW_BANNERS}",
                 f"generate: 0 to {MAX_PREVIEW_BANNERS} banners",
             )
+        request = BannerRequest(shopper_id=shopper_id, shopper=shopper, count=max(1, generate))
+        if name == BRAND:
+            return await self._preview_brand(request, version, label, source, generate)
         problems: list[LintProblem] = []
         template: PromptTemplate | None
         if source is not None:
@@ -487,28 +542,83 @@ class StudioService:
                 template = self.pipeline.templates.get(name, label or PRODUCTION)
             except KeyError as error:
                 raise _not_found(error) from None
-        request = BannerRequest(shopper_id=shopper_id, shopper=shopper, count=max(1, generate))
-        shopper_id = shopper.id if shopper else shopper_id
         if template is None or problems:
-            return Preview(name, None, label, shopper_id, None, problems, [])
+            return Preview(name, None, label, _subject(request), None, problems, [])
+        shown = template.version if source is None else None
+        return await self._generate_preview(
+            self.pipeline, name, template, request, shown, label, generate
+        )
+
+    async def _preview_brand(
+        self,
+        request: BannerRequest,
+        version: int | None,
+        label: str | None,
+        source: str | None,
+        generate: int,
+    ) -> Preview:
+        """Brand rules previewed through the placement's production template: its prompt
+        under these rules, and banners judged by their banned terms."""
+        if source is not None:
+            result = self._lint_brand(source)
+            if result.brand is None or result.problems:
+                return Preview(BRAND, None, label, _subject(request), None, result.problems, [])
+            brand = result.brand
+        elif version is not None:
+            brand = parse_brand((await self._stored(BRAND, version)).source)
+        elif label is None or label == PRODUCTION:
+            brand = self.pipeline.templates.brand
+        else:
+            labelled = (await self.labels(BRAND)).get(label)
+            if labelled is None:
+                raise Problem("not-found", f"the brand rules have no label '{label}'")
+            brand = parse_brand((await self._stored(BRAND, labelled)).source)
+        trial = self._with_brand(brand)
         try:
-            prepared = self.pipeline.prepare(request, template)
+            template = trial.templates.default_for(request.placement)
+        except KeyError as error:
+            raise _not_found(error) from None
+        shown = version if source is None else None
+        # The preview names the template that rendered (the rules have no prompt of their own).
+        return await self._generate_preview(
+            trial, template.name, template, request, shown, label, generate
+        )
+
+    async def _generate_preview(
+        self,
+        pipeline: Pipeline,
+        name: str,
+        template: PromptTemplate,
+        request: BannerRequest,
+        version: int | None,
+        label: str | None,
+        generate: int,
+    ) -> Preview:
+        shopper_id = _subject(request)
+        try:
+            prepared = pipeline.prepare(request, template)
         except TemplateError as error:
             problem = LintProblem(error.line, error.message)
             return Preview(name, version, label, shopper_id, None, [problem], [])
         banners: list[Banner] = []
         if generate and prepared.prompt is not None:
             async with self.limit.slot():
-                banners = await self.pipeline.complete(prepared)
-        return Preview(
-            name,
-            template.version if source is None else None,
-            label,
-            shopper_id,
-            prepared.prompt,
-            [],
-            banners,
-        )
+                banners = await pipeline.complete(prepared)
+        return Preview(name, version, label, shopper_id, prepared.prompt, [], banners)
+
+
+def _subject(request: BannerRequest) -> str:
+    """The id of the shopper a preview is for (an inline profile's, else the one asked)."""
+    return request.shopper.id if request.shopper else request.shopper_id
+
+
+def _line_of_term(source: str, term: str) -> int | None:
+    """The line of the brand rules that lists ``term`` (where a marketer would fix it)."""
+    wanted = term.casefold()
+    for number, line in enumerate(source.splitlines(), 1):
+        if wanted in line.casefold():
+            return number
+    return None
 
 
 def _pooled(arms: Sequence[ArmCounts], template: str, label: str) -> tuple[Rate, Rate] | None:
