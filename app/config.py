@@ -184,8 +184,9 @@ class Settings(BaseSettings):
     max_retries: int = Field(default=2, ge=0, le=10)
     # Best-of-n: samples written per banner, in one call (a template's ``best_of`` wins); the
     # guards judge each and app/choosing.py serves the best that passed. A retry only when
-    # every sample was refused. 1: the first sample that passes.
-    best_of: int = Field(default=4, ge=1, le=MAX_BEST_OF)
+    # every sample was refused. 1: the first sample that passes. auto: what the engine
+    # writes cheaply (app/pipeline.py auto_best_of).
+    best_of: Annotated[int, Field(ge=1, le=MAX_BEST_OF)] | Literal["auto"] = "auto"
     base_seed: int = 7
     # Words no copy may use. A default: the template store's brand rules get them written in
     # when it first seeds them, and from then on the studio's published rules decide.

@@ -30,6 +30,15 @@ def babel_locale(tag: str) -> Locale:
         return Locale.parse(DEFAULT_LOCALE.replace("-", "_"))
 
 
+def known_locale(tag: str) -> bool:
+    """Whether CLDR knows the tag (``babel_locale`` would not fall back to the default)."""
+    try:
+        Locale.parse(tag.replace("-", "_"))
+    except (UnknownLocaleError, ValueError):
+        return False
+    return True
+
+
 def format_price(price: float, currency: str, locale: str = DEFAULT_LOCALE) -> str:
     """``1299.5, "EUR", "de-DE"`` -> ``1.299,50 €``; ``"en-US"`` -> ``€1,299.50``."""
     return str(format_currency(price, currency, locale=babel_locale(locale)))

@@ -38,7 +38,7 @@ from app.domain import (
 )
 from app.generation.engine import Engine, EngineError, GenerationRequest, GenerationResult
 from app.guards import GuardResult, Guards, fallback_copy
-from app.locales import CopyLocale, copy_locale
+from app.locales import CopyLocale, copy_locale, language_of
 from app.logs import get_logger
 from app.prompting.context import build_context
 from app.prompting.templates import PromptTemplate, RenderedPrompt, TemplateRegistry
@@ -70,9 +70,26 @@ class BannerRequest:
     # What the shopper's latest banners said (``choosing.copy_text``): best-of-n prefers a
     # sample unlike them.
     recent_copy: tuple[str, ...] = ()
+    # The locale to write for, over the shopper's own (a CMS page in another language).
+    locale: str | None = None
 
 
 MAX_SECTIONS = 8
+AUTO_BEST_OF = 4
+
+
+def auto_best_of(engine: Engine | None) -> int:
+    """Samples per banner where MARQUEE_BEST_OF is auto: 4, where the samples of one prompt
+    cost about one (vLLM computes their shared prompt once; an in-process model in bf16 or
+    float16 batches the four rows at 0.99x the engine time of one); 2 for an in-process
+    model in float32 (AVX2 CPUs), where nothing shares the prompt and four rows cost 1.60x
+    one, two 1.35x (bench/results/best_of-*.md)."""
+    in_process = engine is not None and engine.name == "transformers"
+    if in_process and getattr(engine, "dtype", "float32") == "float32":
+        return 2
+    return AUTO_BEST_OF
+
+
 # The flag of a banner the engine never answered for (its copy is the fallback).
 ENGINE_ERROR = "engine_error"
 
@@ -244,13 +261,17 @@ class Pipeline:
     # --- the stages, each callable alone ---------------------------------------------------
 
     def shopper(self, request: BannerRequest) -> Shopper:
-        return request.shopper or self.shoppers.get(request.shopper_id)
+        """Who the request is for, in the locale it asks for (else their own)."""
+        shopper = request.shopper or self.shoppers.get(request.shopper_id)
+        if request.locale is not None and request.locale != shopper.locale:
+            shopper = shopper.model_copy(update={"locale": request.locale})
+        return shopper
 
     def template(self, request: BannerRequest) -> tuple[PromptTemplate, str]:
         """The template version this request gets, and the label that chose it."""
         name = request.template or self.templates.default_for(request.placement).name
-        shopper_id = request.shopper.id if request.shopper else request.shopper_id
-        return self.templates.choose(name, shopper_id, request.label)
+        shopper = self.shopper(request)
+        return self.templates.choose(name, shopper.id, request.label, shopper.locale)
 
     def candidates(
         self, shopper: Shopper, template: PromptTemplate, filters: CandidateFilters | None = None
@@ -322,6 +343,16 @@ class Pipeline:
                 return selection
         return self.selector.select(shopper, k, filters)
 
+    def _copy_locale(self, shopper: Shopper, template: PromptTemplate) -> CopyLocale:
+        """A locale variant is written in its own language, whatever the model's list says
+        (a marketer wrote it for that); any other template in the shopper's language when
+        the model writes it, else in English (``locale_fallback``)."""
+        variant_locale = template.header.locale
+        if variant_locale is None:
+            return copy_locale(shopper.locale, self.settings.llm_languages)
+        same = language_of(shopper.locale) == language_of(variant_locale)
+        return CopyLocale(shopper.locale, shopper.locale if same else variant_locale, False)
+
     def render(
         self,
         shopper: Shopper,
@@ -342,7 +373,7 @@ class Pipeline:
             spec=template.spec,
             anchor=selection.anchor,
             campaigns=campaigns,
-            locale=locale or copy_locale(shopper.locale, self.settings.llm_languages),
+            locale=locale or self._copy_locale(shopper, template),
         )
         return template.render(context)
 
@@ -376,7 +407,7 @@ class Pipeline:
         candidates = selection.candidates
         campaigns = self.campaigns.covering([c.product for c in candidates])
         campaigns = campaigns[:MAX_CAMPAIGNS_IN_PROMPT]
-        locale = copy_locale(shopper.locale, self.settings.llm_languages)
+        locale = self._copy_locale(shopper, template)
         with tracer.start_as_current_span("render") as span:
             prompt = (
                 self.render(shopper, template, selection, request.placement, campaigns, locale)
@@ -516,7 +547,9 @@ class Pipeline:
 
     def best_of(self, template: PromptTemplate) -> int:
         """Samples per banner for ``template``: its own ``best_of``, else the service's."""
-        return template.header.best_of or self.settings.best_of
+        configured = self.settings.best_of
+        default = configured if configured != "auto" else auto_best_of(self.engine)
+        return template.header.best_of or default
 
     async def _attempt_all(
         self,

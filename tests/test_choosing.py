@@ -18,7 +18,7 @@ from app.choosing import ChoiceWeights, CopyChooser, Sample, copy_text, length_f
 from app.config import PROJECT_ROOT, Settings
 from app.generation.schemas import SCHEMAS, output_model
 from app.guards import GuardResult, Guards
-from app.pipeline import BannerRequest, Pipeline
+from app.pipeline import AUTO_BEST_OF, BannerRequest, Pipeline, auto_best_of
 from app.prompting.templates import parse_template
 from tests.fakes import GOOD, INVENTED, ScriptedEngine, WordEmbedder, make_pipeline
 
@@ -233,3 +233,31 @@ def test_the_service_gives_the_shoppers_latest_copy_so_a_new_banner_says_somethi
     novelty = {score["sample"]: score["novelty"] for score in second["choice"]}
     assert novelty[0] == pytest.approx(0.0, abs=1e-6)  # said before: no novelty left
     assert novelty[1] > 0.5
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype", "samples"),
+    [
+        ("transformers", "float32", 2),  # AVX2 CPUs: nothing shares the four rows' prompt
+        ("transformers", "bfloat16", AUTO_BEST_OF),
+        ("transformers", "float16", AUTO_BEST_OF),
+        ("vllm", "float32", AUTO_BEST_OF),  # the prefix cache shares it
+    ],
+)
+def test_auto_best_of_follows_what_the_engine_writes_cheaply(
+    name: str,
+    dtype: str,
+    samples: int,
+    tiny_catalog: Catalog,
+    tiny_shoppers: ShopperStore,
+    test_settings: Settings,
+) -> None:
+    engine = ScriptedEngine([])
+    engine.name, engine.dtype = name, dtype  # type: ignore[attr-defined]
+    assert auto_best_of(engine) == samples
+    auto = test_settings.model_copy(update={"best_of": "auto"})
+    pipeline = make_pipeline(engine, tiny_catalog, tiny_shoppers, auto)
+    hero = pipeline.templates.get("hero_banner")
+    assert pipeline.best_of(hero) == samples
+    assert auto_best_of(None) == AUTO_BEST_OF
+    assert Settings(best_of=3).best_of == 3 and Settings().best_of == "auto"

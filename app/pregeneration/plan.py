@@ -107,7 +107,7 @@ def current(
 ) -> Current:
     """What the subject's banner would be made from now."""
     shopper = shopper_for(subject, shoppers)
-    template, label = templates.choose(template_name, shopper.id)
+    template, label = templates.choose(template_name, shopper.id, locale=shopper.locale)
     return Current(
         shopper_version=shopper_version(shopper),
         template_version=template.version,
@@ -121,10 +121,12 @@ def in_prompt_order(
     planned: list[Subject], shoppers: ShopperStore, templates: TemplateRegistry, name: str
 ) -> list[Subject]:
     """Subjects grouped by the template version they get (an experiment splits a placement
-    in two): requests sent together then share their prompt's prefix in vLLM's cache."""
+    in two; a locale variant is another text): requests sent together then share their
+    prompt's prefix in vLLM's cache."""
 
-    def version(subject: Subject) -> tuple[str, int]:
-        template, label = templates.choose(name, shopper_for(subject, shoppers).id)
-        return label, template.version
+    def version(subject: Subject) -> tuple[str, str, int]:
+        shopper = shopper_for(subject, shoppers)
+        template, label = templates.choose(name, shopper.id, locale=shopper.locale)
+        return template.name, label, template.version
 
     return sorted(planned, key=version)  # stable: the selection's order within a group

@@ -32,11 +32,13 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
-from app.domain import Name
+from app.domain import Locale, Name
 from app.generation.engine import MAX_BEST_OF, SamplingParams
 from app.generation.schemas import SCHEMAS, BannerCopy, SchemaSpec, copy_error, output_model
+from app.locales import known_locale, language_of
 from app.prompting.context import example_context
 from app.prompting.sandbox import TemplateError, compile_template, make_environment, render
 
@@ -136,6 +138,21 @@ class TemplateHeader(BaseModel):
     copy_digits: bool = False
     # Samples per banner (best-of-n); None: the service's MARQUEE_BEST_OF.
     best_of: int | None = Field(default=None, ge=1, le=MAX_BEST_OF)
+    # A locale variant: what shoppers of ``locale`` get instead of the template
+    # ``variant_of`` (its text in their language). "de-DE" serves de-DE first; "de" serves
+    # every German locale that has no variant of its own.
+    variant_of: Name | None = None
+    locale: Locale | None = None
+
+    @model_validator(mode="after")
+    def _variant_has_both(self) -> TemplateHeader:
+        if (self.variant_of is None) != (self.locale is None):
+            raise ValueError("a locale variant names both variant_of and locale")
+        if self.variant_of == self.name:
+            raise ValueError("a template is not a variant of itself")
+        if self.locale is not None and not known_locale(self.locale):
+            raise ValueError(f"locale '{self.locale}' is not one CLDR knows")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -352,6 +369,12 @@ class TemplateRegistry:
         self.splits = splits or {}
         self.brand = brand
         self.brand_version = brand_version
+        # {template: {locale: its variant}}: the production variants, by their locale.
+        self._variants: dict[str, dict[str, PromptTemplate]] = {}
+        for template in templates:
+            header = template.header
+            if header.variant_of is not None and header.locale is not None:
+                self._variants.setdefault(header.variant_of, {})[header.locale] = template
 
     @classmethod
     def from_folder(cls, folder: Path) -> TemplateRegistry:
@@ -387,11 +410,28 @@ class TemplateRegistry:
             raise KeyError(f"template '{name}' has no label '{label}' (known: {known})")
         return labelled
 
+    def variant(self, name: str, locale: str) -> PromptTemplate | None:
+        """The production variant of ``name`` for ``locale``: the one for exactly it, else
+        the one for its language ("de" for de-AT), else another of its language."""
+        variants = self._variants.get(name, {})
+        language = language_of(locale)
+        same_language = sorted(tag for tag in variants if language_of(tag) == language)
+        for tag in (locale, language, *same_language):
+            if tag in variants:
+                return variants[tag]
+        return None
+
     def choose(
-        self, name: str, shopper_id: str, label: str | None = None
+        self, name: str, shopper_id: str, label: str | None = None, locale: str | None = None
     ) -> tuple[PromptTemplate, str]:
-        """The version a shopper gets: an explicit label, else their arm of the placement's
+        """The version a shopper gets: an explicit label, else the template's variant for
+        their ``locale`` (a shopper with one is outside the placement's experiment: the
+        experiment compares versions of the same text), else their arm of the placement's
         split (when it splits this template), else production."""
+        if label is None and locale is not None:
+            variant = self.variant(name, locale)
+            if variant is not None:
+                return variant, PRODUCTION
         if label is None:
             split = self.splits.get(self.get(name).header.placement)
             label = PRODUCTION
@@ -405,8 +445,9 @@ class TemplateRegistry:
         return sorted({template.header.placement for template in self._by_name.values()})
 
     def default_for(self, placement: str) -> PromptTemplate:
+        """The placement's template (never a locale variant: ``choose`` picks those)."""
         for template in self._by_name.values():
-            if template.header.placement == placement:
+            if template.header.placement == placement and template.header.variant_of is None:
                 return template
         raise KeyError(
             f"unknown placement '{placement}' (placements: {', '.join(self.placements)})"
@@ -437,16 +478,16 @@ def parse_brand(text: str) -> dict[str, Any]:
         first = error.errors()[0]
         field = ".".join(map(str, first["loc"]))
         raise TemplateError(
-            BRAND, _line_of(text, first["loc"]), f"field '{field}': {first['msg']}"
+            BRAND,
+            line_of_field(text, first["loc"][0]) if first["loc"] else None,
+            f"field '{field}': {first['msg']}",
         ) from None
 
 
-def _line_of(text: str, location: tuple[int | str, ...]) -> int | None:
-    """The line a top-level field starts on (the line an error is shown at)."""
-    if not location:
-        return None
+def line_of_field(text: str, field: object) -> int | None:
+    """The line a top-level YAML field starts on (where a problem with it is shown)."""
     for number, line in enumerate(text.splitlines(), 1):
-        if line.startswith(f"{location[0]}:"):
+        if line.startswith(f"{field}:"):
             return number
     return None
 

@@ -37,6 +37,7 @@ def banner_request(
     return BannerRequest(
         shopper_id=data.shopper_id or (data.profile.id if data.profile else "anonymous"),
         shopper=data.profile.shopper(data.locale) if data.profile else None,
+        locale=data.locale,
         template=template,
         placement=placement,
         count=count,
@@ -75,7 +76,7 @@ class BannerService:
     _generating: dict[str, asyncio.Task[list[Banner]]] = field(default_factory=dict)
 
     def request_key(
-        self, data: BannerCreate, request: BannerRequest, template_version: int, label: str
+        self, data: BannerCreate, request: BannerRequest, template: PromptTemplate, label: str
     ) -> str:
         """Identical requests share one answer while nothing they depend on has changed: the
         shopper (profile, history), the catalog, the template version, the brand rules (a
@@ -85,7 +86,8 @@ class BannerService:
             data.model_dump(mode="json", exclude={"strict"}),
             shopper_version(shopper),
             self.pipeline.catalog.version,
-            template_version,
+            template.name,  # a locale variant is another template
+            template.version,
             label,
             self.pipeline.templates.brand,
             self.pipeline.model_name,
@@ -125,7 +127,7 @@ class BannerService:
             if stored is not None:
                 ANSWERS.labels("pregenerated").inc()
                 return BannerList(banners=[stored.banner], cached=True, source="pregenerated")
-        key = self.request_key(data, request, template.version, label)
+        key = self.request_key(data, request, template, label)
         if self.cache_ttl_s > 0:
             kept = await self.banners_store.fresh(key, self.cache_ttl_s)
             if kept is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +31,7 @@ from app.prompting.templates import (
     PromptTemplate,
     RenderedPrompt,
     Split,
+    line_of_field,
     parse_brand,
 )
 from app.server.errors import Problem, invalid
@@ -335,7 +336,48 @@ class StudioService:
     def lint(self, name: str, source: str) -> LintResult:
         if name == BRAND:
             return self._lint_brand(source)
-        return lint(source, name, self._try_render)
+        result = lint(source, name, self._try_render)
+        if result.template is None:
+            return result
+        variant = self._variant_problems(result.template, source)
+        return replace(result, problems=result.problems + variant)
+
+    def _variant_problems(self, template: PromptTemplate, source: str) -> list[LintProblem]:
+        """A locale variant stands in for a template in production, in its place and with its
+        schema (the CMS renders the placement's fields)."""
+        header = template.header
+        if header.variant_of is None:
+            return []
+        try:
+            base = self.pipeline.templates.get(header.variant_of)
+        except KeyError:
+            return [
+                LintProblem(
+                    line_of_field(source, "variant_of"),
+                    f"variant_of: no template '{header.variant_of}' in production",
+                )
+            ]
+        problems = []
+        if base.header.variant_of is not None:
+            problems.append(
+                LintProblem(
+                    line_of_field(source, "variant_of"),
+                    f"variant_of: '{base.name}' is itself a variant of '{base.header.variant_of}'",
+                )
+            )
+        for field, mine, theirs in (
+            ("placement", header.placement, base.header.placement),
+            ("schema", header.schema_name, base.header.schema_name),
+        ):
+            if mine != theirs:
+                problems.append(
+                    LintProblem(
+                        line_of_field(source, field),
+                        f"{field}: '{mine}', but '{base.name}' has '{theirs}' (a variant takes "
+                        "its place)",
+                    )
+                )
+        return problems
 
     def _lint_brand(self, source: str) -> LintResult:
         """Brand rules must parse, and every template in production must still render with
