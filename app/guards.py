@@ -424,14 +424,27 @@ def _quotable(text: str, allowed: re.Pattern[str]) -> bool:
     )
 
 
+# What a section that is about one thing says in its fallback: (headline, with a category,
+# how the subheadline ends). Other sections say "picked for you" or "popular".
+FALLBACK_OCCASIONS = {
+    "back_in_stock": ("Back in stock", "Back in stock: {}", ", back in stock."),
+    "new_arrivals": ("New in", "New in {}", ", new to the shop."),
+}
+
+
 def fallback_copy(
-    candidates: list[Candidate], spec: SchemaSpec, personal: bool, digits: bool = False
+    candidates: list[Candidate],
+    spec: SchemaSpec,
+    personal: bool,
+    digits: bool = False,
+    occasion: str = "",
 ) -> tuple[dict[str, Any], list[Candidate]]:
     """A plain banner from catalog facts only: the answer when the model's copy is refused.
 
     The products stay (their numbers and prices are facts); their words are quoted only when
     they pass the same checks as the model's copy, since a title can carry an injection, and
     fit the same schema (``digits``: the template's ``copy_digits``), so a CMS gets one shape.
+    ``occasion``: the section's retrieval focus, when the section is about it (new arrivals).
     """
     allowed = re.compile(copy_pattern(digits))
     chosen = candidates[: max(spec.min_products, min(3, spec.max_products))]
@@ -440,11 +453,14 @@ def fallback_copy(
         category = None
     titles = [c.product.title for c in chosen if _quotable(c.product.title, allowed)][:2]
     opening = "Picked for you" if personal else "Popular right now"
+    with_category = "Picked for you: {}" if personal else "Popular in {}"
     ending = ", chosen for you." if personal else ", loved by shoppers."
+    if occasion in FALLBACK_OCCASIONS:
+        opening, with_category, ending = FALLBACK_OCCASIONS[occasion]
     plain = {"headline": opening, "subheadline": "A few favourites" + ending}  # quotes nothing
     fields = dict(plain)
     if category is not None:
-        fields["headline"] = f"Picked for you: {category}" if personal else f"Popular in {category}"
+        fields["headline"] = with_category.format(category)
         fields["subheadline"] = f"Our {category} picks" + ending
     if titles:
         fields["subheadline"] = " and ".join(titles) + ending

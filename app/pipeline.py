@@ -37,6 +37,7 @@ from app.domain import (
     StageTimings,
 )
 from app.generation.engine import Engine, EngineError, GenerationRequest, GenerationResult
+from app.generation.schemas import BannerCopy, output_model
 from app.guards import GuardResult, Guards, fallback_copy
 from app.locales import CopyLocale, copy_locale, language_of
 from app.logs import get_logger
@@ -116,6 +117,15 @@ class PreparedRequest:
     started: float
     retrieval_ms: float
     render_ms: float
+
+    @property
+    def output_model(self) -> type[BannerCopy]:
+        """The copy's schema, numbering only the candidates offered: a narrow section (one
+        product back in stock) offers fewer than the template's ``k``, and the grammar must
+        not let the model pick a number nobody was shown."""
+        header = self.template.header
+        offered = max(len(self.selection.candidates), self.template.spec.min_products)
+        return output_model(header.schema_name, min(header.k, offered), header.copy_digits)
 
     @property
     def empty(self) -> bool:
@@ -559,7 +569,7 @@ class Pipeline:
     ) -> None:
         shopper, template = prepared.shopper, prepared.template
         variation = prepared.request.variation
-        schema = template.output_model
+        schema = prepared.output_model
         samples = self.best_of(template)
         # Who the shopper is, for choosing among samples: once a request, not once a round.
         shopper_vector = self.selector.shopper_vector(shopper) if samples > 1 else None
@@ -647,7 +657,7 @@ class Pipeline:
         for number, text in enumerate(result.texts):
             verdict = self.guards.check(
                 text,
-                template.output_model,
+                prepared.output_model,
                 template.spec,
                 candidates,
                 template.example_outputs,
@@ -710,7 +720,13 @@ class Pipeline:
         else:
             personal = not selection.trace.cold_start
             copy, chosen = (
-                fallback_copy(candidates, template.spec, personal, template.header.copy_digits)
+                fallback_copy(
+                    candidates,
+                    template.spec,
+                    personal,
+                    template.header.copy_digits,
+                    template.header.retrieval.focus,
+                )
                 if candidates
                 else (self._empty_copy(template), [])
             )

@@ -209,7 +209,7 @@ def real_inputs(folder: Path) -> tuple[Path, list[Any]]:
         requests.append(
             GenerationRequest(
                 messages=prepared.prompt.messages,
-                schema=prepared.template.output_model,
+                schema=prepared.output_model,
                 sampling=prepared.template.header.sampling,
                 seed=7,
             )

@@ -130,7 +130,7 @@ def prompts(
         requests.append(
             GenerationRequest(
                 messages=prepared.prompt.messages,
-                schema=prepared.template.output_model,
+                schema=prepared.output_model,
                 sampling=prepared.template.header.sampling,
                 seed=0,
             )
@@ -156,7 +156,7 @@ def refused(pipeline: Pipeline, prepared: list[PreparedRequest], answers: list[G
         assert request.prompt is not None
         verdict = pipeline.guards.check(
             answer.text,
-            request.template.output_model,
+            request.output_model,
             request.template.spec,
             request.selection.candidates,
             request.template.example_outputs,

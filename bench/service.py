@@ -91,7 +91,7 @@ async def run(base: str, vllm_url: str, key: str) -> list[list[object]]:
             result = await raw.generate(
                 GenerationRequest(
                     messages=prepared.prompt.messages,
-                    schema=prepared.template.output_model,
+                    schema=prepared.output_model,
                     sampling=prepared.template.header.sampling,
                     seed=7,
                 )

@@ -106,7 +106,7 @@ async def generate(
         offered = set(number_of)
         schema_valid = True
         try:
-            prepared.template.output_model.model_validate(
+            prepared.output_model.model_validate(
                 {
                     **{k: v for k, v in fields.items() if v},
                     "layout": banner.layout,

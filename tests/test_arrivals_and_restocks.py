@@ -192,3 +192,32 @@ async def test_pre_generation_makes_no_banner_where_nothing_is_back(
     made, nothing = await maker.make("home_back_in_stock", [fan, two])
     assert isinstance(made, Generated) and [p.id for p in made.banner.products] == ["C1"]
     assert isinstance(nothing, Nothing) and nothing.subject == two
+
+
+def test_the_grammar_numbers_only_the_products_offered(dated_pipeline: Pipeline) -> None:
+    """One product is back for the coffee fan, where the template offers up to three: the
+    schema the engine is held to has the number 1 alone, so "2" cannot even be written."""
+    request = BannerRequest(shopper_id="coffee_fan", template="back_in_stock")
+    prepared = dated_pipeline.prepare(request)
+    numbers = prepared.output_model.model_json_schema()["properties"]["products"]["items"]
+    assert numbers.get("enum", [numbers.get("const")]) == [1], numbers
+    engine = dated_pipeline.engine
+    assert isinstance(engine, ScriptedEngine)
+    outside, inside = (dict(GOOD, layout="split", products=[n]) for n in (2, 1))
+    engine.answers = [outside, inside]  # a first answer outside the grammar, then one inside
+    banner = asyncio.run(dated_pipeline.complete(prepared))[0]
+    assert engine.requests[-1].schema is prepared.output_model
+    assert not banner.fallback and [p.id for p in banner.products] == ["C1"]
+    assert any("invalid_output" in flag for flag in banner.flags), banner.flags
+
+
+def test_fallback_copy_says_what_the_section_is_about(dated_pipeline: Pipeline) -> None:
+    """The model's copy refused: the catalog's words, and what the section is for."""
+    engine = dated_pipeline.engine
+    assert isinstance(engine, ScriptedEngine)
+    engine.answers = ["not json"] * 20
+    for template, words in (("back_in_stock", "Back in stock"), ("new_arrivals", "New in")):
+        request = BannerRequest(shopper_id="coffee_fan", template=template)
+        (banner,) = asyncio.run(dated_pipeline.generate(request))
+        assert banner.fallback and banner.headline.startswith(words), banner.headline
+        assert banner.subheadline.endswith(("back in stock.", "new to the shop."))
