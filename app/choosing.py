@@ -89,6 +89,12 @@ def _unit(rows: np.ndarray) -> np.ndarray:
     return unit
 
 
+def copy_relevance(copy_vector: np.ndarray, item_vectors: np.ndarray, rows: Sequence[int]) -> float:
+    """How much the copy is about the products it shows: the cosine of its vector to the
+    mean of theirs (the rows of ``item_vectors``)."""
+    return float(_unit(copy_vector) @ _unit(item_vectors[list(rows)].mean(axis=0)))
+
+
 class CopyChooser:
     def __init__(self, embedder: Embedder, weights: ChoiceWeights | None = None) -> None:
         self.embedder = embedder
@@ -118,9 +124,8 @@ class CopyChooser:
         weights = self.weights
         scores = []
         for sample, vector in zip(samples, copies, strict=True):
-            shown = _unit(item_vectors[list(sample.shown_rows)].mean(axis=0))
             personal = 0.0 if shopper_vector is None else float(vector @ _unit(shopper_vector))
-            relevance = float(vector @ shown)
+            relevance = copy_relevance(vector, item_vectors, sample.shown_rows)
             novelty = 1.0 - float(np.max(recent @ vector)) if len(recent) else 1.0
             length = length_fit(sample.copy, spec)
             parts = {

@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.generation.engine import MAX_BEST_OF
+from app.guards import BORROWED_RUN
 from app.hardware import DtypeSetting
 from app.store.sealing import Sealer, parse_keys
 
@@ -188,6 +189,9 @@ class Settings(BaseSettings):
     # writes cheaply (app/pipeline.py auto_best_of).
     best_of: Annotated[int, Field(ge=1, le=MAX_BEST_OF)] | Literal["auto"] = "auto"
     base_seed: int = 7
+    # Copy sharing a run of this many words with its template's examples or instructions is
+    # refused as borrowed ("Gear up for a weekend..." over headphones); 0: never.
+    borrowed_run: int = Field(default=BORROWED_RUN, ge=0, le=20)
     # Words no copy may use. A default: the template store's brand rules get them written in
     # when it first seeds them, and from then on the studio's published rules decide.
     banned_terms: list[str] = Field(

@@ -161,6 +161,9 @@ def _degenerate(text: str) -> str | None:
 # A run of this many words shared with the template's examples or instructions is a soft
 # finding: copy leaning on the prompt's own phrasing ("gear up for", "for your next").
 SHARED_RUN = 3
+# A run this long shared with the examples or the instructions is borrowed, not written: the
+# copy is refused (MARQUEE_BORROWED_RUN; 0: only the soft finding above).
+BORROWED_RUN = 4
 
 
 @dataclass
@@ -189,9 +192,13 @@ class Guards:
         self,
         banned_terms: Iterable[str],
         banned_by_language: Mapping[str, Iterable[str]] | None = None,
+        borrowed_run: int = BORROWED_RUN,
     ) -> None:
         """``banned_by_language``: more terms for copy in one language ("de": [...]), on top
-        of ``banned_terms``, which hold in every language."""
+        of ``banned_terms``, which hold in every language. ``borrowed_run``: copy sharing a
+        run of this many words with the template's examples or instructions is refused (0:
+        never)."""
+        self.borrowed_run = borrowed_run
         common = list(banned_terms)
         self._banned = _terms_pattern(common)
         self._banned_in = {
@@ -241,6 +248,8 @@ class Guards:
             term = self.banned_term(value, locale)
             if term is not None:
                 problems.append(f"banned_term: {name}: '{term}'")
+        for name, run in borrowed_phrases(fields, examples, prompt, self.borrowed_run):
+            problems.append(f"borrowed_phrase: {name}: '{run}'")
         notes = self._soft_findings(fields, candidates, examples, prompt)
         return GuardResult(copy, products, problems, notes, named)
 
@@ -253,21 +262,12 @@ class Guards:
     ) -> list[str]:
         """What makes copy weaker without making it wrong: phrases lifted from the prompt, a
         product's title as the headline, shouting."""
-        notes: list[str] = []
-        borrowed = {
-            run
-            for example in examples
-            for name in ("headline", "subheadline")
-            if isinstance(example.get(name), str)
-            for run in word_runs(example[name], SHARED_RUN)
-        }
-        if prompt is not None:
-            borrowed |= _instruction_runs(prompt)
+        notes = [
+            f"shared_phrase: {name}: '{run}'"
+            for name, run in borrowed_phrases(fields, examples, prompt, SHARED_RUN)
+        ]
         titles = {_normalised(c.product.title) for c in candidates}
         for name, value in fields.items():
-            shared = sorted(word_runs(value, SHARED_RUN) & borrowed)
-            if shared:
-                notes.append(f"shared_phrase: {name}: '{shared[0]}'")
             if name == "headline" and _normalised(value) in titles:
                 notes.append("title_as_headline")
             capitals = [w for w in value.split() if len(w) >= 3 and w.isalpha() and w.isupper()]
@@ -395,8 +395,38 @@ def instruction_text(prompt: RenderedPrompt) -> str:
 
 
 @lru_cache(maxsize=64)
-def _instruction_runs(prompt: RenderedPrompt) -> frozenset[str]:
-    return frozenset(word_runs(instruction_text(prompt), SHARED_RUN))
+def _instruction_runs(prompt: RenderedPrompt, length: int) -> frozenset[str]:
+    return frozenset(word_runs(instruction_text(prompt), length))
+
+
+def borrowed_phrases(
+    fields: Mapping[str, str],
+    examples: Sequence[Mapping[str, Any]],
+    prompt: RenderedPrompt | None,
+    length: int,
+) -> list[tuple[str, str]]:
+    """(field, run) for each copy field that shares a run of ``length`` words with the
+    template's examples (their headline and subheadline) or its instructions (the prompt
+    without its data blocks): the field's first such run. Empty for ``length`` 0."""
+    if length <= 0:
+        return []
+    lifted = {
+        run
+        for example in examples
+        for name in ("headline", "subheadline")
+        if isinstance(example.get(name), str)
+        for run in word_runs(example[name], length)
+    }
+    if prompt is not None:
+        lifted |= _instruction_runs(prompt, length)
+    found = []
+    for name, value in fields.items():
+        words = _normalised(value).split()
+        runs = (" ".join(words[i : i + length]) for i in range(len(words) - length + 1))
+        first = next((run for run in runs if run in lifted), None)
+        if first is not None:
+            found.append((name, first))
+    return found
 
 
 def word_runs(text: str, length: int) -> set[str]:

@@ -257,6 +257,7 @@ class Pipeline:
         return Guards(
             self.settings.banned_terms if terms is None else terms,
             self.settings.banned_terms_by_language if by_language is None else by_language,
+            self.settings.borrowed_run,
         )
 
     def use_campaigns(self, campaigns: CampaignBook) -> None:

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from app.choosing import copy_relevance
 from app.domain import Banner, Shopper
+from app.guards import BORROWED_RUN, borrowed_phrases
 from app.pipeline import BannerRequest, Pipeline
 from app.prompting.templates import PromptTemplate
 from eval import metrics
@@ -38,6 +41,13 @@ class CopySample:
     degenerate: bool
     banned_hits: list[str]
     shopper_text: str
+    # What the banner is about: runs of BORROWED_RUN words it shares with the template's
+    # examples or instructions; the categories of the products it shows; how close its copy
+    # is to them, and to as many random products (the baseline the copy should beat).
+    borrowed: list[str] = field(default_factory=list)
+    categories: int = 0
+    relevance: float = 0.0
+    relevance_random: float = 0.0
 
     @property
     def text(self) -> str:
@@ -117,6 +127,10 @@ async def generate(
         except ValidationError:
             schema_valid = False
         limits = prepared.template.spec.limits()
+        borrowed = borrowed_phrases(
+            fields, prepared.template.example_outputs, prepared.prompt, BORROWED_RUN
+        )
+        relevance, random_relevance = _relevance(pipeline, banner, f"{arm}:{shopper.id}")
         return CopySample(
             shopper_id=shopper.id,
             arm=arm,
@@ -131,12 +145,34 @@ async def generate(
             or not banner.headline,
             banned_hits=[t for t in banned if re.search(rf"\b{re.escape(t)}\b", copy.casefold())],
             shopper_text=shopper_text(pipeline, shopper),
+            borrowed=[f"{name}: {run}" for name, run in borrowed],
+            categories=len(
+                {p.category for p in (pipeline.catalog.get(s.id) for s in banner.products) if p}
+            ),
+            relevance=relevance,
+            relevance_random=random_relevance,
         )
 
     try:
         return list(await asyncio.gather(*(one(s) for s in shoppers)))
     finally:
         progress.close()
+
+
+def _relevance(pipeline: Pipeline, banner: Banner, subject: str) -> tuple[float, float]:
+    """Cosine of the banner's headline and subheadline to the products it shows, and to as
+    many products drawn at random from the catalog (seeded by ``subject``: the same draw in
+    every run)."""
+    if not banner.products:
+        return 0.0, 0.0
+    vectors = pipeline.index.vectors
+    copy_vector = np.asarray(pipeline.embedder.encode([f"{banner.headline} {banner.subheadline}"]))[
+        0
+    ]
+    shown = pipeline.catalog.rows(p.id for p in banner.products)
+    rng = np.random.default_rng(zlib.crc32(subject.encode()))
+    drawn = rng.choice(len(pipeline.catalog), size=len(shown), replace=False).tolist()
+    return copy_relevance(copy_vector, vectors, shown), copy_relevance(copy_vector, vectors, drawn)
 
 
 def per_sample(samples: list[CopySample], lift: list[float]) -> dict[str, list[float]]:
@@ -157,6 +193,14 @@ def per_sample(samples: list[CopySample], lift: list[float]) -> dict[str, list[f
         "banned_hits": [float(len(s.banned_hits)) for s in samples],
         "latency_ms": [s.banner.timings.total_ms for s in samples],
         "personalization_lift": lift,
+        # One story per banner: copy borrowed from the prompt, products of several
+        # categories, and copy closer to its products than to random ones (the lift).
+        "borrowed_phrase": [float(bool(s.borrowed)) for s in samples],
+        "categories_per_banner": [float(s.categories) for s in samples],
+        "multi_category": [float(s.categories > 1) for s in samples],
+        "relevance": [s.relevance for s in samples],
+        "relevance_random": [s.relevance_random for s in samples],
+        "relevance_lift": [s.relevance - s.relevance_random for s in samples],
     }
 
 
@@ -201,9 +245,59 @@ def summarise(samples: list[CopySample], lift: list[float]) -> dict[str, Any]:
             "distinct_1": metrics.distinct_n(texts, 1),
             "distinct_2": metrics.distinct_n(texts, 2),
             "self_bleu": metrics.self_bleu(texts),
+            "per_template": per_template(samples),
+            "least_relevant": least_relevant(samples),
         }
     )
     return summary
+
+
+# What one story per banner is measured by, template by template.
+STORY_METRICS = (
+    "multi_category",
+    "categories_per_banner",
+    "borrowed_phrase",
+    "relevance",
+    "relevance_random",
+    "relevance_lift",
+    "fallback",
+)
+
+
+def per_template(samples: list[CopySample]) -> dict[str, dict[str, Any]]:
+    """The story metrics (means with bootstrap intervals) of each template's banners."""
+    found: dict[str, dict[str, Any]] = {}
+    for arm in dict.fromkeys(s.arm for s in samples):
+        mine = [s for s in samples if s.arm == arm]
+        values = per_sample(mine, [0.0] * len(mine))
+        found[arm] = {"banners": len(mine)} | {
+            name: {
+                "mean": float(np.mean(values[name])),
+                "ci": list(metrics.bootstrap_ci(values[name])),
+            }
+            for name in STORY_METRICS
+        }
+    return found
+
+
+def least_relevant(samples: list[CopySample], limit: int = 10) -> list[dict[str, Any]]:
+    """The banners whose copy is least about what they show (relevance minus the random
+    baseline), for a person to read."""
+    served = [s for s in samples if s.banner.products]
+    chosen = sorted(served, key=lambda s: s.relevance - s.relevance_random)[:limit]
+    return [
+        {
+            "arm": s.arm,
+            "shopper": s.shopper_id,
+            "headline": s.banner.headline,
+            "subheadline": s.banner.subheadline,
+            "products": [p.title for p in s.banner.products],
+            "relevance": round(s.relevance, 3),
+            "random": round(s.relevance_random, 3),
+            "fallback": s.banner.fallback,
+        }
+        for s in chosen
+    ]
 
 
 def worst(samples: list[CopySample], limit: int = 12) -> list[dict[str, Any]]:

@@ -9,10 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.catalog.store import Catalog, ShopperStore
+from app.config import Settings
 from app.domain import EventType, Interaction, Shopper
-from eval import metrics
+from eval import copy_quality, metrics
 from eval.datasets import hold_out_latest
 from eval.runner import check_thresholds, lookup
+from tests.fakes import GOOD, ScriptedEngine, make_pipeline
 
 
 def test_recall_ndcg_and_reciprocal_rank_of_a_known_ranking() -> None:
@@ -133,3 +136,35 @@ def test_thresholds_compare_with_numbers_and_other_metrics(tmp_path: Path) -> No
     assert [c["passed"] for c in checks] == [True, False, False]
     assert "no metric" in checks[2]["error"]
     assert lookup(summary, "r.m.ndcg@10") == 0.2
+
+
+async def test_the_copy_eval_measures_one_story_per_banner(
+    tiny_catalog: Catalog, tiny_shoppers: ShopperStore, test_settings: Settings
+) -> None:
+    """Borrowed phrases, categories shown, and relevance against a random draw, per banner
+    and per template, on the tiny catalog (the guard's refusal is off here, so the borrowed
+    copy is served and counted)."""
+    settings = test_settings.model_copy(update={"borrowed_run": 0})
+    lifted = dict(GOOD, headline="Gear up for a weekend of coffee")
+    pipeline = make_pipeline(
+        ScriptedEngine([lifted, GOOD, GOOD]), tiny_catalog, tiny_shoppers, settings
+    )
+    shoppers = [tiny_shoppers.get(i) for i in ("coffee_fan", "coffee_two", "runner")]
+    samples = await copy_quality.generate(
+        pipeline, shoppers, "hero_banner", None, "hero_banner", []
+    )
+    assert [s.borrowed for s in samples] == [["headline: gear up for a"], [], []]
+    for sample in samples:
+        shown = {tiny_catalog.get(p.id).category for p in sample.banner.products}  # type: ignore[union-attr]
+        assert sample.categories == len(shown) >= 1
+        assert -1 <= sample.relevance <= 1 and -1 <= sample.relevance_random <= 1
+    again = copy_quality._relevance(pipeline, samples[0].banner, "hero_banner:coffee_fan")
+    assert again == (samples[0].relevance, samples[0].relevance_random)  # the same draw
+
+    summary = copy_quality.summarise(samples, [0.0] * 3)
+    story = summary["per_template"]["hero_banner"]
+    assert story["banners"] == 3 and story["borrowed_phrase"]["mean"] == pytest.approx(1 / 3)
+    lifts = [s.relevance - s.relevance_random for s in samples]
+    assert story["relevance_lift"]["mean"] == pytest.approx(sum(lifts) / 3)
+    least = summary["least_relevant"]
+    assert [w["relevance"] - w["random"] for w in least] == pytest.approx(sorted(lifts), abs=2e-3)

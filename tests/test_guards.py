@@ -376,3 +376,28 @@ def test_fallback_says_less_rather_than_fail_its_own_checks() -> None:
     assert copy["subheadline"] == "A few favourites, loved by shoppers."
     result = Guards(()).check(json.dumps(copy), SCHEMA, SPEC, twins, [], PROMPT)
     assert result.ok, result.problems
+
+
+def test_copy_that_borrows_four_words_from_an_example_or_the_instructions_is_refused() -> None:
+    """The example's "Gear up for a weekend outside" over a Dutch oven is not copy about it;
+    neither is the prompt's own "a short catchy headline". Three words are only a soft
+    finding (best-of-n prefers a sample without one); 0 turns the refusal off."""
+    lifted = check(banner(headline="Gear up for a weekend of braising"))
+    assert not lifted.ok
+    assert "borrowed_phrase: headline: 'gear up for a'" in lifted.problems
+    echoed = check(banner(subheadline="A short catchy headline for cooks."))
+    assert "borrowed_phrase: subheadline: 'a short catchy headline'" in echoed.problems
+    three = check(banner(headline="Gear up for braising"))
+    assert three.ok and three.notes == ["shared_phrase: headline: 'gear up for'"]
+    off = Guards((), borrowed_run=0).check(
+        banner(headline="Gear up for a weekend of braising"),
+        SCHEMA,
+        SPEC,
+        CANDIDATES,
+        [EXAMPLE],
+        PROMPT,
+    )
+    assert off.ok and off.notes == ["shared_phrase: headline: 'gear up for'"]
+    # The data blocks are not instructions: naming a product in full borrows nothing.
+    named = check(banner(headline="The Copperleaf Dutch Oven is here"))
+    assert named.ok, named.problems

@@ -57,6 +57,15 @@ def test_smoke_suite_meets_its_thresholds_and_writes_a_report(tmp_path: Path) ->
     assert len(history) == 1 and history[0]["suite"] == "smoke" and history[0]["passed"]
     assert history[0]["copy"]["default"]["fallback"] == against["fallback"]["now"]
     assert summary["copy"]["default"]["banners"] == 6
+    # One story per banner: the measures of each template, and the banners to read first.
+    stories = summary["copy"]["default"]["per_template"]
+    assert sum(t["banners"] for t in stories.values()) == 6
+    for story in stories.values():
+        assert story["borrowed_phrase"]["mean"] == 0.0  # the guard refuses borrowed copy
+        assert 1 <= story["categories_per_banner"]["mean"] <= 4
+        assert -1 <= story["relevance_random"]["mean"] <= story["relevance"]["mean"] <= 1
+    least = summary["copy"]["default"]["least_relevant"]
+    assert 1 <= len(least) <= 6 and all(w["products"] for w in least)
     assert set(summary["retrieval"]["demo"]) >= {"marquee", "random", "popularity"}
     # The cold-start slice: shoppers with only stated interests, against segment popularity.
     cold = summary["retrieval"]["demo cold start"]
@@ -65,6 +74,7 @@ def test_smoke_suite_meets_its_thresholds_and_writes_a_report(tmp_path: Path) ->
     report = (out / "report.html").read_text()
     assert report.count("data:image/png;base64,") >= 3  # two retrieval curves, copy bars
     assert "Retrieval: demo cold start" in report
+    assert "One story per banner, by template" in report and "least relevant banners" in report
     assert "all checks passed" in report
     # No judge is configured: the report says so rather than leaving the scores out silently.
     assert summary["copy"]["default"]["judge"]["run"] is False
