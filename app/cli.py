@@ -308,6 +308,9 @@ def print_banner(banner: Banner) -> None:
     click.echo(f"   {banner.subheadline}")
     badge = f"  badge: {banner.badge}" if banner.badge else ""
     click.echo(f"   [{banner.cta}]  layout: {banner.layout}  tone: {banner.tone}{badge}")
+    if banner.theme is not None:
+        instead = f", instead of {banner.theme.instead_of}" if banner.theme.instead_of else ""
+        click.echo(f"   theme: {banner.theme.name} ({banner.theme.why}{instead})")
     for product in banner.products:
         click.echo(f"   • {product.title}  {product.currency} {product.price:.2f}  ({product.id})")
     t = banner.timings
@@ -410,9 +413,12 @@ def demo(shoppers: int, engine: str | None) -> None:
 
         for user in users:
             for name in pipeline.templates.names:
-                for banner in await pipeline.generate(
-                    BannerRequest(shopper_id=user, template=name)
-                ):
+                prepared = pipeline.prepare(BannerRequest(shopper_id=user, template=name))
+                if prepared.empty:  # nothing back in stock for them: no banner, as a page
+                    focus = prepared.template.header.retrieval.focus
+                    click.echo(f"·· {name}  shopper {user}: nothing to show ({focus})")
+                    continue
+                for banner in await pipeline.complete(prepared):
                     print_banner(banner)
 
     run_with_pipeline(settings, engine, work)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl, StringConstraints
 
@@ -173,6 +173,18 @@ class StageTimings(BaseModel):
     total_ms: float = 0.0
 
 
+class Theme(BaseModel):
+    """What a themed banner is about: the one story its products tell (app/pipeline.py)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["category", "cluster"]  # a cluster: products like one, by the embedding
+    name: str  # the category; for a cluster, "like <the product's title>"
+    why: str  # why this shopper gets it, in words the CMS and the studio can show
+    # The theme the shopper is most into, when it had too few products to show.
+    instead_of: str | None = None
+
+
 class NamedCampaign(BaseModel):
     """A running campaign the copy names (app/campaigns.py): when it ends, so does the
     banner's freshness."""
@@ -233,6 +245,8 @@ class Banner(BaseModel):
     locale: str = "en-US"  # the copy's language and number format
     # The shopper's locale is in a language the model does not write: the copy is in English.
     locale_fallback: bool = False
+    # What the banner is about, for a template that asks for a themed set (None: a mixed set).
+    theme: Theme | None = None
     timings: StageTimings = Field(default_factory=StageTimings)
     created_at: datetime
 

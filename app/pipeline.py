@@ -48,6 +48,7 @@ from app.retrieval.embedder import Embedder
 from app.retrieval.index import VectorIndex
 from app.retrieval.selector import CandidateFilters, CandidateSelector, Selection
 from app.retrieval.signals import InteractionSignals
+from app.retrieval.themes import ThemePicker
 from app.tracing import tracer
 
 log = get_logger(__name__)
@@ -73,6 +74,8 @@ class BannerRequest:
     recent_copy: tuple[str, ...] = ()
     # The locale to write for, over the shopper's own (a CMS page in another language).
     locale: str | None = None
+    # Themes other sections of the same page took (a homepage's), for a themed template.
+    avoid_themes: tuple[str, ...] = ()
 
 
 MAX_SECTIONS = 8
@@ -285,8 +288,14 @@ class Pipeline:
         return self.templates.choose(name, shopper.id, request.label, shopper.locale)
 
     def candidates(
-        self, shopper: Shopper, template: PromptTemplate, filters: CandidateFilters | None = None
+        self,
+        shopper: Shopper,
+        template: PromptTemplate,
+        filters: CandidateFilters | None = None,
+        avoid_themes: Sequence[str] = (),
     ) -> Selection:
+        """``avoid_themes``: themes other sections of the page took (a themed template takes
+        another when the shopper is into another)."""
         filters = filters or CandidateFilters()
         k = template.header.k
         focus = template.header.retrieval.focus
@@ -296,12 +305,10 @@ class Pipeline:
             anchor = self.selector.anchor_for(shopper)
             if anchor is not None:
                 return self.selector.similar(shopper, anchor, k, filters)
-        if focus == "top_category" and not filters.include_categories:
-            # Spotlight: the category of the shopper's most relevant product, then only it.
-            best = self.selector.select(shopper, 1, filters)
-            if best.candidates:
-                category = (best.candidates[0].product.category,)
-                filters = filters.model_copy(update={"include_categories": category})
+        if template.header.retrieval.wants_theme and focus in ("none", "top_category"):
+            # A hero or a spotlight: one theme's products (app/retrieval/themes.py).
+            picker = ThemePicker(self.selector)
+            return picker.select(shopper, k, template.spec.min_products, filters, avoid_themes)
         if focus == "top_brand" and not filters.include_brands:
             # A range is two products at least, whatever the schema would accept.
             return self._brand_showcase(shopper, k, max(2, template.spec.min_products), filters)
@@ -383,6 +390,7 @@ class Pipeline:
             placement=placement,
             spec=template.spec,
             anchor=selection.anchor,
+            theme=selection.theme,
             campaigns=campaigns,
             locale=locale or self._copy_locale(shopper, template),
         )
@@ -403,7 +411,7 @@ class Pipeline:
         with tracer.start_as_current_span("retrieval") as span:
             shopper = self.shopper(request)
             template, label = (template, "preview") if template else self.template(request)
-            selection = self.candidates(shopper, template, request.filters)
+            selection = self.candidates(shopper, template, request.filters, request.avoid_themes)
             if span.is_recording():  # no attribute work at all while tracing is off
                 span.set_attributes(
                     {
@@ -512,6 +520,7 @@ class Pipeline:
     async def _homepage(self, request: BannerRequest, sections: list[str]) -> Homepage:
         started = time.perf_counter()
         offered: list[str] = []
+        themes: list[str] = []  # taken by earlier themed sections: variety across the page
         chosen: dict[int, PreparedRequest] = {}  # by position on the page
         skipped = []
         # Sections that may have nothing to show choose first (what is back in stock is the
@@ -523,7 +532,11 @@ class Pipeline:
             filters = request.filters.model_copy(
                 update={"exclude_products": (*request.filters.exclude_products, *offered)}
             )
-            section = self.prepare(replace(request, template=name, count=1, filters=filters))
+            section = self.prepare(
+                replace(
+                    request, template=name, count=1, filters=filters, avoid_themes=tuple(themes)
+                )
+            )
             header = section.template.header
             if section.empty:
                 found = len(section.selection.candidates)
@@ -534,6 +547,8 @@ class Pipeline:
                 )
                 continue
             offered += [c.product.id for c in section.selection.candidates]
+            if section.selection.theme is not None:
+                themes.append(section.selection.theme.name)
             chosen[position] = section
         prepared = [chosen[position] for position in sorted(chosen)]
         banners = await asyncio.gather(*(self.complete(p) for p in prepared))
@@ -768,6 +783,7 @@ class Pipeline:
             tone=copy.get("tone"),
             products=[ResolvedProduct.of(c.product) for c in chosen],
             anchor=ResolvedProduct.of(selection.anchor) if selection.anchor else None,
+            theme=selection.theme,
             model=self.model_name,
             engine=self.engine_name,
             fallback=fallback,

@@ -138,8 +138,11 @@ async def test_spotlight_focuses_one_category(build) -> None:
     (banner,) = await pipeline.generate(
         BannerRequest(shopper_id="runner", template="category_spotlight")
     )
-    offered = engine.requests[0].messages[-1][1]
-    assert "Running" in offered and "Coffee" not in offered.split("<products>")[1]
+    offered = engine.requests[0].messages[-1][1].split("<products>")[1]
+    # The runner bought one of the two running shoes: one left is no spotlight, so the next
+    # theme they are into, all of one category, and the banner says what it stood in for.
+    assert banner.theme is not None and banner.theme.instead_of == "Running"
+    assert "Camping" in offered and not {"Running", "Coffee"} & set(offered.split())
     assert not banner.fallback
 
 

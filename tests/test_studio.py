@@ -280,6 +280,8 @@ def test_a_best_of_n_preview_shows_each_samples_scores(studio) -> None:
     assert page.text.count('class="chosen"') == 1 and "(served)" in page.text
     for part in ("personal", "relevance", "novelty", "length", "soft findings"):
         assert f"<th>{part}</th>" in page.text
+    # The hero is themed: the preview says what it is about and why.
+    assert "theme: <b>Coffee</b> (what they looked at lately)" in page.text
 
 
 def test_the_page_refuses_a_label_the_api_would_refuse(studio) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.campaigns import Campaign
-from app.domain import Candidate, Product, Shopper
+from app.domain import Candidate, Product, Shopper, Theme
 from app.generation.schemas import SchemaSpec
 from app.locales import DEFAULT_LOCALE, CopyLocale, format_price
 
@@ -43,6 +43,7 @@ CONTEXT_VARIABLES = frozenset(
         "anchor",
         "campaigns",
         "language",
+        "theme",
     }
 )
 
@@ -80,6 +81,17 @@ def anchor_context(anchor: Product | None) -> dict[str, str] | None:
     }
 
 
+def theme_context(theme: Theme | None) -> dict[str, str] | None:
+    """What a themed set is about, and why this shopper gets it (catalog words: cleaned)."""
+    if theme is None:
+        return None
+    return {
+        "name": clean(theme.name, FIELD_CAPS["title"]),
+        "kind": theme.kind,
+        "why": clean(theme.why, FIELD_CAPS["title"]),
+    }
+
+
 def campaign_context(campaign: Campaign, candidates: list[Candidate]) -> dict[str, Any]:
     """A running campaign as the template sees it: what it is called, what it offers, and
     which of the numbered candidates it covers (the copy may only claim it for those)."""
@@ -113,6 +125,7 @@ def build_context(
     anchor: Product | None = None,
     campaigns: Sequence[Campaign] = (),
     locale: CopyLocale | None = None,
+    theme: Theme | None = None,
 ) -> dict[str, Any]:
     """``campaigns``: the running ones that cover a candidate (``CampaignBook.covering``).
     ``locale``: the copy's language (``language``, in English words: an instruction such as
@@ -128,6 +141,7 @@ def build_context(
         "anchor": anchor_context(anchor),
         "campaigns": [campaign_context(c, candidates) for c in campaigns],
         "language": locale.language,
+        "theme": theme_context(theme),
     }
 
 
@@ -174,4 +188,17 @@ def example_context(
         },
         "campaigns": [],  # an example shows copy without one: no sale is claimed by habit
         "language": "English",
+        "theme": _example_theme(interests, products),
+    }
+
+
+def _example_theme(interests: list[str], products: list[dict[str, str]]) -> dict[str, str]:
+    """An example's theme, for a themed template: its products' commonest category."""
+    categories = [p["category"] for p in products]
+    name = max(categories, key=categories.count) if categories else ""
+    why = "close to their stated interests: " + ", ".join(interests[:3])
+    return {
+        "name": clean(name, FIELD_CAPS["title"]),
+        "kind": "category",
+        "why": clean(why if interests else "what they looked at lately", FIELD_CAPS["title"]),
     }

@@ -65,6 +65,15 @@ class RetrievalHints(BaseModel):
     focus: Literal[
         "none", "top_category", "top_brand", "anchor", "new_arrivals", "back_in_stock"
     ] = "none"
+    # A themed set (a hero tells one story): the candidates all come from the theme the
+    # shopper is most into (a category, else a cluster of like products), ranked and
+    # diversified inside it; a homepage gives its themed sections different themes. A
+    # spotlight (top_category) is themed by nature. False: a mixed set, as a grid wants.
+    themed: bool = False
+
+    @property
+    def wants_theme(self) -> bool:
+        return self.themed or self.focus == "top_category"
 
     @property
     def may_be_empty(self) -> bool:

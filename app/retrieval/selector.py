@@ -11,7 +11,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 
 from app.catalog.store import Catalog
 from app.config import Settings
-from app.domain import Candidate, CandidateScores, Product, Shopper
+from app.domain import Candidate, CandidateScores, Product, Shopper, Theme
 from app.retrieval.embedder import Embedder
 from app.retrieval.index import VectorIndex
 from app.retrieval.mmr import mmr
@@ -71,6 +71,8 @@ class Selection:
     trace: SelectionTrace
     # "Because you viewed": the product the candidates are neighbours of (None otherwise).
     anchor: Product | None = None
+    # A themed set: the one story the candidates tell (None: a mixed set).
+    theme: Theme | None = None
 
 
 class CandidateSelector:

@@ -98,18 +98,27 @@ def test_make_demo_prints_every_template_for_warm_and_cold_shoppers() -> None:
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     assert "Traceback" not in run.stderr
-    headers = [line for line in run.stdout.splitlines() if line.startswith("── ")]
+    lines = run.stdout.splitlines()
+    headers = [line for line in lines if line.startswith("── ")]
+    # A section with nothing for the shopper (nothing back in stock) says so, with no banner.
+    nothing = [line for line in lines if line.startswith("·· ")]
+    assert all("nothing to show (back_in_stock)" in line for line in nothing), nothing
     templates = {
         "hero_banner",
         "grid_heading",
         "category_spotlight",
         "because_you_viewed",
         "brand_showcase",
+        "new_arrivals",
+        "back_in_stock",
     }
-    assert {name for name in templates if any(f" {name} v" in h for h in headers)} == templates
-    shoppers = [h.split("shopper ")[1].split()[0] for h in headers]
+    named = {name for name in templates if any(f" {name} v" in h for h in headers)}
+    assert named | {"back_in_stock"} == templates
+    shoppers = [h.split("shopper ")[1].split()[0] for h in headers + nothing]
     # One shopper with a history and one without (cold start), every template for each.
-    assert len(set(shoppers)) == 2 and len(headers) == 2 * len(templates)
+    assert len(set(shoppers)) == 2 and len(headers) + len(nothing) == 2 * len(templates)
+    # The themed hero says what it is about.
+    assert any(line.strip().startswith("theme: ") for line in lines)
     histories = {
         row["id"]: row.get("history")
         for row in map(

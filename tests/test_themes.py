@@ -1,0 +1,127 @@
+"""Themed sets: a hero or a spotlight shows one story, the theme the shopper is most into,
+among what retrieval found; a homepage's themed sections take different themes. On the tiny
+catalog (Coffee, Tea, Running, Camping, Fitness) with the word embedder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from app.catalog.store import Catalog, ShopperStore
+from app.config import Settings
+from app.domain import EventType, Shopper
+from app.pipeline import BannerRequest, Pipeline, PreparedRequest
+from app.retrieval.selector import CandidateFilters
+from app.retrieval.themes import category_weights
+from tests.conftest import TINY_PRODUCTS, event
+from tests.fakes import GOOD, ScriptedEngine, make_pipeline
+
+
+@pytest.fixture
+def pipeline(
+    tiny_catalog: Catalog, tiny_shoppers: ShopperStore, test_settings: Settings
+) -> Pipeline:
+    return make_pipeline(ScriptedEngine([GOOD] * 20), tiny_catalog, tiny_shoppers, test_settings)
+
+
+def hero(pipeline: Pipeline, shopper: str | Shopper, **filters: Any) -> PreparedRequest:
+    request = (
+        BannerRequest(shopper=shopper, shopper_id=shopper.id)
+        if isinstance(shopper, Shopper)
+        else BannerRequest(shopper_id=shopper)
+    )
+    if filters:
+        request = BannerRequest(
+            shopper_id=request.shopper_id,
+            shopper=request.shopper,
+            filters=CandidateFilters(**filters),
+        )
+    return pipeline.prepare(request)
+
+
+def categories(prepared: PreparedRequest) -> set[str]:
+    return {c.product.category for c in prepared.selection.candidates}
+
+
+def test_a_hero_shows_the_one_theme_the_shopper_is_most_into(pipeline: Pipeline) -> None:
+    fan = hero(pipeline, "coffee_fan")
+    assert categories(fan) == {"Coffee"}
+    theme = fan.selection.theme
+    assert theme is not None and theme.kind == "category" and theme.name == "Coffee"
+    assert theme.why == "what they looked at lately" and theme.instead_of is None
+    assert "Banner theme: Coffee (what they looked at lately)" in fan.prompt.messages[-1][1]  # type: ignore[union-attr]
+    # The runner bought one of the two running shoes: one left is not a theme, so the next.
+    runner = hero(pipeline, "runner").selection.theme
+    assert runner is not None and (runner.name, runner.instead_of) == ("Camping", "Running")
+    # A grid is a mixed set: it shows what retrieval found, unthemed.
+    grid = pipeline.prepare(BannerRequest(shopper_id="coffee_fan", template="grid_heading"))
+    assert grid.selection.theme is None and len(categories(grid)) > 1
+
+
+def test_a_theme_with_too_few_to_show_gives_way_to_the_next_and_says_so(
+    pipeline: Pipeline,
+) -> None:
+    # A tea lover: the shop has one tea, and one is a product, not a theme.
+    tea = Shopper(
+        id="tea_lover",
+        interests=("green tea",),
+        history=tuple(event("T1", EventType.VIEW, days) for days in (1, 2, 3)),
+    )
+    prepared = hero(pipeline, tea)
+    theme = prepared.selection.theme
+    assert theme is not None and theme.name != "Tea" and theme.instead_of == "Tea"
+    assert categories(prepared) == {theme.name}
+    (banner,) = asyncio.run(pipeline.complete(prepared))
+    assert banner.theme == theme  # the CMS and the studio see it
+
+
+def test_a_shopper_with_no_history_gets_their_segments_favourite(pipeline: Pipeline) -> None:
+    newcomer = Shopper(id="new-sporty", segment="sporty")
+    prepared = hero(pipeline, newcomer)
+    theme = prepared.selection.theme
+    assert theme is not None and theme.why == "popular with sporty shoppers"
+    # Sporty shoppers bought the tent and the running shoe; everyone touched the headlamp.
+    assert theme.name in {"Camping", "Running"} and categories(prepared) == {theme.name}
+    stated = hero(pipeline, Shopper(id="yogi", interests=("yoga",)))
+    assert stated.selection.theme.why.startswith("close to their stated interests: yoga")  # type: ignore[union-attr]
+
+
+def test_a_homepage_gives_its_themed_sections_different_themes(pipeline: Pipeline) -> None:
+    sections = ["hero_banner", "category_spotlight", "grid_heading"]
+    page = asyncio.run(pipeline.homepage(BannerRequest(shopper_id="coffee_fan"), sections))
+    hero_theme, spotlight_theme = (s.banner.theme for s in page.sections[:2])
+    assert hero_theme is not None and spotlight_theme is not None
+    assert hero_theme.name == "Coffee" and spotlight_theme.name != "Coffee"
+    assert page.sections[2].banner.theme is None  # the grid: a mixed set
+    shown = [p.id for s in page.sections for p in s.banner.products]
+    assert len(shown) == len(set(shown))
+
+
+def test_a_catalog_of_one_product_per_category_is_themed_by_cluster(
+    tiny_shoppers: ShopperStore, test_settings: Settings
+) -> None:
+    own = Catalog(tuple(p.model_copy(update={"category": f"Only {p.id}"}) for p in TINY_PRODUCTS))
+    pipeline = make_pipeline(ScriptedEngine([]), own, tiny_shoppers, test_settings)
+    prepared = hero(pipeline, "coffee_fan")
+    theme = prepared.selection.theme
+    assert theme is not None and theme.kind == "cluster" and theme.name.startswith("like ")
+    seed = theme.name.removeprefix("like ")
+    assert seed in {c.product.title for c in prepared.selection.candidates}
+    assert len(prepared.selection.candidates) >= 2
+
+
+def test_nothing_to_show_is_no_theme(pipeline: Pipeline) -> None:
+    prepared = hero(pipeline, "coffee_fan", min_price=10_000)
+    assert prepared.selection.candidates == [] and prepared.selection.theme is None
+    assert prepared.prompt is None
+
+
+def test_category_weights_sum_relevance_and_break_ties_by_rank(pipeline: Pipeline) -> None:
+    pool = pipeline.selector.select(pipeline.shoppers.get("coffee_fan"), 8).candidates
+    weights = category_weights(pool)
+    assert weights[0][0] == "Coffee"
+    assert [w for _, w in weights] == sorted((w for _, w in weights), reverse=True)
+    assert category_weights([]) == []
