@@ -56,6 +56,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,7 @@ SEED = int(os.environ.get("MARQUEE_CRASH_SEED", str(time.time_ns() % 2**31)))
 READY_TIMEOUT_S = 240  # a restart may rebuild the index (a kill between its two files)
 FIRST_ACKS_TIMEOUT_S = 90
 CATEGORY = "Crashproof Goods"
+WRITTEN_AT = datetime(2026, 1, 1, tzinfo=UTC)
 WRITERS_PER_KIND = 2
 PRODUCTS_PER_WRITER = 8
 
@@ -407,6 +409,10 @@ class ProductWriter(Writer):
             url=f"https://shop.example.com/p/{product_id}",
             # Unique per write, outside the embedded text: names the write a row came from.
             image_url=f"https://img.example.com/{product_id}/{stamp}.jpg",
+            # Given, so the service stores the write as sent (it stamps the dates a write
+            # leaves out: tests/test_catalog_writes.py).
+            added_at=WRITTEN_AT,
+            restocked_at=WRITTEN_AT,
         )
 
     def step(self, client: httpx.Client) -> None:
