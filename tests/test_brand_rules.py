@@ -133,7 +133,7 @@ def test_a_published_ban_refuses_copy_and_a_rollback_lifts_it(brand_api) -> None
         (lambda s: s + "voice: [unclosed\n", None, "not valid YAML"),
         (lambda s: s.replace("name: Kestrel", "name: Kestrel\ntagline: hi"), 3, "tagline"),
         (lambda s: s.replace("name: Kestrel", "name: ''"), 2, "name"),
-        (lambda s: "- a list\n", 1, "mapping"),
+        (lambda s: "- a list\n", 1, "not a mapping of fields"),
         # The hero's example headline is "Gear up for a weekend outside": banning "gear"
         # would teach the model the very word the guards then refuse.
         (lambda s: banning(s, "gear"), None, "hero_banner' example 1"),

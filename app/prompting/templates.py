@@ -282,14 +282,7 @@ def parse_template(
     end = next((i for i in range(1, len(lines)) if lines[i].strip() == "---"), None)
     if end is None:
         raise TemplateError(label, 1, "the header block is not closed with '---'")
-    try:
-        raw = yaml.safe_load("".join(lines[1:end])) or {}
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = mark.line + 2 if mark is not None else None
-        raise TemplateError(label, line, f"header is not valid YAML: {error}") from None
-    if not isinstance(raw, dict):
-        raise TemplateError(label, 2, "the header must be a mapping of fields")
+    raw = yaml_mapping("".join(lines[1:end]), label, 2, "the header")
     try:
         header = TemplateHeader.model_validate(raw)
     except ValidationError as error:
@@ -469,18 +462,25 @@ def load_brand(folder: Path) -> dict[str, Any]:
     return parse_brand(brand_path.read_text(encoding="utf-8") if brand_path.exists() else "")
 
 
-def parse_brand(text: str) -> dict[str, Any]:
-    """Brand rules from their YAML text. Raises TemplateError naming the line or field."""
-    if len(text.encode()) > MAX_TEMPLATE_BYTES:
-        raise TemplateError(BRAND, None, f"larger than {MAX_TEMPLATE_BYTES} bytes")
+def yaml_mapping(text: str, name: str, first_line: int, what: str) -> dict[str, Any]:
+    """A YAML mapping (empty text: an empty one). Raises TemplateError naming ``name`` and
+    the file's line (the text starts on ``first_line``)."""
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise TemplateError(BRAND, line, f"not valid YAML: {error}") from None
+        line = mark.line + first_line if mark is not None else None
+        raise TemplateError(name, line, f"{what}: not valid YAML: {error}") from None
     if not isinstance(raw, dict):
-        raise TemplateError(BRAND, 1, "the brand rules must be a mapping of fields")
+        raise TemplateError(name, first_line, f"{what}: not a mapping of fields")
+    return raw
+
+
+def parse_brand(text: str) -> dict[str, Any]:
+    """Brand rules from their YAML text. Raises TemplateError naming the line or field."""
+    if len(text.encode()) > MAX_TEMPLATE_BYTES:
+        raise TemplateError(BRAND, None, f"larger than {MAX_TEMPLATE_BYTES} bytes")
+    raw = yaml_mapping(text, BRAND, 1, "the brand rules")
     try:
         return Brand.model_validate(raw).model_dump()
     except ValidationError as error:

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from app.config import PROJECT_ROOT
+from app.prompting.templates import TemplateRegistry
 
 pytestmark = pytest.mark.integration
 
@@ -103,15 +104,8 @@ def test_make_demo_prints_every_template_for_warm_and_cold_shoppers() -> None:
     # A section with nothing for the shopper (nothing back in stock) says so, with no banner.
     nothing = [line for line in lines if line.startswith("·· ")]
     assert all("nothing to show (back_in_stock)" in line for line in nothing), nothing
-    templates = {
-        "hero_banner",
-        "grid_heading",
-        "category_spotlight",
-        "because_you_viewed",
-        "brand_showcase",
-        "new_arrivals",
-        "back_in_stock",
-    }
+    templates = set(TemplateRegistry.from_folder(PROJECT_ROOT / "prompts").names)
+    assert len(templates) == 7
     named = {name for name in templates if any(f" {name} v" in h for h in headers)}
     assert named | {"back_in_stock"} == templates
     shoppers = [h.split("shopper ")[1].split()[0] for h in headers + nothing]
