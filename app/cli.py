@@ -416,7 +416,7 @@ def demo(shoppers: int, engine: str | None) -> None:
                 prepared = pipeline.prepare(BannerRequest(shopper_id=user, template=name))
                 if prepared.empty:  # nothing back in stock for them: no banner, as a page
                     focus = prepared.template.header.retrieval.focus
-                    click.echo(f"·· {name}  shopper {user}: nothing to show ({focus})")
+                    click.echo(f"·· {name}  shopper {user}  nothing to show ({focus})")
                     continue
                 for banner in await pipeline.complete(prepared):
                     print_banner(banner)
