@@ -421,18 +421,17 @@ def borrowed_phrases(
         lifted |= _instruction_runs(prompt, length)
     found = []
     for name, value in fields.items():
-        words = _normalised(value).split()
-        runs = (" ".join(words[i : i + length]) for i in range(len(words) - length + 1))
-        first = next((run for run in runs if run in lifted), None)
+        first = next((run for run in word_runs(value, length) if run in lifted), None)
         if first is not None:
             found.append((name, first))
     return found
 
 
-def word_runs(text: str, length: int) -> set[str]:
-    """Every run of ``length`` consecutive words of ``text``, case-folded, space-joined."""
+def word_runs(text: str, length: int) -> list[str]:
+    """Every run of ``length`` consecutive words of ``text``, in order, case-folded,
+    space-joined."""
     words = _normalised(text).split()
-    return {" ".join(words[i : i + length]) for i in range(len(words) - length + 1)}
+    return [" ".join(words[i : i + length]) for i in range(len(words) - length + 1)]
 
 
 def _fit(text: str, limit: int) -> str:

@@ -281,10 +281,13 @@ class Pipeline:
             shopper = shopper.model_copy(update={"locale": request.locale})
         return shopper
 
-    def template(self, request: BannerRequest) -> tuple[PromptTemplate, str]:
-        """The template version this request gets, and the label that chose it."""
+    def template(
+        self, request: BannerRequest, shopper: Shopper | None = None
+    ) -> tuple[PromptTemplate, str]:
+        """The template version this request gets, and the label that chose it.
+        ``shopper``: ``self.shopper(request)``, when the caller has it already."""
         name = request.template or self.templates.default_for(request.placement).name
-        shopper = self.shopper(request)
+        shopper = shopper or self.shopper(request)
         return self.templates.choose(name, shopper.id, request.label, shopper.locale)
 
     def candidates(
@@ -410,7 +413,7 @@ class Pipeline:
             raise ValueError(f"count must be between 1 and {self.settings.max_variants}")
         with tracer.start_as_current_span("retrieval") as span:
             shopper = self.shopper(request)
-            template, label = (template, "preview") if template else self.template(request)
+            template, label = (template, "preview") if template else self.template(request, shopper)
             selection = self.candidates(shopper, template, request.filters, request.avoid_themes)
             if span.is_recording():  # no attribute work at all while tracing is off
                 span.set_attributes(

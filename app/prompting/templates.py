@@ -458,8 +458,13 @@ class TemplateRegistry:
 
 def load_brand(folder: Path) -> dict[str, Any]:
     """The brand rules in ``folder/brand.yaml`` (defaults when there is none)."""
+    return parse_brand(brand_text(folder))
+
+
+def brand_text(folder: Path) -> str:
+    """The text of ``folder/brand.yaml`` ("" when there is none: every default)."""
     brand_path = folder / BRAND_FILE
-    return parse_brand(brand_path.read_text(encoding="utf-8") if brand_path.exists() else "")
+    return brand_path.read_text(encoding="utf-8") if brand_path.exists() else ""
 
 
 def yaml_mapping(text: str, name: str, first_line: int, what: str) -> dict[str, Any]:

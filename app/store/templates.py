@@ -26,6 +26,7 @@ from app.prompting.templates import (
     PromptTemplate,
     Split,
     TemplateRegistry,
+    brand_text,
     parse_brand,
     parse_template,
     seeded_brand_text,
@@ -388,9 +389,7 @@ class TemplateStore:
         known = set(await self.names())
         sources: list[tuple[str, str, str]] = []  # (name, text, file)
         if BRAND not in known:
-            brand_file = folder / BRAND_FILE
-            text = brand_file.read_text(encoding="utf-8") if brand_file.exists() else ""
-            text = seeded_brand_text(text, banned_terms, banned_by_language)
+            text = seeded_brand_text(brand_text(folder), banned_terms, banned_by_language)
             sources.append((BRAND, text, BRAND_FILE))
         for path in sorted(folder.glob(f"*{TEMPLATE_SUFFIX}")):
             source = path.read_text(encoding="utf-8")
