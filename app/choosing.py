@@ -6,6 +6,12 @@ products it shows, not what the shopper was shown last time, filling its fields 
 soft findings. Each part is a number in [0, 1] kept on the banner (``Banner.choice``), so the
 studio preview can show why a sample won. The embedder is the one retrieval already loaded:
 scoring four samples is one small batch through it.
+
+Copy that is no closer to the products it shows than to the catalog at large is about nothing
+in particular ("The Ultimate Shopping Experience"): it gets the soft finding ``off_topic``, so
+it loses to any sample that is about its products. A lone sample (best-of-1) is served with
+the finding on it. Every banner that passed the guards keeps its scores, so the CMS, the eval
+and the studio read them per banner.
 """
 
 from __future__ import annotations
@@ -24,15 +30,17 @@ from app.retrieval.embedder import Embedder
 
 @dataclass(frozen=True)
 class ChoiceWeights:
-    """How much each part counts. Personalization and relevance lead (what the copy is
-    about); novelty and length break ties between samples that are equally on topic. A soft
-    finding costs more than any plausible difference in the parts, so a clean sample wins
-    over one that leans on the prompt's phrasing."""
+    """How much each part counts. Relevance and personalization lead (what the copy is
+    about): relevance counts by how much closer the copy is to its products than to the
+    catalog at large, which is what makes it about them. Novelty and length break ties
+    between samples that are equally on topic. A soft finding costs more than any plausible
+    difference in the parts, so a clean sample wins over one that leans on the prompt's
+    phrasing or is off topic."""
 
     personal: float = 0.3
-    relevance: float = 0.3
+    relevance: float = 0.4  # of relevance beyond the baseline (below)
     novelty: float = 0.2
-    length: float = 0.2
+    length: float = 0.1
     soft_penalty: float = 0.15  # per finding
 
 
@@ -95,6 +103,19 @@ def copy_relevance(copy_vector: np.ndarray, item_vectors: np.ndarray, rows: Sequ
     return float(_unit(copy_vector) @ _unit(item_vectors[list(rows)].mean(axis=0)))
 
 
+OFF_TOPIC = "off_topic"
+
+
+def off_topic(relevance: float, baseline: float) -> str | None:
+    """The soft finding of copy no closer to its products than to the catalog at large."""
+    if relevance > baseline:
+        return None
+    return (
+        f"{OFF_TOPIC}: no closer to its products ({relevance:.2f}) "
+        f"than to the catalog at large ({baseline:.2f})"
+    )
+
+
 class CopyChooser:
     def __init__(self, embedder: Embedder, weights: ChoiceWeights | None = None) -> None:
         self.embedder = embedder
@@ -106,26 +127,38 @@ class CopyChooser:
         *,
         spec: SchemaSpec,
         item_vectors: np.ndarray,
+        catalog_vector: np.ndarray,
         shopper_vector: np.ndarray | None,
         recent_copy: Sequence[str] = (),
+        theme: str | None = None,
     ) -> list[CopyScore]:
         """Every sample's scores, best first; the first is marked chosen. Ties go to the
         earlier sample, so the same samples always give the same choice.
 
         ``item_vectors``: the catalog's embeddings (rows as in ``Sample.shown_rows``).
+        ``catalog_vector``: the catalog at large (``CandidateSelector.catalog_vector``).
         ``shopper_vector``: None for a shopper retrieval knows nothing about (every sample then
-        scores 0 there: it decides nothing). ``recent_copy``: what the shopper's latest banners
-        said (``copy_text`` of each)."""
+        scores 0 there: it decides nothing).
+        ``recent_copy``: what the shopper's latest banners said (``copy_text`` of each).
+        ``theme``: a themed set's theme name, which each sample is scored against (reported,
+        not weighed: relevance to the products already says it)."""
         if not samples:
             return []
         texts = [copy_text(s.copy) for s in samples]
-        vectors = _unit(np.asarray(self.embedder.encode([*texts, *recent_copy])))
-        copies, recent = vectors[: len(texts)], vectors[len(texts) :]
+        themes = [theme] if theme else []
+        vectors = _unit(np.asarray(self.embedder.encode([*texts, *themes, *recent_copy])))
+        copies = vectors[: len(texts)]
+        theme_vector = vectors[len(texts)] if themes else None
+        recent = vectors[len(texts) + len(themes) :]
         weights = self.weights
         scores = []
         for sample, vector in zip(samples, copies, strict=True):
             personal = 0.0 if shopper_vector is None else float(vector @ _unit(shopper_vector))
             relevance = copy_relevance(vector, item_vectors, sample.shown_rows)
+            baseline = float(vector @ catalog_vector)
+            soft = list(sample.verdict.notes)
+            if (finding := off_topic(relevance, baseline)) is not None:
+                soft.append(finding)
             novelty = 1.0 - float(np.max(recent @ vector)) if len(recent) else 1.0
             length = length_fit(sample.copy, spec)
             parts = {
@@ -134,19 +167,23 @@ class CopyChooser:
                 "novelty": min(1.0, max(0.0, novelty)),
                 "length": length,
             }
+            # Relevance counts as far as it beats the catalog at large: copy that would fit
+            # any products ("The ultimate shopping experience") is close to these too.
             total = (
                 weights.personal * parts["personal"]
-                + weights.relevance * parts["relevance"]
+                + weights.relevance * max(0.0, relevance - baseline)
                 + weights.novelty * parts["novelty"]
                 + weights.length * parts["length"]
-                - weights.soft_penalty * len(sample.verdict.notes)
+                - weights.soft_penalty * len(soft)
             )
             scores.append(
                 CopyScore(
                     sample=sample.number,
                     chosen=False,
                     total=round(total, 4),
-                    soft=list(sample.verdict.notes),
+                    soft=soft,
+                    baseline=round(baseline, 4),
+                    theme=None if theme_vector is None else round(float(vector @ theme_vector), 4),
                     **{name: round(value, 4) for name, value in parts.items()},
                 )
             )

@@ -178,8 +178,10 @@ class Theme(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    kind: Literal["category", "cluster"]  # a cluster: products like one, by the embedding
-    name: str  # the category; for a cluster, "like <the product's title>"
+    # A brand: one the shopper is into across categories. A cluster: products like one, by
+    # the embedding, where no category or brand has enough to show.
+    kind: Literal["category", "brand", "cluster"]
+    name: str  # the category or the brand; for a cluster, "like <the product's title>"
     why: str  # why this shopper gets it, in words the CMS and the studio can show
     # The theme the shopper is most into, when it had too few products to show.
     instead_of: str | None = None
@@ -197,13 +199,17 @@ class NamedCampaign(BaseModel):
 class CopyScore(BaseModel):
     """Why a sample that passed the guards was served or not (best-of-n, app/choosing.py).
     Each part is in [0, 1] (the cosines clipped at 0); ``total`` is their weighted sum less the
-    soft findings' penalty."""
+    soft findings' penalty. ``baseline`` and ``theme`` are reported, not weighed."""
 
     sample: int  # its position among the round's samples
     chosen: bool
     total: float
     personal: float  # the copy's closeness to the shopper (their history and interests)
     relevance: float  # ... to the products it shows
+    # ... to the catalog at large (the unit mean of every product): relevance must beat it, or
+    # the copy is off topic (a soft finding).
+    baseline: float = 0.0
+    theme: float | None = None  # ... to a themed set's theme name (None: not themed)
     novelty: float  # 1 - its closeness to the shopper's latest banners (1: none seen)
     length: float  # how well it fills its fields: neither a stub nor cut at the cap
     soft: list[str] = Field(default_factory=list)  # the guards' soft findings
@@ -238,8 +244,8 @@ class Banner(BaseModel):
     output_tokens: int = 0
     prompt_tokens: int = 0  # prompt tokens of every attempt, as the engine counted them
     samples: int = 0  # texts the model wrote for this banner, every attempt's samples together
-    # Best-of-n: the scores of the samples that passed in the served round, best first (empty
-    # with one sample a banner, or when none passed).
+    # The scores of the samples that passed in the served round, best first, the served one
+    # marked chosen (app/choosing.py; one with one sample a banner, none when none passed).
     choice: list[CopyScore] = Field(default_factory=list)
     campaigns: list[NamedCampaign] = Field(default_factory=list)  # named in its copy
     locale: str = "en-US"  # the copy's language and number format

@@ -150,7 +150,7 @@ class _Variant:
     guards_ms: float = 0.0
     flags: list[str] = field(default_factory=list)
     accepted: GuardResult | None = None
-    choice: list[CopyScore] = field(default_factory=list)  # best-of-n's scores, best first
+    choice: list[CopyScore] = field(default_factory=list)  # the samples' scores, best first
 
 
 def _template_attributes(template: PromptTemplate, label: str) -> dict[str, str | int]:
@@ -695,18 +695,21 @@ class Pipeline:
                     else (f"{variant.attempts}")
                 )
                 variant.flags.extend(f"attempt {which}: {p}" for p in verdict.problems)
-        if len(passed) == 1 and len(result.texts) == 1:
-            variant.accepted = passed[0].verdict  # nothing to choose between
-        elif passed:
-            variant.choice = CopyChooser(self.embedder).rank(
+        if passed:
+            choice = CopyChooser(self.embedder).rank(
                 passed,
                 spec=template.spec,
                 item_vectors=self.index.vectors,
+                catalog_vector=self.selector.catalog_vector,
                 shopper_vector=shopper_vector,
                 recent_copy=prepared.request.recent_copy,
+                theme=prepared.selection.theme.name if prepared.selection.theme else None,
             )
-            chosen = variant.choice[0].sample
-            variant.accepted = next(s.verdict for s in passed if s.number == chosen)
+            # Off-topic copy (app/choosing.py) is a soft finding: it loses to any sample about
+            # its products. A lone sample is served with it, on the banner for the CMS to see:
+            # a retry would cost a whole generation for copy the guards let through.
+            variant.choice = choice
+            variant.accepted = next(s.verdict for s in passed if s.number == choice[0].sample)
         variant.guards_ms += (time.perf_counter() - t0) * 1000
 
     async def close(self) -> None:

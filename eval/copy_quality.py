@@ -16,8 +16,8 @@ import numpy as np
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from app.choosing import copy_relevance
-from app.domain import Banner, Shopper
+from app.choosing import copy_relevance, copy_text, off_topic
+from app.domain import Banner, Product, Shopper
 from app.guards import BORROWED_RUN, borrowed_phrases
 from app.pipeline import BannerRequest, Pipeline
 from app.prompting.templates import PromptTemplate
@@ -42,12 +42,22 @@ class CopySample:
     banned_hits: list[str]
     shopper_text: str
     # What the banner is about: runs of BORROWED_RUN words it shares with the template's
-    # examples or instructions; the categories of the products it shows; how close its copy
-    # is to them, and to as many random products (the baseline the copy should beat).
+    # examples or instructions; the categories of the products it shows, and whether they
+    # share no category and no brand (no one theme); how close its copy is to them, to as many
+    # random products (the baseline the copy should beat), and to the catalog at large (what
+    # the chooser's off-topic finding compares with).
     borrowed: list[str] = field(default_factory=list)
     categories: int = 0
+    multi_theme: bool = False
     relevance: float = 0.0
     relevance_random: float = 0.0
+    relevance_catalog: float = 0.0
+
+    @property
+    def off_topic(self) -> bool:
+        return bool(self.banner.products) and (
+            off_topic(self.relevance, self.relevance_catalog) is not None
+        )
 
     @property
     def text(self) -> str:
@@ -130,7 +140,10 @@ async def generate(
         borrowed = borrowed_phrases(
             fields, prepared.template.example_outputs, prepared.prompt, BORROWED_RUN
         )
-        relevance, random_relevance = _relevance(pipeline, banner, f"{arm}:{shopper.id}")
+        relevance, random_relevance, catalog_relevance = _relevance(
+            pipeline, banner, f"{arm}:{shopper.id}"
+        )
+        shown = [p for p in (pipeline.catalog.get(s.id) for s in banner.products) if p]
         return CopySample(
             shopper_id=shopper.id,
             arm=arm,
@@ -146,11 +159,11 @@ async def generate(
             banned_hits=[t for t in banned if re.search(rf"\b{re.escape(t)}\b", copy.casefold())],
             shopper_text=shopper_text(pipeline, shopper),
             borrowed=[f"{name}: {run}" for name, run in borrowed],
-            categories=len(
-                {p.category for p in (pipeline.catalog.get(s.id) for s in banner.products) if p}
-            ),
+            categories=len({p.category for p in shown}),
+            multi_theme=spans_themes(banner, shown),
             relevance=relevance,
             relevance_random=random_relevance,
+            relevance_catalog=catalog_relevance,
         )
 
     try:
@@ -159,20 +172,36 @@ async def generate(
         progress.close()
 
 
-def _relevance(pipeline: Pipeline, banner: Banner, subject: str) -> tuple[float, float]:
-    """Cosine of the banner's headline and subheadline to the products it shows, and to as
-    many products drawn at random from the catalog (seeded by ``subject``: the same draw in
-    every run)."""
+def spans_themes(banner: Banner, shown: list[Product]) -> bool:
+    """Whether the products shown tell more than one story: for a themed banner, any product
+    outside its category or brand (a cluster is one story by construction); for a mixed set,
+    more than one category."""
+    theme = banner.theme
+    if theme is None or theme.kind == "category":
+        name = None if theme is None else theme.name
+        return len({p.category for p in shown} | ({name} if name else set())) > 1
+    if theme.kind == "brand":
+        return any(p.brand != theme.name for p in shown)
+    return False
+
+
+def _relevance(pipeline: Pipeline, banner: Banner, subject: str) -> tuple[float, float, float]:
+    """Cosine of the banner's headline and subheadline (as the chooser reads them) to the
+    products it shows, to as many products drawn at random from the catalog (seeded by
+    ``subject``: the same draw in every run), and to the catalog at large."""
     if not banner.products:
-        return 0.0, 0.0
+        return 0.0, 0.0, 0.0
     vectors = pipeline.index.vectors
-    copy_vector = np.asarray(pipeline.embedder.encode([f"{banner.headline} {banner.subheadline}"]))[
-        0
-    ]
+    copy_vector = np.asarray(pipeline.embedder.encode([copy_text(banner)]))[0]
     shown = pipeline.catalog.rows(p.id for p in banner.products)
     rng = np.random.default_rng(zlib.crc32(subject.encode()))
     drawn = rng.choice(len(pipeline.catalog), size=len(shown), replace=False).tolist()
-    return copy_relevance(copy_vector, vectors, shown), copy_relevance(copy_vector, vectors, drawn)
+    unit = copy_vector / (np.linalg.norm(copy_vector) or 1.0)
+    return (
+        copy_relevance(copy_vector, vectors, shown),
+        copy_relevance(copy_vector, vectors, drawn),
+        float(unit @ pipeline.selector.catalog_vector),
+    )
 
 
 def per_sample(samples: list[CopySample], lift: list[float]) -> dict[str, list[float]]:
@@ -194,10 +223,13 @@ def per_sample(samples: list[CopySample], lift: list[float]) -> dict[str, list[f
         "latency_ms": [s.banner.timings.total_ms for s in samples],
         "personalization_lift": lift,
         # One story per banner: copy borrowed from the prompt, products of several
-        # categories, and copy closer to its products than to random ones (the lift).
+        # categories (of no one theme), copy closer to its products than to random ones (the
+        # lift), and copy no closer to them than to the catalog at large (off topic).
         "borrowed_phrase": [float(bool(s.borrowed)) for s in samples],
         "categories_per_banner": [float(s.categories) for s in samples],
         "multi_category": [float(s.categories > 1) for s in samples],
+        "multi_theme": [float(s.multi_theme) for s in samples],
+        "off_topic": [float(s.off_topic) for s in samples],
         "relevance": [s.relevance for s in samples],
         "relevance_random": [s.relevance_random for s in samples],
         "relevance_lift": [s.relevance - s.relevance_random for s in samples],
@@ -255,11 +287,13 @@ def summarise(samples: list[CopySample], lift: list[float]) -> dict[str, Any]:
 # What one story per banner is measured by, template by template.
 STORY_METRICS = (
     "multi_category",
+    "multi_theme",
     "categories_per_banner",
     "borrowed_phrase",
     "relevance",
     "relevance_random",
     "relevance_lift",
+    "off_topic",
     "fallback",
 )
 
@@ -294,6 +328,8 @@ def least_relevant(samples: list[CopySample], limit: int = 10) -> list[dict[str,
             "products": [p.title for p in s.banner.products],
             "relevance": round(s.relevance, 3),
             "random": round(s.relevance_random, 3),
+            "catalog": round(s.relevance_catalog, 3),
+            "off_topic": s.off_topic,
             "fallback": s.banner.fallback,
         }
         for s in chosen

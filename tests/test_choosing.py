@@ -35,6 +35,13 @@ def sample(number: int, answer: Mapping[str, object], rows: list[int], notes=())
     return Sample(number, GuardResult(copy, notes=list(notes)), rows)
 
 
+def catalog(vectors: np.ndarray) -> np.ndarray:
+    """The catalog at large, as the selector computes it."""
+    mean = vectors.mean(axis=0)
+    unit: np.ndarray = mean / np.linalg.norm(mean)
+    return unit
+
+
 @pytest.fixture
 def vectors(word_embedder: WordEmbedder, tiny_catalog: Catalog) -> np.ndarray:
     return word_embedder.encode([p.title for p in tiny_catalog.products])
@@ -64,6 +71,7 @@ def test_the_sample_about_the_shopper_and_its_products_wins(
         ],
         spec=SPEC,
         item_vectors=vectors,
+        catalog_vector=catalog(vectors),
         shopper_vector=shopper,
     )
     assert scores[0].sample == 2 and scores[0].chosen
@@ -85,6 +93,7 @@ def test_novelty_prefers_copy_unlike_the_shoppers_latest_banners(
         [sample(0, ABOUT_COFFEE, [0]), sample(1, ABOUT_TENTS, [0])],
         spec=SPEC,
         item_vectors=vectors,
+        catalog_vector=catalog(vectors),
         shopper_vector=None,
         recent_copy=seen,
     )
@@ -102,7 +111,11 @@ def test_a_soft_finding_loses_to_clean_copy_and_equal_scores_go_to_the_earlier_s
     clean = sample(1, ABOUT_COFFEE, [0, 2])
     again = sample(2, ABOUT_COFFEE, [0, 2])
     scores = chooser.rank(
-        [flagged, again, clean], spec=SPEC, item_vectors=vectors, shopper_vector=shopper
+        [flagged, again, clean],
+        spec=SPEC,
+        item_vectors=vectors,
+        catalog_vector=catalog(vectors),
+        shopper_vector=shopper,
     )
     assert [s.sample for s in scores] == [1, 2, 0]
     assert scores[2].soft == ["shared_phrase: headline: 'a b c'"]
@@ -183,11 +196,12 @@ async def test_a_template_asks_for_its_own_number_of_samples(
         pipeline.prepare(BannerRequest(shopper_id="coffee_fan"), template)
     )
     assert engine.requests[0].n == 2 and banner.samples == 2 and len(banner.choice) == 2
-    # One sample (the service's or the template's): the first that passes, nothing scored.
+    # One sample (the service's or the template's): the first that passes, scored alone.
     single = pipeline.templates.get("hero_banner")
     pipeline.settings = test_settings  # best_of=1
     (banner,) = await pipeline.complete(pipeline.prepare(BannerRequest("coffee_fan"), single))
-    assert engine.requests[-1].n == 1 and banner.samples == 1 and banner.choice == []
+    assert engine.requests[-1].n == 1 and banner.samples == 1
+    assert [(s.sample, s.chosen) for s in banner.choice] == [(0, True)]
 
 
 def test_the_service_gives_the_shoppers_latest_copy_so_a_new_banner_says_something_else(
@@ -261,3 +275,43 @@ def test_auto_best_of_follows_what_the_engine_writes_cheaply(
     assert pipeline.best_of(hero) == samples
     assert auto_best_of(None) == AUTO_BEST_OF
     assert Settings(best_of=3).best_of == 3 and Settings().best_of == "auto"
+
+
+def test_copy_no_closer_to_its_products_than_to_the_catalog_is_off_topic_and_loses(
+    word_embedder: WordEmbedder, vectors: np.ndarray
+) -> None:
+    # Only the finding decides: every weighed part is switched off.
+    chooser = CopyChooser(
+        word_embedder, ChoiceWeights(personal=0, relevance=0, novelty=0, length=0)
+    )
+    coffee_rows = [0, 2]  # grinder + beans
+    scores = chooser.rank(
+        [sample(0, ABOUT_TENTS, coffee_rows), sample(1, ABOUT_COFFEE, coffee_rows)],
+        spec=SPEC,
+        item_vectors=vectors,
+        catalog_vector=catalog(vectors),
+        shopper_vector=None,
+        theme="Coffee",
+    )
+    about, off = scores
+    assert about.sample == 1 and about.soft == [] and about.relevance > about.baseline
+    # Tent copy over coffee products: nearer the catalog (which sells tents) than to them.
+    assert off.relevance == 0.0 < off.baseline
+    assert off.soft == [
+        f"off_topic: no closer to its products (0.00) than to the catalog at large "
+        f"({off.baseline:.2f})"
+    ]
+    # The theme is scored, not weighed: the coffee copy names it, the tent copy does not.
+    assert about.theme is not None and about.theme > 0 and off.theme == 0.0
+
+
+async def test_a_lone_off_topic_sample_is_served_with_the_finding_on_the_banner(
+    tiny_catalog: Catalog, tiny_shoppers: ShopperStore, test_settings: Settings
+) -> None:
+    engine = ScriptedEngine([dict(ABOUT_TENTS, products=[1, 2])])
+    pipeline = make_pipeline(engine, tiny_catalog, tiny_shoppers, test_settings)  # best_of=1
+    (banner,) = await pipeline.generate(BannerRequest(shopper_id="coffee_fan"))
+    assert not banner.fallback and {p.id[0] for p in banner.products} == {"C"}  # coffee
+    (score,) = banner.choice
+    assert score.chosen and any(note.startswith("off_topic: ") for note in score.soft)
+    assert score.theme is not None  # the hero is themed: its copy is scored against Coffee

@@ -159,11 +159,18 @@ async def test_the_copy_eval_measures_one_story_per_banner(
         assert sample.categories == len(shown) >= 1
         assert -1 <= sample.relevance <= 1 and -1 <= sample.relevance_random <= 1
     again = copy_quality._relevance(pipeline, samples[0].banner, "hero_banner:coffee_fan")
-    assert again == (samples[0].relevance, samples[0].relevance_random)  # the same draw
+    assert again[:2] == (samples[0].relevance, samples[0].relevance_random)  # the same draw
+    # Each hero shows its theme alone; the coffee copy is off topic over the runner's.
+    assert [s.multi_theme for s in samples] == [False, False, False]
+    assert [s.off_topic for s in samples] == [False, False, True]
+    runner = samples[2]
+    assert runner.relevance <= runner.relevance_catalog
 
     summary = copy_quality.summarise(samples, [0.0] * 3)
     story = summary["per_template"]["hero_banner"]
     assert story["banners"] == 3 and story["borrowed_phrase"]["mean"] == pytest.approx(1 / 3)
+    assert story["off_topic"]["mean"] == pytest.approx(1 / 3)
+    assert story["multi_theme"]["mean"] == 0.0
     lifts = [s.relevance - s.relevance_random for s in samples]
     assert story["relevance_lift"]["mean"] == pytest.approx(sum(lifts) / 3)
     least = summary["least_relevant"]

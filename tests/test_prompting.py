@@ -164,11 +164,34 @@ def test_shipped_templates_render_with_numbered_products() -> None:
         rendered = template.render(context(k=template.header.k, brand=registry.brand))
         roles = [role for role, _ in rendered.messages]
         assert roles[0] == "system" and roles[-1] == "user"
-        # Each few-shot example is a (user, assistant) pair before the real prompt.
-        assert roles.count("assistant") == len(template.header.examples)
+        # Each few-shot example shown is a (user, assistant) pair before the real prompt.
+        shown = template.header.examples_shown or len(template.header.examples)
+        assert roles.count("assistant") == min(shown, len(template.header.examples))
         final = rendered.messages[-1][1]
         assert "1. Coffee Grinder" in final and "3. Coffee Beans" in final
         assert "<products>" in final and "</products>" in final
+
+
+def test_a_prompt_shows_an_example_about_something_else_than_its_products() -> None:
+    """A small model copies an example about what it is writing about: a template showing
+    one of two examples shows the one whose products share no category with the banner's."""
+    registry = TemplateRegistry.from_folder(PROJECT_ROOT / "prompts")
+    spotlight = registry.get("category_spotlight")
+    assert spotlight.header.examples_shown == 1 and len(spotlight.header.examples) == 2
+    coffee, running = spotlight.header.examples
+
+    def shown_for(category: str) -> str:
+        listed = cast(list[dict[str, object]], context()["candidates"])
+        offered = [dict(c, category=category) for c in listed]
+        rendered = spotlight.render(context(candidates=offered, brand=registry.brand))
+        (answer,) = [text for role, text in rendered.messages if role == "assistant"]
+        return answer
+
+    assert running.output["headline"] in shown_for("Coffee & Tea")
+    assert coffee.output["headline"] in shown_for("Running Shoes")
+    assert coffee.output["headline"] in shown_for("Pet Supplies")  # neither: the first
+    assert spotlight.shown_examples(["coffee & tea", "running shoes"]) == [coffee]  # both: first
+    assert spotlight.shown_examples([]) == [coffee]
 
 
 def test_registry_refuses_duplicate_names(tmp_path: Path) -> None:

@@ -276,9 +276,10 @@ def test_a_best_of_n_preview_shows_each_samples_scores(studio) -> None:
     }
     page = client.post("/studio/templates/hero_banner", data=form)
     assert page.status_code == 200, page.text
-    assert "best of 3 samples: 3 passed the guards" in page.text
+    assert "scores: 3 of 3 samples passed the guards" in page.text
     assert page.text.count('class="chosen"') == 1 and "(served)" in page.text
-    for part in ("personal", "relevance", "novelty", "length", "soft findings"):
+    parts = ("personal", "relevance", "vs catalog", "theme", "novelty", "length", "soft findings")
+    for part in parts:
         assert f"<th>{part}</th>" in page.text
     # The hero is themed: the preview says what it is about and why.
     assert "theme: <b>Coffee</b> (what they looked at lately)" in page.text

@@ -6,17 +6,24 @@ catalog (Coffee, Tea, Running, Camping, Fitness) with the word embedder.
 from __future__ import annotations
 
 import asyncio
+import re
+import zlib
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pytest
 
 from app.catalog.store import Catalog, ShopperStore
-from app.config import Settings
+from app.config import PROJECT_ROOT, Settings
 from app.domain import EventType, Shopper
 from app.pipeline import BannerRequest, Pipeline, PreparedRequest
+from app.prompting.templates import TemplateRegistry
+from app.retrieval.embedder import product_text
+from app.retrieval.index import ExactIndex
 from app.retrieval.selector import CandidateFilters
-from app.retrieval.themes import category_weights
-from tests.conftest import TINY_PRODUCTS, event
+from app.retrieval.themes import theme_weights
+from tests.conftest import TINY_PRODUCTS, event, product
 from tests.fakes import GOOD, ScriptedEngine, make_pipeline
 
 
@@ -121,7 +128,133 @@ def test_nothing_to_show_is_no_theme(pipeline: Pipeline) -> None:
 
 def test_category_weights_sum_relevance_and_break_ties_by_rank(pipeline: Pipeline) -> None:
     pool = pipeline.selector.select(pipeline.shoppers.get("coffee_fan"), 8).candidates
-    weights = category_weights(pool)
-    assert weights[0][0] == "Coffee"
-    assert [w for _, w in weights] == sorted((w for _, w in weights), reverse=True)
-    assert category_weights([]) == []
+    weights = theme_weights(pool)
+    assert weights[0][:2] == ("category", "Coffee")
+    assert [w for *_, w in weights] == sorted((w for *_, w in weights), reverse=True)
+    assert theme_weights([]) == []
+
+
+# --- brands as themes --------------------------------------------------------------------
+
+# Trailco makes running shoes and camping gear; Testco makes everything else.
+BRANDED = tuple(
+    p.model_copy(update={"brand": "Trailco"}) if p.id in {"R1", "K1", "K2"} else p
+    for p in TINY_PRODUCTS
+)
+
+
+def test_a_brand_the_shopper_is_into_across_categories_is_the_theme(
+    tiny_shoppers: ShopperStore, test_settings: Settings
+) -> None:
+    pipeline = make_pipeline(ScriptedEngine([]), Catalog(BRANDED), tiny_shoppers, test_settings)
+    fan = Shopper(
+        id="trailco_fan",
+        history=tuple(
+            event(pid, EventType.VIEW, days) for pid, days in (("R1", 1), ("K1", 2), ("K2", 3))
+        ),
+    )
+    prepared = hero(pipeline, fan)
+    theme = prepared.selection.theme
+    assert theme is not None and (theme.kind, theme.name) == ("brand", "Trailco")
+    assert theme.why == "what they looked at lately"
+    shown = prepared.selection.candidates
+    assert {c.product.brand for c in shown} == {"Trailco"}
+    assert {c.product.category for c in shown} == {"Running", "Camping"}
+    assert "Banner theme: Trailco" in prepared.prompt.messages[-1][1]  # type: ignore[union-attr]
+
+
+def test_a_brand_on_most_of_what_retrieval_found_is_no_theme(pipeline: Pipeline) -> None:
+    # The tiny catalog is all Testco: a shop of one brand. Its brand weighs the whole pool and
+    # would always win; it tells no story, so the theme is a category.
+    pool = pipeline.selector.select(pipeline.shoppers.get("coffee_fan"), 24).candidates
+    assert {c.product.brand for c in pool} == {"Testco"}
+    assert {kind for kind, *_ in theme_weights(pool)} == {"category"}
+    theme = hero(pipeline, "coffee_fan").selection.theme
+    assert theme is not None and theme.kind == "category"
+    # A brand sold in one category only ties with it at most, and the category wins the tie.
+    coffee = [c for c in pool if c.product.category == "Coffee"]
+    mine = [
+        c.model_copy(update={"product": c.product.model_copy(update={"brand": "Beanco"})})
+        for c in coffee
+    ]
+    assert [kind for kind, *_ in theme_weights(mine)] == ["category"]
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+class HashedWordEmbedder:
+    """Each word hashed to one of 64 axes: products sharing a word (their category's) are
+    neighbours, for a catalog larger than the word embedder's vocabulary."""
+
+    name = "test-hashed-words"
+    dim = 64
+
+    def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        rows = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in re.findall(r"[a-z0-9]+", text.lower()):
+                rows[i, zlib.crc32(word.encode()) % self.dim] += 1.0
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        unit: np.ndarray = rows / np.where(norms == 0, 1.0, norms)
+        return unit
+
+    def encode_query(self, text: str) -> np.ndarray:
+        vector: np.ndarray = self.encode([text])[0]
+        return vector
+
+
+def test_a_shopper_into_twenty_categories_evenly_still_gets_one_story_per_banner(
+    test_settings: Settings,
+) -> None:
+    words = [f"kind{n:02d}" for n in range(20)]
+    catalog = Catalog(
+        tuple(
+            product(f"P{n:02d}{i}", f"{word} item {i}", f"Category {word}", 20.0 + i)
+            for n, word in enumerate(words)
+            for i in range(3)
+        )
+    )
+    # One view in each category, a day apart: no category leads.
+    everything = Shopper(
+        id="everything",
+        history=tuple(event(f"P{n:02d}0", EventType.VIEW, n + 1) for n in range(20)),
+    )
+    shoppers = ShopperStore([everything])
+    embedder = HashedWordEmbedder()
+    pipeline = Pipeline.assemble(
+        test_settings,
+        catalog=catalog,
+        shoppers=shoppers,
+        embedder=embedder,
+        index=ExactIndex(embedder.encode([product_text(p) for p in catalog.products])),
+        engine=ScriptedEngine([GOOD] * 4),
+        templates=TemplateRegistry.from_folder(PROJECT_ROOT / "prompts"),
+    )
+    prepared = hero(pipeline, "everything")
+    theme = prepared.selection.theme
+    assert theme is not None and theme.kind == "category"
+    assert categories(prepared) == {theme.name} and len(prepared.selection.candidates) >= 2
+    assert theme.name in {p.category for p in catalog.products}
+    assert theme.why in {"what they looked at lately", "what they looked at before"}
+    # The same shopper, the same theme: ties are broken by rank, never by chance.
+    assert hero(pipeline, "everything").selection.theme == theme
+    page = asyncio.run(
+        pipeline.homepage(
+            BannerRequest(shopper_id="everything"), ["hero_banner", "category_spotlight"]
+        )
+    )
+    names = [s.banner.theme.name for s in page.sections if s.banner.theme]
+    assert len(names) == 2 and len(set(names)) == 2
+    for section in page.sections:
+        shown = {catalog.get(p.id).category for p in section.banner.products}  # type: ignore[union-attr]
+        assert len(shown) == 1
+
+
+def test_a_shopper_with_a_single_viewed_product_gets_its_category(pipeline: Pipeline) -> None:
+    once = Shopper(id="once", history=(event("K1", EventType.VIEW, 1),))
+    prepared = hero(pipeline, once)
+    theme = prepared.selection.theme
+    assert theme is not None and (theme.kind, theme.name) == ("category", "Camping")
+    assert theme.why == "what they looked at lately" and theme.instead_of is None
+    assert categories(prepared) == {"Camping"}

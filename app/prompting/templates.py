@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -141,6 +142,11 @@ class TemplateHeader(BaseModel):
     sampling: SamplingParams = SamplingParams()
     system: str = Field(min_length=1, max_length=4000)
     examples: list[FewShotExample] = Field(default_factory=list, max_length=4)
+    # How many examples a prompt shows (None: all). With fewer than written, a banner gets
+    # those whose products share no category with its candidates: a small model copies an
+    # example about what it is writing about (the coffee example over coffee), so a banner
+    # on the example's own subject is shown another. The guards check against them all.
+    examples_shown: int | None = Field(default=None, ge=1, le=4)
     retrieval: RetrievalHints = RetrievalHints()
     # Digits in the copy ("4K", "2-person"): off, so the grammar never lets the model write a
     # number; on, each number is still checked against the catalog by the guards.
@@ -247,10 +253,23 @@ class PromptTemplate:
     def example_outputs(self) -> list[dict[str, Any]]:
         return [example.output for example in self.header.examples]
 
+    def shown_examples(self, categories: Collection[str]) -> list[FewShotExample]:
+        """The examples a prompt about products of ``categories`` shows (``examples_shown``):
+        first those whose products share none of them, in the order written."""
+        examples, limit = self.header.examples, self.header.examples_shown
+        if limit is None or limit >= len(examples):
+            return list(examples)
+        mine = {category.casefold() for category in categories}
+        about_mine = [any(p.category.casefold() in mine for p in e.products) for e in examples]
+        chosen = sorted(range(len(examples)), key=lambda i: (about_mine[i], i))[:limit]
+        return [examples[i] for i in sorted(chosen)]
+
     def render(self, context: dict[str, Any]) -> RenderedPrompt:
-        """System message, then each example as a (prompt, answer) turn, then the real prompt."""
+        """System message, then each example shown as a (prompt, answer) turn, then the real
+        prompt."""
         messages: list[tuple[str, str]] = [("system", self.header.system.strip())]
-        for example in self.header.examples:
+        categories = [c["category"] for c in context.get("candidates", [])]
+        for example in self.shown_examples(categories):
             sample = example_context(
                 interests=example.interests,
                 products=[p.model_dump() for p in example.products],

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 
 import numpy as np
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
@@ -99,6 +100,18 @@ class CandidateSelector:
         self._added = np.array(
             [p.added_at.timestamp() if p.added_at else -np.inf for p in products], dtype=np.float64
         )
+
+    @cached_property
+    def catalog_vector(self) -> np.ndarray:
+        """The catalog at large: the unit mean of every product's vector. Copy must be closer
+        to the products it shows than to this (app/choosing.py); computed once per catalog."""
+        vectors = self.index.vectors
+        if not len(vectors):
+            return np.zeros(vectors.shape[1], dtype=np.float32)
+        mean = vectors.mean(axis=0)
+        norm = float(np.linalg.norm(mean))
+        unit: np.ndarray = mean / norm if norm else mean
+        return unit
 
     def _allowed(
         self, shopper: Shopper, filters: CandidateFilters

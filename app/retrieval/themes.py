@@ -3,17 +3,23 @@
 Retrieval's candidates are varied on purpose (MMR), which is right for a grid and wrong for a
 banner that has one line to say: handed headphones, a travel bag and cookware, a model writes
 about nothing in particular. A themed selection first picks what the shopper is most into
-right now among what retrieval found (the categories of its best candidates, weighed by their
-relevance, which blends the shopper vector, the collaborative signal and popularity), then
-ranks and diversifies inside that theme alone. A theme with too few products to show gives
-way to the next, and the banner says so; where no category has enough (a catalog whose
-categories are too fine), the theme is a cluster: the best candidate and the products most
-like it, by the embedding.
+right now among what retrieval found (the categories and brands of its best candidates,
+weighed by their relevance, which blends the shopper vector, the collaborative signal and
+popularity), then ranks and diversifies inside that theme alone. A theme with too few products
+to show gives way to the next, and the banner says so; where no category or brand has enough (a
+catalog whose categories are too fine), the theme is a cluster: the best candidate and the
+products most like it, by the embedding.
+
+A category wins a tie with a brand: a brand sold in one category weighs what its category
+weighs at most, so a brand is the theme only where the shopper is into it across categories.
+A brand that is most of what retrieval found (a shop of one brand, a house brand on
+everything) tells no story and is no theme.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -26,18 +32,37 @@ POOL_FACTOR = 4
 # A theme shows two products at least (one is a product, not a theme), or the template's
 # minimum when that is more.
 MIN_THEME_PRODUCTS = 2
+# A brand with more than this share of the pool's candidates is not a theme.
+MAX_BRAND_SHARE = 0.5
+
+ThemeKind = Literal["category", "brand"]
 
 
-def category_weights(candidates: Sequence[Candidate]) -> list[tuple[str, float]]:
-    """The categories of a ranked pool, by the summed relevance of their candidates (ties
-    by how early their best candidate ranks): what the shopper is most into, first."""
-    weights: dict[str, float] = {}
-    first_seen: dict[str, int] = {}
+def theme_weights(candidates: Sequence[Candidate]) -> list[tuple[ThemeKind, str, float]]:
+    """The themes of a ranked pool (its categories, and its brands sold in more than one of
+    them), by the summed relevance of their candidates: what the shopper is most into, first.
+    Ties go to categories, then to the theme whose best candidate ranks earlier."""
+    weights: dict[tuple[ThemeKind, str], float] = {}
+    first_seen: dict[tuple[ThemeKind, str], int] = {}
+    counts: dict[str, int] = {}
+    brand_categories: dict[str, set[str]] = {}
     for position, candidate in enumerate(candidates):
-        category = candidate.product.category
-        weights[category] = weights.get(category, 0.0) + max(candidate.scores.relevance, 1e-6)
-        first_seen.setdefault(category, position)
-    return sorted(weights.items(), key=lambda item: (-item[1], first_seen[item[0]]))
+        product, weight = candidate.product, max(candidate.scores.relevance, 1e-6)
+        for key in (("category", product.category), ("brand", product.brand)):
+            weights[key] = weights.get(key, 0.0) + weight
+            first_seen.setdefault(key, position)
+        counts[product.brand] = counts.get(product.brand, 0) + 1
+        brand_categories.setdefault(product.brand, set()).add(product.category)
+    themes = [
+        (kind, name, weight)
+        for (kind, name), weight in weights.items()
+        if kind == "category"
+        or (len(brand_categories[name]) > 1 and counts[name] <= MAX_BRAND_SHARE * len(candidates))
+    ]
+    return sorted(
+        themes,
+        key=lambda t: (-t[2], t[0] != "category", first_seen[(t[0], t[1])]),
+    )
 
 
 class ThemePicker:
@@ -55,21 +80,21 @@ class ThemePicker:
         """``k`` candidates of one theme. ``avoid``: themes other sections of the page took
         (used only when the shopper is into nothing else)."""
         pool = self.selector.select(shopper, POOL_FACTOR * k, filters)
-        ranked = [category for category, _ in category_weights(pool.candidates)]
+        ranked = [(kind, name) for kind, name, _ in theme_weights(pool.candidates)]
         if not ranked:  # nothing to show at all: the template gets too few, as unthemed
             return pool
-        preferred = [c for c in ranked if c not in avoid] + [c for c in ranked if c in avoid]
-        wanted = preferred[0]
+        preferred = [t for t in ranked if t[1] not in avoid] + [t for t in ranked if t[1] in avoid]
+        wanted = preferred[0][1]
         enough = max(min_products, MIN_THEME_PRODUCTS)
-        for category in preferred:
-            only = filters.model_copy(update={"include_categories": (category,)})
-            chosen = self.selector.select(shopper, k, only)
+        for kind, name in preferred:
+            field = "include_categories" if kind == "category" else "include_brands"
+            chosen = self.selector.select(shopper, k, filters.model_copy(update={field: (name,)}))
             if len(chosen.candidates) >= enough:
                 chosen.theme = Theme(
-                    kind="category",
-                    name=category,
-                    why=self._why(shopper, category),
-                    instead_of=None if category == wanted else wanted,
+                    kind=kind,
+                    name=name,
+                    why=self._why(shopper, kind, name),
+                    instead_of=None if name == wanted else wanted,
                 )
                 return chosen
         return self._cluster(shopper, k, filters, pool, wanted)
@@ -95,17 +120,20 @@ class ThemePicker:
         chosen.theme = Theme(
             kind="cluster",
             name=f"like {seed.title}",
-            why=self._why(shopper, seed.category),
+            why=self._why(shopper, "category", seed.category),
             instead_of=wanted if wanted != seed.category else None,
         )
         return chosen
 
-    def _why(self, shopper: Shopper, category: str) -> str:
+    def _why(self, shopper: Shopper, kind: ThemeKind, name: str) -> str:
         """Why this shopper gets the theme, in words for the CMS and the studio."""
-        seen = [p.category for p in self.selector.recently_seen(shopper)]
-        if category in seen[:5]:
+        seen = [
+            p.category if kind == "category" else p.brand
+            for p in self.selector.recently_seen(shopper)
+        ]
+        if name in seen[:5]:
             return "what they looked at lately"
-        if category in seen:
+        if name in seen:
             return "what they looked at before"
         if shopper.interests:
             return "close to their stated interests: " + ", ".join(shopper.interests[:3])
