@@ -722,6 +722,21 @@ def test_the_studio_cookie_holds_a_session_not_the_key(studio) -> None:
     assert _signed_out(client)
 
 
+def test_a_cookie_with_a_tampered_expiry_is_no_session_not_a_500(studio) -> None:
+    """The session cookie carries its expiry beside the ciphertext: whatever stands there, a
+    cookie the studio cannot read signs the browser out."""
+    import base64
+
+    client, keys = studio
+    sign_in(client, keys["marketer"])
+    sealed = base64.b64decode(client.cookies["marquee_studio"])
+    ciphertext = sealed[: sealed.find(b"associated_data=")]
+    for expiry in (b'{"expires_at": 9', b"{}", b"[1]", b'{"expires_at": "soon"}', b"\xff"):
+        forged = base64.b64encode(ciphertext + b"associated_data=" + expiry).decode()
+        client.cookies.set("marquee_studio", forged, path="/studio")
+        assert _signed_out(client), expiry
+
+
 def test_a_revoked_keys_session_is_refused_on_the_next_page(studio) -> None:
     client, keys = studio
     sign_in(client, keys["marketer"])

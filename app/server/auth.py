@@ -19,10 +19,13 @@ import structlog
 from litestar import Request, Response
 from litestar.connection import ASGIConnection
 from litestar.enums import RequestEncodingType
-from litestar.exceptions import NotAuthorizedException
+from litestar.exceptions import NotAuthorizedException, SerializationException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import DefineMiddleware
-from litestar.middleware.session.client_side import CookieBackendConfig
+from litestar.middleware.session.client_side import (
+    ClientSideSessionBackend,
+    CookieBackendConfig,
+)
 from litestar.params import Body
 from litestar.response import Redirect
 
@@ -80,13 +83,32 @@ SESSION_PATH = "/studio"
 SESSION_S = 8 * 3600  # from sign-in, however busy the session
 
 
+class _SessionBackend(ClientSideSessionBackend):
+    """Litestar's cookie sessions, reading any cookie it cannot read as no session. Litestar
+    treats a cookie that fails decryption so, but parses the expiry stored beside the
+    ciphertext first, and a tampered expiry (malformed JSON, no ``expires_at``) escaped as a
+    500."""
+
+    async def load_from_connection(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> dict[str, Any]:
+        try:
+            return await super().load_from_connection(connection)
+        except (SerializationException, KeyError, TypeError, ValueError):
+            return {}
+
+
+class _SessionConfig(CookieBackendConfig):
+    _backend_class = _SessionBackend
+
+
 def session_middleware(secret: str, *, secure: bool) -> DefineMiddleware:
     """Sessions kept by the browser: AES-GCM makes the cookie unreadable and unforgeable without
     the secret, and replicas sharing ``studio_secret`` share sessions with no store to run. Its
     key is derived from the secret (which also signs CSRF tokens), so the two uses never share
     a key. The cookie's path keeps it off every request but the studio's."""
     key = hmac.new(secret.encode(), b"marquee studio session", hashlib.sha256).digest()
-    config = CookieBackendConfig(
+    config = _SessionConfig(
         secret=key,
         key=SESSION_COOKIE,
         path=SESSION_PATH,
