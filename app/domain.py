@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -171,6 +172,15 @@ class StageTimings(BaseModel):
     generation_ms: float = 0.0
     guards_ms: float = 0.0
     total_ms: float = 0.0
+
+
+# Why a shopper gets a theme, in the words the prompt, the CMS and the studio show.
+LOOKED_AT_LATELY = "what they looked at lately"
+LOOKED_AT_BEFORE = "what they looked at before"
+
+
+def close_to_interests(interests: Sequence[str]) -> str:
+    return "close to their stated interests: " + ", ".join(interests[:3])
 
 
 class Theme(BaseModel):

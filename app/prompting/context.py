@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.campaigns import Campaign
-from app.domain import Candidate, Product, Shopper, Theme
+from app.domain import LOOKED_AT_LATELY, Candidate, Product, Shopper, Theme, close_to_interests
 from app.generation.schemas import SchemaSpec
 from app.locales import DEFAULT_LOCALE, CopyLocale, format_price
 
@@ -196,9 +196,9 @@ def _example_theme(interests: list[str], products: list[dict[str, str]]) -> dict
     """An example's theme, for a themed template: its products' commonest category."""
     categories = [p["category"] for p in products]
     name = max(categories, key=categories.count) if categories else ""
-    why = "close to their stated interests: " + ", ".join(interests[:3])
+    why = close_to_interests(interests) if interests else LOOKED_AT_LATELY
     return {
         "name": clean(name, FIELD_CAPS["title"]),
         "kind": "category",
-        "why": clean(why if interests else "what they looked at lately", FIELD_CAPS["title"]),
+        "why": clean(why, FIELD_CAPS["title"]),
     }

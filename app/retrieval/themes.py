@@ -23,7 +23,14 @@ from typing import Literal
 
 import numpy as np
 
-from app.domain import Candidate, Shopper, Theme
+from app.domain import (
+    LOOKED_AT_BEFORE,
+    LOOKED_AT_LATELY,
+    Candidate,
+    Shopper,
+    Theme,
+    close_to_interests,
+)
 from app.retrieval.selector import CandidateFilters, CandidateSelector, Selection
 
 # The theme is chosen among retrieval's best POOL_FACTOR * k candidates: enough to see what the
@@ -132,9 +139,9 @@ class ThemePicker:
             for p in self.selector.recently_seen(shopper)
         ]
         if name in seen[:5]:
-            return "what they looked at lately"
+            return LOOKED_AT_LATELY
         if name in seen:
-            return "what they looked at before"
+            return LOOKED_AT_BEFORE
         if shopper.interests:
-            return "close to their stated interests: " + ", ".join(shopper.interests[:3])
+            return close_to_interests(shopper.interests)
         return f"popular with {shopper.segment} shoppers"
