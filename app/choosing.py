@@ -106,6 +106,11 @@ def copy_relevance(copy_vector: np.ndarray, item_vectors: np.ndarray, rows: Sequ
 OFF_TOPIC = "off_topic"
 
 
+def off_topic_in(findings: Sequence[str]) -> bool:
+    """Whether a sample's soft findings say it is off topic."""
+    return any(finding.startswith(f"{OFF_TOPIC}:") for finding in findings)
+
+
 def off_topic(relevance: float, baseline: float) -> str | None:
     """The soft finding of copy no closer to its products than to the catalog at large."""
     if relevance > baseline:

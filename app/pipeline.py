@@ -23,7 +23,7 @@ from opentelemetry.trace import StatusCode
 
 from app.campaigns import MAX_CAMPAIGNS_IN_PROMPT, NO_CAMPAIGNS, Campaign, CampaignBook
 from app.catalog.store import Catalog, ShopperStore
-from app.choosing import CopyChooser, Sample
+from app.choosing import OFF_TOPIC, CopyChooser, Sample, off_topic_in
 from app.config import Settings
 from app.domain import (
     Banner,
@@ -151,6 +151,14 @@ class _Variant:
     flags: list[str] = field(default_factory=list)
     accepted: GuardResult | None = None
     choice: list[CopyScore] = field(default_factory=list)  # the samples' scores, best first
+    # The best round so far whose every sample was off topic (app/choosing.py): written
+    # again while retries remain, served if no later round does better.
+    standby: tuple[GuardResult, list[CopyScore]] | None = None
+
+    def settle(self) -> None:
+        """After the last attempt: the off-topic standby, if nothing better was accepted."""
+        if self.accepted is None and self.standby is not None:
+            self.accepted, self.choice = self.standby
 
 
 def _template_attributes(template: PromptTemplate, label: str) -> dict[str, str | int]:
@@ -476,6 +484,8 @@ class Pipeline:
                 variant.flags.append(f"too_few_candidates: {len(candidates)}")
         else:
             await self._attempt_all(variants, prepared, prepared.prompt)
+            for variant in variants:
+                variant.settle()
 
         total_ms = (time.perf_counter() - prepared.started) * 1000
         return [
@@ -705,11 +715,26 @@ class Pipeline:
                 recent_copy=prepared.request.recent_copy,
                 theme=prepared.selection.theme.name if prepared.selection.theme else None,
             )
+            best = next(s.verdict for s in passed if s.number == choice[0].sample)
             # Off-topic copy (app/choosing.py) is a soft finding: it loses to any sample about
-            # its products. A lone sample is served with it, on the banner for the CMS to see:
-            # a retry would cost a whole generation for copy the guards let through.
-            variant.choice = choice
-            variant.accepted = next(s.verdict for s in passed if s.number == choice[0].sample)
+            # its products. When best-of-n found none about them, the round is written again
+            # while retries remain, and the best off-topic round stands by. A lone sample is
+            # served with the finding on the banner: at n = 1 a retry costs a whole
+            # generation for copy every guard let through.
+            again = False
+            if len(result.texts) > 1 and all(off_topic_in(score.soft) for score in choice):
+                if variant.standby is None or choice[0].total > variant.standby[1][0].total:
+                    variant.standby = (best, choice)
+                again = variant.attempts <= self.settings.max_retries
+                if again:
+                    variant.flags.append(
+                        f"attempt {variant.attempts}: {OFF_TOPIC}: every sample that passed"
+                    )
+                else:
+                    best, choice = variant.standby
+            if not again:
+                variant.choice = choice
+                variant.accepted = best
         variant.guards_ms += (time.perf_counter() - t0) * 1000
 
     async def close(self) -> None:

@@ -184,6 +184,25 @@ async def test_a_retry_only_when_every_sample_was_refused(best_of_4, test_settin
     assert banner.samples == 4 * (test_settings.max_retries + 1)
 
 
+async def test_a_round_with_every_sample_off_topic_is_written_again(
+    best_of_4, test_settings: Settings
+) -> None:
+    # Tent copy over the coffee fan's coffee products: each sample passes every guard and is
+    # about something else.
+    pipeline, engine = best_of_4([ABOUT_TENTS] * 4 + [ABOUT_TENTS, ABOUT_COFFEE, ABOUT_TENTS, GOOD])
+    (banner,) = await pipeline.generate(BannerRequest(shopper_id="coffee_fan"))
+    assert len(engine.requests) == 2 and banner.retries == 1 and not banner.fallback
+    assert "attempt 1: off_topic: every sample that passed" in banner.flags
+    assert banner.headline in {ABOUT_COFFEE["headline"], GOOD["headline"]}
+    assert not any(note.startswith("off_topic") for note in banner.choice[0].soft)
+    # No round does better: the best off-topic round is served, never fallback copy.
+    pipeline, engine = best_of_4([ABOUT_TENTS] * 40)
+    (banner,) = await pipeline.generate(BannerRequest(shopper_id="coffee_fan"))
+    assert len(engine.requests) == test_settings.max_retries + 1
+    assert not banner.fallback and banner.headline == ABOUT_TENTS["headline"]
+    assert banner.choice[0].chosen and "off_topic" in banner.choice[0].soft[0]
+
+
 async def test_a_template_asks_for_its_own_number_of_samples(
     best_of_4, test_settings: Settings
 ) -> None:
