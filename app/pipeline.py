@@ -718,20 +718,22 @@ class Pipeline:
             best = next(s.verdict for s in passed if s.number == choice[0].sample)
             # Off-topic copy (app/choosing.py) is a soft finding: it loses to any sample about
             # its products. When best-of-n found none about them, the round is written again
-            # while retries remain, and the best off-topic round stands by. A lone sample is
-            # served with the finding on the banner: at n = 1 a retry costs a whole
+            # once (if a retry remains), and the better off-topic round stands by: once, since
+            # in a catalog of near-alike products (all clothing) copy is often no closer to
+            # its own than to the rest, and more rounds cost more than they find. A lone
+            # sample is served with the finding on the banner: at n = 1 a retry costs a whole
             # generation for copy every guard let through.
             again = False
             if len(result.texts) > 1 and all(off_topic_in(score.soft) for score in choice):
+                first = variant.standby is None
                 if variant.standby is None or choice[0].total > variant.standby[1][0].total:
                     variant.standby = (best, choice)
-                again = variant.attempts <= self.settings.max_retries
+                best, choice = variant.standby
+                again = first and variant.attempts <= self.settings.max_retries
                 if again:
                     variant.flags.append(
                         f"attempt {variant.attempts}: {OFF_TOPIC}: every sample that passed"
                     )
-                else:
-                    best, choice = variant.standby
             if not again:
                 variant.choice = choice
                 variant.accepted = best

@@ -195,10 +195,12 @@ async def test_a_round_with_every_sample_off_topic_is_written_again(
     assert "attempt 1: off_topic: every sample that passed" in banner.flags
     assert banner.headline in {ABOUT_COFFEE["headline"], GOOD["headline"]}
     assert not any(note.startswith("off_topic") for note in banner.choice[0].soft)
-    # No round does better: the best off-topic round is served, never fallback copy.
+    # Written again once only; when that does no better, the better off-topic round is
+    # served, never fallback copy.
+    assert test_settings.max_retries >= 2
     pipeline, engine = best_of_4([ABOUT_TENTS] * 40)
     (banner,) = await pipeline.generate(BannerRequest(shopper_id="coffee_fan"))
-    assert len(engine.requests) == test_settings.max_retries + 1
+    assert len(engine.requests) == 2 and banner.retries == 1
     assert not banner.fallback and banner.headline == ABOUT_TENTS["headline"]
     assert banner.choice[0].chosen and "off_topic" in banner.choice[0].soft[0]
 
