@@ -192,6 +192,11 @@ class Settings(BaseSettings):
     # Copy sharing a run of this many words with its template's examples or instructions is
     # refused as borrowed ("Gear up for a weekend..." over headphones); 0: never.
     borrowed_run: int = Field(default=BORROWED_RUN, ge=0, le=20)
+    # A best-of-n round whose every sample is off topic (no closer to its products than to
+    # the catalog at large) is written again once; off: served with the finding. A catalog of
+    # near-alike products (one kind of clothing) may want it off: there copy is often no
+    # closer to its own products than to the rest, and the rewrites cost time.
+    off_topic_retry: bool = True
     # Words no copy may use. A default: the template store's brand rules get them written in
     # when it first seeds them, and from then on the studio's published rules decide.
     banned_terms: list[str] = Field(

@@ -718,13 +718,18 @@ class Pipeline:
             best = next(s.verdict for s in passed if s.number == choice[0].sample)
             # Off-topic copy (app/choosing.py) is a soft finding: it loses to any sample about
             # its products. When best-of-n found none about them, the round is written again
-            # once (if a retry remains), and the better off-topic round stands by: once, since
+            # once (if a retry remains; MARQUEE_OFF_TOPIC_RETRY), and the better off-topic
+            # round stands by: once, since
             # in a catalog of near-alike products (all clothing) copy is often no closer to
             # its own than to the rest, and more rounds cost more than they find. A lone
             # sample is served with the finding on the banner: at n = 1 a retry costs a whole
             # generation for copy every guard let through.
             again = False
-            if len(result.texts) > 1 and all(off_topic_in(score.soft) for score in choice):
+            if (
+                self.settings.off_topic_retry
+                and len(result.texts) > 1
+                and all(off_topic_in(score.soft) for score in choice)
+            ):
                 first = variant.standby is None
                 if variant.standby is None or choice[0].total > variant.standby[1][0].total:
                     variant.standby = (best, choice)

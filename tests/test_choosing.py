@@ -203,6 +203,11 @@ async def test_a_round_with_every_sample_off_topic_is_written_again(
     assert len(engine.requests) == 2 and banner.retries == 1
     assert not banner.fallback and banner.headline == ABOUT_TENTS["headline"]
     assert banner.choice[0].chosen and "off_topic" in banner.choice[0].soft[0]
+    # MARQUEE_OFF_TOPIC_RETRY=false: the round is served as it is.
+    pipeline, engine = best_of_4([ABOUT_TENTS] * 4 + [ABOUT_COFFEE] * 4)
+    pipeline.settings = pipeline.settings.model_copy(update={"off_topic_retry": False})
+    (banner,) = await pipeline.generate(BannerRequest(shopper_id="coffee_fan"))
+    assert len(engine.requests) == 1 and banner.headline == ABOUT_TENTS["headline"]
 
 
 async def test_a_template_asks_for_its_own_number_of_samples(
