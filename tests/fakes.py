@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,13 +43,17 @@ class WordEmbedder:
 
     name = "test-words"
     dim = len(VOCABULARY)
+    words = r"[a-z]+"
+
+    def axis(self, word: str) -> int | None:
+        return VOCABULARY.index(word) if word in VOCABULARY else None
 
     def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         rows = np.zeros((len(texts), self.dim), dtype=np.float32)
         for i, text in enumerate(texts):
-            for word in re.findall(r"[a-z]+", text.lower()):
-                if word in VOCABULARY:
-                    rows[i, VOCABULARY.index(word)] += 1.0
+            for word in re.findall(self.words, text.lower()):
+                if (axis := self.axis(word)) is not None:
+                    rows[i, axis] += 1.0
         norms = np.linalg.norm(rows, axis=1, keepdims=True)
         unit: np.ndarray = rows / np.where(norms == 0, 1.0, norms)
         return unit
@@ -56,6 +61,18 @@ class WordEmbedder:
     def encode_query(self, text: str) -> np.ndarray:
         vector: np.ndarray = self.encode([text])[0]
         return vector
+
+
+class HashedWordEmbedder(WordEmbedder):
+    """Every word hashed to one of 64 axes: products sharing a word (their category's) are
+    neighbours, for a catalog larger than the vocabulary."""
+
+    name = "test-hashed-words"
+    dim = 64
+    words = r"[a-z0-9]+"
+
+    def axis(self, word: str) -> int | None:
+        return zlib.crc32(word.encode()) % self.dim
 
 
 GOOD = {

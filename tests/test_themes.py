@@ -6,12 +6,8 @@ catalog (Coffee, Tea, Running, Camping, Fitness) with the word embedder.
 from __future__ import annotations
 
 import asyncio
-import re
-import zlib
-from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import pytest
 
 from app.catalog.store import Catalog, ShopperStore
@@ -24,7 +20,7 @@ from app.retrieval.index import ExactIndex
 from app.retrieval.selector import CandidateFilters
 from app.retrieval.themes import theme_weights
 from tests.conftest import TINY_PRODUCTS, event, product
-from tests.fakes import GOOD, ScriptedEngine, make_pipeline
+from tests.fakes import GOOD, HashedWordEmbedder, ScriptedEngine, make_pipeline
 
 
 @pytest.fixture
@@ -181,27 +177,6 @@ def test_a_brand_on_most_of_what_retrieval_found_is_no_theme(pipeline: Pipeline)
 
 
 # --- bad input ---------------------------------------------------------------------------
-
-
-class HashedWordEmbedder:
-    """Each word hashed to one of 64 axes: products sharing a word (their category's) are
-    neighbours, for a catalog larger than the word embedder's vocabulary."""
-
-    name = "test-hashed-words"
-    dim = 64
-
-    def encode(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
-        rows = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for i, text in enumerate(texts):
-            for word in re.findall(r"[a-z0-9]+", text.lower()):
-                rows[i, zlib.crc32(word.encode()) % self.dim] += 1.0
-        norms = np.linalg.norm(rows, axis=1, keepdims=True)
-        unit: np.ndarray = rows / np.where(norms == 0, 1.0, norms)
-        return unit
-
-    def encode_query(self, text: str) -> np.ndarray:
-        vector: np.ndarray = self.encode([text])[0]
-        return vector
 
 
 def test_a_shopper_into_twenty_categories_evenly_still_gets_one_story_per_banner(
