@@ -208,8 +208,9 @@ class NamedCampaign(BaseModel):
 
 class CopyScore(BaseModel):
     """Why a sample that passed the guards was served or not (best-of-n, app/choosing.py).
-    Each part is in [0, 1] (the cosines clipped at 0); ``total`` is their weighted sum less the
-    soft findings' penalty. ``baseline`` and ``theme`` are reported, not weighed."""
+    Each part is in [0, 1] (the cosines clipped at 0). ``total`` is the weighted sum of
+    personal, relevance beyond ``baseline``, novelty and length, less the soft findings'
+    penalty; ``theme`` is reported, not weighed."""
 
     sample: int  # its position among the round's samples
     chosen: bool

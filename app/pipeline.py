@@ -151,9 +151,23 @@ class _Variant:
     flags: list[str] = field(default_factory=list)
     accepted: GuardResult | None = None
     choice: list[CopyScore] = field(default_factory=list)  # the samples' scores, best first
-    # The best round so far whose every sample was off topic (app/choosing.py): written
-    # again while retries remain, served if no later round does better.
+    # The better round so far whose every sample was off topic (app/choosing.py), served if
+    # the round written again does no better.
     standby: tuple[GuardResult, list[CopyScore]] | None = None
+
+    def stand_by(self, verdict: GuardResult, choice: list[CopyScore], *, may_retry: bool) -> None:
+        """A round whose every sample is off topic: it stands by if it beats the one standing
+        by. The first such round is written again (when a retry remains); after that the one
+        standing by is served. Once only: in a catalog of near-alike products (all clothing)
+        copy is often no closer to its own products than to the rest, and more rounds cost
+        more than they find."""
+        first = self.standby is None
+        if self.standby is None or choice[0].total > self.standby[1][0].total:
+            self.standby = (verdict, choice)
+        if first and may_retry:
+            self.flags.append(f"attempt {self.attempts}: {OFF_TOPIC}: every sample that passed")
+        else:
+            self.accepted, self.choice = self.standby
 
     def settle(self) -> None:
         """After the last attempt: the off-topic standby, if nothing better was accepted."""
@@ -717,31 +731,19 @@ class Pipeline:
             )
             best = next(s.verdict for s in passed if s.number == choice[0].sample)
             # Off-topic copy (app/choosing.py) is a soft finding: it loses to any sample about
-            # its products. When best-of-n found none about them, the round is written again
-            # once (if a retry remains; MARQUEE_OFF_TOPIC_RETRY), and the better off-topic
-            # round stands by: once, since
-            # in a catalog of near-alike products (all clothing) copy is often no closer to
-            # its own than to the rest, and more rounds cost more than they find. A lone
-            # sample is served with the finding on the banner: at n = 1 a retry costs a whole
-            # generation for copy every guard let through.
-            again = False
+            # its products. A round with none about them is written again once (see
+            # _Variant.stand_by; MARQUEE_OFF_TOPIC_RETRY). A lone sample is served with the
+            # finding: at n = 1 a retry costs a whole generation for copy every guard passed.
             if (
                 self.settings.off_topic_retry
                 and len(result.texts) > 1
                 and all(off_topic_in(score.soft) for score in choice)
             ):
-                first = variant.standby is None
-                if variant.standby is None or choice[0].total > variant.standby[1][0].total:
-                    variant.standby = (best, choice)
-                best, choice = variant.standby
-                again = first and variant.attempts <= self.settings.max_retries
-                if again:
-                    variant.flags.append(
-                        f"attempt {variant.attempts}: {OFF_TOPIC}: every sample that passed"
-                    )
-            if not again:
-                variant.choice = choice
-                variant.accepted = best
+                variant.stand_by(
+                    best, choice, may_retry=variant.attempts <= self.settings.max_retries
+                )
+            else:
+                variant.accepted, variant.choice = best, choice
         variant.guards_ms += (time.perf_counter() - t0) * 1000
 
     async def close(self) -> None:
