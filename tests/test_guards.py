@@ -118,8 +118,16 @@ def test_digits_are_off_schema_unless_the_template_allows_them(field: str) -> No
     text = banner(**{field: "Shop 8-inch knives" if field == "cta" else "The 5.5 qt oven"})
     problems = check(text).problems
     assert problems[0].startswith(f"invalid_output: {field}: "), problems
-    assert "no digits (the template's copy_digits is off)" in problems[0]
+    assert "no digits or % (the template's copy_digits is off)" in problems[0]
     assert check(text, schema=WITH_DIGITS).ok
+
+
+@pytest.mark.parametrize("field", ["headline", "subheadline", "badge"])
+def test_a_percent_sign_without_digits_is_off_schema_too(field: str) -> None:
+    # Asked for "50% off", a model held to no digits writes the offer's husk.
+    problems = check(banner(**{field: "Save big % today"})).problems
+    assert problems[0].startswith(f"invalid_output: {field}: "), problems
+    assert "no digits or %" in problems[0]
 
 
 def test_numbers_stated_by_the_catalog_are_allowed() -> None:

@@ -114,14 +114,17 @@ _NEVER_IN_COPY = r'"\\<>{}\[\]`\x00-\x1f\x7f'
 _NEVER_SAID = "no quotes, backslashes, brackets, braces, backquotes or markup"
 # Digits too, unless the template asks for them (``copy_digits``): a 135M model invents
 # numbers, and the guards refused a first attempt for one 2,705 times in a 10,006-banner job.
-_NO_DIGITS = ", no digits (the template's copy_digits is off)"
+# And the percent sign with them: without a number it is the husk of an invented discount
+# ("Save big % today" when asked for "50% off").
+_DIGITS = "0-9%"
+_NO_DIGITS = ", no digits or % (the template's copy_digits is off)"
 # Each pattern built here, in words: what a validation error says instead of the regex.
 _RULES: dict[str, str] = {}
 
 
 def copy_pattern(digits: bool = False) -> str:
     """The characters copy may use, as a regex every engine's grammar and Pydantic accept."""
-    pattern = f"^[^{_NEVER_IN_COPY}{'' if digits else '0-9'}]*$"
+    pattern = f"^[^{_NEVER_IN_COPY}{'' if digits else _DIGITS}]*$"
     _RULES[pattern] = _NEVER_SAID + ("" if digits else _NO_DIGITS)
     return pattern
 
@@ -134,7 +137,7 @@ def cta_pattern(words: int, digits: bool = False) -> str:
     # hyphen or ampersand. Said as a negated class of ASCII characters, which Python's re (the
     # JSON schema checkers), Rust's regex (Pydantic) and llguidance all read alike, and which
     # lets every script's letters through.
-    word = f"[^\\s{_NEVER_IN_COPY}{'' if digits else '0-9'}_,.;:!?()/|+*=~^$#%@]+"
+    word = f"[^\\s{_NEVER_IN_COPY}{'' if digits else _DIGITS}_,.;:!?()/|+*=~^$#%@]+"
     pattern = f"^{word}(?: {word}){{0,{words - 1}}}[.!]?$"
     _RULES[pattern] = (
         f"one to {words} words of letters (an apostrophe, hyphen or ampersand inside) with "
