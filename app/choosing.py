@@ -103,6 +103,12 @@ def copy_relevance(copy_vector: np.ndarray, item_vectors: np.ndarray, rows: Sequ
     return float(_unit(copy_vector) @ _unit(item_vectors[list(rows)].mean(axis=0)))
 
 
+def catalog_relevance(copy_vector: np.ndarray, catalog_vector: np.ndarray) -> float:
+    """How close the copy is to the catalog at large (``CandidateSelector.catalog_vector``):
+    the baseline its relevance must beat, or it is off topic."""
+    return float(_unit(copy_vector) @ catalog_vector)
+
+
 OFF_TOPIC = "off_topic"
 
 
@@ -160,7 +166,7 @@ class CopyChooser:
         for sample, vector in zip(samples, copies, strict=True):
             personal = 0.0 if shopper_vector is None else float(vector @ _unit(shopper_vector))
             relevance = copy_relevance(vector, item_vectors, sample.shown_rows)
-            baseline = float(vector @ catalog_vector)
+            baseline = catalog_relevance(vector, catalog_vector)
             soft = list(sample.verdict.notes)
             if (finding := off_topic(relevance, baseline)) is not None:
                 soft.append(finding)

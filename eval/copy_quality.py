@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from app.choosing import copy_relevance, copy_text, off_topic
+from app.choosing import catalog_relevance, copy_relevance, copy_text, off_topic
 from app.domain import Banner, Product, Shopper
 from app.guards import BORROWED_RUN, borrowed_phrases
 from app.pipeline import BannerRequest, Pipeline
@@ -177,9 +177,10 @@ def spans_themes(banner: Banner, shown: list[Product]) -> bool:
     outside its category or brand (a cluster is one story by construction); for a mixed set,
     more than one category."""
     theme = banner.theme
-    if theme is None or theme.kind == "category":
-        name = None if theme is None else theme.name
-        return len({p.category for p in shown} | ({name} if name else set())) > 1
+    if theme is None:
+        return len({p.category for p in shown}) > 1
+    if theme.kind == "category":
+        return any(p.category != theme.name for p in shown)
     if theme.kind == "brand":
         return any(p.brand != theme.name for p in shown)
     return False
@@ -196,11 +197,10 @@ def _relevance(pipeline: Pipeline, banner: Banner, subject: str) -> tuple[float,
     shown = pipeline.catalog.rows(p.id for p in banner.products)
     rng = np.random.default_rng(zlib.crc32(subject.encode()))
     drawn = rng.choice(len(pipeline.catalog), size=len(shown), replace=False).tolist()
-    unit = copy_vector / (np.linalg.norm(copy_vector) or 1.0)
     return (
         copy_relevance(copy_vector, vectors, shown),
         copy_relevance(copy_vector, vectors, drawn),
-        float(unit @ pipeline.selector.catalog_vector),
+        catalog_relevance(copy_vector, pipeline.selector.catalog_vector),
     )
 
 
