@@ -153,6 +153,10 @@ class Settings(BaseSettings):
     hnsw_ef_construction: int = Field(default=80, ge=8, le=1000)  # build effort
     hnsw_ef_search: int = Field(default=64, ge=8, le=4096)  # query effort (at least k)
     history_weight: float = Field(default=0.7, ge=0.0, le=1.0)  # history vs stated interests
+    # The share of the interests' semantic score taken by how close they come to a product's
+    # category name (app/retrieval/selector.py InterestBoost): product texts alone send
+    # "interior design" to a field jacket. 0: product texts only.
+    interest_category_weight: float = Field(default=0.5, ge=0.0, le=1.0)
     half_life_days: float = Field(default=30.0, gt=0.0)
     # The shopper's latest session (events no more than session_gap_min apart) carries this
     # share of their history's weight, the rest of the history the remainder (0: off).

@@ -252,6 +252,10 @@ class Banner(BaseModel):
     fallback: bool = False
     retries: int = 0
     flags: list[str] = Field(default_factory=list)  # guard findings of rejected attempts
+    # What a marketer would not publish in the copy served (app/rubric.py: "vague: copy:
+    # ..."); empty: publishable as written. Only soft findings reach a shopper: the hard ones
+    # are refused.
+    findings: list[str] = Field(default_factory=list)
     output_tokens: int = 0
     prompt_tokens: int = 0  # prompt tokens of every attempt, as the engine counted them
     samples: int = 0  # texts the model wrote for this banner, every attempt's samples together

@@ -22,6 +22,7 @@ from app.domain import Candidate
 from app.generation.schemas import BannerCopy, SchemaSpec, copy_error, copy_pattern
 from app.locales import DEFAULT_LOCALE, language_of, numbers_in
 from app.prompting.templates import RenderedPrompt
+from app.rubric import DEFAULT_RULES, RubricRules, review
 
 _WORD = re.compile(r"[\w'’-]+")
 # Offers the catalog would have to state for the copy to claim them.
@@ -223,11 +224,17 @@ class Guards:
         campaigns: CampaignBook = NO_CAMPAIGNS,
         now: datetime | None = None,
         locale: str = DEFAULT_LOCALE,
+        *,
+        rules: RubricRules = DEFAULT_RULES,
+        theme: str | None = None,
     ) -> GuardResult:
         """``campaigns``: every campaign the store knows. A running one that covers a shown
         product lends the copy its name, discount and offer words; naming any other (ended,
         not started, or about other products) is refused. ``locale``: the copy's (its number
-        format: ``1.234,50`` in de-DE; its language's banned terms)."""
+        format: ``1.234,50`` in de-DE; its language's banned terms). ``rules``: the
+        template's and brand's publishability rules (app/rubric.py): its hard findings refuse
+        the copy, its soft ones go with it to best-of-n; ``theme``: a themed set's name (a
+        headline that is only that name is bare)."""
         try:
             copy = schema.model_validate_json(text)
         except ValidationError as error:
@@ -251,6 +258,17 @@ class Guards:
         for name, run in borrowed_phrases(fields, examples, prompt, self.borrowed_run):
             problems.append(f"borrowed_phrase: {name}: '{run}'")
         notes = self._soft_findings(fields, candidates, examples, prompt)
+        findings = review(
+            copy.headline,
+            copy.subheadline,
+            copy.cta,
+            shown,
+            theme=theme,
+            categories=[c.product.category for c in candidates],
+            rules=rules,
+        )
+        problems.extend(str(f) for f in findings if f.hard)
+        notes.extend(str(f) for f in findings if not f.hard)
         return GuardResult(copy, products, problems, notes, named)
 
     @staticmethod
@@ -358,9 +376,6 @@ class Guards:
             leak = None if findings else _LEAKS.search(value)
             if leak:
                 problems.append(f"prompt_leak: {name}: '{leak.group(0)}'")
-        headline, subheadline = fields.get("headline"), fields.get("subheadline")
-        if headline and subheadline and _normalised(headline) == _normalised(subheadline):
-            problems.append("degenerate: subheadline repeats the headline")
 
     @staticmethod
     def _check_echo(fields: dict[str, str], prompt: RenderedPrompt, problems: list[str]) -> None:

@@ -49,6 +49,7 @@ from app.retrieval.index import VectorIndex
 from app.retrieval.selector import CandidateFilters, CandidateSelector, Selection
 from app.retrieval.signals import InteractionSignals
 from app.retrieval.themes import ThemePicker
+from app.rubric import review
 from app.tracing import tracer
 
 log = get_logger(__name__)
@@ -128,7 +129,12 @@ class PreparedRequest:
         not let the model pick a number nobody was shown."""
         header = self.template.header
         offered = max(len(self.selection.candidates), self.template.spec.min_products)
-        return output_model(header.schema_name, min(header.k, offered), header.copy_digits)
+        return output_model(
+            header.schema_name,
+            min(header.k, offered),
+            header.copy_digits,
+            self.template.cta_verbs(self.locale.written),
+        )
 
     @property
     def empty(self) -> bool:
@@ -697,6 +703,8 @@ class Pipeline:
         variant.generation_ms += result.elapsed_ms
         t0 = time.perf_counter()
         passed: list[Sample] = []
+        rules = template.rubric(prepared.locale.written, self.templates.brand)
+        theme = prepared.selection.theme
         for number, text in enumerate(result.texts):
             verdict = self.guards.check(
                 text,
@@ -707,6 +715,8 @@ class Pipeline:
                 prompt,
                 self.campaigns,
                 locale=prepared.locale.written,
+                rules=rules,
+                theme=theme.name if theme is not None and theme.kind != "cluster" else None,
             )
             if verdict.ok:
                 rows = [self.catalog.row(c.product.id) for c in verdict.products]
@@ -806,6 +816,16 @@ class Pipeline:
                 ).encode()
             ).hexdigest()[:24]
         )
+        theme = selection.theme
+        findings = review(
+            copy["headline"],
+            copy["subheadline"],
+            copy["cta"],
+            [c.product for c in chosen],
+            theme=theme.name if theme is not None and theme.kind != "cluster" else None,
+            categories=[c.product.category for c in candidates],
+            rules=template.rubric(prepared.locale.written, self.templates.brand),
+        )
         return Banner(
             id=banner_id,
             shopper_id=shopper.id,
@@ -834,6 +854,7 @@ class Pipeline:
             locale=prepared.locale.written,
             locale_fallback=prepared.locale.fallback,
             flags=variant.flags,
+            findings=[str(f) for f in findings],
             output_tokens=variant.output_tokens,
             prompt_tokens=variant.prompt_tokens,
             timings=timings,

@@ -21,6 +21,7 @@ from app.domain import Banner, Product, Shopper
 from app.guards import BORROWED_RUN, borrowed_phrases
 from app.pipeline import BannerRequest, Pipeline
 from app.prompting.templates import PromptTemplate
+from app.rubric import FINDINGS, Finding, RubricRules, review
 from eval import metrics
 from eval.judge import Judged
 
@@ -52,6 +53,15 @@ class CopySample:
     relevance: float = 0.0
     relevance_random: float = 0.0
     relevance_catalog: float = 0.0
+    # What a marketer would not publish (app/rubric.py), as served.
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def publishable(self) -> bool:
+        return not self.findings
+
+    def found(self, name: str) -> bool:
+        return any(f.name == name for f in self.findings)
 
     @property
     def off_topic(self) -> bool:
@@ -144,6 +154,7 @@ async def generate(
             pipeline, banner, f"{arm}:{shopper.id}"
         )
         shown = [p for p in (pipeline.catalog.get(s.id) for s in banner.products) if p]
+        rules = prepared.template.rubric(banner.locale, pipeline.templates.brand)
         return CopySample(
             shopper_id=shopper.id,
             arm=arm,
@@ -164,12 +175,30 @@ async def generate(
             relevance=relevance,
             relevance_random=random_relevance,
             relevance_catalog=catalog_relevance,
+            findings=findings_of(banner, shown, [c.product.category for c in candidates], rules),
         )
 
     try:
         return list(await asyncio.gather(*(one(s) for s in shoppers)))
     finally:
         progress.close()
+
+
+def findings_of(
+    banner: Banner, shown: list[Product], categories: list[str], rules: RubricRules
+) -> list[Finding]:
+    """The rubric's findings on a served banner (fallback copy included: a shopper reads it
+    too): ``shown``, its products; ``categories``, its candidates'."""
+    theme = banner.theme
+    return review(
+        banner.headline,
+        banner.subheadline,
+        banner.cta,
+        shown,
+        theme=theme.name if theme is not None and theme.kind != "cluster" else None,
+        categories=categories,
+        rules=rules,
+    )
 
 
 def spans_themes(banner: Banner, shown: list[Product]) -> bool:
@@ -233,6 +262,10 @@ def per_sample(samples: list[CopySample], lift: list[float]) -> dict[str, list[f
         "relevance": [s.relevance for s in samples],
         "relevance_random": [s.relevance_random for s in samples],
         "relevance_lift": [s.relevance - s.relevance_random for s in samples],
+        # Would a marketer publish it as written (app/rubric.py): no finding at all, and the
+        # share with each finding.
+        "publishable": [float(s.publishable) for s in samples],
+        **{name: [float(s.found(name)) for s in samples] for name in FINDINGS},
     }
 
 
@@ -279,6 +312,7 @@ def summarise(samples: list[CopySample], lift: list[float]) -> dict[str, Any]:
             "self_bleu": metrics.self_bleu(texts),
             "per_template": per_template(samples),
             "least_relevant": least_relevant(samples),
+            "least_publishable": least_publishable(samples),
         }
     )
     return summary
@@ -295,6 +329,8 @@ STORY_METRICS = (
     "relevance_lift",
     "off_topic",
     "fallback",
+    "publishable",
+    *FINDINGS,
 )
 
 
@@ -330,6 +366,30 @@ def least_relevant(samples: list[CopySample], limit: int = 10) -> list[dict[str,
             "random": round(s.relevance_random, 3),
             "catalog": round(s.relevance_catalog, 3),
             "off_topic": s.off_topic,
+            "fallback": s.banner.fallback,
+        }
+        for s in chosen
+    ]
+
+
+def least_publishable(samples: list[CopySample], limit: int = 10) -> list[dict[str, Any]]:
+    """The banners a marketer would least publish, in full beside their products: the most
+    hard findings first, then the most findings (ties in shopper order, as generated)."""
+
+    def weight(s: CopySample) -> tuple[int, int]:
+        return (sum(f.hard for f in s.findings), len(s.findings))
+
+    chosen = sorted((s for s in samples if s.findings), key=weight, reverse=True)[:limit]
+    return [
+        {
+            "arm": s.arm,
+            "shopper": s.shopper_id,
+            "theme": s.banner.theme.name if s.banner.theme else None,
+            "headline": s.banner.headline,
+            "subheadline": s.banner.subheadline,
+            "cta": s.banner.cta,
+            "products": [p.title for p in s.banner.products],
+            "findings": [str(f) for f in s.findings],
             "fallback": s.banner.fallback,
         }
         for s in chosen

@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # no display here, and none needed
 import matplotlib.pyplot as plt
 from jinja2 import Environment, FileSystemLoader
 
+from app.rubric import FINDINGS
 from eval.retrieval import KS
 
 if TYPE_CHECKING:
@@ -50,7 +51,25 @@ def retrieval_curves(name: str, rows: dict[str, dict[str, Any]]) -> str:
 
 
 def copy_bars(copy: dict[str, Any]) -> str:
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.4))
+    figure, (left, middle, right) = plt.subplots(
+        1, 3, figsize=(15, 3.4), gridspec_kw={"width_ratios": [3, 2, 1]}
+    )
+    shares = [name for name in ("publishable", *FINDINGS) if name in copy]
+    if shares:
+        means = [copy[name]["mean"] for name in shares]
+        middle.bar(
+            shares,
+            means,
+            yerr=[
+                [m - copy[n]["ci"][0] for n, m in zip(shares, means, strict=True)],
+                [copy[n]["ci"][1] - m for n, m in zip(shares, means, strict=True)],
+            ],
+            color=["#1c7ed6"] + ["#e8590c"] * (len(shares) - 1),
+            ecolor="#222",
+            capsize=3,
+        )
+        middle.set(title="publishable, and each finding's share (95% CI)", ylim=(0, 1.05))
+        middle.tick_params(axis="x", labelsize=8, rotation=30)
     values = [copy[m]["mean"] for m in COPY_RATES]
     errors = [
         [v - copy[m]["ci"][0] for m, v in zip(COPY_RATES, values, strict=True)],
@@ -142,4 +161,5 @@ def html_report(outcome: Outcome) -> str:
         plots=plots,
         ks=KS,
         fmt=_fmt,
+        findings=FINDINGS,
     )

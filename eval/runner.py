@@ -23,7 +23,8 @@ from app.domain import Shopper
 from app.pipeline import Pipeline
 from app.prompting.templates import PRODUCTION, PromptTemplate
 from eval import baseline as baseline_runs
-from eval import copy_quality, datasets, metrics, retrieval
+from eval import copy_quality, datasets, interests, metrics, retrieval
+from eval import rubric as rubric_eval
 from eval.judge import NOT_RUN, Judge
 
 THRESHOLDS = PROJECT_ROOT / "eval" / "thresholds.yaml"
@@ -145,6 +146,9 @@ def run(
         "search": {},
         "copy": {},
         "datasets": {},
+        "themes": {},
+        # How far the publishability rubric can be trusted, on copy labelled by hand.
+        "rubric": rubric_eval.scores(rubric_eval.load()),
     }
 
     for name in suite.datasets:
@@ -199,6 +203,7 @@ async def _copy_phase(
     """Generate and measure every banner of the suite; fills ``summary``, returns the worst."""
     worst: list[dict[str, Any]] = []
     try:
+        summary["themes"]["demo"] = interests.theme_accuracy(pipeline, interests.load("demo"))
         shoppers = copy_shoppers(pipeline, suite.copy_shoppers)
         all_samples: list[copy_quality.CopySample] = []
         for template in suite.templates:
@@ -210,7 +215,9 @@ async def _copy_phase(
         summary["copy"]["default"]["judge"] = await _judge(pipeline, settings, all_samples)
         worst += copy_quality.worst(all_samples)
         if clothing is not None:
-            samples = await _clothing_copy(pipeline, clothing, settings, suite.copy_shoppers // 2)
+            samples = await _clothing_copy(
+                pipeline, clothing, settings, suite.copy_shoppers // 2, summary
+            )
             summary["copy"]["clothing"] = copy_quality.summarise(
                 samples, copy_quality.lift_of(samples, pipeline)
             )
@@ -238,10 +245,15 @@ async def _judge(
 
 
 async def _clothing_copy(
-    pipeline: Pipeline, clothing: datasets.EvalDataset, settings: Settings, count: int
+    pipeline: Pipeline,
+    clothing: datasets.EvalDataset,
+    settings: Settings,
+    count: int,
+    summary: dict[str, Any],
 ) -> list[copy_quality.CopySample]:
     """Banners over real, messy product text (reviews full of sizes and heights): shoppers
-    state what a held-out review asked for; the copy must stay grounded in that text."""
+    state what a held-out review asked for; the copy must stay grounded in that text. The
+    clothing set's cold-start theme accuracy goes into ``summary`` too."""
     from app.catalog.store import ShopperStore
 
     shoppers = [
@@ -256,6 +268,9 @@ async def _clothing_copy(
         index=retrieval.dataset_index(clothing, pipeline.embedder, settings),
         engine=pipeline.engine,  # shared: closed with the main pipeline
         templates=pipeline.templates,
+    )
+    summary["themes"]["clothing"] = interests.theme_accuracy(
+        on_clothing, interests.load("clothing")
     )
     template = "hero_banner"
     return await copy_quality.generate(

@@ -77,7 +77,7 @@ class HashedWordEmbedder(WordEmbedder):
 
 GOOD = {
     "headline": "Brew better mornings",
-    "subheadline": "A grinder and a kettle for coffee.",
+    "subheadline": "A grinder and a kettle make better coffee.",
     "cta": "Shop coffee",
     "layout": "hero",
     "tone": "warm",

@@ -122,6 +122,14 @@ def test_admin_may_do_what_cms_may(api) -> None:
         ({"placement": "home_hero"}, "shopper_id"),
         ({"shopper_id": "runner", "filters": {"min_price": 10, "max_price": 1}}, "filters"),
         ({"shopper_id": "runner", "surprise": 1}, "surprise"),
+        # Thirty stated interests: more than a profile holds (MAX_INTERESTS), named as such.
+        (
+            {
+                "shopper_id": "p1",
+                "profile": {"id": "p1", "interests": [f"i{n}" for n in range(30)]},
+            },
+            "interests",
+        ),
     ],
 )
 def test_bad_input_is_a_problem_naming_the_field(api, body: object, field: str) -> None:

@@ -66,7 +66,7 @@ PROMPT = RenderedPrompt(
 def banner(**fields: object) -> str:
     copy: dict[str, object] = {
         "headline": "Slow Sunday braises",
-        "subheadline": "A heavy pot and a sharp knife.",
+        "subheadline": "A heavy pot and a sharp knife make it easy.",
         "cta": "Shop cookware",
         "layout": "hero",
         "tone": "warm",
@@ -154,7 +154,7 @@ def test_numbers_are_compared_by_value() -> None:
     [
         ({"headline": "Cook cook cook all day"}, "degenerate: headline: word repeated"),
         ({"subheadline": "a pot for you a pot for you a pot"}, "degenerate: subheadline: phrase"),
-        ({"subheadline": "Slow Sunday braises!"}, "degenerate: subheadline repeats the headline"),
+        ({"subheadline": "Slow Sunday braises!"}, "restated: subheadline: says the headline again"),
         ({"headline": "Sooooooo good"}, "degenerate: headline: character run"),
         ({"headline": "x" * 59 + "y"}, "cut_at_limit: headline"),
         ({"cta": "Shop everything kitchenw"}, "cut_at_limit: cta"),

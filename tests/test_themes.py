@@ -233,3 +233,84 @@ def test_a_shopper_with_a_single_viewed_product_gets_its_category(pipeline: Pipe
     assert theme is not None and (theme.kind, theme.name) == ("category", "Camping")
     assert theme.why == "what they looked at lately" and theme.instead_of is None
     assert categories(prepared) == {"Camping"}
+
+
+# --- stated interests drive cold start -----------------------------------------------------
+
+
+class TableEmbedder:
+    """Known vectors for known texts (the rest: by a word each), to reproduce what MiniLM
+    does with "interior design": closer to a field jacket's text than to any decor product's,
+    and closest of all to the category name "Home Decor"."""
+
+    name = "test-table"
+    dim = 3
+    TABLE = {
+        "interior design": (1.0, 0.0, 0.0),
+        "Home Decor": (1.0, 0.0, 0.0),
+        "Menswear": (0.0, 1.0, 0.0),
+        "C-104": (0.0, 1.0, 0.0),
+    }
+
+    def encode(self, texts: Any, *, progress: bool = False) -> Any:
+        import numpy as np
+
+        rows = []
+        for text in texts:
+            if text in self.TABLE:
+                row = self.TABLE[text]
+            elif "Jacket" in text:
+                row = (0.5, 0.866, 0.0)
+            else:  # decor products: far from the words "interior design"
+                row = (0.3, 0.0, 0.954)
+            rows.append(row)
+        return np.asarray(rows, dtype=np.float32)
+
+    def encode_query(self, text: str) -> Any:
+        return self.encode([text])[0]
+
+
+def _interest_pipeline(test_settings: Settings, category: str, **settings: Any) -> Pipeline:
+    products = [
+        *(product(f"J{i}", f"Field Jacket {i}", category, 90.0 + i) for i in range(4)),
+        *(product(f"D{i}", f"Linen Cushion {i}", "Home Decor", 20.0 + i) for i in range(4)),
+    ]
+    catalog = Catalog(products)
+    embedder = TableEmbedder()
+    return Pipeline.assemble(
+        test_settings.model_copy(update=settings),
+        catalog=catalog,
+        shoppers=ShopperStore([]),
+        embedder=embedder,
+        index=ExactIndex(embedder.encode([product_text(p) for p in products])),
+        engine=ScriptedEngine([GOOD] * 4),
+        templates=TemplateRegistry.from_folder(PROJECT_ROOT / "prompts"),
+    )
+
+
+def test_a_cold_shoppers_interests_reach_the_category_they_name(test_settings: Settings) -> None:
+    cold = Shopper(id="new", interests=("interior design",))
+    by_name = hero(_interest_pipeline(test_settings, "Menswear"), cold).selection.theme
+    assert by_name is not None and by_name.name == "Home Decor"
+    # Product texts alone (the weight 0) send the words to the jackets: the failure fixed.
+    texts_only = _interest_pipeline(test_settings, "Menswear", interest_category_weight=0.0)
+    theme = hero(texts_only, cold).selection.theme
+    assert theme is not None and theme.name == "Menswear"
+
+
+def test_category_codes_are_not_matched_against_interests(test_settings: Settings) -> None:
+    """A catalog whose categories are codes ("C-104"): the code says nothing; the interests
+    are matched against product texts alone, and nothing fails."""
+    coded = _interest_pipeline(test_settings, "C-104")
+    _, names = coded.selector._category_names
+    assert not names[0].any()  # "C-104" sorts first: no vector
+    theme = hero(coded, Shopper(id="new", interests=("interior design",))).selection.theme
+    assert theme is not None and theme.name == "Home Decor"  # "Home Decor" still says it
+
+
+def test_interests_in_another_language_or_many_of_them_still_get_a_theme(
+    pipeline: Pipeline,
+) -> None:
+    for interests in (("Kaffee", "décoration intérieure"), tuple(f"hobby {i}" for i in range(20))):
+        prepared = hero(pipeline, Shopper(id="new", interests=interests))
+        assert prepared.selection.candidates and prepared.selection.theme is not None

@@ -14,6 +14,7 @@ in-process engine uses llguidance too.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any, Literal
@@ -129,21 +130,50 @@ def copy_pattern(digits: bool = False) -> str:
     return pattern
 
 
-def cta_pattern(words: int, digits: bool = False) -> str:
+def cta_pattern(words: int, digits: bool = False, verbs: tuple[str, ...] = ()) -> str:
     """One to ``words`` words of letters (an apostrophe, hyphen or ampersand inside), single
     spaces between, none before or after, and perhaps a closing ``.`` or ``!``: a small model
-    otherwise packs more words in with commas ("Shop a brew,a,a")."""
+    otherwise packs more words in with commas ("Shop a brew,a,a"). ``verbs``: what the first
+    word (or words: "gear up") must be, capitalised or not (app/rubric.py ``cta_verbs``): a
+    call to action is an action, and said here it costs nothing at sampling time."""
     # A word: no space, nothing copy may never hold, no punctuation but an inner apostrophe,
     # hyphen or ampersand. Said as a negated class of ASCII characters, which Python's re (the
     # JSON schema checkers), Rust's regex (Pydantic) and llguidance all read alike, and which
     # lets every script's letters through.
     word = f"[^\\s{_NEVER_IN_COPY}{'' if digits else _DIGITS}_,.;:!?()/|+*=~^$#%@]+"
+    if verbs:
+        by_length: dict[int, list[str]] = {}
+        for verb in dict.fromkeys(" ".join(v.split()) for v in verbs if v.strip()):
+            by_length.setdefault(len(verb.split()), []).append(_either_case(verb))
+        starts = [
+            f"(?:{'|'.join(sorted(alternatives))})(?: {word}){{0,{words - length}}}"
+            for length, alternatives in sorted(by_length.items())
+            if length <= words
+        ]
+        pattern = f"^(?:{'|'.join(starts)})[.!]?$"
+        shown = ", ".join(v.capitalize() for v in list(dict.fromkeys(verbs))[:6])
+        _RULES[pattern] = (
+            f"one to {words} words starting with an action verb ({shown}"
+            f"{', ...' if len(verbs) > 6 else ''}), single spaces, perhaps a closing . or !"
+            + ("" if digits else _NO_DIGITS)
+        )
+        return pattern
     pattern = f"^{word}(?: {word}){{0,{words - 1}}}[.!]?$"
     _RULES[pattern] = (
         f"one to {words} words of letters (an apostrophe, hyphen or ampersand inside) with "
         f"single spaces, perhaps a closing . or !" + ("" if digits else _NO_DIGITS)
     )
     return pattern
+
+
+def _either_case(verb: str) -> str:
+    """``gear up`` as a regex that also takes ``Gear up``: the first letter in either case."""
+    first, rest = verb[0], verb[1:]
+    lead = (
+        f"[{first.upper()}{first.lower()}]" if first.upper() != first.lower() else re.escape(first)
+    )
+    # Spaces stay bare: every engine's regex reads a plain space alike.
+    return lead + " ".join(re.escape(part) for part in rest.split(" "))
 
 
 def copy_error(error: ValidationError) -> str:
@@ -162,9 +192,12 @@ def _text(max_length: int, pattern: str) -> Any:
 
 
 @lru_cache(maxsize=64)
-def output_model(schema: str, k: int, digits: bool = False) -> type[BannerCopy]:
+def output_model(
+    schema: str, k: int, digits: bool = False, cta_verbs: tuple[str, ...] = ()
+) -> type[BannerCopy]:
     """The schema ``schema`` for ``k`` candidates, built once and reused (grammar cache key);
-    ``digits``: whether its copy may hold digits."""
+    ``digits``: whether its copy may hold digits; ``cta_verbs``: what its call to action
+    starts with (empty: any word)."""
     spec = SCHEMAS.get(schema)
     if spec is None:
         raise UnknownSchemaError(f"unknown schema '{schema}' (known: {', '.join(SCHEMAS)})")
@@ -175,12 +208,13 @@ def output_model(schema: str, k: int, digits: bool = False) -> type[BannerCopy]:
     layout: Any = Literal.__getitem__(spec.layouts)
     text = copy_pattern(digits)
     model: type[BannerCopy] = create_model(
-        f"{spec.name.title().replace('_', '')}K{k}{'Digits' if digits else ''}",
+        f"{spec.name.title().replace('_', '')}K{k}{'Digits' if digits else ''}"
+        f"{'Verbs' if cta_verbs else ''}",
         __base__=BannerCopy,
         __doc__=spec.description,
         headline=(_text(spec.headline_max, text), ...),
         subheadline=(_text(spec.subheadline_max, text), ...),
-        cta=(_text(spec.cta_max, cta_pattern(spec.cta_words, digits)), ...),
+        cta=(_text(spec.cta_max, cta_pattern(spec.cta_words, digits, cta_verbs)), ...),
         layout=(layout, ...),
         tone=(Tone, ...),
         badge=(Annotated[str | None, Field(max_length=spec.badge_max, pattern=text)], None),

@@ -39,9 +39,10 @@ from pydantic import (
 from app.domain import Locale, Name
 from app.generation.engine import MAX_BEST_OF, SamplingParams
 from app.generation.schemas import SCHEMAS, BannerCopy, SchemaSpec, copy_error, output_model
-from app.locales import known_locale, language_of
+from app.locales import DEFAULT_LOCALE, known_locale, language_of
 from app.prompting.context import example_context
 from app.prompting.sandbox import TemplateError, compile_template, make_environment, render
+from app.rubric import RubricRules
 
 log = logging.getLogger("marquee.templates")
 
@@ -83,6 +84,22 @@ class RetrievalHints(BaseModel):
 
 
 BannedTerm = Annotated[str, StringConstraints(strip_whitespace=True, min_length=2, max_length=80)]
+# A banned phrase says something ("your morning"): letters, spaces and inner punctuation.
+BannedPhrase = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=3, max_length=80, pattern=r"\w.*\w"),
+]
+# A call-to-action verb ("shop", "gear up"): one or two words of letters, an inner apostrophe
+# or hyphen; no digits, which the copy's grammar keeps out unless a template asks for them.
+CtaVerb = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True,
+        min_length=2,
+        max_length=24,
+        pattern=r"^[^\W\d_]+(?:['’-][^\W\d_]+)*(?: [^\W\d_]+(?:['’-][^\W\d_]+)*)?$",
+    ),
+]
 LanguageCode = Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}$")]
 
 
@@ -103,6 +120,9 @@ class Brand(BaseModel):
     banned_terms: list[BannedTerm] | None = Field(default=None, max_length=500)
     # More terms for copy in one language, on top of banned_terms: {"de": ["gratis"]}.
     banned_terms_by_language: dict[LanguageCode, list[BannedTerm]] | None = None
+    # Tired phrases no copy may use ("a new page in", "elevate your"), case and punctuation
+    # ignored (app/rubric.py). None (the key absent): the rubric's defaults; []: none.
+    banned_phrases: list[BannedPhrase] | None = Field(default=None, max_length=500)
 
 
 class ExampleProduct(BaseModel):
@@ -151,6 +171,10 @@ class TemplateHeader(BaseModel):
     # Digits in the copy ("4K", "2-person"): off, so the grammar never lets the model write a
     # number; on, each number is still checked against the catalog by the guards.
     copy_digits: bool = False
+    # What a call to action starts with ("shop", "gear up"): the grammar allows only these
+    # and the rubric checks them. None: app/rubric.py's English defaults for English copy,
+    # and no verb rule for copy in another language (give the language's own verbs).
+    cta_verbs: list[CtaVerb] | None = Field(default=None, min_length=1, max_length=200)
     # Samples per banner (best-of-n); None: the service's MARQUEE_BEST_OF.
     best_of: int | None = Field(default=None, ge=1, le=MAX_BEST_OF)
     # A locale variant: what shoppers of ``locale`` get instead of the template
@@ -167,6 +191,26 @@ class TemplateHeader(BaseModel):
             raise ValueError("a template is not a variant of itself")
         if self.locale is not None and not known_locale(self.locale):
             raise ValueError(f"locale '{self.locale}' is not one CLDR knows")
+        return self
+
+    @field_validator("cta_verbs", mode="before")
+    @classmethod
+    def _some_verbs(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError(
+                "cta_verbs is empty: no call to action could be written; list the verbs one "
+                "may start with, or leave the key out for the default list"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _verbs_fit_the_button(self) -> TemplateHeader:
+        words = SCHEMAS[self.schema_name].cta_words if self.schema_name in SCHEMAS else 3
+        for verb in self.cta_verbs or ():
+            if len(verb.split()) >= words + 1:
+                raise ValueError(
+                    f"cta_verbs: '{verb}' has more words than a call to action ({words})"
+                )
         return self
 
     @field_validator("name")
@@ -211,7 +255,12 @@ class PromptTemplate:
         # Examples must fit the schema they teach, or they teach the wrong thing.
         for number, example in enumerate(header.examples, 1):
             try:
-                model = output_model(header.schema_name, len(example.products), header.copy_digits)
+                model = output_model(
+                    header.schema_name,
+                    len(example.products),
+                    header.copy_digits,
+                    self.cta_verbs(header.locale or DEFAULT_LOCALE),
+                )
                 model.model_validate(example.output)
             except ValidationError as error:
                 copy_rules_only = all(
@@ -247,7 +296,20 @@ class PromptTemplate:
 
     @property
     def output_model(self) -> type[BannerCopy]:
-        return output_model(self.header.schema_name, self.header.k, self.header.copy_digits)
+        """The schema of copy in the template's own language, for all ``k`` candidates."""
+        header = self.header
+        verbs = self.cta_verbs(header.locale or DEFAULT_LOCALE)
+        return output_model(header.schema_name, header.k, header.copy_digits, verbs)
+
+    def cta_verbs(self, locale: str) -> tuple[str, ...]:
+        """What a call to action in ``locale``'s language starts with: the template's own
+        ``cta_verbs``, else the rubric's English defaults for English copy; empty (any word)
+        for another language the template gives no verbs for."""
+        return rubric_rules(self.header.cta_verbs, None, locale).verbs
+
+    def rubric(self, locale: str, brand: dict[str, Any]) -> RubricRules:
+        """The publishability rules of this template's copy in ``locale``, under ``brand``."""
+        return rubric_rules(self.header.cta_verbs, brand.get("banned_phrases"), locale)
 
     @property
     def example_outputs(self) -> list[dict[str, Any]]:
@@ -543,3 +605,15 @@ def seeded_brand_text(
         return text
     body = text if not text or text.endswith("\n") else text + "\n"
     return body + "# Seeded from MARQUEE_BANNED_TERMS (and _BY_LANGUAGE); edit them here.\n" + added
+
+
+def rubric_rules(
+    cta_verbs: Collection[str] | None, banned_phrases: Collection[str] | None, locale: str
+) -> RubricRules:
+    """The rubric's rules for copy in ``locale`` from a template's ``cta_verbs`` and a brand's
+    ``banned_phrases`` (None: the defaults)."""
+    return RubricRules(
+        cta_verbs=None if cta_verbs is None else tuple(cta_verbs),
+        banned_phrases=None if banned_phrases is None else tuple(banned_phrases),
+        english=language_of(locale) == "en",
+    )

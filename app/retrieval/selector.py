@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,6 +25,9 @@ from app.retrieval.profile import (
 )
 from app.retrieval.scores import NoScores, Scores
 from app.retrieval.signals import InteractionSignals
+
+# A category name with a word in it ("Home Decor"), not a code ("C-104").
+_WORDED = re.compile(r"[^\W\d_]{3,}")
 
 
 class CandidateFilters(BaseModel):
@@ -76,6 +80,33 @@ class Selection:
     theme: Theme | None = None
 
 
+@dataclass(frozen=True)
+class InterestBoost:
+    """Stated interests matched against category names (``interest_affinity``): a
+    product's semantic score becomes ``(1 - weight) * its text's cosine + weight * its
+    category's affinity``, and the closest categories' best products join the pool."""
+
+    weight: float
+    affinity: np.ndarray  # per category (as indexed by category_of), in [0, 1]
+    category_of: np.ndarray  # per product row: its category's index
+
+    # The categories whose best products join the pool: enough for a shopper with two
+    # interests, few enough that the pool stays what retrieval found.
+    CATEGORIES = 2
+
+    def blend(self, semantic: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        pull = self.affinity[self.category_of[rows]]
+        blended: np.ndarray = (1.0 - self.weight) * semantic + self.weight * pull
+        return blended
+
+    def closest(self, allowed: np.ndarray) -> list[int]:
+        """The categories (as indexes) most like the interests among those with an allowed
+        product, closest first."""
+        present = np.unique(self.category_of[allowed])
+        ranked = present[np.argsort(-self.affinity[present], kind="stable")]
+        return [int(c) for c in ranked[: self.CATEGORIES] if self.affinity[c] > 0]
+
+
 class CandidateSelector:
     def __init__(
         self,
@@ -100,6 +131,32 @@ class CandidateSelector:
         self._added = np.array(
             [p.added_at.timestamp() if p.added_at else -np.inf for p in products], dtype=np.float64
         )
+
+    @cached_property
+    def _category_names(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each product row's category as an index into the catalog's categories, and their
+        names' vectors: computed once per catalog. A name that is a code ("C-104") says
+        nothing to match an interest against: its vector is zero."""
+        names = sorted({p.category for p in self.catalog.products})
+        position = {name: i for i, name in enumerate(names)}
+        rows = np.array([position[p.category] for p in self.catalog.products], dtype=np.int64)
+        vectors = np.zeros((len(names), self.index.vectors.shape[1]), dtype=np.float32)
+        worded = [i for i, name in enumerate(names) if _WORDED.search(name)]
+        if worded:
+            vectors[worded] = self.embedder.encode([names[i] for i in worded])
+        return rows, vectors
+
+    def interest_affinity(self, shopper: Shopper) -> np.ndarray | None:
+        """How close the shopper's stated interests come to each of the catalog's categories
+        (indexed as ``_category_names``), by the category's name, the best of the interests:
+        "interior design" means Home Decor though MiniLM finds a field jacket's text closer
+        to those two words than any decor product's. None for a shopper who stated none."""
+        if not shopper.interests:
+            return None
+        _, names = self._category_names
+        wanted = np.stack([self.embedder.encode_query(text) for text in shopper.interests])
+        best: np.ndarray = np.clip(wanted @ names.T, 0.0, 1.0).max(axis=0)
+        return best
 
     @cached_property
     def catalog_vector(self) -> np.ndarray:
@@ -177,8 +234,29 @@ class CandidateSelector:
         collaborative = self.signals.collaborative(history.rows, history.weights)
         prior = self.signals.prior(shopper.segment)
         return self._rank(
-            query, collaborative, prior, self.settings.popularity_weight, k, allowed, removed
+            query,
+            collaborative,
+            prior,
+            self.settings.popularity_weight,
+            k,
+            allowed,
+            removed,
+            self._interest_boost(shopper, history),
         )
+
+    def _interest_boost(self, shopper: Shopper, history: HistoryWeights) -> InterestBoost | None:
+        """For a shopper with stated interests and no history: the interests' pull towards
+        the categories they name, taking MARQUEE_INTEREST_CATEGORY_WEIGHT of the semantic
+        score. None otherwise: a history says what the shopper is into better than category
+        names (on the demo data the pull cost warm shoppers' NDCG@10 0.112 -> 0.103 while it
+        raised the cold-start slice's 0.025 -> 0.031)."""
+        weight = self.settings.interest_category_weight
+        if weight <= 0 or history.rows.size:
+            return None
+        affinity = self.interest_affinity(shopper)
+        if affinity is None or not affinity.any():
+            return None
+        return InterestBoost(weight, affinity, self._category_names[0])
 
     def newest(self, shopper: Shopper, k: int, filters: CandidateFilters) -> Selection:
         """The allowed products, the latest added first: new arrivals for a shopper there is
@@ -291,10 +369,14 @@ class CandidateSelector:
         k: int,
         allowed: np.ndarray,
         removed: dict[str, int],
+        interest_boost: InterestBoost | None = None,
     ) -> Selection:
         """The blend of the signals there are, over a pool of each one's best allowed
         products, then MMR: ``k`` numbered candidates. Only the pool is scored: the cost
-        does not grow with the catalog past what the index search and the filters take."""
+        does not grow with the catalog past what the index search and the filters take.
+        ``interest_boost``: per product row, the share of the semantic score that is its
+        category's closeness to the stated interests (``_interest_boost``); the best of the
+        two closest categories join the pool."""
         settings = self.settings
         has_collaborative = collaborative.any()
         # Only the signals this shopper has take part in the blend; their weights renormalise.
@@ -314,6 +396,11 @@ class CandidateSelector:
         if query is not None:
             rows, _ = self.index.search(query, settings.search_k, allowed)
             pool.update(rows.tolist())
+            if interest_boost is not None:
+                for category in interest_boost.closest(allowed):
+                    inside = allowed & (interest_boost.category_of == category)
+                    rows, _ = self.index.search(query, settings.search_k, inside)
+                    pool.update(rows.tolist())
         for signal in (collaborative, prior) if not cold_start else (prior,):
             pool.update(signal.best(settings.search_k, allowed).tolist())
         if not pool:  # nothing scored at all (no interactions anywhere): any allowed product
@@ -324,6 +411,8 @@ class CandidateSelector:
         semantic = np.zeros(len(rows_in_pool))
         if query is not None and len(rows_in_pool):
             semantic = np.clip(self.index.vectors[rows_in_pool] @ query, 0.0, 1.0)
+            if interest_boost is not None:
+                semantic = interest_boost.blend(semantic, rows_in_pool)
         collaborative_in_pool = collaborative.at(rows_in_pool)
         prior_in_pool = prior.at(rows_in_pool)
         parts = {
