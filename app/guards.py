@@ -31,11 +31,12 @@ _OFFER = re.compile(
     r"free (?:shipping|delivery|returns|gift)|half (?:off|price)|limited time|today only)\b",
     re.IGNORECASE,
 )
-# Our own prompt's scaffolding (its delimiters, field names and wording): never copy, and
-# stricter than ``suspicious_text`` because catalog titles may use brackets ("[2-Pack]").
+# Our own prompt's scaffolding (its delimiters, field names and wording, a theme's "why"):
+# never copy, and stricter than ``suspicious_text`` because catalog titles may use brackets
+# ("[2-Pack]").
 _LEAKS = re.compile(
     r"[<>{}\[\]`]|\b(?:headline|subheadline|cta|json|candidates?)\b|"
-    r"\bproducts? (?:list|numbers?)\b",
+    r"\bproducts? (?:list|numbers?)\b|\bwhat they look(?:ed)? at\b|\bclose to their stated\b",
     re.IGNORECASE,
 )
 TEXT_FIELDS = ("headline", "subheadline", "cta", "badge")

@@ -374,8 +374,17 @@ DEFAULT_RULES = RubricRules()
 
 def restated(headline: str, subheadline: str) -> bool:
     """Whether the subheadline says the headline again: the same words once case,
-    punctuation and "&"/"and" are ignored, or most of its content words are the headline's."""
-    if words_of(headline) == words_of(subheadline):
+    punctuation and "&"/"and" are ignored, the headline's words (two or more) word for word
+    inside it, or most of its content words are the headline's."""
+    said_words, again_words = words_of(headline), words_of(subheadline)
+    if said_words == again_words:
+        return True
+    # The whole headline again inside the subheadline ("Bags & Travel" / "Bags & Travel (what
+    # they looked at lately)"): the subheadline adds to it, but says it first.
+    size = len(said_words)
+    if size >= 2 and any(
+        again_words[i : i + size] == said_words for i in range(len(again_words) - size + 1)
+    ):
         return True
     said = set(_content(headline))
     again = set(_content(subheadline))

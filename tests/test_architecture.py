@@ -87,3 +87,26 @@ def test_constrained_strings_are_declared_once() -> None:
         text = path.read_text()
         broken += [f"{path.relative_to(PROJECT_ROOT)}: {p}" for p in patterns if p in text]
     assert not broken, broken
+
+
+def test_the_publishability_rubric_is_a_leaf_and_the_one_judge_of_copy() -> None:
+    """app/rubric.py imports nothing of the project (a training loop, the guards and the eval
+    each use it alone, and it cannot reach a model or a store), and no other module keeps its
+    own list of call-to-action verbs or tired phrases."""
+    rubric = PROJECT_ROOT / "app" / "rubric.py"
+    assert not imports(rubric), imports(rubric)
+    broken = []
+    for path in [*(PROJECT_ROOT / "app").rglob("*.py"), *(PROJECT_ROOT / "eval").rglob("*.py")]:
+        if path == rubric:
+            continue
+        strings = {
+            node.value
+            for node in ast.walk(ast.parse(path.read_text(), str(path)))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        }
+        broken += [
+            f"{path.relative_to(PROJECT_ROOT)}: '{marker}'"
+            for marker in ("gear up", "stock up", "a new page in", "elevate your")
+            if marker in strings
+        ]
+    assert not broken, broken

@@ -74,6 +74,8 @@ def test_publishable_copy_has_no_finding() -> None:
         ("Bags and Travel", "Bags & Travel"),  # "&" for "and"
         ("A light tent for the stove", "a light tent for the stove."),  # case, punctuation
         ("Cosy tents for cold nights", "Cosy tents for the cold nights ahead."),  # most words
+        # The whole headline first, then the prompt's own words: said again all the same.
+        ("Bags & Travel", "Bags and travel (what they looked at lately), packed for you."),
     ],
 )
 def test_a_subheadline_that_says_the_headline_again_is_restated(
@@ -222,7 +224,7 @@ def test_the_grammar_lets_a_call_to_action_start_only_with_a_verb() -> None:
     model = output_model("banner", 4, False, DEFAULT_CTA_VERBS)
     for good in ("Shop tents", "shop now", "Gear up today", "Explore."):
         _cta(model, good)
-    for weak in ("Coffee and Tea", "Shopping bags", "Views", "Gear"):
+    for weak in ("Coffee and Tea", "Shopping bags", "Views", "Gear", "Shop Coffee &Tea"):
         with pytest.raises(ValidationError) as refused:
             _cta(model, weak)
         assert "starting with an action verb (Shop, Discover" in copy_error(refused.value)
@@ -292,5 +294,8 @@ def test_the_guards_refuse_hard_findings_and_pass_soft_ones_to_best_of_n() -> No
     assert any(p.startswith("weak_cta:") for p in problems)
     problems, _ = _check(base | {"headline": "Elevate your coffee"})
     assert "cliche: headline: 'elevate your'" in problems
+    # A theme's "why" is the prompt's scaffolding, not copy.
+    problems, _ = _check(base | {"subheadline": "Coffee, what they looked at lately, brewed."})
+    assert any(p.startswith("prompt_leak:") for p in problems)
     problems, notes = _check(base | {"subheadline": "Grinder, kettle and beans"})
     assert not problems and any(n.startswith("not_a_sentence:") for n in notes)

@@ -140,7 +140,9 @@ def cta_pattern(words: int, digits: bool = False, verbs: tuple[str, ...] = ()) -
     # hyphen or ampersand. Said as a negated class of ASCII characters, which Python's re (the
     # JSON schema checkers), Rust's regex (Pydantic) and llguidance all read alike, and which
     # lets every script's letters through.
-    word = f"[^\\s{_NEVER_IN_COPY}{'' if digits else _DIGITS}_,.;:!?()/|+*=~^$#%@]+"
+    inner = f"\\s{_NEVER_IN_COPY}{'' if digits else _DIGITS}_,.;:!?()/|+*=~^$#%@"
+    # A word starts with a letter (or a digit where digits are allowed): "&Tea" is not one.
+    word = f"[^{inner}&'-][^{inner}]*"
     if verbs:
         by_length: dict[int, list[str]] = {}
         for verb in dict.fromkeys(" ".join(v.split()) for v in verbs if v.strip()):
