@@ -110,6 +110,14 @@ def catalog_relevance(copy_vector: np.ndarray, catalog_vector: np.ndarray) -> fl
 
 
 OFF_TOPIC = "off_topic"
+# A headline that is only a category's name counts as two soft findings: it says nothing, and
+# the full suite holds it to 3 % of served banners, so it must lose to a sample with one other
+# weakness (a subheadline without a verb) as well as to a clean one.
+BARE_HEADING_UNITS = 2.0
+
+
+def _penalty_units(finding: str) -> float:
+    return BARE_HEADING_UNITS if finding.startswith("bare_heading:") else 1.0
 
 
 def off_topic_in(findings: Sequence[str]) -> bool:
@@ -185,7 +193,7 @@ class CopyChooser:
                 + weights.relevance * max(0.0, relevance - baseline)
                 + weights.novelty * parts["novelty"]
                 + weights.length * parts["length"]
-                - weights.soft_penalty * len(soft)
+                - weights.soft_penalty * sum(_penalty_units(finding) for finding in soft)
             )
             scores.append(
                 CopyScore(

@@ -472,8 +472,8 @@ def _quotable(text: str, allowed: re.Pattern[str]) -> bool:
 # What a section that is about one thing says in its fallback: (headline, with a category,
 # how the subheadline ends). Other sections say "picked for you" or "popular".
 FALLBACK_OCCASIONS = {
-    "back_in_stock": ("Back in stock", "Back in stock: {}", ", back in stock."),
-    "new_arrivals": ("New in", "New in {}", ", new to the shop."),
+    "back_in_stock": ("Back in stock", "Back in stock: {}", ", restocked for you."),
+    "new_arrivals": ("New in", "New in {}", ", just arrived in the shop."),
 }
 
 

@@ -57,9 +57,9 @@ RESTATED_SHARE = 0.6
 # Fewer words than this is a fragment, not a sentence ("Bags & Travel").
 MIN_SENTENCE_WORDS = 4
 
-# Verbs a call to action starts with, in English. A template's ``cta_verbs`` replaces them;
-# multi-word entries are phrasal verbs ("gear up"). The grammar (app/generation/schemas.py)
-# is built from the same list, so the model cannot write anything else.
+# Verbs a call to action starts with, in English: what the rubric accepts where a template
+# names none. A template's ``cta_verbs`` replaces them; multi-word entries are phrasal verbs
+# ("gear up").
 DEFAULT_CTA_VERBS: tuple[str, ...] = (
     "shop",
     "discover",
@@ -161,6 +161,35 @@ DEFAULT_CTA_VERBS: tuple[str, ...] = (
     "love",
     "enjoy",
     "give",
+)
+# The verbs the grammar lets the model start a call to action with where a template names
+# none: the general ones. With all of the above the model, wanting "Bags & Travel", wrote
+# "Bake and Travel" (a listed verb close by its letters to what it meant), "Furnish", "Bring";
+# a template for one kind of shop adds its own ("brew", "pack") with ``cta_verbs``.
+GRAMMAR_CTA_VERBS: tuple[str, ...] = (
+    "shop",
+    "discover",
+    "explore",
+    "browse",
+    "see",
+    "find",
+    "get",
+    "try",
+    "meet",
+    "start",
+    "view",
+    "pick",
+    "choose",
+    "grab",
+    "order",
+    "plan",
+    "learn",
+    "join",
+    "take",
+    "treat",
+    "gear up",
+    "stock up",
+    "check out",
 )
 
 # Tired phrases a brand's rules refuse by default (``banned_phrases``): the openers and fillers
@@ -363,6 +392,14 @@ class RubricRules:
         if self.cta_verbs is not None:
             return self.cta_verbs
         return DEFAULT_CTA_VERBS if self.english else ()
+
+    @property
+    def grammar_verbs(self) -> tuple[str, ...]:
+        """The verbs the grammar lets a call to action start with (a subset of ``verbs``);
+        empty: any word."""
+        if self.cta_verbs is not None:
+            return self.cta_verbs
+        return GRAMMAR_CTA_VERBS if self.english else ()
 
     @property
     def phrases(self) -> tuple[str, ...]:

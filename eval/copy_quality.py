@@ -372,6 +372,23 @@ def least_relevant(samples: list[CopySample], limit: int = 10) -> list[dict[str,
     ]
 
 
+def readable(sample: CopySample) -> dict[str, Any]:
+    """A served banner as a person reads it, with the rubric's findings (banners.jsonl)."""
+    banner = sample.banner
+    return {
+        "arm": sample.arm,
+        "shopper": sample.shopper_id,
+        "theme": banner.theme.name if banner.theme else None,
+        "headline": banner.headline,
+        "subheadline": banner.subheadline,
+        "cta": banner.cta,
+        "products": [p.title for p in banner.products],
+        "findings": [str(f) for f in sample.findings],
+        "fallback": banner.fallback,
+        "retries": banner.retries,
+    }
+
+
 def least_publishable(samples: list[CopySample], limit: int = 10) -> list[dict[str, Any]]:
     """The banners a marketer would least publish, in full beside their products: the most
     hard findings first, then the most findings (ties in shopper order, as generated)."""
@@ -380,20 +397,7 @@ def least_publishable(samples: list[CopySample], limit: int = 10) -> list[dict[s
         return (sum(f.hard for f in s.findings), len(s.findings))
 
     chosen = sorted((s for s in samples if s.findings), key=weight, reverse=True)[:limit]
-    return [
-        {
-            "arm": s.arm,
-            "shopper": s.shopper_id,
-            "theme": s.banner.theme.name if s.banner.theme else None,
-            "headline": s.banner.headline,
-            "subheadline": s.banner.subheadline,
-            "cta": s.banner.cta,
-            "products": [p.title for p in s.banner.products],
-            "findings": [str(f) for f in s.findings],
-            "fallback": s.banner.fallback,
-        }
-        for s in chosen
-    ]
+    return [readable(s) for s in chosen]
 
 
 def worst(samples: list[CopySample], limit: int = 12) -> list[dict[str, Any]]:

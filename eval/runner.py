@@ -81,6 +81,8 @@ class Outcome:
     summary: dict[str, Any]
     checks: list[dict[str, Any]]
     worst: list[dict[str, Any]] = field(default_factory=list)
+    # Every banner served, as a person reads it (banners.jsonl): read them, not only the numbers.
+    banners: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -179,14 +181,14 @@ def run(
     # event loop (an engine's HTTP client belongs to the loop that opened it).
     arms = [resolve_arm(spec, settings, suite.templates[0]) for spec in compare or ()]
     pipeline = build_pipeline(settings, engine=make_engine(settings, engine), with_changes=False)
-    worst = asyncio.run(_copy_phase(pipeline, settings, suite, summary, clothing, arms))
+    worst, banners = asyncio.run(_copy_phase(pipeline, settings, suite, summary, clothing, arms))
 
     summary["seconds"] = round(time.perf_counter() - started, 1)
     if earlier is not None:
         summary["baseline"] = baseline_runs.differences(summary, earlier, HIGHER_IS_BETTER)
         baseline_runs.print_differences(summary["baseline"])
     checks = check_thresholds(summary, suite_name)
-    outcome = Outcome(summary, checks, worst)
+    outcome = Outcome(summary, checks, worst, banners)
     write(outcome, out_dir)
     baseline_runs.record(summary, outcome.passed, out_dir)
     return outcome
@@ -199,9 +201,11 @@ async def _copy_phase(
     summary: dict[str, Any],
     clothing: datasets.EvalDataset | None,
     arms: list[Arm],
-) -> list[dict[str, Any]]:
-    """Generate and measure every banner of the suite; fills ``summary``, returns the worst."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Generate and measure every banner of the suite; fills ``summary``, returns the worst
+    and every banner as a person reads it."""
     worst: list[dict[str, Any]] = []
+    served: list[copy_quality.CopySample] = []
     try:
         summary["themes"]["demo"] = interests.theme_accuracy(pipeline, interests.load("demo"))
         shoppers = copy_shoppers(pipeline, suite.copy_shoppers)
@@ -214,6 +218,7 @@ async def _copy_phase(
         summary["copy"]["default"] = copy_quality.summarise(all_samples, lift)
         summary["copy"]["default"]["judge"] = await _judge(pipeline, settings, all_samples)
         worst += copy_quality.worst(all_samples)
+        served += all_samples
         if clothing is not None:
             samples = await _clothing_copy(
                 pipeline, clothing, settings, suite.copy_shoppers // 2, summary
@@ -222,12 +227,14 @@ async def _copy_phase(
                 samples, copy_quality.lift_of(samples, pipeline)
             )
             worst += copy_quality.worst(samples)
+            served += samples
         if arms:
             summary["compare"], arm_samples = await _compare(pipeline, settings, arms, shoppers)
             worst += copy_quality.worst(arm_samples)
+            served += arm_samples
     finally:
         await pipeline.close()
-    return worst
+    return worst, [copy_quality.readable(sample) for sample in served]
 
 
 async def _judge(
@@ -371,3 +378,6 @@ def write(outcome: Outcome, out_dir: Path) -> None:
         )
     )
     (out_dir / "report.html").write_text(html_report(outcome))
+    with (out_dir / "banners.jsonl").open("w", encoding="utf-8") as lines:
+        for banner in outcome.banners:
+            lines.write(json.dumps(banner, ensure_ascii=False) + "\n")

@@ -220,4 +220,4 @@ def test_fallback_copy_says_what_the_section_is_about(dated_pipeline: Pipeline) 
         request = BannerRequest(shopper_id="coffee_fan", template=template)
         (banner,) = asyncio.run(dated_pipeline.generate(request))
         assert banner.fallback and banner.headline.startswith(words), banner.headline
-        assert banner.subheadline.endswith(("back in stock.", "new to the shop."))
+        assert banner.subheadline.endswith(("restocked for you.", "just arrived in the shop."))

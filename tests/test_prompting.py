@@ -108,7 +108,7 @@ def with_example(headline: str, layout: str, extra_header: str = "") -> str:
     header = HEADER.replace("---\n", "", 1).replace(
         "system: You write banners.\n",
         "system: You write banners.\nexamples:\n  - products: [{title: A, category: B}]\n"
-        f"    output: {{headline: '{headline}', subheadline: 'There', cta: 'Go', "
+        f"    output: {{headline: '{headline}', subheadline: 'There', cta: 'Shop', "
         f"layout: {layout}, tone: warm, products: [1]}}\n",
     )
     return "---\n" + extra_header + header + "body\n"

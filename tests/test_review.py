@@ -526,6 +526,11 @@ def test_the_review_page_draws_the_queue_as_banners(pending: Review) -> None:
     assert 'class="cta">Shop coffee<' in html and 'class="tile"' in html
     assert "segment <b>regular</b>" in html and "everyone else (popular)" in html
     assert "hero_banner v1 (production)" in html
+    # Each banner says whether a marketer would publish it as written (app/rubric.py).
+    verdicts = html.count("publishable as written</span>") + html.count(
+        "<summary>would not publish as written ("
+    )
+    assert verdicts == ALL_MADE
     assert f"Approve all {ALL_MADE} shown" in html and 'id="nav-review"' in html
     assert len(page_items(html)) == ALL_MADE
     assert 'name="_csrf_token"' in html and token in html

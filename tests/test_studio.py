@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -283,6 +284,11 @@ def test_a_best_of_n_preview_shows_each_samples_scores(studio) -> None:
         assert f"<th>{part}</th>" in page.text
     # The hero is themed: the preview says what it is about and why.
     assert "theme: <b>Coffee</b> (what they looked at lately)" in page.text
+    # And whether a marketer would publish the served copy as written (app/rubric.py).
+    assert re.search(
+        r'class="meta findings">(publishable as written|would not publish as written: \w+)',
+        page.text,
+    )
 
 
 def test_the_page_refuses_a_label_the_api_would_refuse(studio) -> None:

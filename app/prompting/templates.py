@@ -302,10 +302,10 @@ class PromptTemplate:
         return output_model(header.schema_name, header.k, header.copy_digits, verbs)
 
     def cta_verbs(self, locale: str) -> tuple[str, ...]:
-        """What a call to action in ``locale``'s language starts with: the template's own
-        ``cta_verbs``, else the rubric's English defaults for English copy; empty (any word)
-        for another language the template gives no verbs for."""
-        return rubric_rules(self.header.cta_verbs, None, locale).verbs
+        """What the grammar lets a call to action in ``locale``'s language start with: the
+        template's own ``cta_verbs``, else the rubric's general English ones for English copy;
+        empty (any word) for another language the template gives no verbs for."""
+        return rubric_rules(self.header.cta_verbs, None, locale).grammar_verbs
 
     def rubric(self, locale: str, brand: dict[str, Any]) -> RubricRules:
         """The publishability rules of this template's copy in ``locale``, under ``brand``."""

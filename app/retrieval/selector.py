@@ -374,8 +374,8 @@ class CandidateSelector:
         """The blend of the signals there are, over a pool of each one's best allowed
         products, then MMR: ``k`` numbered candidates. Only the pool is scored: the cost
         does not grow with the catalog past what the index search and the filters take.
-        ``interest_boost``: per product row, the share of the semantic score that is its
-        category's closeness to the stated interests (``_interest_boost``); the best of the
+        ``interest_boost``: a cold shopper's interests matched against category names
+        (``_interest_boost``): blended into the semantic score, and the best products of the
         two closest categories join the pool."""
         settings = self.settings
         has_collaborative = collaborative.any()

@@ -76,6 +76,17 @@ def test_smoke_suite_meets_its_thresholds_and_writes_a_report(tmp_path: Path) ->
     assert "Retrieval: demo cold start" in report
     assert "One story per banner, by template" in report and "least relevant banners" in report
     assert "all checks passed" in report
+    # Would a marketer publish it: shares per template, never a restated subheadline or a weak
+    # call to action served, the banners to read, the rubric's own precision and recall.
+    copy_ = summary["copy"]["default"]
+    assert 0.0 <= copy_["publishable"]["mean"] <= 1.0
+    assert copy_["restated"]["mean"] == 0.0 and copy_["weak_cta"]["mean"] == 0.0
+    read = [json.loads(line) for line in (out / "banners.jsonl").read_text().splitlines()]
+    assert len(read) == 6 and all(b["headline"] and b["products"] for b in read)
+    assert sum(not b["findings"] for b in read) / 6 == copy_["publishable"]["mean"]
+    assert summary["rubric"]["cases"] >= 150 and summary["rubric"]["agreement"] >= 0.9
+    assert summary["themes"]["demo"]["interests"] >= 60
+    assert "Would a marketer publish it?" in report and "Cold start: themes from" in report
     # No judge is configured: the report says so rather than leaving the scores out silently.
     assert summary["copy"]["default"]["judge"]["run"] is False
     assert "Judge: not run (no judge configured" in report

@@ -17,6 +17,7 @@ from app.generation.schemas import output_model
 from app.generation.vllm_engine import VLLMEngine
 from app.generation.vllm_server import ManagedVLLM, VLLMServerConfig, free_port
 from app.pipeline import BannerRequest, Pipeline
+from app.rubric import GRAMMAR_CTA_VERBS, starts_with_verb
 from tests.integration.conftest import RunningService
 from tests.integration.test_real_models import assert_grounded
 
@@ -68,8 +69,9 @@ def test_the_grammar_keeps_out_what_the_guards_would_refuse(
     service: RunningService, settings: Settings
 ) -> None:
     """Asked for numbers, markup and a long call to action, the server still writes copy that
-    fits every rule of the schema: its pattern and its maxLength held together."""
-    schema = output_model("banner", 4)
+    fits every rule of the schema: its pattern and its maxLength held together, and a call to
+    action that starts with one of the verbs (the alternation of the rubric's defaults)."""
+    schema = output_model("banner", 4, False, GRAMMAR_CTA_VERBS)
     asking = (
         (
             "user",
@@ -94,6 +96,7 @@ def test_the_grammar_keeps_out_what_the_guards_would_refuse(
         copy_ = schema.model_validate_json(text)  # patterns and lengths, checked again here
         assert not any(ch.isdigit() or ch in "<>%" for ch in copy_.headline + copy_.subheadline)
         assert 1 <= len(copy_.cta.split(" ")) <= 3 and len(copy_.cta) <= 24, copy_.cta
+        assert starts_with_verb(copy_.cta, GRAMMAR_CTA_VERBS), copy_.cta
 
 
 def test_pipeline_on_vllm_gives_grounded_banners(
