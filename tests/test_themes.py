@@ -314,3 +314,20 @@ def test_interests_in_another_language_or_many_of_them_still_get_a_theme(
     for interests in (("Kaffee", "décoration intérieure"), tuple(f"hobby {i}" for i in range(20))):
         prepared = hero(pipeline, Shopper(id="new", interests=interests))
         assert prepared.selection.candidates and prepared.selection.theme is not None
+
+
+def test_a_shopper_known_only_by_interests_gets_a_category_not_a_brand(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A brand across categories is a theme for someone into it, which a history shows; a
+    shopper we know only by stated interests gets a category, though the brand weighs most."""
+    from app.retrieval import themes
+
+    def brand_first(candidates: Any) -> list[tuple[str, str, float]]:
+        return [("brand", "Testco", 9.0), ("category", "Coffee", 1.0)]
+
+    monkeypatch.setattr(themes, "theme_weights", brand_first)
+    cold = hero(pipeline, Shopper(id="new", interests=("coffee",))).selection.theme
+    assert cold is not None and (cold.kind, cold.name) == ("category", "Coffee")
+    warm = hero(pipeline, "coffee_fan").selection.theme
+    assert warm is not None and (warm.kind, warm.name) == ("brand", "Testco")

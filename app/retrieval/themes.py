@@ -87,7 +87,14 @@ class ThemePicker:
         """``k`` candidates of one theme. ``avoid``: themes other sections of the page took
         (used only when the shopper is into nothing else)."""
         pool = self.selector.select(shopper, POOL_FACTOR * k, filters)
-        ranked = [(kind, name) for kind, name, _ in theme_weights(pool.candidates)]
+        # A brand is a theme for someone into it, which only a history shows: a shopper we know
+        # only by stated interests gets categories ("beach holidays" is Swim, not the shop's
+        # "General" division, which its clothing set gives as every product's brand).
+        ranked = [
+            (kind, name)
+            for kind, name, _ in theme_weights(pool.candidates)
+            if kind == "category" or shopper.history
+        ]
         if not ranked:  # nothing to show at all: the template gets too few, as unthemed
             return pool
         preferred = [t for t in ranked if t[1] not in avoid] + [t for t in ranked if t[1] in avoid]
