@@ -196,6 +196,12 @@ class Theme(BaseModel):
     # The theme the shopper is most into, when it had too few products to show.
     instead_of: str | None = None
 
+    @property
+    def named(self) -> str | None:
+        """What the copy is about by name: the category or the brand; None for a cluster,
+        whose name ("like <a product's title>") is no subject a headline could be."""
+        return None if self.kind == "cluster" else self.name
+
 
 class NamedCampaign(BaseModel):
     """A running campaign the copy names (app/campaigns.py): when it ends, so does the

@@ -716,7 +716,7 @@ class Pipeline:
                 self.campaigns,
                 locale=prepared.locale.written,
                 rules=rules,
-                theme=theme.name if theme is not None and theme.kind != "cluster" else None,
+                theme=theme.named if theme is not None else None,
             )
             if verdict.ok:
                 rows = [self.catalog.row(c.product.id) for c in verdict.products]
@@ -822,7 +822,7 @@ class Pipeline:
             copy["subheadline"],
             copy["cta"],
             [c.product for c in chosen],
-            theme=theme.name if theme is not None and theme.kind != "cluster" else None,
+            theme=theme.named if theme is not None else None,
             categories=[c.product.category for c in candidates],
             rules=template.rubric(prepared.locale.written, self.templates.brand),
         )

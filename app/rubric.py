@@ -226,7 +226,7 @@ _STOPWORDS = frozenset(
 )
 # Words every banner may say whatever it shows: they name nothing about the products.
 _GENERIC = frozenset(
-    "shop shopping store picks pick pick favourite favorite favourites favorites collection "
+    "shop shopping store picks pick favourite favorite favourites favorites collection "
     "range essentials essential item items product products thing things stuff everything "
     "world page day days time times best great perfect ultimate style styles love need "
     "needs find discover explore new season right made choice choices selection line lines "
@@ -525,8 +525,3 @@ def review(
             Finding("vague", "copy", "names nothing about the products shown beyond their category")
         )
     return findings
-
-
-def publishable(findings: Iterable[Finding]) -> bool:
-    """Whether copy with these findings would be published as written: none at all."""
-    return not any(True for _ in findings)

@@ -21,7 +21,7 @@ from app.domain import Banner, Product, Shopper
 from app.guards import BORROWED_RUN, borrowed_phrases
 from app.pipeline import BannerRequest, Pipeline
 from app.prompting.templates import PromptTemplate
-from app.rubric import FINDINGS, Finding, RubricRules, review
+from app.rubric import FINDINGS, HARD
 from eval import metrics
 from eval.judge import Judged
 
@@ -53,15 +53,19 @@ class CopySample:
     relevance: float = 0.0
     relevance_random: float = 0.0
     relevance_catalog: float = 0.0
-    # What a marketer would not publish (app/rubric.py), as served.
-    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def findings(self) -> list[str]:
+        """What a marketer would not publish in the banner as served (app/rubric.py), as the
+        pipeline judged it for the banner ("vague: copy: ...")."""
+        return self.banner.findings
 
     @property
     def publishable(self) -> bool:
         return not self.findings
 
     def found(self, name: str) -> bool:
-        return any(f.name == name for f in self.findings)
+        return any(f.split(":", 1)[0] == name for f in self.findings)
 
     @property
     def off_topic(self) -> bool:
@@ -154,7 +158,6 @@ async def generate(
             pipeline, banner, f"{arm}:{shopper.id}"
         )
         shown = [p for p in (pipeline.catalog.get(s.id) for s in banner.products) if p]
-        rules = prepared.template.rubric(banner.locale, pipeline.templates.brand)
         return CopySample(
             shopper_id=shopper.id,
             arm=arm,
@@ -175,30 +178,12 @@ async def generate(
             relevance=relevance,
             relevance_random=random_relevance,
             relevance_catalog=catalog_relevance,
-            findings=findings_of(banner, shown, [c.product.category for c in candidates], rules),
         )
 
     try:
         return list(await asyncio.gather(*(one(s) for s in shoppers)))
     finally:
         progress.close()
-
-
-def findings_of(
-    banner: Banner, shown: list[Product], categories: list[str], rules: RubricRules
-) -> list[Finding]:
-    """The rubric's findings on a served banner (fallback copy included: a shopper reads it
-    too): ``shown``, its products; ``categories``, its candidates'."""
-    theme = banner.theme
-    return review(
-        banner.headline,
-        banner.subheadline,
-        banner.cta,
-        shown,
-        theme=theme.name if theme is not None and theme.kind != "cluster" else None,
-        categories=categories,
-        rules=rules,
-    )
 
 
 def spans_themes(banner: Banner, shown: list[Product]) -> bool:
@@ -383,7 +368,7 @@ def readable(sample: CopySample) -> dict[str, Any]:
         "subheadline": banner.subheadline,
         "cta": banner.cta,
         "products": [p.title for p in banner.products],
-        "findings": [str(f) for f in sample.findings],
+        "findings": sample.findings,
         "fallback": banner.fallback,
         "retries": banner.retries,
     }
@@ -394,7 +379,7 @@ def least_publishable(samples: list[CopySample], limit: int = 10) -> list[dict[s
     hard findings first, then the most findings (ties in shopper order, as generated)."""
 
     def weight(s: CopySample) -> tuple[int, int]:
-        return (sum(f.hard for f in s.findings), len(s.findings))
+        return (sum(f.split(":", 1)[0] in HARD for f in s.findings), len(s.findings))
 
     chosen = sorted((s for s in samples if s.findings), key=weight, reverse=True)[:limit]
     return [readable(s) for s in chosen]
