@@ -258,7 +258,7 @@ class Guards:
                 problems.append(f"banned_term: {name}: '{term}'")
         for name, run in borrowed_phrases(fields, examples, prompt, self.borrowed_run):
             problems.append(f"borrowed_phrase: {name}: '{run}'")
-        notes = self._soft_findings(fields, candidates, examples, prompt)
+        notes = self._soft_findings(fields, examples, prompt)
         findings = review(
             copy.headline,
             copy.subheadline,
@@ -275,20 +275,16 @@ class Guards:
     @staticmethod
     def _soft_findings(
         fields: dict[str, str],
-        candidates: list[Candidate],
         examples: list[dict[str, Any]],
         prompt: RenderedPrompt | None,
     ) -> list[str]:
-        """What makes copy weaker without making it wrong: phrases lifted from the prompt, a
-        product's title as the headline, shouting."""
+        """What makes copy weaker without making it wrong: phrases lifted from the prompt,
+        shouting (a product's title as the headline is the rubric's bare heading)."""
         notes = [
             f"shared_phrase: {name}: '{run}'"
             for name, run in borrowed_phrases(fields, examples, prompt, SHARED_RUN)
         ]
-        titles = {_normalised(c.product.title) for c in candidates}
         for name, value in fields.items():
-            if name == "headline" and _normalised(value) in titles:
-                notes.append("title_as_headline")
             capitals = [w for w in value.split() if len(w) >= 3 and w.isalpha() and w.isupper()]
             if len(capitals) >= 2 or value.count("!") > 1:
                 notes.append(f"shouting: {name}")

@@ -10,6 +10,7 @@ broken German. Formatting is Babel's CLDR data, never hand-written patterns.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -90,7 +91,9 @@ def numbers_in(text: str, locale: str = DEFAULT_LOCALE) -> set[str]:
     """Every number in a text, canonical, read with the locale's separators: ``1.234,50`` in
     de-DE and ``1,234.50`` in en-US are both ``1234.5``."""
     pattern, decimal, group = _number_pattern(locale)
-    found = set()
+    # Numbers that are one character, not 0-9: a fraction (½), a superscript (²), a circled
+    # or another script's digit. Each stands for itself; CJK numerals (letters) are words.
+    found = {c for c in text if not c.isascii() and unicodedata.category(c) in ("Nd", "No")}
     for token in pattern.findall(text):
         plain = token.replace(group, "").replace(" ", "").replace(decimal, ".")
         try:

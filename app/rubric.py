@@ -28,18 +28,23 @@ from typing import Literal, Protocol
 
 from lemminflect import getAllLemmas
 
-FindingName = Literal["restated", "weak_cta", "cliche", "bare_heading", "not_a_sentence", "vague"]
+FindingName = Literal[
+    "restated", "garbled", "weak_cta", "cliche", "bare_heading", "not_a_sentence", "vague"
+]
 
-# Hard findings refuse the copy (a retry, then fallback copy): a restated subheadline and a call
-# to action that is not an action are wrong on the page whatever else the banner does well, and
-# a banned phrase is the brand's own rule, checked like its banned terms. Soft findings make
+# Hard findings refuse the copy (a retry, then fallback copy): a restated subheadline, garbled
+# text (glued or doubled words, stray punctuation, a button that stops on "the", words of no
+# language) and a call to action that is not an action are wrong on the page whatever else
+# the banner does well, and a banned phrase is the brand's own rule, checked like its banned
+# terms. Soft findings make
 # copy weaker without making it wrong: a bare category headline, a subheadline without a verb,
 # copy that names nothing specific. They lose in best-of-n (app/choosing.py) to a sample
 # without them; a lone sample is served with them on it.
-HARD: frozenset[str] = frozenset({"restated", "weak_cta", "cliche"})
+HARD: frozenset[str] = frozenset({"restated", "garbled", "weak_cta", "cliche"})
 SOFT: frozenset[str] = frozenset({"bare_heading", "not_a_sentence", "vague"})
 FINDINGS: tuple[FindingName, ...] = (
     "restated",
+    "garbled",
     "weak_cta",
     "cliche",
     "bare_heading",
@@ -165,7 +170,8 @@ DEFAULT_CTA_VERBS: tuple[str, ...] = (
 # The verbs the grammar lets the model start a call to action with where a template names
 # none: the general ones. With all of the above the model, wanting "Bags & Travel", wrote
 # "Bake and Travel" (a listed verb close by its letters to what it meant), "Furnish", "Bring";
-# a template for one kind of shop adds its own ("brew", "pack") with ``cta_verbs``.
+# a template for one kind of shop adds its own ("brew", "pack") with ``cta_verbs``. Not
+# "meet" either: the model met categories with it ("Meet Kitchen & Cookware", "Meet Women").
 GRAMMAR_CTA_VERBS: tuple[str, ...] = (
     "shop",
     "discover",
@@ -175,7 +181,6 @@ GRAMMAR_CTA_VERBS: tuple[str, ...] = (
     "find",
     "get",
     "try",
-    "meet",
     "start",
     "view",
     "pick",
@@ -430,6 +435,64 @@ def restated(headline: str, subheadline: str) -> bool:
     return len(again & said) / len(again) >= RESTATED_SHARE
 
 
+# A word glued to the next one by a missing space ("Coffee andTea", "Check out forFood"):
+# two lower-case letters, then a capital that starts a word.
+_GLUED = re.compile(r"\w*[a-z]{2,}[A-Z][a-z]\w*")
+# Punctuation no sentence has: a space before a comma or stop, two commas, a closing comma,
+# a hashtag ("Bearpaw Essentials, ,", "A great swim #Swim #Shop").
+_STRAY = re.compile(r"\s[,;:.]|[,;:]\s*[,;:.]|[,;:]\s*$|#\w+")
+# What a button never stops on ("Pick up the.", "Check out your"); "See all" and "Shop
+# more" are whole.
+_DANGLING = frozenset(
+    "the a an your our their its his her my this these those every each and or of for to "
+    "with in on at from by".split()
+)
+# Glue between two words a list or a name repeats ("Pets & Pets", "Podcasts, Podcasts").
+_REPEAT_GLUE = frozenset([",", "&", "and", "or", "/"])
+_GLUE_TOKEN = re.compile(r"[\w'’]+(?:-[\w'’]+)*|[,&/]")
+
+
+def garbled(text: str, field: str, facts: str = "", english: bool = True) -> str | None:
+    """What makes ``text`` read as broken rather than written, if anything: glued or
+    doubled words, stray punctuation, a call to action (``field`` "cta") that stops on an
+    article or a preposition, or (``english``) a line of three or more words most of which
+    are no English word and none of the products'. ``facts``: what the products say (their
+    titles, categories and descriptions), whose names may double a word ("hori hori")."""
+    facts = facts.casefold()
+    known = set(words_of(facts))
+    if (glued := _GLUED.search(text)) is not None:
+        return f"glued words '{glued.group(0)}'"
+    if (stray := _STRAY.search(text)) is not None:
+        return f"stray punctuation '{stray.group(0).strip() or stray.group(0)}'"
+    tokens = [t.casefold() for t in _GLUE_TOKEN.findall(text)]
+    for i in range(len(tokens) - 1):
+        a, b = tokens[i], tokens[i + 1]
+        if a == b and a not in _REPEAT_GLUE and not a.isdigit() and f"{a} {a}" not in facts:
+            return f"'{a}' twice"
+        repeated = i + 2 < len(tokens) and a == tokens[i + 2] != b
+        if repeated and b in _REPEAT_GLUE and a not in _STOPWORDS:
+            return f"'{a} {b} {a}'"
+    words = words_of(text)
+    if field == "cta" and len(words) > 1 and words[-1] in _DANGLING:
+        return f"stops on '{words[-1]}'"
+    if english and len(words) >= 3:
+        unknown = [w for w in words if w not in _STOPWORDS and w not in known and not _readings(w)]
+        if len(unknown) * 2 > len(words):
+            return f"no English words: {', '.join(unknown[:3])}"
+    return None
+
+
+def title_heading(headline: str, shown: Sequence[Shown]) -> str | None:
+    """The shown product whose title (whole, or before its variant: "Trail Runner, Navy") the
+    headline only repeats (None: the headline says something of its own)."""
+    core = [_stem(w) for w in words_of(headline)]
+    for product in shown:
+        for title in (product.title, product.title.split(",")[0]):
+            if len(core) >= 2 and core == [_stem(w) for w in words_of(title)]:
+                return product.title
+    return None
+
+
 def _heading_core(headline: str) -> list[str]:
     words = words_of(headline)
     for prefix in _HEADING_PREFIXES:
@@ -505,6 +568,10 @@ def review(
     ]
     if headline and subheadline and restated(headline, subheadline):
         findings.append(Finding("restated", "subheadline", "says the headline again"))
+    facts = " ".join([*(f"{p.title} {p.category} {p.description}" for p in shown), *names])
+    for field, value in (("headline", headline), ("subheadline", subheadline), ("cta", cta)):
+        if value and (why := garbled(value, field, facts, rules.english)) is not None:
+            findings.append(Finding("garbled", field, why))
     verbs = rules.verbs
     if verbs and cta and not starts_with_verb(cta, verbs):
         findings.append(Finding("weak_cta", "cta", f"'{cta}' does not start with an action verb"))
@@ -514,6 +581,8 @@ def review(
             findings.append(Finding("cliche", field, f"'{phrase}'"))
     if headline and (name := bare_heading(headline, names)) is not None:
         findings.append(Finding("bare_heading", "headline", f"only the name '{name}'"))
+    elif headline and (title := title_heading(headline, shown)) is not None:
+        findings.append(Finding("bare_heading", "headline", f"only the title '{title}'"))
     if subheadline:
         count = len(words_of(subheadline))
         if count < MIN_SENTENCE_WORDS:

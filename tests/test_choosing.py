@@ -143,7 +143,9 @@ def test_soft_findings_of_the_guards(tiny_catalog: Catalog) -> None:
     assert notes(dict(GOOD, headline="Gear up for coffee")) == [
         "shared_phrase: headline: 'gear up for'"
     ]
-    assert notes(dict(GOOD, headline="Coffee Grinder")) == ["title_as_headline"]
+    assert notes(dict(GOOD, headline="Coffee Grinder")) == [
+        "bare_heading: headline: only the title 'Coffee Grinder'"
+    ]
     assert notes(dict(GOOD, headline="BEST COFFEE here")) == ["shouting: headline"]
 
 

@@ -118,7 +118,7 @@ def test_digits_are_off_schema_unless_the_template_allows_them(field: str) -> No
     text = banner(**{field: "Shop 8-inch knives" if field == "cta" else "The 5.5 qt oven"})
     problems = check(text).problems
     assert problems[0].startswith(f"invalid_output: {field}: "), problems
-    assert "no digits or % (the template's copy_digits is off)" in problems[0]
+    assert "no digits, number signs or % (the template's copy_digits is off)" in problems[0]
     assert check(text, schema=WITH_DIGITS).ok
 
 
@@ -127,7 +127,7 @@ def test_a_percent_sign_without_digits_is_off_schema_too(field: str) -> None:
     # Asked for "50% off", a model held to no digits writes the offer's husk.
     problems = check(banner(**{field: "Save big % today"})).problems
     assert problems[0].startswith(f"invalid_output: {field}: "), problems
-    assert "no digits or %" in problems[0]
+    assert "no digits, number signs or %" in problems[0]
 
 
 def test_numbers_stated_by_the_catalog_are_allowed() -> None:
@@ -142,6 +142,13 @@ def test_numbers_stated_by_the_catalog_are_allowed() -> None:
     assert ok.ok, ok.problems
     # "on sale" is in the knife's description, so the claim is grounded.
     assert check(banner(subheadline="Our chef's knife is on sale.")).ok
+
+
+def test_a_number_written_as_one_character_is_a_number_too() -> None:
+    """A fraction or a superscript the catalog never states is invented like "5.5" would be."""
+    for said in ("A ½ qt Dutch oven", "The oven², at last"):
+        problems = check(banner(headline=said), schema=WITH_DIGITS).problems
+        assert any(p.startswith("invented_number: headline") for p in problems), said
 
 
 def test_numbers_are_compared_by_value() -> None:

@@ -121,7 +121,10 @@ def test_example_must_fit_its_schema() -> None:
 
 def test_an_example_with_digits_needs_copy_digits() -> None:
     """The examples teach the grammar's rules: digits only where the template allows them."""
-    message = r"example 1 does not fit schema 'banner': headline: .*no digits or % \(the template's"
+    message = (
+        r"example 1 does not fit schema 'banner': headline: "
+        r".*no digits, number signs or % \(the template's"
+    )
     with pytest.raises(TemplateError, match=message):
         parse_template(with_example("Sleeps 2", "hero"), "probe.j2")
     allowed = parse_template(with_example("Sleeps 2", "hero", "copy_digits: true\n"), "probe.j2")

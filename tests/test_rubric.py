@@ -234,6 +234,49 @@ def test_the_grammar_lets_a_call_to_action_start_only_with_a_verb() -> None:
         _cta(model, "Gear up for camping")
 
 
+def test_the_grammar_writes_a_verb_and_its_object_never_glued_or_joined_by_and() -> None:
+    model = output_model("banner", 4, False, GRAMMAR_CTA_VERBS)
+    # An "&" joins two words of a name and counts as none of the three.
+    for good in ("Shop Coffee & Tea", "Shop Andes gear", "Browse orchard tools", "See all."):
+        _cta(model, good)
+    for garbled in (
+        "Browse and travel",  # "and" where the verb's object goes
+        "Pick or Tail",
+        "Shop andCamping",  # a word glued to the next
+        "Explore theOutdoor",
+        "Shop & Tea",  # "&" joins words, it is none
+        "Shop Coffee & Tea & Go",  # four words
+    ):
+        with pytest.raises(ValidationError):
+            _cta(model, garbled)
+
+
+@pytest.mark.parametrize(
+    "litter",
+    [
+        "Bearpaw Essentials, ,",  # a comma with no word after it
+        "Bags & Travel ,",  # a space before a comma
+        "Trail shoes,for mud",  # no space after a comma
+        "Dresses  Revenge",  # two spaces
+        "Camp in comfort ",  # a space at the end
+        "Sleeping Bag, ⅛",  # a fraction is a number
+        "Coffee ½-Lager",
+        "Sleeping Bag, ⅅ",  # a letterlike symbol for one
+        "Warm to 20°",
+    ],
+)
+def test_the_grammar_keeps_litter_and_number_signs_out_of_copy(litter: str) -> None:
+    model = output_model("banner", 4, False, GRAMMAR_CTA_VERBS)
+    copy = {"headline": litter, "subheadline": "A tent.", "cta": "Shop tents"}
+    with pytest.raises(ValidationError):
+        model.model_validate(copy | {"layout": "hero", "tone": "warm", "products": [1]})
+    assert not model.model_validate(
+        copy
+        | {"headline": "Camp in comfort, warm all night", "layout": "hero"}
+        | {"tone": "warm", "products": [1]}
+    ).badge
+
+
 def test_a_template_with_no_verbs_allowed_is_refused_with_a_clear_error() -> None:
     source = (PROMPTS / "hero_banner.j2").read_text()
     for verbs, message in (

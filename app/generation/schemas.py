@@ -117,16 +117,30 @@ _NEVER_SAID = "no quotes, backslashes, brackets, braces, backquotes or markup"
 # numbers, and the guards refused a first attempt for one 2,705 times in a 10,006-banner job.
 # And the percent sign with them: without a number it is the husk of an invented discount
 # ("Save big % today" when asked for "50% off").
-_DIGITS = "0-9%"
-_NO_DIGITS = ", no digits or % (the template's copy_digits is off)"
+# And the characters that are numbers without being 0-9: a fraction the tokenizer offers
+# whole ("Coffee ½-Lager", "Sleeping Bag, ⅛"), superscripts and subscripts, circled numbers,
+# the degree sign, which says nothing without one, and the letterlike symbols beside the
+# number forms, which the model reaches for in their place ("Sleeping Bag, ⅅ" for "20°F").
+_DIGITS = "0-9%°²³¹¼-¾⁰-₟℀-↋①-⓿❶-➓"
+_NO_DIGITS = ", no digits, number signs or % (the template's copy_digits is off)"
 # Each pattern built here, in words: what a validation error says instead of the regex.
 _RULES: dict[str, str] = {}
 
 
 def copy_pattern(digits: bool = False) -> str:
-    """The characters copy may use, as a regex every engine's grammar and Pydantic accept."""
-    pattern = f"^[^{_NEVER_IN_COPY}{'' if digits else _DIGITS}]*$"
-    _RULES[pattern] = _NEVER_SAID + ("" if digits else _NO_DIGITS)
+    """What copy may be, as a regex every engine's grammar and Pydantic accept: runs of the
+    characters it may use, one space between, a comma only at a run's end. So no space before
+    a comma, no ", ," or ",,", no double, leading or trailing space and no closing comma: the
+    litter a small model leaves when it runs out of words ("Bearpaw Essentials, ,")."""
+    chars = f"[^{_NEVER_IN_COPY}{'' if digits else _DIGITS}\\s,]"
+    # Where digits are allowed, a comma may stand between them too ("$1,299", "4,50 €").
+    between_digits = f"|,\\d{chars}*" if digits else ""
+    pattern = f"^{chars}+(?:,? {chars}+{between_digits})*$"
+    _RULES[pattern] = (
+        _NEVER_SAID
+        + ("" if digits else _NO_DIGITS)
+        + "; single spaces, and a comma only after a word and before a space"
+    )
     return pattern
 
 
@@ -142,22 +156,32 @@ def cta_pattern(words: int, digits: bool = False, verbs: tuple[str, ...] = ()) -
     # lets every script's letters through.
     inner = f"\\s{_NEVER_IN_COPY}{'' if digits else _DIGITS}_,.;:!?()/|+*=~^$#%@"
     # A word starts with a letter (or a digit where digits are allowed): "&Tea" is not one.
-    word = f"[^{inner}&'-][^{inner}]*"
+    # Its capital, if any, is its first letter: the model glues two words it has no room for
+    # ("Explore theOutdoor", "Coffee andTea"), and a button's word never needs a second one.
+    rest = f"{inner}A-Z"
+    word = f"[^{inner}&'-][^{rest}]*"
     if verbs:
         by_length: dict[int, list[str]] = {}
         for verb in dict.fromkeys(" ".join(v.split()) for v in verbs if v.strip()):
             by_length.setdefault(len(verb.split()), []).append(_either_case(verb))
-        starts = [
-            f"(?:{'|'.join(sorted(alternatives))})(?: {word}){{0,{words - length}}}"
-            for length, alternatives in sorted(by_length.items())
-            if length <= words
-        ]
+        # After the verb, its object: never "and" or "or" first (the model, wanting a
+        # category's name, wrote "Browse and Travel", "Pick and Tail"). An "&" may join two
+        # of its words and counts as none: "Shop Coffee & Tea" (it glued "Coffee andTea"
+        # when it could not).
+        first = _word_except(f"{inner}&'-", rest, ("and", "or"))
+        starts = []
+        for length, alternatives in sorted(by_length.items()):
+            if length > words:
+                continue
+            more = words - length
+            rest = f"(?: {first}(?: (?:& )?{word}){{0,{more - 1}}})?" if more else ""
+            starts.append(f"(?:{'|'.join(sorted(alternatives))}){rest}")
         pattern = f"^(?:{'|'.join(starts)})[.!]?$"
         shown = ", ".join(v.capitalize() for v in list(dict.fromkeys(verbs))[:6])
         _RULES[pattern] = (
             f"one to {words} words starting with an action verb ({shown}"
-            f"{', ...' if len(verbs) > 6 else ''}), single spaces, perhaps a closing . or !"
-            + ("" if digits else _NO_DIGITS)
+            f"{', ...' if len(verbs) > 6 else ''}) and not then 'and' or 'or', single spaces "
+            "(an & may join two words), perhaps a closing . or !" + ("" if digits else _NO_DIGITS)
         )
         return pattern
     pattern = f"^{word}(?: {word}){{0,{words - 1}}}[.!]?$"
@@ -166,6 +190,35 @@ def cta_pattern(words: int, digits: bool = False, verbs: tuple[str, ...] = ()) -
         f"single spaces, perhaps a closing . or !" + ("" if digits else _NO_DIGITS)
     )
     return pattern
+
+
+def _word_except(not_first: str, not_inner: str, excluded: tuple[str, ...]) -> str:
+    """A word (its first character none of ``not_first``, the others none of ``not_inner``)
+    that is none of ``excluded`` in either case of its first letter, as a regex without
+    lookarounds (llguidance and Rust's regex have none): the words, as a tree of prefixes,
+    and at each node any other way to go on."""
+    tree: dict[str, Any] = {}
+    for entry in excluded:
+        node = tree
+        for letter in entry.casefold():
+            node = node.setdefault(letter, {})
+        node[""] = {}
+
+    def branch(node: dict[str, Any], first: bool) -> str:
+        letters = [c for c in node if c]
+        cased = [v for c in letters for v in (c, c.upper())] if first else letters
+        # The letters first: a class's bare "-" must stay its last character.
+        banned = "".join(re.escape(c) for c in cased) + (not_first if first else not_inner)
+        ways = [f"[^{banned}][^{not_inner}]*"]
+        for letter in letters:
+            child = node[letter]
+            either = f"[{letter}{letter.upper()}]" if first else re.escape(letter)
+            ending = "" in child
+            tail = branch(child, False) if len(child) > ending else f"[^{not_inner}]+"
+            ways.append(f"{either}(?:{tail}){'' if ending else '?'}")
+        return "(?:" + "|".join(ways) + ")"
+
+    return branch(tree, True)
 
 
 def _either_case(verb: str) -> str:
