@@ -81,6 +81,109 @@ def model_prepare(force: bool) -> None:
     click.echo(f"embedding model: {resolve_embedding_model(settings.embedding_model)}")
 
 
+@model.command("data")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Folder for train.jsonl, held_out.jsonl and summary.json.",
+)
+@click.option(
+    "--with-examples",
+    is_flag=True,
+    help="Keep the templates' few-shot examples in the prompts (as served to the packaged "
+    "model); by default a trained model's prompts go without them.",
+)
+@clear_errors
+def model_data(out_dir: Path, with_examples: bool) -> None:
+    """Write the house-style training set (data/house_style) as chat rows, its prompts
+    rendered by the templates, after checking every example against the grammar and the
+    rubric."""
+    from app.training.dataset import build
+
+    settings = get_settings()
+    tokenizer = None
+    if settings.llm_folder.exists():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(settings.llm_folder)
+    summary = build(settings, out_dir, with_examples=with_examples, tokenizer=tokenizer)
+    for split, count in summary.rows.items():
+        click.echo(f"{split}: {count} rows, {summary.categories[split]} categories")
+    if tokenizer is not None:
+        click.echo(
+            f"prompt tokens: {summary.prompt_tokens_with_examples:.0f} with the templates' "
+            f"examples, {summary.prompt_tokens_without_examples:.0f} without; answer "
+            f"{summary.answer_tokens:.0f}"
+        )
+    click.echo(f"written to {out_dir}")
+
+
+@model.command("train")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    required=True,
+    help="What `marquee model data` wrote.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Folder for the merged model (model/), the adapter and training.json.",
+)
+@click.option("--epochs", type=click.FloatRange(0.01, 20), default=2.0, show_default=True)
+@click.option("--learning-rate", type=click.FloatRange(1e-6, 1e-2), default=2e-4, show_default=True)
+@click.option("--rank", type=click.IntRange(1, 256), default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option(
+    "--max-steps", type=click.IntRange(min=1), default=None, help="Stop after these steps."
+)
+@click.option(
+    "--limit-rows", type=click.IntRange(min=1), default=None, help="Learn from these rows only."
+)
+@clear_errors
+def model_train(
+    data_dir: Path,
+    out_dir: Path,
+    epochs: float,
+    learning_rate: float,
+    rank: int,
+    batch_size: int,
+    max_steps: int | None,
+    limit_rows: int | None,
+) -> None:
+    """Train a LoRA adapter on the served model from `marquee model data`'s rows and merge
+    it into a model folder. It serves nobody until the gate passes it."""
+    from app.hardware import detect
+    from app.training.train import TrainConfig, train
+
+    settings = get_settings()
+    dtype = detect().choose("llm", settings.llm_dtype).dtype
+    report = train(
+        TrainConfig(
+            data_dir=data_dir,
+            base_model=settings.llm_folder,
+            out_dir=out_dir,
+            epochs=epochs,
+            learning_rate=learning_rate,
+            rank=rank,
+            batch_size=batch_size,
+            max_steps=max_steps or -1,
+            limit_rows=limit_rows or 0,
+            dtype=dtype,
+        )
+    )
+    click.echo(
+        f"{report.steps} steps on {report.rows} rows in {report.seconds:.0f} s ({dtype}); "
+        f"held-out loss {report.held_out_loss_before:.3f} -> {report.held_out_loss_after:.3f}"
+    )
+    click.echo(f"model: {out_dir / 'model'}")
+
+
 @cli.command()
 @click.option("--probe/--no-probe", default=True, help="Measure speeds for ~3 s (default on).")
 @click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")

@@ -476,10 +476,25 @@ def garbled(text: str, field: str, facts: str = "", english: bool = True) -> str
     if field == "cta" and len(words) > 1 and words[-1] in _DANGLING:
         return f"stops on '{words[-1]}'"
     if english and len(words) >= 3:
-        unknown = [w for w in words if w not in _STOPWORDS and w not in known and not _readings(w)]
-        if len(unknown) * 2 > len(words):
+        unknown = [w for w in words if w not in _STOPWORDS and w not in known and not _english(w)]
+        if len(unknown) >= 2 and len(unknown) * 2 > len(words):
             return f"no English words: {', '.join(unknown[:3])}"
     return None
+
+
+@lru_cache(maxsize=4096)
+def _english(word: str) -> bool:
+    """Whether the lexicon knows ``word``, its singular ("accessories"), or the two words it
+    is made of ("sleepover", "skincare"): it lacks many a plural and compound."""
+    if _readings(word) or _readings(_stem(word)):
+        return True
+    parts = word.split("-")
+    if len(parts) > 1:
+        return all(_english(part) for part in parts if part)
+    return any(
+        bool(_readings(word[:i])) and bool(_readings(word[i:]) or _readings(_stem(word[i:])))
+        for i in range(3, len(word) - 2)
+    )
 
 
 def title_heading(headline: str, shown: Sequence[Shown]) -> str | None:

@@ -317,12 +317,14 @@ class PromptTemplate:
         chosen = sorted(range(len(examples)), key=lambda i: (about_mine[i], i))[:limit]
         return [examples[i] for i in sorted(chosen)]
 
-    def render(self, context: dict[str, Any]) -> RenderedPrompt:
+    def render(self, context: dict[str, Any], *, with_examples: bool = True) -> RenderedPrompt:
         """System message, then each example shown as a (prompt, answer) turn, then the real
-        prompt."""
+        prompt. ``with_examples``: False leaves the examples out (a model trained on the job,
+        app/training)."""
         messages: list[tuple[str, str]] = [("system", self.header.system.strip())]
         categories = [c["category"] for c in context.get("candidates", [])]
-        for example in self.shown_examples(categories):
+        shown = self.shown_examples(categories) if with_examples else []
+        for example in shown:
             sample = example_context(
                 interests=example.interests,
                 products=[p.model_dump() for p in example.products],

@@ -145,10 +145,16 @@ class ThemePicker:
             p.category if kind == "category" else p.brand
             for p in self.selector.recently_seen(shopper)
         ]
-        if name in seen[:5]:
-            return LOOKED_AT_LATELY
-        if name in seen:
-            return LOOKED_AT_BEFORE
-        if shopper.interests:
-            return close_to_interests(shopper.interests)
-        return f"popular with {shopper.segment} shoppers"
+        return theme_why(name, seen, shopper)
+
+
+def theme_why(name: str, seen: Sequence[str], shopper: Shopper) -> str:
+    """Why ``shopper`` gets the theme ``name``: ``seen`` holds the category (or brand) of each
+    product they saw, newest first. The one rule; the training set's prompts say it too."""
+    if name in seen[:5]:
+        return LOOKED_AT_LATELY
+    if name in seen:
+        return LOOKED_AT_BEFORE
+    if shopper.interests:
+        return close_to_interests(shopper.interests)
+    return f"popular with {shopper.segment} shoppers"
