@@ -184,6 +184,44 @@ def model_train(
     click.echo(f"model: {out_dir / 'model'}")
 
 
+@model.command("gate")
+@click.option(
+    "--candidate",
+    "candidate_dir",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    required=True,
+    help="A trained model folder (what `marquee model train` wrote under model/).",
+)
+@click.option("--prompts", type=click.IntRange(1, 1000), default=60, show_default=True)
+@click.option("--samples", type=click.IntRange(1, 8), default=4, show_default=True)
+@clear_errors
+def model_gate(candidate_dir: Path, prompts: int, samples: int) -> None:
+    """Judge a trained model against the served one on held-out categories; only a model
+    that passes may be served (MARQUEE_LLM_DIR)."""
+    from app.generation.transformers_engine import TransformersEngine
+    from app.runtime import hardware_choices
+    from app.training.gate import run_gate
+
+    settings = get_settings()
+    choice = hardware_choices(settings)["llm"]
+
+    def engine_on(folder: Path) -> TransformersEngine:
+        # Straight to the engine: the candidate has no verdict yet, which is the point.
+        return TransformersEngine(folder, folder.name, choice.dtype, choice.device)
+
+    report = run_gate(settings, candidate_dir, engine_on, prompts=prompts, samples=samples)
+    for name, scored in report.scores.items():
+        low, high = scored.as_json()["publishable_banner_interval"]
+        click.echo(
+            f"{name}: publishable banners {scored.publishable_banner_share:.1%} "
+            f"[{low:.1%}, {high:.1%}], hard findings {scored.hard_share:.1%} of "
+            f"{scored.answers} answers, {scored.invalid} not the schema"
+        )
+    click.echo(f"{'passed' if report.passed else 'refused'}: {report.why}")
+    if not report.passed:
+        sys.exit(1)
+
+
 @cli.command()
 @click.option("--probe/--no-probe", default=True, help="Measure speeds for ~3 s (default on).")
 @click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")

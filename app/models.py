@@ -77,6 +77,45 @@ def is_prepared(target: Path) -> bool:
     return (target / _MARKER).exists() and (target / "config.json").exists()
 
 
+# A folder ``marquee model train`` made holds what it learnt from (TRAINING_FILE); the gate's
+# verdict on it (GATE_FILE) is written beside it by ``marquee model gate``.
+TRAINING_FILE = "training.json"
+GATE_FILE = "gate.json"
+
+
+def mark_trained(target: Path, training: dict[str, object]) -> None:
+    """Make ``target`` (a merged trained model) a prepared folder that says how it was made."""
+    (target / TRAINING_FILE).write_text(json.dumps(training, indent=2) + "\n")
+    (target / _MARKER).write_text(json.dumps({"trained": True}) + "\n")
+
+
+def trained_without_examples(target: Path) -> bool:
+    """Whether ``target`` is a trained model that learnt from prompts without the templates'
+    few-shot examples (so it is served them without too)."""
+    try:
+        training = json.loads((target / TRAINING_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return training.get("with_examples") is False
+
+
+def require_gate(target: Path) -> None:
+    """Refuse to serve a trained model folder that has not passed the gate: a trained model
+    reaches shoppers only after the eval against the model it replaces. A packaged model
+    (no TRAINING_FILE) needs none."""
+    if not (target / TRAINING_FILE).exists():
+        return
+    try:
+        passed = json.loads((target / GATE_FILE).read_text()).get("passed") is True
+    except (OSError, ValueError, AttributeError):
+        passed = False
+    if not passed:
+        raise ModelError(
+            f"{target} is a trained model that has not passed the gate: run "
+            f"`marquee model gate --candidate {target}` first"
+        )
+
+
 def prepare_llm(source: str, target: Path, force: bool = False) -> Path:
     """Convert the GGUF to an HF folder at ``target`` (once; a finished folder is reused)."""
     gguf = resolve_gguf(source)

@@ -41,6 +41,7 @@ from app.generation.schemas import BannerCopy, output_model
 from app.guards import GuardResult, Guards, fallback_copy
 from app.locales import CopyLocale, copy_locale, language_of
 from app.logs import get_logger
+from app.models import trained_without_examples
 from app.prompting.context import build_context
 from app.prompting.templates import PromptTemplate, RenderedPrompt, TemplateRegistry
 from app.retrieval.collaborative import SavedModel
@@ -208,6 +209,9 @@ class Pipeline:
         engine: Engine | None,
     ) -> None:
         self.settings = settings
+        # A model trained on prompts without the templates' examples is served them without
+        # too (app/training); the packaged model needs them.
+        self.few_shot = not trained_without_examples(settings.llm_folder)
         self.shoppers = shoppers
         # The selector holds the catalog, its index and the interaction signals together: a
         # catalog update replaces it in one assignment, so no request sees a mix of the two.
@@ -428,7 +432,7 @@ class Pipeline:
             campaigns=campaigns,
             locale=locale or self._copy_locale(shopper, template),
         )
-        return template.render(context)
+        return template.render(context, with_examples=self.few_shot)
 
     # --- the whole flow ---------------------------------------------------------------------
 

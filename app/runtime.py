@@ -11,7 +11,7 @@ from app.catalog.store import Catalog, ShopperStore
 from app.config import Settings
 from app.generation.engine import Engine, EngineError
 from app.hardware import Choice, Component, HardwareProfile, detect
-from app.models import is_prepared
+from app.models import is_prepared, require_gate
 from app.pipeline import Pipeline
 from app.prompting.templates import TemplateRegistry, load_brand
 from app.retrieval.embedder import SentenceEmbedder
@@ -142,6 +142,7 @@ def make_engine(settings: Settings, name: str | None = None) -> Engine:
             )
         from app.generation.transformers_engine import TransformersEngine
 
+        require_gate(settings.llm_folder)
         choice = hardware_choices(settings)["llm"]
         return TransformersEngine(
             settings.llm_folder, settings.llm_name, choice.dtype, choice.device
@@ -171,6 +172,7 @@ def vllm_server_config(
         raise EngineError(
             f"model not prepared in {settings.llm_folder}: run `marquee model prepare`"
         )
+    require_gate(settings.llm_folder)
     profile = detect()
     choice = hardware_choices(settings, profile)["vllm"]
     port = port or settings.vllm_port or free_port()

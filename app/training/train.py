@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.models import mark_trained
+
 # What a run needs beyond the copy: the adapter's size and the optimiser's pace. r 16 on every
 # projection of SmolLM2-135M is 4.9 M parameters (3.6 % of the model); 2e-4 is LoRA's usual
 # rate (the base rate of full fine-tuning, 2e-5, barely moves an adapter in two epochs).
@@ -170,4 +172,9 @@ def train(config: TrainConfig) -> TrainReport:
         config={k: str(v) for k, v in asdict(config).items()},
     )
     (out / "training.json").write_text(json.dumps(report.as_json(), indent=2) + "\n")
+    # The model folder says how it was made, and what prompts it learnt (served alike).
+    summary = json.loads((config.data_dir / "summary.json").read_text())
+    mark_trained(
+        out / "model", report.as_json() | {"with_examples": bool(summary["with_examples"])}
+    )
     return report

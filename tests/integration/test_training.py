@@ -55,6 +55,17 @@ def test_model_data_then_train_makes_a_model_that_writes_copy(
     result = asyncio.run(engine.generate(request))
     schema.model_validate_json(result.texts[0])  # the grammar holds on the trained model too
 
+    # Learning is gated: unjudged, the folder serves nobody; judged, the verdict is kept.
+    model = str(out / "model")
+    refused = marquee("generate", "--user", "u004", MARQUEE_LLM_DIR=model)
+    assert refused.returncode != 0 and "has not passed the gate" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    gated = marquee("model", "gate", "--candidate", model, "--prompts", "2", "--samples", "1")
+    assert gated.returncode in (0, 1), gated.stderr[-2000:]  # passed or refused, said so
+    verdict = json.loads((out / "model" / "gate.json").read_text())
+    assert verdict["prompts"] == 2 and set(verdict["scores"]) == {"current", "candidate"}
+    assert ("passed" if verdict["passed"] else "refused") in gated.stdout
+
 
 def answer_shown(row: dict[str, object]) -> list[str]:
     """The numbered product lines of a row's prompt."""
