@@ -110,3 +110,20 @@ def test_the_publishability_rubric_is_a_leaf_and_the_one_judge_of_copy() -> None
             if marker in strings
         ]
     assert not broken, broken
+
+
+def test_serving_never_imports_the_training_side() -> None:
+    """app/training (peft, trl, datasets, the house-style set) is reached from the CLI only:
+    the server, the pipeline and the jobs stay what they were whether a model is trained or
+    not, and what they need of a trained folder (its gate, its prompts) is app/models.py's."""
+    training = PROJECT_ROOT / "app" / "training"
+    broken = []
+    for path in (PROJECT_ROOT / "app").rglob("*.py"):
+        if training in path.parents or path.name == "cli.py":
+            continue
+        broken += [
+            f"{path.name} imports {n}" for n in imports(path) if n.startswith("app.training")
+        ]
+    assert not broken, broken
+    for path in training.rglob("*.py"):
+        assert not any(n.startswith("app.server") for n in imports(path)), path.name

@@ -3,7 +3,7 @@ data``'s rows by TRL's SFT trainer, then merged into a model folder both engines
 
 The loss is on the copy only (prompt-completion rows: the prompt is what the template says,
 the completion what the model should write). The trainer runs on accelerate: one process on
-this machine by default; ``accelerate launch -m app.training.train ...`` with an accelerate
+this machine by default; ``accelerate launch -m app model train ...`` with an accelerate
 config spreads the same run over the GPUs or machines it names. A trained folder reaches
 shoppers only by the gate (``marquee model gate``), never by being written here.
 """
