@@ -33,10 +33,10 @@ from app.prompting.templates import TemplateRegistry, load_brand
 from app.training.dataset import HOUSE_STYLE
 from app.training.house_style import (
     TEMPLATE_SCHEMAS,
+    AsShown,
     CategoryFile,
     Example,
     HouseStyleSet,
-    Product,
     load,
 )
 from app.training.prompts import rows
@@ -102,20 +102,6 @@ def wilson(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
     return (round(max(0.0, centre - spread), 4), round(min(1.0, centre + spread), 4))
 
 
-@dataclass(frozen=True)
-class _Shown:
-    product: Product
-    category: str
-
-    @property
-    def title(self) -> str:
-        return self.product.title
-
-    @property
-    def description(self) -> str:
-        return self.product.description
-
-
 def judge(text: str, example: Example, category: CategoryFile) -> list[rubric.Finding] | None:
     """The rubric's findings on one answer to ``example``'s prompt; None when it is not the
     schema at all."""
@@ -127,7 +113,7 @@ def judge(text: str, example: Example, category: CategoryFile) -> list[rubric.Fi
     except ValidationError:
         return None
     products = {p.id: p for p in category.products}
-    shown = [_Shown(products[example.shown[n - 1]], category.category) for n in copy.products]
+    shown = [AsShown(products[example.shown[n - 1]], category.category) for n in copy.products]
     return rubric.review(
         copy.headline,
         copy.subheadline,

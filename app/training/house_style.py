@@ -319,7 +319,7 @@ def _check_example(
         yield "a product is chosen twice"
     # What the looked-at product says is a fact too: the copy goes with it.
     anchor = [products[example.anchor]] if example.anchor else []
-    facts = [_AsShown(p, category.category) for p in [*chosen, *anchor]]
+    facts = [AsShown(p, category.category) for p in [*chosen, *anchor]]
     for finding in rubric.review(
         example.headline,
         example.subheadline,
@@ -344,8 +344,8 @@ def _check_example(
 
 
 @dataclass(frozen=True)
-class _AsShown:
-    """A product as the rubric reads it."""
+class AsShown:
+    """A product of the set as the rubric reads it (its category is the file's)."""
 
     product: Product
     category: str
