@@ -440,7 +440,7 @@ def restated(headline: str, subheadline: str) -> bool:
 _GLUED = re.compile(r"\w*[a-z]{2,}[A-Z][a-z]\w*")
 # Punctuation no sentence has: a space before a comma or stop, two commas, a closing comma,
 # a hashtag ("Bearpaw Essentials, ,", "A great swim #Swim #Shop").
-_STRAY = re.compile(r"\s[,;:.]|[,;:]\s*[,;:.]|[,;:]\s*$|#\w+")
+_STRAY = re.compile(r"\s[,;:.]|[,;:]\s*[,;:.]|[,;:]\s*$|#\w+|\w[-&](?=[\s,.!?]|$)")
 # What a button never stops on ("Pick up the.", "Check out your"); "See all" and "Shop
 # more" are whole.
 _DANGLING = frozenset(
@@ -464,6 +464,10 @@ def garbled(text: str, field: str, facts: str = "", english: bool = True) -> str
         return f"glued words '{glued.group(0)}'"
     if (stray := _STRAY.search(text)) is not None:
         return f"stray punctuation '{stray.group(0).strip() or stray.group(0)}'"
+    for word in words_of(text):
+        # "and" with the next word run into it, no space ("Browse andbound", "Coffee andte").
+        if word.startswith("and") and len(word) > 3 and word not in known and not _english(word):
+            return f"glued words '{word}'"
     tokens = [t.casefold() for t in _GLUE_TOKEN.findall(text)]
     for i in range(len(tokens) - 1):
         a, b = tokens[i], tokens[i + 1]

@@ -237,13 +237,15 @@ def test_the_grammar_lets_a_call_to_action_start_only_with_a_verb() -> None:
 def test_the_grammar_writes_a_verb_and_its_object_never_glued_or_joined_by_and() -> None:
     model = output_model("banner", 4, False, GRAMMAR_CTA_VERBS)
     # An "&" joins two words of a name and counts as none of the three.
-    for good in ("Shop Coffee & Tea", "Shop Andes gear", "Browse orchard tools", "See all."):
+    for good in ("Shop Coffee & Tea", "Shop TV stands", "Browse orchard tools", "See all."):
         _cta(model, good)
     for garbled in (
         "Browse and travel",  # "and" where the verb's object goes
         "Pick or Tail",
         "Shop andCamping",  # a word glued to the next
         "Explore theOutdoor",
+        "Shop Coffee andte",  # "and" run into the next word, anywhere in the object
+        "Discover your next-door-",  # a word that ends on a hyphen
         "Shop & Tea",  # "&" joins words, it is none
         "Shop Coffee & Tea & Go",  # four words
     ):

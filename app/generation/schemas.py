@@ -111,8 +111,12 @@ class UnknownSchemaError(KeyError):
 # Never in copy: markup, brackets, braces and backquotes (our prompt's delimiters; a page would
 # render them), quotes and backslashes (a small model loops on JSON escapes), control
 # characters (a line break fakes a turn).
-_NEVER_IN_COPY = r'"\\<>{}\[\]`\x00-\x1f\x7f'
-_NEVER_SAID = "no quotes, backslashes, brackets, braces, backquotes or markup"
+# And the symbol blocks no banner's words need, which the model reaches for when the grammar
+# closes the way it wanted (the full suite served "Bags & Travel, Unwind, ⑑" and "See
+# Lounge ！"): from the per mille sign to the end of the arrows, shapes and dingbats (the
+# currency signs aside: copy with digits names prices), and the full-width forms.
+_NEVER_IN_COPY = r'"\\<>{}\[\]`\x00-\x1f\x7f' + "‰-₟⃐-⯿！-～"
+_NEVER_SAID = "no quotes, backslashes, brackets, braces, backquotes, markup or symbols"
 # Digits too, unless the template asks for them (``copy_digits``): a 135M model invents
 # numbers, and the guards refused a first attempt for one 2,705 times in a 10,006-banner job.
 # And the percent sign with them: without a number it is the husk of an invented discount
@@ -121,7 +125,7 @@ _NEVER_SAID = "no quotes, backslashes, brackets, braces, backquotes or markup"
 # whole ("Coffee ½-Lager", "Sleeping Bag, ⅛"), superscripts and subscripts, circled numbers,
 # the degree sign, which says nothing without one, and the letterlike symbols beside the
 # number forms, which the model reaches for in their place ("Sleeping Bag, ⅅ" for "20°F").
-_DIGITS = "0-9%°²³¹¼-¾⁰-₟℀-↋①-⓿❶-➓"
+_DIGITS = "0-9%°²³¹¼-¾₠-⃏"  # and the currency signs, which say nothing without a number
 _NO_DIGITS = ", no digits, number signs or % (the template's copy_digits is off)"
 # Each pattern built here, in words: what a validation error says instead of the regex.
 _RULES: dict[str, str] = {}
@@ -155,11 +159,14 @@ def cta_pattern(words: int, digits: bool = False, verbs: tuple[str, ...] = ()) -
     # JSON schema checkers), Rust's regex (Pydantic) and llguidance all read alike, and which
     # lets every script's letters through.
     inner = f"\\s{_NEVER_IN_COPY}{'' if digits else _DIGITS}_,.;:!?()/|+*=~^$#%@"
-    # A word starts with a letter (or a digit where digits are allowed): "&Tea" is not one.
-    # Its capital, if any, is its first letter: the model glues two words it has no room for
-    # ("Explore theOutdoor", "Coffee andTea"), and a button's word never needs a second one.
+    # A word starts with a letter (or a digit where digits are allowed): "&Tea" is not one,
+    # and ends with one: "next-door-" is not either. Its capital, if any, is its first letter:
+    # the model glues two words it has no room for ("Explore theOutdoor", "Coffee andTea"),
+    # and a button's word never needs a second one.
     rest = f"{inner}A-Z"
-    word = f"[^{inner}&'-][^{rest}]*"
+    # An acronym is a word too ("Shop TV stands"): capitals only.
+    acronym = "[A-Z]{2,5}"
+    word = f"(?:[^{inner}&'-](?:[^{rest}]*[^{rest}&-])?|{acronym})"
     if verbs:
         by_length: dict[int, list[str]] = {}
         for verb in dict.fromkeys(" ".join(v.split()) for v in verbs if v.strip()):
@@ -168,14 +175,18 @@ def cta_pattern(words: int, digits: bool = False, verbs: tuple[str, ...] = ()) -
         # category's name, wrote "Browse and Travel", "Pick and Tail"). An "&" may join two
         # of its words and counts as none: "Shop Coffee & Tea" (it glued "Coffee andTea"
         # when it could not).
-        first = _word_except(f"{inner}&'-", rest, ("and", "or"))
+        # Nor, anywhere in the object, a word that starts with "and": held from writing
+        # "and", the model glued it to whatever came next ("Browse andbound", "Shop Coffee
+        # andte").
+        part = _word_except(f"{inner}&'-", rest, ("and", "or"), prefixes=("and",))
+        part = f"(?:{part}|{acronym})"
         starts = []
         for length, alternatives in sorted(by_length.items()):
             if length > words:
                 continue
             more = words - length
-            rest = f"(?: {first}(?: (?:& )?{word}){{0,{more - 1}}})?" if more else ""
-            starts.append(f"(?:{'|'.join(sorted(alternatives))}){rest}")
+            tail = f"(?: {part}(?: (?:& )?{part}){{0,{more - 1}}})?" if more else ""
+            starts.append(f"(?:{'|'.join(sorted(alternatives))}){tail}")
         pattern = f"^(?:{'|'.join(starts)})[.!]?$"
         shown = ", ".join(v.capitalize() for v in list(dict.fromkeys(verbs))[:6])
         _RULES[pattern] = (
@@ -192,33 +203,53 @@ def cta_pattern(words: int, digits: bool = False, verbs: tuple[str, ...] = ()) -
     return pattern
 
 
-def _word_except(not_first: str, not_inner: str, excluded: tuple[str, ...]) -> str:
-    """A word (its first character none of ``not_first``, the others none of ``not_inner``)
-    that is none of ``excluded`` in either case of its first letter, as a regex without
-    lookarounds (llguidance and Rust's regex have none): the words, as a tree of prefixes,
-    and at each node any other way to go on."""
+def _word_except(
+    not_first: str, not_inner: str, excluded: tuple[str, ...], prefixes: tuple[str, ...] = ()
+) -> str:
+    """A word (its first character none of ``not_first``, the others none of ``not_inner``,
+    its last no ``&``, ``'`` or ``-``) that is none of ``excluded`` and starts with none of
+    ``prefixes``, in either case of its first letter, as a regex without lookarounds
+    (llguidance and Rust's regex have none): the words, as a tree of prefixes, and at each
+    node any other way to go on."""
     tree: dict[str, Any] = {}
     for entry in excluded:
         node = tree
         for letter in entry.casefold():
             node = node.setdefault(letter, {})
         node[""] = {}
-
+    for prefix in prefixes:
+        node = tree
+        for letter in prefix.casefold()[:-1]:
+            node = node.setdefault(letter, {})
+        node[prefix.casefold()[-1]] = {"*": {}}  # nothing may follow: the node is closed
     def branch(node: dict[str, Any], first: bool) -> str:
-        letters = [c for c in node if c]
+        """The rest of a word from ``node`` (the prefix read so far) on."""
+        letters = [c for c in node if c not in ("", "*")]
         cased = [v for c in letters for v in (c, c.upper())] if first else letters
         # The letters first: a class's bare "-" must stay its last character.
         banned = "".join(re.escape(c) for c in cased) + (not_first if first else not_inner)
-        ways = [f"[^{banned}][^{not_inner}]*"]
+        ends = _no_end(banned)
+        ways = [  # another character than the tree's: one that may end the word, or more
+            f"[^{ends}]",
+            f"[^{banned}][^{not_inner}]*[^{_no_end(not_inner)}]",
+        ]
         for letter in letters:
             child = node[letter]
+            if "*" in child:  # a prefix nothing may follow, nor end on
+                continue
             either = f"[{letter}{letter.upper()}]" if first else re.escape(letter)
-            ending = "" in child
-            tail = branch(child, False) if len(child) > ending else f"[^{not_inner}]+"
-            ways.append(f"{either}(?:{tail}){'' if ending else '?'}")
+            rest = branch(child, False)
+            # The word may end on the letter unless the letters so far are an excluded word.
+            ways.append(f"{either}(?:{rest}){'' if '' in child else '?'}")
         return "(?:" + "|".join(ways) + ")"
 
     return branch(tree, True)
+
+
+def _no_end(chars: str) -> str:
+    """``chars`` (a negated class's body) and the characters a word never ends on ("&" and
+    "-"; an apostrophe may: "kids'"), "-" last."""
+    return chars.removesuffix("-") + "&-"
 
 
 def _either_case(verb: str) -> str:
