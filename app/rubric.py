@@ -21,6 +21,7 @@ words, not grammar, and hold in any language.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -477,12 +478,24 @@ def garbled(text: str, field: str, facts: str = "", english: bool = True) -> str
         if repeated and b in _REPEAT_GLUE and a not in _STOPWORDS:
             return f"'{a} {b} {a}'"
     words = words_of(text)
+    if english and (foreign := _foreign_letter(text, facts)) is not None:
+        return f"letters of another script '{foreign}'"
     if field == "cta" and len(words) > 1 and words[-1] in _DANGLING:
         return f"stops on '{words[-1]}'"
     if english and len(words) >= 3:
         unknown = [w for w in words if w not in _STOPWORDS and w not in known and not _english(w)]
         if len(unknown) >= 2 and len(unknown) * 2 > len(words):
             return f"no English words: {', '.join(unknown[:3])}"
+    return None
+
+
+def _foreign_letter(text: str, facts: str) -> str | None:
+    """A letter of a script other than Latin in English copy that the products do not write
+    ("Cat Tree, уебое"), if any."""
+    for char in text:
+        foreign = char.isalpha() and not char.isascii() and char.casefold() not in facts
+        if foreign and not unicodedata.name(char, "").startswith("LATIN"):
+            return char
     return None
 
 

@@ -115,7 +115,10 @@ class UnknownSchemaError(KeyError):
 # closes the way it wanted (the full suite served "Bags & Travel, Unwind, ⑑" and "See
 # Lounge ！"): from the per mille sign to the end of the arrows, shapes and dingbats (the
 # currency signs aside: copy with digits names prices), and the full-width forms.
-_NEVER_IN_COPY = r'"\\<>{}\[\]`\x00-\x1f\x7f' + "‰-₟⃐-⯿！-～"
+# Invisible format marks too (a right-to-left mark served in "Luxury, \u200fCedar & Pine").
+_NEVER_IN_COPY = (
+    r'"\\<>{}\[\]`\x00-\x1f\x7f' + "‰-₟⃐-⯿！-～" + "\u200b-\u200f\u202a-\u202e\u2060-\u206f"
+)
 _NEVER_SAID = "no quotes, backslashes, brackets, braces, backquotes, markup or symbols"
 # Digits too, unless the template asks for them (``copy_digits``): a 135M model invents
 # numbers, and the guards refused a first attempt for one 2,705 times in a 10,006-banner job.
@@ -222,6 +225,7 @@ def _word_except(
         for letter in prefix.casefold()[:-1]:
             node = node.setdefault(letter, {})
         node[prefix.casefold()[-1]] = {"*": {}}  # nothing may follow: the node is closed
+
     def branch(node: dict[str, Any], first: bool) -> str:
         """The rest of a word from ``node`` (the prefix read so far) on."""
         letters = [c for c in node if c not in ("", "*")]
