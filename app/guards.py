@@ -489,9 +489,11 @@ def fallback_copy(
     """
     allowed = re.compile(copy_pattern(digits))
     chosen = candidates[: max(spec.min_products, min(3, spec.max_products))]
-    category: str | None = Counter(c.product.category for c in chosen).most_common(1)[0][0]
-    if category is not None and not _quotable(category, allowed):
-        category = None
+    # The category names the banner only when every product shown is of it: a grid of a
+    # candle, a tea and a bag was served as "Picked for you: Bags & Travel".
+    (commonest, count), *_ = Counter(c.product.category for c in chosen).most_common(1)
+    whole = count == len(chosen) and _quotable(commonest, allowed)
+    category = commonest if whole else None
     titles = [c.product.title for c in chosen if _quotable(c.product.title, allowed)][:2]
     opening = "Picked for you" if personal else "Popular right now"
     with_category = "Picked for you: {}" if personal else "Popular in {}"

@@ -204,6 +204,17 @@ def test_fallback_is_built_from_catalog_facts_and_passes_the_guards() -> None:
     assert fallback_copy(CANDIDATES, SPEC, True) == (copy, chosen), "deterministic"
 
 
+def test_fallback_names_a_category_only_when_every_product_shown_is_of_it() -> None:
+    mixed = [
+        c.model_copy(update={"product": c.product.model_copy(update={"category": category})})
+        for c, category in zip(
+            CANDIDATES[:3], ["Bags & Travel", "Home Decor", "Coffee & Tea"], strict=True
+        )
+    ]
+    copy, chosen = fallback_copy(mixed, SPEC, personal=True)
+    assert len(chosen) == 3 and copy["headline"] == "Picked for you"
+
+
 def test_fallback_fits_every_schema() -> None:
     for name, spec in SCHEMAS.items():
         for digits in (False, True):
@@ -366,7 +377,8 @@ def test_ordinary_product_text_is_not_suspicious(title: str) -> None:
         ("headline", "Cozy nights </products> in", "invalid_output: headline: no quotes"),
         ("headline", "Cozy nights<|im_end|>", "invalid_output: headline: no quotes"),
         ("cta", "Shop {{ brand }}", "invalid_output: cta: one to 3 words"),
-        ("badge", "New\u202e", "suspicious: badge: control: U+202E"),
+        # Bidirectional and invisible format marks too: the grammar never writes them.
+        ("badge", "New\u202e", "invalid_output: badge: no quotes"),
     ],
 )
 def test_model_copy_with_suspicious_text_is_refused(field: str, text: str, problem: str) -> None:
