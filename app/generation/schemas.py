@@ -198,10 +198,11 @@ def cta_pattern(words: int, digits: bool = False, verbs: tuple[str, ...] = ()) -
             "(an & may join two words), perhaps a closing . or !" + ("" if digits else _NO_DIGITS)
         )
         return pattern
-    pattern = f"^{word}(?: {word}){{0,{words - 1}}}[.!]?$"
+    pattern = f"^{word}(?: (?:& )?{word}){{0,{words - 1}}}[.!]?$"
     _RULES[pattern] = (
         f"one to {words} words of letters (an apostrophe, hyphen or ampersand inside) with "
-        f"single spaces, perhaps a closing . or !" + ("" if digits else _NO_DIGITS)
+        f"single spaces (an & may join two words), perhaps a closing . or !"
+        + ("" if digits else _NO_DIGITS)
     )
     return pattern
 
