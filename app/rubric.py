@@ -461,11 +461,12 @@ def garbled(text: str, field: str, facts: str = "", english: bool = True) -> str
     titles, categories and descriptions), whose names may double a word ("hori hori")."""
     facts = facts.casefold()
     known = set(words_of(facts))
+    words = words_of(text)
     if (glued := _GLUED.search(text)) is not None:
         return f"glued words '{glued.group(0)}'"
     if (stray := _STRAY.search(text)) is not None:
         return f"stray punctuation '{stray.group(0).strip() or stray.group(0)}'"
-    for word in words_of(text):
+    for word in words:
         # "and" with the next word run into it, no space ("Browse andbound", "Coffee andte").
         if word.startswith("and") and len(word) > 3 and word not in known and not _english(word):
             return f"glued words '{word}'"
@@ -477,7 +478,6 @@ def garbled(text: str, field: str, facts: str = "", english: bool = True) -> str
         repeated = i + 2 < len(tokens) and a == tokens[i + 2] != b
         if repeated and b in _REPEAT_GLUE and a not in _STOPWORDS:
             return f"'{a} {b} {a}'"
-    words = words_of(text)
     if english and (foreign := _foreign_letter(text, facts)) is not None:
         return f"letters of another script '{foreign}'"
     if field == "cta" and len(words) > 1 and words[-1] in _DANGLING:

@@ -27,17 +27,17 @@ from pydantic import ValidationError
 from app import rubric
 from app.config import Settings
 from app.generation.engine import Engine, GenerationRequest, SamplingParams
-from app.generation.schemas import output_model
 from app.models import GATE_FILE
 from app.prompting.templates import TemplateRegistry, load_brand
 from app.training.dataset import HOUSE_STYLE
 from app.training.house_style import (
-    TEMPLATE_SCHEMAS,
     AsShown,
     CategoryFile,
     Example,
     HouseStyleSet,
     load,
+    review,
+    schema_for,
 )
 from app.training.prompts import rows
 
@@ -105,23 +105,13 @@ def wilson(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
 def judge(text: str, example: Example, category: CategoryFile) -> list[rubric.Finding] | None:
     """The rubric's findings on one answer to ``example``'s prompt; None when it is not the
     schema at all."""
-    schema = output_model(
-        TEMPLATE_SCHEMAS[example.template], len(example.shown), False, rubric.GRAMMAR_CTA_VERBS
-    )
     try:
-        copy = schema.model_validate_json(text)
+        copy = schema_for(example).model_validate_json(text)
     except ValidationError:
         return None
     products = {p.id: p for p in category.products}
     shown = [AsShown(products[example.shown[n - 1]], category.category) for n in copy.products]
-    return rubric.review(
-        copy.headline,
-        copy.subheadline,
-        copy.cta,
-        shown,
-        theme=category.category,
-        categories=[category.category],
-    )
+    return review(copy.headline, copy.subheadline, copy.cta, shown, category)
 
 
 async def _answers(
@@ -134,9 +124,7 @@ async def _answers(
     requests = [
         GenerationRequest(
             messages=prompt,
-            schema=output_model(
-                TEMPLATE_SCHEMAS[e.template], len(e.shown), False, rubric.GRAMMAR_CTA_VERBS
-            ),
+            schema=schema_for(e),
             sampling=SAMPLING,
             seed=seed + number,
             n=samples,

@@ -28,7 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app import rubric
-from app.generation.schemas import SCHEMAS, copy_error, output_model
+from app.generation.schemas import SCHEMAS, BannerCopy, copy_error, output_model
 
 Split = Literal["train", "held_out"]
 
@@ -304,7 +304,7 @@ def _check_example(
     if example.anchor is not None and example.template != "because_you_viewed":
         yield "only because_you_viewed has an anchor"
     schema = TEMPLATE_SCHEMAS[example.template]
-    model = output_model(schema, len(example.shown), False, rubric.GRAMMAR_CTA_VERBS)
+    model = schema_for(example)
     try:
         model.model_validate(example.output())
     except ValidationError as error:
@@ -320,14 +320,7 @@ def _check_example(
     # What the looked-at product says is a fact too: the copy goes with it.
     anchor = [products[example.anchor]] if example.anchor else []
     facts = [AsShown(p, category.category) for p in [*chosen, *anchor]]
-    for finding in rubric.review(
-        example.headline,
-        example.subheadline,
-        example.cta,
-        facts,
-        theme=category.category,
-        categories=[category.category],
-    ):
+    for finding in review(example.headline, example.subheadline, example.cta, facts, category):
         yield f"rubric: {finding}"
     copy = f"{example.headline} {example.subheadline} {example.cta}"
     if (brand := forbidden.brand_in(copy)) is not None:
@@ -341,6 +334,22 @@ def _check_example(
             yield "a brand showcase shows one brand's products"
         elif not any(_norm(b) in _norm(example.headline) for b in named):
             yield "a brand showcase's headline names the brand"
+
+
+def schema_for(example: Example) -> type[BannerCopy]:
+    """The schema the answer to ``example``'s prompt is written in, as served: its template's,
+    for the products it shows, with the grammar's verbs."""
+    schema = TEMPLATE_SCHEMAS[example.template]
+    return output_model(schema, len(example.shown), False, rubric.GRAMMAR_CTA_VERBS)
+
+
+def review(
+    headline: str, subheadline: str, cta: str, facts: Sequence[AsShown], category: CategoryFile
+) -> list[rubric.Finding]:
+    """The rubric's findings on copy about ``facts``, a banner themed on the file's category:
+    what the checker holds the set's copy to and the gate a model's answers."""
+    name = category.category
+    return rubric.review(headline, subheadline, cta, facts, theme=name, categories=[name])
 
 
 @dataclass(frozen=True)
