@@ -12,7 +12,7 @@ from app.catalog.store import Catalog, ShopperStore
 from app.config import PROJECT_ROOT, Settings
 from app.models import GATE_FILE, ModelError, mark_trained, require_gate
 from app.pipeline import BannerRequest
-from app.training.gate import ModelScore, judge, score, verdict, wilson
+from app.training.gate import ModelScore, judge, run_gate, score, verdict, wilson
 from app.training.house_style import load
 from app.training.train import prompt_completion
 from tests.fakes import ScriptedEngine, make_pipeline
@@ -56,6 +56,28 @@ async def test_a_model_trained_without_examples_is_prompted_without_them(
     trained = await turns(test_settings.model_copy(update={"llm_dir": folder}))
     # System and prompt only: the examples' (prompt, answer) turns are gone.
     assert trained == 2 and served > trained
+
+
+def test_the_gate_prompts_the_current_model_as_it_is_served(
+    tmp_path: Path, test_settings: Settings
+) -> None:
+    # The served model may itself be a trained one: then it too is judged without examples.
+    current, candidate = tmp_path / "current", tmp_path / "candidate"
+    for folder in (current, candidate):
+        folder.mkdir()
+    mark_trained(current, {"with_examples": False})
+    engines: list[ScriptedEngine] = []
+
+    def engine_on(folder: Path) -> ScriptedEngine:
+        engines.append(ScriptedEngine([]))
+        return engines[-1]
+
+    settings = test_settings.model_copy(update={"llm_dir": current})
+    report = run_gate(settings, candidate, engine_on, prompts=2, samples=1)
+    served, trained = ([r.messages for r in e.requests] for e in engines)
+    assert report.prompts == 2 and served == trained
+    assert all(len(messages) == 2 for messages in served)  # system and prompt, no examples
+    assert json.loads((candidate / GATE_FILE).read_text())["prompts"] == 2
 
 
 def test_rows_become_prompt_completion_pairs_with_the_copy_alone_as_the_completion() -> None:

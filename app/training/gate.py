@@ -2,13 +2,14 @@
 it never saw (the house-style set's held-out part), judged by the rubric serving uses.
 
 Each model writes ``samples`` answers to every held-out prompt under the serving grammar: the
-current model with the prompts it is served today (the templates' examples in them), the
-candidate with the prompts it was trained on. An answer is publishable when the rubric finds
-nothing in it; a banner is publishable when one of its samples is (what best-of-n could serve).
-The candidate passes when its banners are publishable at least as often as the current
-model's and its answers carry a hard finding (refused: a retry or fallback) no more often.
-The verdict is written into the candidate's folder (``gate.json``), and a trained folder is
-served only with a passing one (``app.models.require_gate``).
+current model with the prompts it is served today (the templates' examples in them unless it
+was trained without), the candidate with the prompts it was trained on. An answer is
+publishable when the rubric finds nothing in it; a banner is publishable when one of its
+samples is (what best-of-n could serve). The candidate passes when its banners are
+publishable at least as often as the current model's and its answers carry a hard finding
+(refused: a retry or fallback) no more often. The verdict is written into the candidate's
+folder (``gate.json``), and a trained folder is served only with a passing one
+(``app.models.require_gate``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pydantic import ValidationError
 from app import rubric
 from app.config import Settings
 from app.generation.engine import Engine, GenerationRequest, SamplingParams
-from app.models import GATE_FILE
+from app.models import GATE_FILE, trained_without_examples
 from app.prompting.templates import TemplateRegistry, load_brand
 from app.training.dataset import HOUSE_STYLE
 from app.training.house_style import (
@@ -200,7 +201,10 @@ def run_gate(
         by_category.setdefault(c.category, []).append(index)
     order = [i for group in zip(*by_category.values(), strict=False) for i in group]
     chosen = sorted(order[:prompts])
-    served = list(rows(held_set, registry, brand, with_examples=True))
+    # Each model is prompted as it is served: the templates' examples only for a model that
+    # was not trained without them (the packaged one).
+    current_with_examples = not trained_without_examples(settings.llm_folder)
+    served = list(rows(held_set, registry, brand, with_examples=current_with_examples))
     trained_rows = list(rows(held_set, registry, brand, with_examples=False))
     held = [pairs[i] for i in chosen]
     scores: dict[str, ModelScore] = {}
