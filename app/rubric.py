@@ -25,6 +25,7 @@ import unicodedata
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import pairwise
 from typing import Literal, Protocol
 
 from lemminflect import getAllLemmas
@@ -450,6 +451,11 @@ _DANGLING = frozenset(
 )
 # Glue between two words a list or a name repeats ("Pets & Pets", "Podcasts, Podcasts").
 _REPEAT_GLUE = frozenset([",", "&", "and", "or", "/"])
+# Words English makes by doubling, which a doubled word is not otherwise.
+_REDUPLICATED = frozenset(
+    "bye-bye hush-hush so-so no-no yo-yo pom-pom tom-tom choo-choo tut-tut can-can "
+    "goody-goody mahi-mahi night-night knock-knock".split()
+)
 _GLUE_TOKEN = re.compile(r"[\w'’]+(?:-[\w'’]+)*|[,&/]")
 
 
@@ -471,6 +477,21 @@ def garbled(text: str, field: str, facts: str = "", english: bool = True) -> str
         if word.startswith("and") and len(word) > 3 and word not in known and not _english(word):
             return f"glued words '{word}'"
     tokens = [t.casefold() for t in _GLUE_TOKEN.findall(text)]
+    for token in tokens:
+        # One word hyphenated to itself ("lime-lime wax", "Bite-Bit-Bit" is caught as unknown).
+        parts = token.split("-")
+        doubled = len(parts) > 1 and len(set(parts)) == 1
+        if doubled and token not in _REDUPLICATED and token not in facts:
+            return f"'{token}'"
+    # The same two-word name twice in one line ("a nest box with a nest box"): a list that
+    # ran out of products.
+    pairs = [
+        (a, b)
+        for a, b in pairwise(tokens)
+        if a not in _STOPWORDS and b not in _STOPWORDS and {a, b}.isdisjoint(_REPEAT_GLUE)
+    ]
+    if (again := next((p for i, p in enumerate(pairs) if p in pairs[:i]), None)) is not None:
+        return f"'{' '.join(again)}' twice"
     for i in range(len(tokens) - 1):
         a, b = tokens[i], tokens[i + 1]
         if a == b and a not in _REPEAT_GLUE and not a.isdigit() and f"{a} {a}" not in facts:
