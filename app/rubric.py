@@ -478,20 +478,20 @@ def garbled(text: str, field: str, facts: str = "", english: bool = True) -> str
             return f"glued words '{word}'"
     tokens = [t.casefold() for t in _GLUE_TOKEN.findall(text)]
     for token in tokens:
-        # One word hyphenated to itself ("lime-lime wax", "Bite-Bit-Bit" is caught as unknown).
+        # One word hyphenated to itself ("a lime-lime wax paste").
         parts = token.split("-")
         doubled = len(parts) > 1 and len(set(parts)) == 1
         if doubled and token not in _REDUPLICATED and token not in facts:
             return f"'{token}'"
     # The same two-word name twice in one line ("a nest box with a nest box"): a list that
     # ran out of products.
-    pairs = [
-        (a, b)
-        for a, b in pairwise(tokens)
-        if a not in _STOPWORDS and b not in _STOPWORDS and {a, b}.isdisjoint(_REPEAT_GLUE)
-    ]
-    if (again := next((p for i, p in enumerate(pairs) if p in pairs[:i]), None)) is not None:
-        return f"'{' '.join(again)}' twice"
+    names: set[tuple[str, str]] = set()
+    for a, b in pairwise(tokens):
+        if a in _STOPWORDS or b in _STOPWORDS or not {a, b}.isdisjoint(_REPEAT_GLUE):
+            continue
+        if (a, b) in names:
+            return f"'{a} {b}' twice"
+        names.add((a, b))
     for i in range(len(tokens) - 1):
         a, b = tokens[i], tokens[i + 1]
         if a == b and a not in _REPEAT_GLUE and not a.isdigit() and f"{a} {a}" not in facts:

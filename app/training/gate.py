@@ -203,9 +203,12 @@ def run_gate(
     chosen = sorted(order[:prompts])
     # Each model is prompted as it is served: the templates' examples only for a model that
     # was not trained without them (the packaged one).
-    current_with_examples = not trained_without_examples(settings.llm_folder)
-    served = list(rows(held_set, registry, brand, with_examples=current_with_examples))
     trained_rows = list(rows(held_set, registry, brand, with_examples=False))
+    served = (
+        trained_rows
+        if trained_without_examples(settings.llm_folder)
+        else list(rows(held_set, registry, brand, with_examples=True))
+    )
     held = [pairs[i] for i in chosen]
     scores: dict[str, ModelScore] = {}
     texts: dict[str, list[tuple[str, ...]]] = {}
