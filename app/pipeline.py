@@ -27,6 +27,8 @@ from app.choosing import OFF_TOPIC, CopyChooser, Sample, off_topic_in
 from app.config import Settings
 from app.domain import (
     Banner,
+    Candidate,
+    CandidateScores,
     CopyScore,
     Homepage,
     HomepageSection,
@@ -50,7 +52,7 @@ from app.retrieval.index import VectorIndex
 from app.retrieval.selector import CandidateFilters, CandidateSelector, Selection
 from app.retrieval.signals import InteractionSignals
 from app.retrieval.themes import ThemePicker
-from app.rubric import review
+from app.rubric import FINDINGS, review
 from app.tracing import tracer
 
 log = get_logger(__name__)
@@ -616,6 +618,51 @@ class Pipeline:
         configured = self.settings.best_of
         default = configured if configured != "auto" else auto_best_of(self.engine)
         return template.header.best_of or default
+
+    def edited(self, banner: Banner, edit: dict[str, str]) -> tuple[Banner | None, list[str]]:
+        """``banner`` with a marketer's ``edit`` (headline, subheadline, cta) applied, held to
+        what the model's copy is held to: the template's schema and patterns, the guards (no
+        number, offer or campaign the catalog does not state, no banned term) and the
+        rubric's hard findings. The edited banner and no problems, or None and each problem
+        as ``kind: field: why``. The products, layout and tone stay the model's."""
+        template = self.templates.get(banner.template)
+        products = [self.catalog.get(p.id) for p in banner.products]
+        shown = [p for p in products if p is not None]
+        if len(shown) < len(products):
+            return None, ["withdrawn: products: a product it shows is no longer in the catalog"]
+        candidates = [
+            Candidate(number=n, product=p, scores=CandidateScores(), source="edited")
+            for n, p in enumerate(shown, 1)
+        ]
+        header, spec = template.header, template.spec
+        schema = output_model(
+            header.schema_name,
+            max(len(shown), spec.min_products),
+            header.copy_digits,
+            template.cta_verbs(banner.locale),
+        )
+        copy = banner.model_dump(include={"headline", "subheadline", "cta", "layout", "tone"})
+        copy |= {"badge": banner.badge, "products": [c.number for c in candidates]} | edit
+        theme = banner.theme.named if banner.theme is not None else None
+        verdict = self.guards.check(
+            json.dumps(copy),
+            schema,
+            spec,
+            candidates,
+            [],  # a marketer may write what the examples say
+            None,
+            self.campaigns,
+            locale=banner.locale,
+            rules=template.rubric(banner.locale, self.templates.brand),
+            theme=theme,
+        )
+        if not verdict.ok:
+            return None, verdict.problems
+        findings = [n for n in verdict.notes if n.split(":", 1)[0] in FINDINGS]
+        digest = hashlib.sha256(json.dumps([banner.id, edit], sort_keys=True).encode())
+        return banner.model_copy(
+            update=edit | {"id": "bnr_" + digest.hexdigest()[:24], "findings": findings}
+        ), []
 
     async def _attempt_all(
         self,

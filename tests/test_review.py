@@ -371,6 +371,7 @@ def test_a_rejection_is_kept_off_marked_stale_audited_and_emitted(pending: Revie
             "banner_id": fan["banner_id"],
             "decision": "rejected",
             "reason": "Too pushy for a first visit",
+            "edited_to": None,
             "actor": "test-marketer",
         },
     )
@@ -481,6 +482,72 @@ def test_invalid_decisions_and_queries_are_refused(pending: Review) -> None:
     assert pending.item(FAN)["review"] == "pending" and pending.events.events == []
 
 
+def test_edit_and_approve_serves_the_edit_and_keeps_the_models_copy_beside_it(
+    pending: Review,
+) -> None:
+    fan = pending.item(FAN)
+    edit = {"headline": "Coffee the way you like it", "cta": "Shop the grinder"}
+    applied = pending.decide({**decision(fan), "edit": edit})
+    assert applied.status_code == 200, applied.text
+    edited_to = applied.json()["applied"][0]["edited_to"]
+    assert edited_to and edited_to != fan["banner_id"]  # another text, another banner
+
+    served = pending.served("coffee_fan")
+    assert served.status_code == 200 and served.json()["source"] == "shopper"
+    shown = served.json()["banner"]
+    assert (shown["id"], shown["headline"], shown["cta"]) == (edited_to, *edit.values())
+    assert shown["subheadline"] == GOOD["subheadline"]  # not edited: the model's stays
+    assert [p["id"] for p in shown["products"]] == [p["id"] for p in fan["banner"]["products"]]
+    kept = pending.item(FAN, "state=approved")
+    assert kept["model_copy"] == {k: GOOD[k] for k in ("headline", "subheadline", "cta")}
+    assert kept["banner_id"] == edited_to
+
+    audit = pending.call("GET", "/v1/audit?template=hero_banner", key="cms").json()[0]
+    assert audit["action"] == "review.approve"
+    assert audit["detail"]["model_copy"]["headline"] == GOOD["headline"]
+    assert audit["detail"]["edit"]["headline"] == edit["headline"]
+    assert audit["detail"]["edited_to"] == edited_to
+    assert pending.events.events[-1][1]["edited_to"] == edited_to
+
+    # Edited again: the model's first copy is what stays beside it.
+    again = pending.decide({**decision(kept), "edit": {"headline": "Coffee your way"}})
+    assert again.status_code == 200, again.text
+    assert pending.item(FAN, "state=approved")["model_copy"]["headline"] == GOOD["headline"]
+    # A job making the banner again replaces the copy, the edit and the model's alike.
+    pending.run_job()
+    remade = pending.item(FAN)
+    assert remade["model_copy"] is None and remade["banner"]["headline"] == GOOD["headline"]
+
+
+def test_an_edit_is_held_to_what_the_models_copy_is_held_to(pending: Review) -> None:
+    fan = pending.item(FAN)
+    refusals = {
+        "headline": {"headline": "Save 40% on coffee"},  # a number the catalog does not state
+        "subheadline": {"subheadline": GOOD["headline"]},  # says the headline again
+        "cta": {"cta": "Coffee"},  # no verb: not a call to action
+    }
+    for field_at_fault, edit in refusals.items():
+        refused = pending.decide({**decision(fan), "edit": edit})
+        assert refused.status_code == 400, refused.text
+        problem = refused.json()
+        assert problem["errors"][0]["field"] == f"decisions[0].edit.{field_at_fault}", problem
+        assert "refused" in problem["detail"]
+    too_long = pending.decide({**decision(fan), "edit": {"headline": "Coffee " * 40}})
+    assert too_long.status_code == 400
+    assert too_long.json()["errors"][0]["field"].endswith("edit.headline")
+    rejected = pending.decide({**decision(fan, "rejected", "no"), "edit": {"cta": "Shop now"}})
+    assert rejected.status_code == 400 and "only an approval" in rejected.text
+    empty = pending.decide({**decision(fan), "edit": {}})
+    assert empty.status_code == 400 and "at least one" in empty.text
+    unknown = pending.decide({**decision(fan), "edit": {"badge": "New"}})
+    assert unknown.status_code == 400
+    # Nothing was applied by any of them; the same text sent back is a plain approval.
+    assert pending.item(FAN)["review"] == "pending" and pending.events.events == []
+    same = pending.decide({**decision(fan), "edit": {"headline": GOOD["headline"]}})
+    assert same.json()["applied"][0]["edited_to"] is None
+    assert pending.item(FAN, "state=approved")["model_copy"] is None
+
+
 def test_review_needs_a_marketer_or_admin_key(pending: Review) -> None:
     fan = pending.item(FAN)
     calls: list[tuple[str, str, Any]] = [
@@ -589,6 +656,35 @@ def test_reject_then_approve_all_shown_from_the_page(pending: Review) -> None:
     assert pending.served("runner").json()["source"] == "shopper"
     decided = [e[1]["decision"] for e in pending.events.events]
     assert decided == ["rejected"] + ["approved"] * (ALL_MADE - 1)
+
+
+def test_edit_and_approve_from_the_page(pending: Review) -> None:
+    client = pending.client
+    token = sign_in(client, pending.keys["marketer"])
+    page = client.get("/studio/review?segment=regular")
+    assert 'class="edit-form"' in page.text and f'value="{GOOD["subheadline"]}"' in page.text
+    item = pending.item(REGULAR)
+    form = {
+        "_csrf_token": token,
+        "placement": HERO,
+        "audience": "segment",
+        "subject": "regular",
+        "banner_id": item["banner_id"],
+        "generated_at": item["generated_at"],
+        "decision": "approved",
+        "headline": GOOD["headline"],
+        "subheadline": GOOD["subheadline"],
+        "cta": "Shop the kettle",
+        "back": "segment=regular&state=all",
+    }
+    refused = client.post("/studio/review/decide", data={**form, "cta": "Kettle"})
+    assert "Not applied: the edited copy is refused: decisions[0].edit.cta" in unescape(
+        refused.text
+    )
+    done = client.post("/studio/review/decide", data=form)
+    assert "Edited and approved the banner for segment regular" in done.text
+    assert 'class="chip edited"' in done.text and "the model wrote" in done.text
+    assert pending.item(REGULAR, "state=approved")["banner"]["cta"] == "Shop the kettle"
 
 
 def test_the_page_switches_review_and_needs_a_marketer_and_a_token(review: Review) -> None:

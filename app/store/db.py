@@ -286,6 +286,9 @@ class PlacementBannerRecord(Base):
     review_reason: Mapped[str | None] = mapped_column(String(300), nullable=True)
     reviewed_by: Mapped[str | None] = mapped_column(String(80), nullable=True)
     reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Edit and approve: the model's copy (headline, subheadline, cta) a marketer replaced;
+    # the payload holds the edit. NULL: the payload is the model's own.
+    model_copy: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
 
 
 class PlacementSettingsRecord(Base):

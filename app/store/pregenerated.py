@@ -103,6 +103,9 @@ class StoredBanner:
     generated_at: datetime
     review: str = "none"  # none | pending | approved | rejected
     review_reason: str | None = None
+    # The model's own copy where a marketer edited it before approving (the payload holds the
+    # edit, which is what is served); None: served as the model wrote it.
+    model_copy: dict[str, str] | None = None
 
     @property
     def servable(self) -> bool:
@@ -409,6 +412,7 @@ def _row(
         "review_reason": None,
         "reviewed_by": None,
         "reviewed_at": None,
+        "model_copy": None,  # a marketer's edit was of the copy it replaces
     }
 
 
@@ -436,6 +440,7 @@ def _stored(record: PlacementBannerRecord | Row[Any]) -> StoredBanner:
         generated_at=aware(record.generated_at),
         review=record.review,
         review_reason=record.review_reason,
+        model_copy=record.model_copy,
     )
 
 
@@ -561,6 +566,10 @@ class ReviewDecision:
     decision: Decision
     reason: str | None = None
     generated_at: datetime | None = None
+    # Edit and approve: the banner as the marketer edited it (its copy, a new id), and the
+    # model's copy it replaces. Only with ``approved``.
+    edited: Banner | None = None
+    model_copy: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -629,6 +638,14 @@ class ReviewStore:
             )
             return [_reviewed(r) for r in records], int(total or 0)
 
+    async def get(self, placement: str, subject: Subject) -> ReviewedBanner | None:
+        """The banner stored for (placement, subject), with its review, or None."""
+        async with self.db.sessions() as session:
+            record = await session.get(
+                PlacementBannerRecord, (placement, subject.audience.value, subject.key)
+            )
+            return _reviewed(record) if record is not None else None
+
     async def pending_counts(self) -> dict[str, int]:
         """{placement: banners waiting for a decision}."""
         table = PlacementBannerRecord
@@ -680,6 +697,13 @@ class ReviewStore:
                 ]
                 if decision.generated_at is not None:
                     same.append(table.generated_at == decision.generated_at.astimezone(UTC))
+                edit: dict[str, Any] = {}
+                if decision.edited is not None:
+                    edit = {
+                        "payload": decision.edited.model_dump(mode="json"),
+                        "banner_id": decision.edited.id,
+                        "model_copy": decision.model_copy,
+                    }
                 statement = (
                     update(table)
                     .where(*same)
@@ -689,6 +713,7 @@ class ReviewStore:
                         reviewed_by=actor[:80],
                         reviewed_at=now,
                         stale_reason=stale,
+                        **edit,
                     )
                     .returning(table)
                     .execution_options(synchronize_session=False, populate_existing=True)
@@ -712,6 +737,18 @@ class ReviewStore:
                             "banner_id": decision.banner_id,
                             "template_version": record.template_version,
                             "reason": reason,
+                            # Who wrote what is served: the model's copy and the edit.
+                            **(
+                                {
+                                    "edited_to": record.banner_id,
+                                    "model_copy": decision.model_copy,
+                                    "edit": {
+                                        k: record.payload[k] for k in decision.model_copy or {}
+                                    },
+                                }
+                                if decision.edited is not None
+                                else {}
+                            ),
                         },
                     )
                 )

@@ -41,6 +41,11 @@ class DecisionForm:
     reason: str = ""
     generated_at: str = ""
     back: str = ""
+    # Edit and approve: the copy as the marketer left it (all three sent; unchanged ones
+    # are no edit).
+    headline: str = ""
+    subheadline: str = ""
+    cta: str = ""
 
 
 @dataclass
@@ -177,6 +182,11 @@ class ReviewPages(Controller):
         review: ReviewService,
         data: Annotated[DecisionForm, FORM],
     ) -> Response[Any]:
+        edit = {
+            name: value
+            for name in ("headline", "subheadline", "cta")
+            if (value := getattr(data, name).strip())
+        }
         try:
             decision = DecisionIn.model_validate(
                 {
@@ -187,6 +197,7 @@ class ReviewPages(Controller):
                     "generated_at": data.generated_at or None,
                     "decision": data.decision,
                     "reason": data.reason,
+                    "edit": edit or None,
                 }
             )
         except ValidationError as invalid:
@@ -203,6 +214,8 @@ class ReviewPages(Controller):
                 "regenerated since you saw it; review the new one.",
             )
         verb = "Approved" if decision.decision == "approved" else "Rejected"
+        if report.applied and report.applied[0].edited_to:
+            verb = "Edited and approved"
         return _back(data.back, notice=f"{verb} the banner for {subject} in {decision.placement}.")
 
     @post("/approve-all")

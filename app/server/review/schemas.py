@@ -30,6 +30,26 @@ Reason = Annotated[str, StringConstraints(strip_whitespace=True, max_length=300)
 SubjectKey = Annotated[str, StringConstraints(max_length=64)]
 
 
+# A field of copy as a marketer types it: the template's schema holds it to its own caps (a
+# hero's headline is shorter than this); this is the edge's bound.
+EditedText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class CopyEdit(BaseModel):
+    """A marketer's copy in place of the model's: any of the three fields (the others stay).
+    Held to what the model's copy is held to (the schema, the guards, the rubric's hard
+    findings); the products, layout and tone stay as made."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    headline: EditedText | None = None
+    subheadline: EditedText | None = None
+    cta: EditedText | None = None
+
+    def fields(self) -> dict[str, str]:
+        return self.model_dump(exclude_none=True)
+
+
 class DecisionIn(BaseModel):
     """A decision on one stored banner, named by its row and the banner the reviewer saw."""
 
@@ -53,12 +73,29 @@ class DecisionIn(BaseModel):
         description="why (required to reject; shown to whoever regenerates it)",
     )
 
+    edit: CopyEdit | None = Field(
+        default=None,
+        description="approve with this copy in place of the model's (it is served; the "
+        "model's is kept beside it and audited)",
+    )
+
     @field_validator("reason")
     @classmethod
     def _a_rejection_says_why(cls, reason: str | None, info: ValidationInfo) -> str | None:
         if info.data.get("decision") == "rejected" and not reason:
             raise ValueError("a rejection needs a reason")
         return reason or None
+
+    @field_validator("edit")
+    @classmethod
+    def _an_edit_is_approved(cls, edit: CopyEdit | None, info: ValidationInfo) -> CopyEdit | None:
+        if edit is None:
+            return None
+        if info.data.get("decision") != "approved":
+            raise ValueError("only an approval carries an edit")
+        if not edit.fields():
+            raise ValueError("an edit changes at least one of headline, subheadline, cta")
+        return edit
 
 
 class DecisionsIn(BaseModel):

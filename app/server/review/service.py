@@ -11,7 +11,7 @@ emitted as ``review.decided``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from app.domain import Audience, Banner, Subject
@@ -56,6 +56,8 @@ class ReviewItem:
     template_label: str
     job_id: str | None
     generated_at: datetime
+    # The model's copy where a marketer edited it before approving (``banner`` holds the edit).
+    model_copy: dict[str, str] | None = None
 
     @classmethod
     def of(cls, kept: ReviewedBanner) -> ReviewItem:
@@ -76,6 +78,7 @@ class ReviewItem:
             template_label=kept.inputs.template_label,
             job_id=kept.job_id,
             generated_at=kept.generated_at,
+            model_copy=kept.model_copy,
         )
 
 
@@ -95,6 +98,7 @@ class DecisionOutcome:
     banner_id: str
     decision: str
     reason: str | None
+    edited_to: str | None = None  # an edit and approve: the id of the edited banner served
 
 
 @dataclass(frozen=True)
@@ -217,17 +221,24 @@ class ReviewService:
         applied) when one names a placement no template serves."""
         for placement in dict.fromkeys(d.placement for d in decisions):
             self._template_of(placement)
-        asked = [
-            ReviewDecision(
-                d.placement,
-                Subject(audience=d.audience, key=d.subject),
-                d.banner_id,
-                d.decision,
-                d.reason,
-                d.generated_at,
+        asked: list[ReviewDecision] = []
+        refused: list[dict[str, str]] = []
+        for index, given in enumerate(decisions):
+            subject = Subject(audience=given.audience, key=given.subject)
+            decision = ReviewDecision(
+                given.placement,
+                subject,
+                given.banner_id,
+                given.decision,
+                given.reason,
+                given.generated_at,
             )
-            for d in decisions
-        ]
+            if given.edit is not None:
+                decision = await self._with_edit(decision, given.edit.fields(), index, refused)
+            asked.append(decision)
+        if refused:  # nothing applied: the marketer fixes the copy and sends it again
+            shown = "; ".join(f"{r['field']}: {r['message']}" for r in refused[:3])
+            raise Problem("invalid-request", f"the edited copy is refused: {shown}", errors=refused)
         decided = await self.store.decide_many(asked, actor)
         applied: list[DecisionOutcome] = []
         stale: list[DecisionOutcome] = []
@@ -239,12 +250,46 @@ class ReviewService:
                 given.banner_id,
                 given.decision,
                 kept.review_reason if kept is not None else given.reason,
+                kept.banner.id if kept is not None and kept.model_copy is not None else None,
             )
             (applied if kept is not None else stale).append(outcome)
         for outcome in applied:
             await self._emit(outcome, actor)
         log.info("review_decided", applied=len(applied), stale=len(stale), actor=actor)
         return DecisionReport(applied, stale)
+
+    async def _with_edit(
+        self,
+        decision: ReviewDecision,
+        edit: dict[str, str],
+        index: int,
+        refused: list[dict[str, str]],
+    ) -> ReviewDecision:
+        """``decision`` carrying the banner as edited, once the edit passes what the model's
+        copy must (``Pipeline.edited``); each problem appended to ``refused`` under its field.
+        A row that holds another banner now is left to the store to report stale."""
+        kept = await self.store.get(decision.placement, decision.subject)
+        if kept is None or kept.banner.id != decision.banner_id:
+            return decision
+        # A field sent as it already reads is no edit (the page sends all three).
+        edit = {k: v for k, v in edit.items() if v != getattr(kept.banner, k)}
+        if not edit:
+            return decision
+        edited, problems = self.pipeline.edited(kept.banner, edit)
+        for problem in problems:
+            kind, _, rest = problem.partition(": ")
+            field, _, why = rest.partition(": ")
+            if field not in ("headline", "subheadline", "cta"):
+                field, why = "", rest
+            where = f"decisions[{index}].edit" + (f".{field}" if field else "")
+            refused.append({"field": where, "message": f"{kind}: {why or rest}"})
+        if edited is None:
+            return decision
+        # An edit of an edit keeps the model's first copy: what the model wrote stays known.
+        written = kept.model_copy or {
+            name: getattr(kept.banner, name) for name in ("headline", "subheadline", "cta")
+        }
+        return replace(decision, edited=edited, model_copy=written)
 
     async def _emit(self, outcome: DecisionOutcome, actor: str) -> None:
         data = {
@@ -254,6 +299,7 @@ class ReviewService:
             "banner_id": outcome.banner_id,
             "decision": outcome.decision,
             "reason": outcome.reason,
+            "edited_to": outcome.edited_to,
             "actor": actor,
         }
         try:
