@@ -72,12 +72,15 @@ def model() -> None:
 @click.option("--force", is_flag=True, help="Convert again even if the folder is ready.")
 @clear_errors
 def model_prepare(force: bool) -> None:
-    """Convert the packaged GGUF to a model folder and check the embedding model loads."""
-    from app.models import prepare_llm, resolve_embedding_model
+    """Convert the packaged GGUF to a model folder, merge the house-style adapter into it
+    (MARQUEE_LLM_ADAPTER), and check the embedding model loads."""
+    from app.models import prepare_served, resolve_embedding_model
 
     settings = get_settings()
-    folder = prepare_llm(settings.llm_source, settings.llm_folder, force)
-    click.echo(f"generation model: {settings.llm_name} -> {folder}")
+    folder = prepare_served(settings, force)
+    merged = settings.llm_dir is None and settings.llm_adapter is not None
+    adapter = f" + {settings.llm_adapter.name}" if merged and settings.llm_adapter else ""
+    click.echo(f"generation model: {settings.llm_name}{adapter} -> {folder}")
     click.echo(f"embedding model: {resolve_embedding_model(settings.embedding_model)}")
 
 
@@ -166,7 +169,9 @@ def model_train(
     report = train(
         TrainConfig(
             data_dir=data_dir,
-            base_model=settings.llm_folder,
+            # The packaged model (or MARQUEE_LLM_DIR's): an adapter learns from the base, so
+            # a retrained one replaces the shipped one rather than stacking on it.
+            base_model=settings.llm_dir or settings.llm_base_folder,
             out_dir=out_dir,
             epochs=epochs,
             learning_rate=learning_rate,
@@ -222,6 +227,39 @@ def model_gate(candidate_dir: Path, prompts: int, samples: int) -> None:
         sys.exit(1)
 
 
+@model.command("promote")
+@click.option(
+    "--candidate",
+    "candidate_dir",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    required=True,
+    help="A trained model folder the gate passed (OUT/model; its adapter is OUT/adapter).",
+)
+@click.option(
+    "--to",
+    "target",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="The adapter folder to write (default: the project's, models/house-style).",
+)
+@clear_errors
+def model_promote(candidate_dir: Path, target: Path | None) -> None:
+    """Make a gated trained model the adapter `marquee model prepare` merges and every
+    engine serves: refused unless its gate passed against the model served now."""
+    from app.config import HOUSE_STYLE_ADAPTER
+    from app.training.promote import promote
+
+    settings = get_settings()
+    written = promote(
+        candidate_dir,
+        settings.llm_folder,
+        settings.llm_source,
+        settings.llm_name,
+        target or HOUSE_STYLE_ADAPTER,
+    )
+    click.echo(f"adapter: {written} (run `marquee model prepare` to serve it)")
+
+
 @cli.command()
 @click.option("--probe/--no-probe", default=True, help="Measure speeds for ~3 s (default on).")
 @click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON.")
@@ -229,9 +267,11 @@ def model_gate(candidate_dir: Path, prompts: int, samples: int) -> None:
 def doctor(probe: bool, as_json: bool) -> None:
     """What this machine offers and what each component runs with (dtype, threads), and why."""
     from app.hardware import detect
+    from app.models import describe
     from app.runtime import hardware_choices, vllm_kv_cache_gb
 
     settings = get_settings()
+    served = describe(settings.llm_folder)
     profile = detect()
     choices = hardware_choices(settings, profile)
     kv_cache_gb = vllm_kv_cache_gb(settings, profile)
@@ -243,6 +283,7 @@ def doctor(probe: bool, as_json: bool) -> None:
             **profile.to_dict(),
             "choices": {name: dataclasses.asdict(choice) for name, choice in choices.items()},
             "vllm_kv_cache_gb": kv_cache_gb,
+            "model": served,
             "probe": speeds,
         }
         click.echo(json.dumps(report, indent=2))
@@ -266,6 +307,7 @@ def doctor(probe: bool, as_json: bool) -> None:
         )
     if profile.device == "cpu":
         click.echo(f"          vLLM KV cache {kv_cache_gb} GB")
+    click.echo(f"model:    {served}")
     for component, speed in speeds.items():
         click.echo(f"probe {component}: {speed}")
 

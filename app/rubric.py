@@ -521,6 +521,11 @@ def _foreign_letter(text: str, facts: str) -> str | None:
 
 
 @lru_cache(maxsize=4096)
+def is_word(word: str) -> bool:
+    """Whether ``word`` (lower case) is a whole English word, not the start of one."""
+    return _english(word)
+
+
 def _english(word: str) -> bool:
     """Whether the lexicon knows ``word``, its singular ("accessories"), or the two words it
     is made of ("sleepover", "skincare"): it lacks many a plural and compound."""

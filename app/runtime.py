@@ -11,7 +11,7 @@ from app.catalog.store import Catalog, ShopperStore
 from app.config import Settings
 from app.generation.engine import Engine, EngineError
 from app.hardware import Choice, Component, HardwareProfile, detect
-from app.models import is_prepared, require_gate
+from app.models import is_prepared, model_label, require_gate
 from app.pipeline import Pipeline
 from app.prompting.templates import TemplateRegistry, load_brand
 from app.retrieval.embedder import SentenceEmbedder
@@ -144,9 +144,8 @@ def make_engine(settings: Settings, name: str | None = None) -> Engine:
 
         require_gate(settings.llm_folder)
         choice = hardware_choices(settings)["llm"]
-        return TransformersEngine(
-            settings.llm_folder, settings.llm_name, choice.dtype, choice.device
-        )
+        label = model_label(settings.llm_folder, settings.llm_name)
+        return TransformersEngine(settings.llm_folder, label, choice.dtype, choice.device)
     if name == "vllm":
         return make_vllm_engine(settings)
     raise EngineError(f"unknown engine '{name}' (known: {', '.join(ENGINES)})")
@@ -198,11 +197,12 @@ def make_vllm_engine(settings: Settings) -> Engine:
     from app.generation.vllm_server import ManagedVLLM
 
     served = settings.vllm_served_model or settings.llm_name
+    label = model_label(settings.llm_folder, settings.llm_name)
 
     def engine(url: str, server: ManagedVLLM | None = None, max_retries: int = 2) -> VLLMEngine:
         return VLLMEngine(
             url,
-            settings.llm_name,
+            label,
             served_model=served,
             api_key=settings.vllm_api_key,
             timeout_s=settings.vllm_request_timeout_s,

@@ -125,6 +125,11 @@ def test_gpu_vllm_is_pinned_and_serves_with_the_managed_servers_flags() -> None:
     assert vllm["entrypoint"] == ["vllm", "serve"]
     assert [with_defaults(flag) for flag in flags] == managed_flags
     assert model_dir.startswith("/models/") and "models:/models:ro" in vllm["volumes"]
+    # The folder served is the one `marquee model prepare` merges the shipped adapter into,
+    # and the image holds that adapter where its setting points.
+    assert Path(model_dir).name == Settings().llm_folder.name
+    assert "COPY models ./models" in dockerfile
+    assert "MARQUEE_LLM_ADAPTER=/srv/marquee/models/house-style" in dockerfile
     # Compact JSON under the guidance backend, as the managed server; CUDA graphs (no eager
     # mode) on a GPU; the share of GPU memory from the environment.
     assert flags[flags.index("--structured-outputs-config") + 1] == STRUCTURED_OUTPUTS_CONFIG

@@ -105,6 +105,8 @@ def test_repeated_product_numbers_count_once() -> None:
         ("badge", "2 for 1", "invented_number: badge: '2'"),
         ("cta", "Free shipping today", "invented_offer: cta: 'Free shipping'"),
         ("headline", "Clearance on knives", "invented_offer: headline: 'Clearance'"),
+        ("headline", "Deals on knives", "invented_offer: headline: 'Deals'"),
+        ("headline", "Half price on knives", "invented_offer: headline: 'Half price'"),
     ],
 )
 def test_invented_claims_are_caught(field: str, text: str, problem: str) -> None:
@@ -181,6 +183,25 @@ def test_numbers_are_compared_by_value() -> None:
 def test_each_guard_refuses_its_defect(fields: dict[str, str], problem: str) -> None:
     problems = check(banner(**fields)).problems
     assert any(p.startswith(problem) for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        # A whole word at the cap ended there; a part of one was cut (above).
+        {"headline": "Slow braises and crisp salads for long weekends at the table"},
+        # English ends a line on a preposition or a pointing word; a call to action is capped
+        # in words, so there such an ending is still a cut.
+        {"headline": "Ice worth waiting for"},
+        {"headline": "Loved the oven? Try these"},
+        # Verbs and a bake sale are no offers.
+        {"subheadline": "A cloth and a spray deal with spills on the worktop."},
+        {"subheadline": "Tins and cutters for the bake sale table."},
+    ],
+)
+def test_finished_english_is_not_refused_as_cut_or_as_an_offer(fields: dict[str, str]) -> None:
+    result = check(banner(**fields))
+    assert result.ok, result.problems
 
 
 def test_banned_terms_match_whole_words_case_insensitively() -> None:

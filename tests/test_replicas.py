@@ -368,6 +368,7 @@ def test_the_refusal_says_what_is_wrong() -> None:
 
 
 async def test_external_mode_with_several_urls_builds_a_pool() -> None:
+    from app.models import model_label
     from app.runtime import make_vllm_engine
 
     settings = Settings(
@@ -380,7 +381,9 @@ async def test_external_mode_with_several_urls_builds_a_pool() -> None:
     )
     pool = make_vllm_engine(settings)
     assert isinstance(pool, ReplicaPool)
-    assert (pool.name, pool.model, pool.base_urls) == ("vllm", settings.llm_name, URLS)
+    # Banners name the weights served (the shipped adapter's, where it is prepared).
+    served = model_label(settings.llm_folder, settings.llm_name)
+    assert (pool.name, pool.model, pool.base_urls) == ("vllm", served, URLS)
     assert pool.cooldown_s == 3.0
     engines = [r.engine for r in pool._replicas]
     assert {e.served_model for e in engines} == {"served"}

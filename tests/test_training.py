@@ -105,9 +105,28 @@ def test_the_gate_reads_answers_with_the_serving_rubric() -> None:
     restated = json.dumps(example.output() | {"subheadline": example.headline})
     assert [f.name for f in judge(restated, example, category) or []][:1] == ["restated"]
     assert judge('{"headline": "cut', example, category) is None
+    # Serving's guards judge too: copy they would refuse is a hard finding, by their name.
+    unfinished = json.dumps(example.output() | {"subheadline": "The feeders keep birds fed and a"})
+    refused = [(f.name, f.field, f.hard) for f in judge(unfinished, example, category) or []]
+    assert ("unfinished", "subheadline", True) in refused
+    invented = json.dumps(example.output() | {"headline": "Clearance on every feeder"})
+    assert "invented_offer" in [f.name for f in judge(invented, example, category) or []]
     scored = score([(written, restated), ('{"cut', '{"cut')], [(example, category)] * 2)
     assert (scored.banners, scored.publishable_banners, scored.answers) == (2, 1, 4)
     assert (scored.invalid, scored.hard_answers) == (2, 1)
+
+
+def test_every_held_out_example_passes_what_the_gate_judges_by() -> None:
+    """The set's own copy is what the gate holds a model to: none of it is refused."""
+    found, _ = load(PROJECT_ROOT / "data" / "house_style")
+    held = [c for c in found.categories.values() if c.split == "held_out"]
+    judged = {
+        (c.category, e.headline): judge(json.dumps(e.output()), e, c)
+        for c in held
+        for e in c.examples
+    }
+    assert len(judged) > 200
+    assert {k: v for k, v in judged.items() if v} == {}
 
 
 def test_the_candidate_passes_only_if_it_is_no_less_publishable_and_no_more_refused() -> None:

@@ -5,7 +5,10 @@ Each model writes ``samples`` answers to every held-out prompt under the serving
 current model with the prompts it is served today (the templates' examples in them unless it
 was trained without), the candidate with the prompts it was trained on. An answer is
 publishable when the rubric finds nothing in it; a banner is publishable when one of its
-samples is (what best-of-n could serve). The candidate passes when its banners are
+samples is (what best-of-n could serve). An answer serving's guards would refuse (text cut at
+its cap or on a dangling word, a number or offer no product states, a leak of the prompt)
+counts as a hard finding too, under the guard's name: the gate judges an answer as serving
+does, not by the rubric alone. The candidate passes when its banners are
 publishable at least as often as the current model's and its answers carry a hard finding
 (refused: a retry or fallback) no more often. The verdict is written into the candidate's
 folder (``gate.json``), and a trained folder is served only with a passing one
@@ -27,11 +30,15 @@ from pydantic import ValidationError
 
 from app import rubric
 from app.config import Settings
+from app.domain import Candidate, CandidateScores
 from app.generation.engine import Engine, GenerationRequest, SamplingParams
+from app.generation.schemas import SCHEMAS
+from app.guards import Guards
 from app.models import GATE_FILE, trained_without_examples
 from app.prompting.templates import TemplateRegistry, load_brand
 from app.training.dataset import HOUSE_STYLE
 from app.training.house_style import (
+    TEMPLATE_SCHEMAS,
     AsShown,
     CategoryFile,
     Example,
@@ -40,7 +47,10 @@ from app.training.house_style import (
     review,
     schema_for,
 )
-from app.training.prompts import rows
+from app.training.prompts import catalog_product, rows
+
+# Serving's guards (no brand's banned terms: the held-out prompts carry no brand rules).
+_GUARDS = Guards(banned_terms=())
 
 # Sampling as the templates serve copy (prompts/*.j2).
 SAMPLING = SamplingParams(temperature=0.6, top_p=0.9, max_tokens=160)
@@ -103,16 +113,53 @@ def wilson(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
     return (round(max(0.0, centre - spread), 4), round(min(1.0, centre + spread), 4))
 
 
-def judge(text: str, example: Example, category: CategoryFile) -> list[rubric.Finding] | None:
-    """The rubric's findings on one answer to ``example``'s prompt; None when it is not the
-    schema at all."""
+@dataclass(frozen=True)
+class Refusal:
+    """A guard's refusal of an answer (serving would write it again): a hard finding."""
+
+    name: str  # the guard's: cut_at_limit, unfinished, invented_number, ...
+    field: str
+    detail: str
+
+    @property
+    def hard(self) -> bool:
+        return True
+
+
+def judge(
+    text: str, example: Example, category: CategoryFile
+) -> list[rubric.Finding | Refusal] | None:
+    """What serving finds in one answer to ``example``'s prompt: the rubric's findings, then
+    the guards' refusals that are not the rubric's; None when it is not the schema at all."""
+    schema = schema_for(example)
     try:
-        copy = schema_for(example).model_validate_json(text)
+        copy = schema.model_validate_json(text)
     except ValidationError:
         return None
     products = {p.id: p for p in category.products}
     shown = [AsShown(products[example.shown[n - 1]], category.category) for n in copy.products]
-    return review(copy.headline, copy.subheadline, copy.cta, shown, category)
+    found: list[rubric.Finding | Refusal] = list(
+        review(copy.headline, copy.subheadline, copy.cta, shown, category)
+    )
+    offered = [
+        Candidate(
+            number=number,
+            product=catalog_product(products[pid], category.category),
+            scores=CandidateScores(),
+            source="semantic",
+        )
+        for number, pid in enumerate(example.shown, 1)
+    ]
+    spec = SCHEMAS[TEMPLATE_SCHEMAS[example.template]]
+    verdict = _GUARDS.check(text, schema, spec, offered, [], theme=category.category)
+    for problem in verdict.problems:
+        kind, _, rest = problem.partition(": ")
+        if kind not in rubric.FINDINGS:  # the rubric's own are counted above
+            # "cut_at_limit: cta", "invented_number: headline: '30' ...", "unfinished:
+            # subheadline ends with 'a'": the field is the first word after the kind.
+            field_name, _, detail = rest.partition(" ")
+            found.append(Refusal(kind, field_name.rstrip(":"), detail))
+    return found
 
 
 async def _answers(

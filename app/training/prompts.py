@@ -53,7 +53,8 @@ def answer_text(example: Example) -> str:
     return json.dumps(example.output(), ensure_ascii=False, separators=(",", ":"))
 
 
-def _product(raw: Any, category: str) -> Product:
+def catalog_product(raw: Any, category: str) -> Product:
+    """A product of the set as the catalog would hold it (no price: the set states none)."""
     return Product(
         id=raw.id,
         title=raw.title,
@@ -92,7 +93,7 @@ def _row(
     brand: dict[str, Any],
     with_examples: bool,
 ) -> TrainingRow:
-    products = {p.id: _product(p, category.category) for p in category.products}
+    products = {p.id: catalog_product(p, category.category) for p in category.products}
     template = registry.get(example.template)
     voice = found.voices[example.voice]
     shopper = Shopper(id="house-style", interests=example.interests)

@@ -12,6 +12,7 @@ from app.generation.engine import GenerationRequest, SamplingParams
 from app.generation.schemas import output_model
 from app.guards import candidate_facts
 from app.locales import numbers_in
+from app.models import model_label
 from app.pipeline import BannerRequest, Pipeline
 
 pytestmark = pytest.mark.integration
@@ -58,7 +59,8 @@ def test_hero_banners_for_demo_shoppers_are_valid_and_grounded(
     pipeline: Pipeline, shopper_id: str
 ) -> None:
     (banner,) = asyncio.run(pipeline.generate(BannerRequest(shopper_id=shopper_id)))
-    assert banner.engine == "transformers" and banner.model == pipeline.settings.llm_name
+    served = model_label(pipeline.settings.llm_folder, pipeline.settings.llm_name)
+    assert banner.engine == "transformers" and banner.model == served
     assert_grounded(pipeline, banner, shopper_id)
     if not banner.fallback:
         assert banner.output_tokens > 0 and banner.timings.generation_ms > 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,27 @@ def test_model_data_then_train_makes_a_model_that_writes_copy(
     verdict = json.loads((out / "model" / "gate.json").read_text())
     assert verdict["prompts"] == 2 and set(verdict["scores"]) == {"current", "candidate"}
     assert ("passed" if verdict["passed"] else "refused") in gated.stdout
+
+    # Promotion: only a passing verdict against the model served now makes a shipped adapter.
+    trial = tmp_path / "trial"
+    promoted = marquee("model", "promote", "--candidate", model, "--to", str(trial))
+    if not verdict["passed"]:
+        assert promoted.returncode == 1 and "has not passed the gate" in promoted.stderr
+        # As if the gate had passed it: the rest of the path, promote then prepare.
+        (out / "model" / "gate.json").write_text(json.dumps(verdict | {"passed": True}))
+        promoted = marquee("model", "promote", "--candidate", model, "--to", str(trial))
+    assert promoted.returncode == 0, promoted.stderr[-2000:]
+    manifest = json.loads((trial / "manifest.json").read_text())
+    assert manifest["gate"]["passed"] and manifest["training"]["steps"] == 1
+    merged = settings.model_copy(update={"llm_adapter": trial}).llm_folder
+    try:
+        prepared = marquee("model", "prepare", MARQUEE_LLM_ADAPTER=str(trial))
+        assert prepared.returncode == 0, prepared.stderr[-2000:]
+        assert f"+ trial -> {merged}" in prepared.stdout
+        doctor = marquee("doctor", "--no-probe", "--json", MARQUEE_LLM_ADAPTER=str(trial))
+        assert "a trained model (gate passed" in json.loads(doctor.stdout)["model"]
+    finally:
+        shutil.rmtree(merged, ignore_errors=True)
 
 
 def answer_shown(row: dict[str, object]) -> list[str]:
