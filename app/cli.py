@@ -78,8 +78,8 @@ def model_prepare(force: bool) -> None:
 
     settings = get_settings()
     folder = prepare_served(settings, force)
-    merged = settings.llm_dir is None and settings.llm_adapter is not None
-    adapter = f" + {settings.llm_adapter.name}" if merged and settings.llm_adapter else ""
+    merged = settings.llm_adapter if settings.llm_dir is None else None  # what prepare merged
+    adapter = f" + {merged.name}" if merged is not None else ""
     click.echo(f"generation model: {settings.llm_name}{adapter} -> {folder}")
     click.echo(f"embedding model: {resolve_embedding_model(settings.embedding_model)}")
 

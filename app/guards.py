@@ -50,8 +50,8 @@ TEXT_FIELDS = ("headline", "subheadline", "cta", "badge")
 _NEVER_LAST = frozenset(
     {"a", "an", "the", "and", "or", "but", "nor", "than", "your", "our", "my", "their", "its"}
 )
-_DANGLING = _NEVER_LAST | {"of", "for", "to", "with", "from", "by", "as"}
-_DANGLING |= {"this", "these", "those", "that"}
+_PREPOSITIONS = frozenset({"of", "for", "to", "with", "from", "by", "as"})
+_DANGLING = _NEVER_LAST | _PREPOSITIONS | {"this", "these", "those", "that"}
 
 # What must never reach a shopper or a prompt unflagged, whoever wrote it (catalog or model).
 # Checked in this order; each match is cut out (as a line break: it was a boundary) before the
@@ -116,6 +116,19 @@ _CONTROL = re.compile(
     r"[\x00-\x1f\x7f-\x9f\u200b\u2028\u2029\u202a-\u202e\u2060\u2066-\u2069\ufeff"
     r"\U000e0000-\U000e007f]"
 )
+
+
+def problem_parts(problem: str) -> tuple[str, str, str]:
+    """A guard's problem as (kind, field, detail): ``"unfinished: cta ends with 'for'"`` is
+    ("unfinished", "cta", "ends with 'for'"), ``"invented_number: headline: '30' ..."`` is
+    ("invented_number", "headline", "'30' ..."). The field is "" where the problem names
+    none of the copy's fields (``"withdrawn: products: ..."``, ``"invalid_output: ..."``)."""
+    kind, _, rest = problem.partition(": ")
+    first, _, detail = rest.partition(" ")
+    field = first.rstrip(":")
+    if field not in TEXT_FIELDS:
+        return kind, "", rest
+    return kind, field, detail
 
 
 def suspicious_text(text: str) -> list[str]:

@@ -520,12 +520,12 @@ def _foreign_letter(text: str, facts: str) -> str | None:
     return None
 
 
-@lru_cache(maxsize=4096)
 def is_word(word: str) -> bool:
     """Whether ``word`` (lower case) is a whole English word, not the start of one."""
     return _english(word)
 
 
+@lru_cache(maxsize=4096)
 def _english(word: str) -> bool:
     """Whether the lexicon knows ``word``, its singular ("accessories"), or the two words it
     is made of ("sleepover", "skincare"): it lacks many a plural and compound."""

@@ -532,6 +532,10 @@ def test_an_edit_is_held_to_what_the_models_copy_is_held_to(pending: Review) -> 
         problem = refused.json()
         assert problem["errors"][0]["field"] == f"decisions[0].edit.{field_at_fault}", problem
         assert "refused" in problem["detail"]
+    cut = pending.decide(
+        {**decision(fan), "edit": {"subheadline": "A grinder keeps the beans and a"}}
+    )
+    assert cut.json()["errors"][0]["field"] == "decisions[0].edit.subheadline", cut.text
     too_long = pending.decide({**decision(fan), "edit": {"headline": "Coffee " * 40}})
     assert too_long.status_code == 400
     assert too_long.json()["errors"][0]["field"].endswith("edit.headline")

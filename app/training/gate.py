@@ -33,7 +33,7 @@ from app.config import Settings
 from app.domain import Candidate, CandidateScores
 from app.generation.engine import Engine, GenerationRequest, SamplingParams
 from app.generation.schemas import SCHEMAS
-from app.guards import Guards
+from app.guards import Guards, problem_parts
 from app.models import GATE_FILE, trained_without_examples
 from app.prompting.templates import TemplateRegistry, load_brand
 from app.training.dataset import HOUSE_STYLE
@@ -153,12 +153,9 @@ def judge(
     spec = SCHEMAS[TEMPLATE_SCHEMAS[example.template]]
     verdict = _GUARDS.check(text, schema, spec, offered, [], theme=category.category)
     for problem in verdict.problems:
-        kind, _, rest = problem.partition(": ")
+        kind, field_name, detail = problem_parts(problem)
         if kind not in rubric.FINDINGS:  # the rubric's own are counted above
-            # "cut_at_limit: cta", "invented_number: headline: '30' ...", "unfinished:
-            # subheadline ends with 'a'": the field is the first word after the kind.
-            field_name, _, detail = rest.partition(" ")
-            found.append(Refusal(kind, field_name.rstrip(":"), detail))
+            found.append(Refusal(kind, field_name, detail))
     return found
 
 

@@ -16,6 +16,7 @@ from datetime import datetime
 
 from app.domain import Audience, Banner, Subject
 from app.events import Events, NoEvents
+from app.guards import problem_parts
 from app.logs import get_logger
 from app.pipeline import Pipeline
 from app.server.errors import Problem, invalid
@@ -277,12 +278,9 @@ class ReviewService:
             return decision
         edited, problems = self.pipeline.edited(kept.banner, edit)
         for problem in problems:
-            kind, _, rest = problem.partition(": ")
-            field, _, why = rest.partition(": ")
-            if field not in ("headline", "subheadline", "cta"):
-                field, why = "", rest
+            kind, field, why = problem_parts(problem)
             where = f"decisions[{index}].edit" + (f".{field}" if field else "")
-            refused.append({"field": where, "message": f"{kind}: {why or rest}"})
+            refused.append({"field": where, "message": f"{kind}: {why or field}"})
         if edited is None:
             return decision
         # An edit of an edit keeps the model's first copy: what the model wrote stays known.
